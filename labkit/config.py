@@ -1,0 +1,288 @@
+"""One frozen, validated config for a training run, its presets, and the seed's grid as data.
+
+Every value is checked before anything runs; a bad one raises ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "PRESETS",
+    "SEED_ABLATIONS",
+    "SEED_NUMBERS",
+    "preset",
+    "parse_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("exp", "linear", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+SPLITS = ("seed", "full")
+NORMS = ("seed", "dataset")
+STEMS = ("3x3", "7x7")
+SELECTS = ("last", "best_val")
+
+# Fields that change how fast a run goes but not what it computes (up to float rounding):
+# left out of the run's identity, so a run trained on a GPU is found again on a CPU.
+EXECUTION_FIELDS = ("device", "precision", "channels_last", "cuda_graphs")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # network (labkit.model.ResNet)
+    lays: tuple[int, int, int, int] = (2, 2, 2, 2)  # blocks per stage
+    stem: str = "3x3"  # "3x3" stride 1 | "7x7" stride 2
+    stem_bn: bool = True
+    dropout: float = 0.0  # before the classifier
+    seed_extra_block: bool = False  # seed defect 1: n+1 blocks per stage
+    softmax_head: bool = False  # seed defect 2: Softmax before cross-entropy
+    width: int = 64  # channels of the first stage; stages are 1x, 2x, 4x, 8x
+    # optimisation
+    optimizer: str = "adam"  # "adam" | "sgd" (momentum, optional nesterov)
+    lr: float = 1e-3  # peak learning rate
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # L2, coupled, as torch.optim applies it
+    batch_size: int = 512
+    epochs: int = 30
+    schedule: str = "exp"  # "exp": lr * decay_rate**epoch | "linear" | "cosine" (per step)
+    decay_rate: float = 0.9  # per epoch, schedule "exp" only
+    warmup_epochs: float = 0.0  # linear warm-up, schedules "linear"/"cosine"
+    label_smoothing: float = 0.0
+    # data
+    split: str = "seed"  # "seed": train 1-4 / val 5 / test | "full": train 1-5 / test
+    val_size: int = 0  # split "full" only: images of batch 5 held out for validation
+    train_subset: int = 0  # first N training images only (0 = all); quick/smoke profiles
+    norm: str = "seed"  # "seed" constants | "dataset" constants
+    augment: bool = True  # random crop 32 pad 4 + horizontal flip
+    # evaluation
+    select: str = "last"  # which epoch's weights give the test number: "last" | "best_val"
+    tta_flip: bool = False  # average logits of image and its mirror at evaluation
+    # reproducibility
+    seed: int = 0
+    init_from: str = ""  # run id whose final weights start this run (multi-stage tuning)
+    # execution (not part of the run's identity)
+    device: str = "auto"
+    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    channels_last: bool = True
+    cuda_graphs: bool = True  # capture the training step on CUDA
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        c = self
+        _one_of("optimizer", c.optimizer, OPTIMIZERS)
+        _one_of("schedule", c.schedule, SCHEDULES)
+        _one_of("precision", c.precision, PRECISIONS)
+        _one_of("device", c.device, DEVICES)
+        _one_of("split", c.split, SPLITS)
+        _one_of("norm", c.norm, NORMS)
+        _one_of("stem", c.stem, STEMS)
+        _one_of("select", c.select, SELECTS)
+        if len(c.lays) != 4 or any(n < 1 for n in c.lays):
+            raise ConfigError(f"lays must be four positive ints (blocks per stage), got {list(c.lays)}")
+        _positive("width", c.width)
+        _positive("lr", c.lr)
+        _positive("batch_size", c.batch_size)
+        _positive("epochs", c.epochs)
+        if not 0.0 <= c.dropout < 1.0:
+            raise ConfigError(f"dropout must lie in [0, 1), got {c.dropout}")
+        if not 0.0 < c.decay_rate <= 1.0:
+            raise ConfigError(f"decay_rate must lie in (0, 1], got {c.decay_rate}")
+        if not 0.0 <= c.momentum < 1.0:
+            raise ConfigError(f"momentum must lie in [0, 1), got {c.momentum}")
+        if c.nesterov and (c.optimizer != "sgd" or c.momentum == 0):
+            raise ConfigError("nesterov needs optimizer 'sgd' with momentum > 0")
+        if c.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {c.weight_decay}")
+        if not 0.0 <= c.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must lie in [0, 1), got {c.label_smoothing}")
+        if not 0.0 <= c.warmup_epochs <= c.epochs:
+            raise ConfigError(f"warmup_epochs must lie in [0, epochs={c.epochs}], got {c.warmup_epochs}")
+        if c.val_size < 0 or (c.val_size and c.split != "full"):
+            raise ConfigError(f"val_size must be >= 0 and is for split 'full' only, got {c.val_size}")
+        if c.train_subset < 0:
+            raise ConfigError(f"train_subset must be >= 0 (0 = all), got {c.train_subset}")
+        if c.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {c.seed}")
+        if c.select == "best_val" and c.split == "full" and c.val_size == 0:
+            raise ConfigError("select 'best_val' needs a validation set: split 'seed', or 'full' with val_size > 0")
+
+    # -- conversions ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lays"] = list(self.lays)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
+        d = dict(d)
+        if "lays" in d and isinstance(d["lays"], list):
+            d["lays"] = tuple(d["lays"])
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def identity(self) -> dict:
+        """The fields that define what a run computes."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+
+    def short_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+# ---------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _positive(name: str, value) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(cfg):
+        v, t = getattr(cfg, f.name), hints[f.name]
+        if t is bool:
+            ok = isinstance(v, bool)
+        elif t is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif t is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if ok and isinstance(v, int):
+                object.__setattr__(cfg, f.name, float(v))
+        elif t is str:
+            ok = isinstance(v, str)
+        else:  # the lays tuple
+            ok = isinstance(v, (tuple, list)) and all(isinstance(n, int) and not isinstance(n, bool) for n in v)
+            if ok:
+                object.__setattr__(cfg, f.name, tuple(v))
+        if not ok:
+            tname = getattr(t, "__name__", str(t))
+            raise ConfigError(f"{f.name} must be {tname}, got {type(v).__name__} {v!r}")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["lr=0.01", "lays=[3,3,3,3]", "stem=7x7"] -> dict; values read as Python literals."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v  # a bare word: a string
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Presets and the seed's experiments
+# ---------------------------------------------------------------------------------------
+
+# The seed protocol exactly (SPEC "Training"): both defects on, Adam 1e-3, batch 512,
+# per-epoch decay 0.9, 30 epochs, train batches 1-4 / validate on 5.
+SEED = TrainConfig(seed_extra_block=True, softmax_head=True)
+
+# A plain modern recipe on the corrected network and all 50,000 training images.
+MODERN = TrainConfig(
+    optimizer="sgd",
+    lr=0.2,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule="linear",
+    warmup_epochs=2.0,
+    label_smoothing=0.1,
+    epochs=40,
+    split="full",
+    norm="dataset",
+    tta_flip=True,
+)
+
+PRESETS: dict[str, TrainConfig] = {"seed": SEED, "modern": MODERN}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One row of the seed's ablation tables: its settings and its reported numbers."""
+
+    key: str
+    tables: tuple[int, ...]
+    changes: dict = field(default_factory=dict)
+    seed_loss: float = 0.0  # final epoch's summed training loss, as reported
+    seed_val_acc: float = 0.0  # final validation accuracy, as reported
+
+
+# SPEC "Experiments": seven distinct 30-epoch configurations, one run each in the seed.
+SEED_ABLATIONS: tuple[Ablation, ...] = (
+    Ablation("baseline", (2, 6, 7, 9), {}, 130.22897, 0.7871),
+    Ablation("decay_1.0", (1,), {"decay_rate": 1.0}, 132.08587, 0.7645),
+    Ablation("decay_0.45", (3,), {"decay_rate": 0.45}, 154.83982, 0.5028),
+    Ablation("dropout_0.8", (4,), {"dropout": 0.8}, 135.25858, 0.7292),
+    Ablation("dropout_0.4", (5,), {"dropout": 0.4}, 132.42525, 0.7640),
+    Ablation("no_stem_bn", (8,), {"stem_bn": False}, 132.10440, 0.7608),
+    Ablation("stem_7x7", (10,), {"stem": "7x7"}, 138.71478, 0.6924),
+)
+
+# Which ablation rows each notebook-04 run compares (the baseline always included).
+ABLATION_GROUPS = {
+    "lr_decay": ("baseline", "decay_1.0", "decay_0.45"),
+    "dropout": ("baseline", "dropout_0.4", "dropout_0.8"),
+    "stem_bn": ("baseline", "no_stem_bn"),
+    "stem_kernel": ("baseline", "stem_7x7"),
+}
+
+SEED_NUMBERS = {
+    "final_loss": 126.53595,  # table 11, 60 epochs
+    "final_test_acc": 0.8336,
+    "depth_test_acc": {2: 0.8632, 3: 0.8927},  # after test-set-watching checkpoint tuning
+}
+
+
+def ablation(key: str) -> Ablation:
+    for a in SEED_ABLATIONS:
+        if a.key == key:
+            return a
+    raise ConfigError(f"unknown ablation {key!r}; known: {[a.key for a in SEED_ABLATIONS]}")
+
+
+def seed_ablation_config(key: str, base: TrainConfig = SEED) -> TrainConfig:
+    return base.replace(**ablation(key).changes)
+
+
+# The seed's final run (table 11): its best ablation settings for 60 epochs, tested once.
+SEED_FINAL = SEED.replace(epochs=60)

@@ -1,0 +1,334 @@
+"""CIFAR-10: safe reading of the official python batches, download, splits, GPU augmentation.
+
+The batch files are pickles. A pickle can run arbitrary code when loaded, so they are
+read with an unpickler that admits only what the official files contain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ARCHIVE_MD5",
+    "BATCH_MD5",
+    "CLASSES",
+    "DataError",
+    "Dataset",
+    "NORMS",
+    "augment",
+    "default_data_dir",
+    "download",
+    "find_batches",
+    "load_cifar10",
+    "normalize",
+    "read_batch",
+]
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE = "cifar-10-python.tar.gz"
+FOLDER = "cifar-10-batches-py"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# Per-channel constants. "seed": the seed report's (its std is the mean of per-image stds);
+# "dataset": mean and std over all 50,000 official training pixels.
+NORMS = {
+    "seed": ((0.49139968, 0.48215841, 0.44653091), (0.20220212, 0.19931542, 0.20086346)),
+    "dataset": ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
+}
+
+
+class DataError(RuntimeError):
+    """A data file is missing, hostile or not what CIFAR-10 holds."""
+
+
+# ---------------------------------------------------------------------------------------
+# Safe reading
+# ---------------------------------------------------------------------------------------
+
+# Everything a CIFAR batch pickle needs to rebuild its numpy array, and nothing else.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # how Python 3's protocol-2 pickler writes bytes
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # noqa: D401
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refused global {module}.{name}: a CIFAR-10 batch holds only arrays, lists, "
+            "strings and ints, so this file is not one (it may try to run code)"
+        )
+
+
+def _safe_load(path: Path) -> dict:
+    raw = path.read_bytes()
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:  # truncated or garbled pickle
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    # The official files use byte-string keys (Python 2); accept str keys too.
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read one batch file. Returns images uint8 [N, 3, 32, 32] and labels int64 [N]."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    d = _safe_load(path)
+    if "data" not in d or "labels" not in d:
+        raise DataError(f"{path}: expected keys 'data' and 'labels', found {sorted(d)}")
+    data, labels = d["data"], d["labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", None)
+        dtype = getattr(data, "dtype", type(data).__name__)
+        raise DataError(f"{path}: 'data' must be uint8 [N, 3072], found {dtype} {shape}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: 'labels' must be {len(data)} integers, found {labels.dtype} {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
+    # [N, 3072] is CHW row-major per image.
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Locating and downloading
+# ---------------------------------------------------------------------------------------
+
+
+def default_data_dir() -> Path:
+    """`$LABKIT_DATA`, else `./data`."""
+    return Path(os.environ.get("LABKIT_DATA", "data"))
+
+
+def find_batches(root: str | os.PathLike) -> Path:
+    """Return the `cifar-10-batches-py` folder under or at `root`."""
+    root = Path(root)
+    for cand in (root, root / FOLDER):
+        if (cand / "test_batch").is_file() or (cand / "data_batch_1").is_file():
+            return cand
+    raise DataError(
+        f"no CIFAR-10 batches at {root} (looked for {root / FOLDER}/data_batch_1..5 and test_batch). "
+        f"Point labkit at a local copy with --data-dir DIR or LABKIT_DATA=DIR, or let it download "
+        f"(needs network access to {URL})."
+    )
+
+
+def download(root: str | os.PathLike) -> Path:
+    """Download and unpack the official archive into `root`, checking its md5."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / ARCHIVE
+    if not (archive.is_file() and md5(archive) == ARCHIVE_MD5):
+        from torchvision.datasets.utils import download_url
+
+        try:
+            download_url(URL, str(root), ARCHIVE, md5=ARCHIVE_MD5)
+        except Exception as e:
+            raise DataError(
+                f"CIFAR-10 is not at {root / FOLDER} and could not be downloaded from {URL} "
+                f"({type(e).__name__}: {e}). Point labkit at a local `{FOLDER}` folder with "
+                f"--data-dir DIR or LABKIT_DATA=DIR."
+            ) from None
+    if md5(archive) != ARCHIVE_MD5:
+        raise DataError(f"{archive}: md5 {md5(archive)} is not the official {ARCHIVE_MD5}; delete it and retry")
+    extract(archive, root)
+    return root / FOLDER
+
+
+def extract(archive: Path, root: Path) -> None:
+    """Unpack only regular files inside `cifar-10-batches-py/` (no links, no escapes)."""
+    with tarfile.open(archive, "r:gz") as tar:
+        members = []
+        for m in tar.getmembers():
+            parts = Path(m.name).parts
+            if m.isdir() and parts == (FOLDER,):
+                continue
+            if not m.isfile() or len(parts) != 2 or parts[0] != FOLDER or parts[1] in ("..", "."):
+                raise DataError(f"{archive}: unexpected member {m.name!r}; not the CIFAR-10 archive")
+            members.append(m)
+        (root / FOLDER).mkdir(parents=True, exist_ok=True)
+        for m in members:
+            src = tar.extractfile(m)
+            assert src is not None
+            dst = root / m.name
+            tmp = dst.with_name(dst.name + ".part")
+            tmp.write_bytes(src.read())
+            os.replace(tmp, dst)
+
+
+def locate(data_dir: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    try:
+        return find_batches(root)
+    except DataError:
+        if not allow_download:
+            raise
+    return download(root)
+
+
+# ---------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """Images stay uint8 [N, 3, 32, 32]; labels int64 [N]. `val` may be empty."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: dict  # where the data came from: folder, official or not, md5 mismatches
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        f = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        return Dataset(**f, source=self.source)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
+
+
+SPLITS = ("seed", "full")
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike | None = None,
+    split: str = "seed",
+    val_size: int = 0,
+    allow_download: bool = True,
+) -> Dataset:
+    """Load CIFAR-10 with one of the lab's splits.
+
+    Args:
+        data_dir: a folder holding `cifar-10-batches-py` (or that folder itself);
+            default `$LABKIT_DATA` or `./data`. Downloaded there when missing.
+        split: "seed" = train on batches 1-4, validate on batch 5 (the seed's code);
+            "full" = train on all five batches, with `val_size` images held out of them
+            (the last ones of batch 5) for validation.
+        val_size: only for split "full".
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    folder = locate(data_dir, allow_download)
+    parts = {name: read_batch(folder / name) for name in TRAIN_FILES + ["test_batch"]}
+    mismatched = [n for n in TRAIN_FILES + ["test_batch"] if md5(folder / n) != BATCH_MD5[n]]
+    source = {
+        "folder": folder.name,
+        "official": not mismatched,
+        "md5_mismatch": mismatched,
+        "description": "official CIFAR-10 (md5 verified)"
+        if not mismatched
+        else f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)",
+    }
+    cat = lambda names, i: np.concatenate([parts[n][i] for n in names])  # noqa: E731
+    if split == "seed":
+        tx, ty = cat(TRAIN_FILES[:4], 0), cat(TRAIN_FILES[:4], 1)
+        vx, vy = parts["data_batch_5"]
+    else:
+        x, y = cat(TRAIN_FILES, 0), cat(TRAIN_FILES, 1)
+        if not 0 <= val_size < len(y):
+            raise ValueError(f"val_size must lie in [0, {len(y)}), got {val_size}")
+        n = len(y) - val_size
+        tx, ty, vx, vy = x[:n], y[:n], x[n:], y[n:]
+    t = torch.from_numpy
+    return Dataset(t(tx), t(ty), t(np.ascontiguousarray(vx)), t(vy), *map(t, parts["test_batch"]), source=source)
+
+
+# ---------------------------------------------------------------------------------------
+# Augmentation and normalisation, on whole batches on any device
+# ---------------------------------------------------------------------------------------
+
+
+def augment(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    padding: int = 4,
+    offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
+    flips: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RandomCrop(32, padding, zero fill) then RandomHorizontalFlip(0.5), per image.
+
+    Same semantics as torchvision's transforms applied image by image: each image gets its
+    own crop offset (top, left) in [0, 2*padding] and its own coin for the flip. `offsets`
+    and `flips` may be given (tests compare against torchvision with them).
+    x: uint8 or float [B, C, H, W] -> same dtype [B, C, H, W].
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    if offsets is None:
+        top = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+        left = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+    else:
+        top, left = offsets[0].to(dev), offsets[1].to(dev)
+    if flips is None:
+        flips = torch.rand(b, device=dev, generator=generator) < 0.5
+    padded = torch.nn.functional.pad(x, (padding,) * 4)  # [B, C, H+2p, W+2p]
+    rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [B, 1, H, 1]
+    cols = (left[:, None] + torch.arange(w, device=dev))  # [B, W]
+    # A flipped crop reads its columns right to left.
+    cols = torch.where(flips.to(dev)[:, None], cols.flip(1), cols)[:, None, None, :]  # [B, 1, 1, W]
+    bi = torch.arange(b, device=dev)[:, None, None, None]
+    ci = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[bi, ci, rows, cols]
+
+
+def normalize(x: torch.Tensor, norm: str = "seed", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float, (x/255 - mean) / std with the chosen constants."""
+    mean, std = NORMS[norm]
+    m = torch.tensor(mean, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    return (x.to(dtype) / 255.0 - m) / s
+
+
+def channel_stats(x: torch.Tensor) -> dict[str, list[float]]:
+    """Per-channel mean, dataset-wide std and mean of per-image stds of uint8 images."""
+    f = x.double() / 255.0
+    return {
+        "mean": f.mean(dim=(0, 2, 3)).tolist(),
+        "std_dataset": f.std(dim=(0, 2, 3)).tolist(),
+        "std_per_image_mean": f.std(dim=(2, 3)).mean(dim=0).tolist(),
+    }

@@ -1,0 +1,226 @@
+"""The lab's experiment plan: which runs each notebook needs, for each profile.
+
+Notebooks, the main job and the GPU batch script all ask this module for their runs, so a
+run trained anywhere (a GPU machine, another process) is found again by its id.
+
+Profiles:
+  full   the real protocol on CIFAR-10 (GPU; days on a CPU, so never started there silently)
+  quick  real CIFAR-10, 5,000 training images, a half-width net, few epochs, one seed
+  smoke  synthetic CIFAR-format data and a tiny net: minutes on a CPU, for CI and a first look
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import (
+    ABLATION_GROUPS,
+    MODERN,
+    SEED,
+    SEED_ABLATIONS,
+    ConfigError,
+    TrainConfig,
+    seed_ablation_config,
+)
+from .data import Dataset, load_cifar10
+from .runs import Run, RunStore
+
+__all__ = ["PROFILES", "Profile", "profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "Lab"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    seeds: int  # default number of seeds for ablations, final and modern runs
+    synthetic: bool
+    epoch_scale: float  # multiplies every run's epochs (at least 1 epoch)
+    width: int  # network width (the seed's is 64)
+    train_subset: int  # 0 = all training images
+    batch_size: int | None  # None = the protocol's own
+    runs_dir: str  # relative to the project root
+    report_dir: str
+
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
+        """The profile's version of a full-protocol config."""
+        if self.name == "full":
+            return cfg
+        changes: dict = {
+            "epochs": max(1, round(cfg.epochs * self.epoch_scale)),
+            "width": self.width,
+            "train_subset": self.train_subset,
+        }
+        changes["warmup_epochs"] = min(cfg.warmup_epochs, changes["epochs"] / 4)
+        if self.batch_size:
+            changes["batch_size"] = self.batch_size
+        if cfg.val_size:
+            changes["val_size"] = min(cfg.val_size, 100 if self.synthetic else 1000)
+        return cfg.replace(**changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile("full", 3, False, 1.0, 64, 0, None, "report/runs", "report"),
+    "quick": Profile("quick", 1, False, 0.2, 32, 5000, None, "build/quick/runs", "build/quick/report"),
+    "smoke": Profile("smoke", 2, True, 0.07, 8, 0, 64, "build/smoke/runs", "build/smoke/report"),
+}
+
+# Images per synthetic batch file in the smoke profile (5 train batches + test).
+SMOKE_PER_BATCH = 200
+
+
+def profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ConfigError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
+    return PROFILES[name]
+
+
+# ---------------------------------------------------------------------------------------
+# The runs of each notebook, as (run name, config) pairs, full-protocol settings
+# ---------------------------------------------------------------------------------------
+
+FINAL_CHANGES: dict = {}  # the seed's best ablation settings are its baseline's (decay 0.9, dropout 0, stem BN, 3x3)
+DEPTH_EPOCHS = {"seed": 60, "corrected": 40}
+
+
+def ablation_runs(group: str, seeds: int) -> list[tuple[str, TrainConfig]]:
+    """Notebook 04: each row of one ablation group, `seeds` runs each (seed 0, 1, ...)."""
+    if group not in ABLATION_GROUPS:
+        raise ConfigError(f"ablation must be one of {sorted(ABLATION_GROUPS)}, got {group!r}")
+    return [
+        (f"ablation-{key}", seed_ablation_config(key).replace(seed=s))
+        for key in ABLATION_GROUPS[group]
+        for s in range(seeds)
+    ]
+
+
+def final_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
+    """Notebook 05: the seed's table 11 (its best settings, 60 epochs, tested once)."""
+    return [("final", SEED.replace(epochs=60, **FINAL_CHANGES, seed=s)) for s in range(seeds)]
+
+
+def depth_runs(seeds: int = 1) -> list[tuple[str, TrainConfig]]:
+    """Notebook 03: lays 2 and 3, seed-faithful and corrected, selected on validation.
+
+    seed-faithful: the seed's net (both defects) and optimiser, 60 epochs.
+    corrected: the corrected net with the modern recipe on the seed's split, 40 epochs.
+    Both pick the epoch with the best validation accuracy; test accuracy is computed once.
+    """
+    out = []
+    for s in range(seeds):
+        for lays in (2, 3):
+            out.append(
+                (f"depth-{lays}-seed", SEED.replace(lays=(lays,) * 4, epochs=DEPTH_EPOCHS["seed"], select="best_val", seed=s))
+            )
+            out.append(
+                (
+                    f"depth-{lays}-corrected",
+                    MODERN.replace(
+                        lays=(lays,) * 4, epochs=DEPTH_EPOCHS["corrected"], split="seed", select="best_val", seed=s
+                    ),
+                )
+            )
+    return out
+
+
+def modern_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
+    """Notebook 05: the modern preset on all 50,000 training images (labkit's best)."""
+    return [("modern", MODERN.replace(seed=s)) for s in range(seeds)]
+
+
+def plan(profile_name: str, seeds: int | None = None) -> list[tuple[str, str, TrainConfig]]:
+    """Every run of the lab as (notebook, run name, config), first seed of everything first."""
+    p = profile(profile_name)
+    n = p.seeds if seeds is None else seeds
+    per_seed: list[list[tuple[str, str, TrainConfig]]] = []
+    for s in range(n):
+        rows = []
+        for key in [a.key for a in SEED_ABLATIONS]:
+            rows.append(("04_ablations", f"ablation-{key}", seed_ablation_config(key).replace(seed=s)))
+        rows.append(("05_final", *final_runs(s + 1)[s]))
+        if s == 0:
+            rows += [("03_depth_limit", name, cfg) for name, cfg in depth_runs(1)]
+        rows.append(("05_final", *modern_runs(s + 1)[s]))
+        per_seed.append(rows)
+    return [(nb, name, p.apply(cfg)) for rows in per_seed for nb, name, cfg in rows]
+
+
+# ---------------------------------------------------------------------------------------
+# Getting runs: from the store, or trained when allowed
+# ---------------------------------------------------------------------------------------
+
+
+class Lab:
+    """A profile's data, run store and training policy, for notebooks and scripts.
+
+    Args:
+        profile_name: full | quick | smoke.
+        data_dir: folder with cifar-10-batches-py (ignored by smoke, which makes its own).
+        runs_dir: override the profile's run store.
+        allow_train: False = only use finished runs (a missing run raises RunMissing).
+        root: the project root that relative profile paths hang from.
+    """
+
+    def __init__(
+        self,
+        profile_name: str,
+        data_dir: str | os.PathLike | None = None,
+        runs_dir: str | os.PathLike | None = None,
+        allow_train: bool = True,
+        root: str | os.PathLike = ".",
+        progress: bool = True,
+        log: Callable[[str], None] | None = print,
+    ) -> None:
+        self.profile = profile(profile_name)
+        self.root = Path(root)
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.store = RunStore(Path(runs_dir) if runs_dir else self.root / self.profile.runs_dir)
+        self.allow_train = allow_train
+        self.progress, self.log = progress, log
+        self._data: dict[tuple[str, int], Dataset] = {}
+
+    def config(self, cfg: TrainConfig) -> TrainConfig:
+        return self.profile.apply(cfg)
+
+    def data(self, split: str = "seed", val_size: int = 0) -> Dataset:
+        key = (split, val_size)
+        if key not in self._data:
+            if self.profile.synthetic:
+                from .synthetic import make_synthetic_cifar10
+
+                root = self.root / self.profile.runs_dir / ".." / "data"
+                if not (root / "cifar-10-batches-py" / "test_batch").is_file():
+                    make_synthetic_cifar10(root, per_batch=SMOKE_PER_BATCH)
+                self._data[key] = load_cifar10(root, split, val_size, allow_download=False)
+            else:
+                self._data[key] = load_cifar10(self.data_dir, split, val_size)
+        return self._data[key]
+
+    def run(self, name: str, cfg: TrainConfig, profiled: bool = False) -> Run:
+        """The finished run of a full-protocol `cfg` (the profile applied unless `profiled`)."""
+        cfg = cfg if profiled else self.config(cfg)
+        if not self.allow_train:
+            r = self.store.find(cfg, name)
+            if r is None or not r.finished:
+                raise RunMissing(f"run {self.store.run_id(cfg, name)} is not in {self.store.root} and training is off")
+            return r
+        return self.store.get(
+            cfg, name, lambda: self.data(cfg.split, cfg.val_size), progress=self.progress, log=self.log
+        )
+
+    def runs(self, pairs: list[tuple[str, TrainConfig]], skip_missing: bool = False) -> list[Run]:
+        out = []
+        for name, cfg in pairs:
+            try:
+                out.append(self.run(name, cfg))
+            except RunMissing as e:
+                if not skip_missing:
+                    raise
+                if self.log:
+                    self.log(f"skipped: {e}")
+        return out
+
+
+class RunMissing(LookupError):
+    """A run the notebook needs was never trained and training is switched off."""

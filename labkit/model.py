@@ -1,0 +1,165 @@
+"""The seed's configurable ResNet, in torchvision's BasicBlock / _make_layer shape.
+
+Two defects of the seed's code are kept as switches so that its numbers can be
+reproduced, and are off by default:
+  - `seed_extra_block`: its `_make_lay` appends one block and then `n` more, so
+    `lays=[2,2,2,2]` builds 3 blocks per stage (a 26-layer net called ResNet18);
+  - `softmax_head`: the net ends in Softmax although it is trained with cross-entropy,
+    so softmax is applied twice and the loss cannot fall below about 1.46.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["BasicBlock", "ResNet", "build_model", "count_params", "flops_per_image", "STEMS"]
+
+STEMS = ("3x3", "7x7")
+WIDTH_MULTIPLIERS = (1, 2, 4, 8)
+STRIDES = (1, 2, 2, 2)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module = nn.Identity()
+        # A 1x1 projection only where the shape changes, as in torchvision.
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.downsample(x))
+
+
+class ResNet(nn.Module):
+    """Stem, four stages of BasicBlocks (64/128/256/512 wide by default), pool, dropout, linear.
+
+    Args:
+        lays: blocks per stage, four positive ints.
+        stem: "3x3" (stride 1, the CIFAR stem) or "7x7" (stride 2, the ImageNet conv;
+            the seed builds its max-pool but never uses it, so neither do we).
+        stem_bn: BatchNorm after the stem conv.
+        dropout: probability before the classifier.
+        seed_extra_block: build n+1 blocks per stage, as the seed's code does.
+        softmax_head: end in Softmax, as the seed's code does.
+        width: channels of the stem and first stage (stages are 1x, 2x, 4x, 8x); the seed
+            uses 64. Smaller widths serve tests and the smoke profile.
+    """
+
+    def __init__(
+        self,
+        lays: Sequence[int] = (2, 2, 2, 2),
+        stem: str = "3x3",
+        stem_bn: bool = True,
+        dropout: float = 0.0,
+        num_classes: int = 10,
+        seed_extra_block: bool = False,
+        softmax_head: bool = False,
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        if len(lays) != 4 or any(int(n) < 1 for n in lays):
+            raise ValueError(f"lays must be four positive ints, got {list(lays)}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if width < 1:
+            raise ValueError(f"width must be a positive int, got {width}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        k, s, p = (3, 1, 1) if stem == "3x3" else (7, 2, 3)
+        # The seed's stem conv has a bias even when BatchNorm follows; kept for fidelity.
+        widths = [width * m for m in WIDTH_MULTIPLIERS]
+        self.conv1 = nn.Conv2d(3, width, k, s, p, bias=True)
+        self.bn1: nn.Module = nn.BatchNorm2d(width) if stem_bn else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+        self.in_planes = width
+        self.blocks_per_stage = [int(n) + int(seed_extra_block) for n in lays]
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            self._make_layer(w, n, st) for w, n, st in zip(widths, self.blocks_per_stage, STRIDES)
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        self.head: nn.Module = nn.Softmax(dim=1) if softmax_head else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = [BasicBlock(self.in_planes, planes, stride)]
+        self.in_planes = planes
+        layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))  # [B, 64, 32, 32] (3x3) or [B, 64, 16, 16] (7x7)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, 8*width, H/8, W/8]
+        x = torch.flatten(self.avgpool(x), 1)  # [B, 8*width]
+        return self.head(self.fc(self.dropout(x)))  # [B, classes]
+
+
+def build_model(cfg) -> ResNet:
+    """A ResNet from any object with the TrainConfig model fields."""
+    return ResNet(
+        lays=cfg.lays,
+        stem=cfg.stem,
+        stem_bn=cfg.stem_bn,
+        dropout=cfg.dropout,
+        seed_extra_block=cfg.seed_extra_block,
+        softmax_head=cfg.softmax_head,
+        width=cfg.width,
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def weight_layers(model: nn.Module) -> int:
+    """Convolutions and linear layers on the main path (shortcut projections excluded)."""
+    return sum(
+        1
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and "downsample" not in name
+    )
+
+
+@torch.no_grad()
+def flops_per_image(model: nn.Module, train: bool = True, size: int = 32) -> float:
+    """Multiply-adds x2 of convolutions and linear layers for one image.
+
+    Training (forward + backward) counts 3x the forward, the usual estimate.
+    """
+    total = 0
+
+    def hook(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+            total += 2 * out.numel() * k
+        elif isinstance(m, nn.Linear):
+            total += 2 * m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return float(total * (3 if train else 1))

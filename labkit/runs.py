@@ -1,0 +1,257 @@
+"""The run store: one folder per (name, config), trained once, found again afterwards.
+
+    runs/<name>-<hash of the config>/
+        config.json    the resolved config, written before training
+        metrics.csv    one row per epoch, rewritten atomically after each epoch
+        checkpoint.pt  the latest checkpoint (not in git)
+        summary.json   written last: its presence means the run finished
+
+Asking for a finished run returns it without training; a run that stopped midway
+resumes from its checkpoint; two processes asking for the same run serialise on a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import fcntl
+import io
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .config import ConfigError, TrainConfig
+from .data import Dataset
+
+__all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text"]
+
+
+class RunError(RuntimeError):
+    """A run folder is incomplete, corrupted or belongs to another config."""
+
+
+def default_runs_dir() -> Path:
+    """`$LABKIT_RUNS`, else `./runs`."""
+    return Path(os.environ.get("LABKIT_RUNS", "runs"))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _code_version() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass
+class Run:
+    id: str
+    name: str
+    dir: Path
+    config: TrainConfig
+    summary: dict | None  # None while unfinished
+    history: pd.DataFrame
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+class RunStore:
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else default_runs_dir()
+
+    # -- naming -------------------------------------------------------------------------
+
+    @staticmethod
+    def run_id(cfg: TrainConfig, name: str) -> str:
+        if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+            raise ConfigError(f"run name must be letters, digits, '.', '_' or '-', got {name!r}")
+        return f"{name}-{cfg.short_hash()}"
+
+    def path(self, run_id: str) -> Path:
+        return self.root / run_id
+
+    # -- reading ------------------------------------------------------------------------
+
+    def load(self, run_id: str) -> Run:
+        d = self.path(run_id)
+        cfg_path = d / "config.json"
+        if not cfg_path.is_file():
+            raise RunError(f"{d}: no config.json; not a run folder")
+        try:
+            meta = json.loads(cfg_path.read_text())
+            cfg = TrainConfig.from_dict(meta["config"])
+        except (json.JSONDecodeError, KeyError, ConfigError, TypeError) as e:
+            raise RunError(f"{cfg_path}: unreadable run config ({e})") from None
+        summary = None
+        if (d / "summary.json").is_file():
+            try:
+                summary = json.loads((d / "summary.json").read_text())
+            except json.JSONDecodeError as e:
+                raise RunError(f"{d / 'summary.json'}: corrupted ({e})") from None
+        hist = pd.read_csv(d / "metrics.csv") if (d / "metrics.csv").is_file() and (d / "metrics.csv").stat().st_size else pd.DataFrame()
+        return Run(run_id, meta.get("name", run_id.rsplit("-", 1)[0]), d, cfg, summary, hist)
+
+    def find(self, cfg: TrainConfig, name: str) -> Run | None:
+        rid = self.run_id(cfg, name)
+        return self.load(rid) if (self.path(rid) / "config.json").is_file() else None
+
+    def all(self) -> list[Run]:
+        if not self.root.is_dir():
+            return []
+        return [self.load(p.name) for p in sorted(self.root.iterdir()) if (p / "config.json").is_file()]
+
+    def table(self, runs: Iterable[Run] | None = None) -> pd.DataFrame:
+        """One row per run: id, name, every config field, and the summary's numbers."""
+        rows = []
+        for r in self.all() if runs is None else runs:
+            row = {"run": r.id, "name": r.name, "finished": r.finished}
+            row.update({k: (str(v) if isinstance(v, list) else v) for k, v in r.config.to_dict().items()})
+            for k, v in (r.summary or {}).items():
+                if not isinstance(v, (dict, list)):
+                    row[k] = v
+            if r.summary and isinstance(r.summary.get("data"), dict):
+                row["data"] = r.summary["data"].get("description")
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def history(self, runs: Iterable[Run] | None = None) -> pd.DataFrame:
+        """All epochs of all runs, tidy: one row per (run, epoch)."""
+        frames = []
+        for r in self.all() if runs is None else runs:
+            if len(r.history):
+                h = r.history.copy()
+                h.insert(0, "run", r.id)
+                h.insert(1, "name", r.name)
+                h.insert(2, "seed", r.config.seed)
+                frames.append(h)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    # -- training -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, d: Path, wait: bool, log):
+        d.mkdir(parents=True, exist_ok=True)
+        f = open(d / ".lock", "w")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise RunError(f"{d}: another process is training this run; try again when it ends") from None
+                if log:
+                    log(f"waiting: another process is training {d.name}")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+
+    def get(
+        self,
+        cfg: TrainConfig,
+        name: str,
+        data: Dataset | Callable[[], Dataset],
+        *,
+        retrain: bool = False,
+        wait: bool = True,
+        checkpoint_every: int = 1,
+        progress: bool = True,
+        log: Callable[[str], None] | None = print,
+    ) -> Run:
+        """The finished run of `cfg` under `name`: loaded if done, else trained (or resumed).
+
+        `data` may be a callable, so that finished runs never load the data.
+        """
+        from .train import CheckpointError, load_checkpoint, train
+
+        rid = self.run_id(cfg, name)
+        d = self.path(rid)
+        if not retrain and (d / "summary.json").is_file():
+            return self.load(rid)
+        with self._lock(d, wait, log):
+            if not retrain and (d / "summary.json").is_file():  # finished while we waited
+                return self.load(rid)
+            if retrain:
+                for f in ("summary.json", "checkpoint.pt", "metrics.csv"):
+                    (d / f).unlink(missing_ok=True)
+            cfg_path = d / "config.json"
+            if cfg_path.is_file():
+                old = json.loads(cfg_path.read_text()).get("config", {})
+                if TrainConfig.from_dict(old).identity() != cfg.identity():
+                    raise RunError(f"{d}: holds a different config than asked for (hash collision?)")
+            else:
+                atomic_write_text(cfg_path, json.dumps({"name": name, "config": cfg.to_dict()}, indent=2))
+            ckpt = d / "checkpoint.pt"
+            if ckpt.exists():
+                try:  # a checkpoint that cannot be read is set aside, never trusted
+                    load_checkpoint(ckpt)
+                except CheckpointError as e:
+                    bad = ckpt.with_name(f"checkpoint.corrupt-{int(time.time())}.pt")
+                    os.replace(ckpt, bad)
+                    if log:
+                        log(f"{e}; moved aside to {bad.name}, training this run from the start")
+            init_state = None
+            if cfg.init_from:
+                parent = self.path(cfg.init_from) / "checkpoint.pt"
+                init_state = load_checkpoint(parent)["model"]
+            dataset = data() if callable(data) else data
+            def on_epoch(history: list[dict]) -> None:
+                _write_metrics(d / "metrics.csv", history)
+
+            t0 = time.time()
+            result = train(
+                cfg,
+                dataset,
+                run_dir=d,
+                init_state=init_state,
+                checkpoint_every=checkpoint_every,
+                progress=progress,
+                log=log,
+                on_epoch=on_epoch,
+            )
+            _write_metrics(d / "metrics.csv", result.history)
+            summary = {
+                "run": rid,
+                "name": name,
+                "config_hash": cfg.short_hash(),
+                **result.summary,
+                "wall_seconds": time.time() - t0,
+                "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "code_version": _code_version(),
+            }
+            atomic_write_text(d / "summary.json", json.dumps(summary, indent=2))
+        return self.load(rid)

@@ -1,0 +1,446 @@
+"""The training loop: data resident on the device, augmentation on the device, one host
+sync per epoch, checkpoints that resume exactly.
+
+On CUDA the forward and backward pass of a full batch is captured once in a CUDA graph
+and replayed (the ~400 kernel launches of a step otherwise cost more than the maths at
+batch 512); the fused optimiser step and the last, partial batch run eagerly. On the CPU
+the same loop runs eagerly and is deterministic, which the tests rely on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import TrainConfig
+from .data import Dataset, augment, normalize
+from .model import build_model
+
+__all__ = ["DivergenceError", "CheckpointError", "TrainResult", "train", "evaluate", "lr_at", "resolve_device"]
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupted or carries code."""
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    history: list[dict]  # one row per epoch
+    summary: dict  # final numbers, timings, where it ran
+    model: nn.Module = field(repr=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Small pieces
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; use device=auto or cpu")
+    return torch.device(name)
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Learning rate for optimiser step `step` (0-based) of epoch `epoch` (0-based)."""
+    if cfg.schedule == "exp":  # the seed: multiplied by decay_rate after every epoch
+        return cfg.lr * cfg.decay_rate**epoch
+    t = epoch + step / steps_per_epoch  # in epochs
+    if t < cfg.warmup_epochs:
+        return cfg.lr * (t + 1 / steps_per_epoch) / cfg.warmup_epochs
+    frac = (t - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-9)
+    if cfg.schedule == "linear":
+        return cfg.lr * max(0.0, 1.0 - frac)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def _make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        **fused,
+    )
+
+
+def _epoch_seed(cfg: TrainConfig, epoch: int) -> int:
+    # Every epoch draws from its own seed, so a run resumed at an epoch boundary
+    # sees exactly the permutation, crops, flips and dropout masks it would have seen.
+    return (cfg.seed * 1_000_003 + epoch * 7919) % (2**62)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
+def _prep(x_u8: Tensor, cfg: TrainConfig) -> Tensor:
+    x = normalize(x_u8, cfg.norm)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints: atomic, loaded with weights_only=True
+# ---------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: never half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        kind = "refused: it carries code or objects other than tensors" if "weights_only" in str(e) else "unreadable (truncated or corrupted?)"
+        raise CheckpointError(f"{path}: checkpoint {kind} ({msg})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a labkit checkpoint (no 'model' entry)")
+    return state
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x_u8: Tensor,
+    y: Tensor,
+    cfg: TrainConfig,
+    batch_size: int = 1000,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy (of the model's output) on uint8 images."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    was_training = model.training
+    model.eval()
+    device = x_u8.device
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss = torch.zeros((), device=device, dtype=torch.float32)
+    for i in range(0, len(y), batch_size):
+        xb, yb = _prep(x_u8[i : i + batch_size], cfg), y[i : i + batch_size]
+        with _autocast(device, amp_dtype):
+            out = model(xb).float()
+            if cfg.tta_flip:
+                out = (out + model(xb.flip(3)).float()) / 2
+        loss += F.cross_entropy(out, yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    return correct.item() / len(y), loss.item() / len(y)
+
+
+# ---------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------
+
+
+class _Stepper:
+    """Forward + backward of one batch; returns the (detached) loss and logits.
+
+    On CUDA with cuda_graphs, full batches replay a captured graph; other batch sizes run
+    eagerly. The optimiser step is not inside: it runs eagerly (fused) after this.
+    """
+
+    def __init__(self, model, loss_fn, cfg: TrainConfig, device, amp_dtype):
+        self.model, self.loss_fn, self.cfg, self.device, self.amp = model, loss_fn, cfg, device, amp_dtype
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.mode = "eager"
+        self.want_graph = cfg.cuda_graphs and device.type == "cuda"
+        self.graph_error = ""
+
+    def eager(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
+        if self.graph is not None:
+            # After capture the .grad tensors are the graph's own buffers; zero them in place
+            # (never set to None) so the eager backward writes correct gradients into them.
+            optimizer.zero_grad(set_to_none=False)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        with _autocast(self.device, self.amp):
+            out = self.model(x)
+            loss = self.loss_fn(out.float(), y)
+        loss.backward()
+        return loss.detach(), out.detach()
+
+    def _capture(self, x: Tensor, y: Tensor, optimizer) -> None:
+        model = self.model
+        saved = {k: v.clone() for k, v in model.state_dict().items()}  # undo warm-up's BN updates
+        rng = torch.cuda.get_rng_state(self.device)
+        self.static_x, self.static_y = x.clone(), y.clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up: cuDNN picks its algorithms outside the capture
+                optimizer.zero_grad(set_to_none=True)
+                with _autocast(self.device, self.amp):
+                    loss = self.loss_fn(model(self.static_x).float(), self.static_y)
+                loss.backward()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            with _autocast(self.device, self.amp):
+                out = model(self.static_x)
+                self.static_loss = self.loss_fn(out.float(), self.static_y)
+            self.static_loss.backward()
+            self.static_out = out.detach()
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(saved[k])
+        torch.cuda.set_rng_state(rng, self.device)
+        self.graph, self.mode = g, "cuda_graph"
+
+    def __call__(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
+        full = len(y) == self.cfg.batch_size
+        if full and self.want_graph and self.graph is None:
+            try:
+                self._capture(x, y, optimizer)
+            except Exception as e:  # an op that cannot be captured: fall back, say why
+                self.want_graph, self.graph, self.graph_error = False, None, f"{type(e).__name__}: {e}"
+                torch.cuda.synchronize(self.device)
+                optimizer.zero_grad(set_to_none=True)
+        if full and self.graph is not None:
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            self.graph.replay()
+            return self.static_loss.detach(), self.static_out
+        return self.eager(x, y, optimizer)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+def _rng_states(device: torch.device) -> dict:
+    s = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        s["cuda"] = torch.cuda.get_rng_state(device)
+    return s
+
+
+def train(
+    cfg: TrainConfig,
+    data: Dataset,
+    run_dir: str | os.PathLike | None = None,
+    init_state: dict | None = None,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    on_epoch: Callable[[list[dict]], None] | None = None,
+) -> TrainResult:
+    """Train `cfg` on `data`; with `run_dir`, checkpoint there and resume from it.
+
+    Args:
+        init_state: model weights to start from (the seed's multi-stage tuning).
+        checkpoint_every: epochs between checkpoints (0 = only at the end).
+        on_epoch: called with all epochs' metric rows so far, after each epoch's checkpoint.
+    """
+    device = resolve_device(cfg.device)
+    amp_dtype = _amp_dtype(cfg, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
+
+    torch.manual_seed(cfg.seed)  # weight init
+    model = build_model(cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    optimizer = _make_optimizer(cfg, model, device)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    train_x, train_y = data.train_x, data.train_y
+    if cfg.train_subset:
+        train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    d = Dataset(train_x, train_y, data.val_x, data.val_y, data.test_x, data.test_y, data.source).to(device)
+    n = len(d.train_y)
+    if n == 0:
+        raise ValueError("the training set is empty")
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+
+    history: list[dict] = []
+    start_epoch = 0
+    best = {"val_acc": -1.0, "epoch": -1, "state": None}
+    if ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+        if state.get("best_state") is not None:
+            best = {"val_acc": state["best_val_acc"], "epoch": state["best_epoch"], "state": state["best_state"]}
+        if log:
+            log(f"resumed from {ckpt_path} at epoch {start_epoch}/{cfg.epochs}")
+
+    stepper = _Stepper(model, loss_fn, cfg, device, amp_dtype)
+    bar = None
+    if progress and start_epoch < cfg.epochs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.short_hash()}", unit="ep", leave=False)
+
+    def checkpoint(epoch: int) -> None:
+        if ckpt_path is None:
+            return
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "rng": _rng_states(device),
+                "config": cfg.to_dict(),
+                "best_state": best["state"],
+                "best_val_acc": best["val_acc"],
+                "best_epoch": best["epoch"],
+            },
+        )
+
+    gen = torch.Generator(device=device)
+    train_seconds = sum(r["seconds"] for r in history)
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(_epoch_seed(cfg, epoch))
+        gen.manual_seed(_epoch_seed(cfg, epoch))
+        model.train()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, device=device, generator=gen)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        lr0 = lr_at(cfg, epoch, 0, steps_per_epoch)
+        for step in range(steps_per_epoch):
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            xb = d.train_x[idx]
+            if cfg.augment:
+                xb = augment(xb, generator=gen)
+            xb, yb = _prep(xb, cfg), d.train_y[idx]
+            lr = lr_at(cfg, epoch, step, steps_per_epoch)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            try:
+                loss, out = stepper(xb, yb, optimizer)
+            except torch.cuda.OutOfMemoryError:
+                raise torch.cuda.OutOfMemoryError(
+                    f"CUDA out of memory at batch_size={cfg.batch_size} (lays={list(cfg.lays)}); "
+                    "lower batch_size or free the GPU"
+                ) from None
+            optimizer.step()
+            loss_sum += loss
+            correct += (out.argmax(1) == yb).sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        loss_total = loss_sum.item()  # the one host sync of the epoch
+        if not math.isfinite(loss_total):
+            if bar:
+                bar.close()
+            kept = f"; the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt_path}" if ckpt_path and ckpt_path.exists() else ""
+            raise DivergenceError(f"training loss became {loss_total} in epoch {epoch} (lr {lr0:g}){kept}")
+        val_acc, val_loss = evaluate(model, d.val_x, d.val_y, cfg, amp_dtype=amp_dtype)
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr0,
+            "loss_sum": loss_total,  # the seed's figure: sum of per-batch mean losses
+            "loss_mean": loss_total / steps_per_epoch,
+            "train_acc": correct.item() / n,
+            "val_acc": val_acc,
+            "val_loss": val_loss,
+            "seconds": seconds,
+            "images_per_s": n / seconds,
+        }
+        history.append(row)
+        train_seconds += seconds
+        if cfg.select == "best_val" and val_acc > best["val_acc"]:
+            best = {"val_acc": val_acc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+        last = epoch + 1 == cfg.epochs
+        if last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0):
+            checkpoint(epoch)
+        if on_epoch:
+            on_epoch(history)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss_sum']:.2f}", val=f"{val_acc:.4f}")
+        if log:
+            log(
+                f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {lr0:.3g}  loss_sum {loss_total:9.4f}  "
+                f"train_acc {row['train_acc']:.4f}  val_acc {val_acc:.4f}  {seconds:6.2f}s  {n / seconds:8.0f} img/s"
+            )
+    if bar:
+        bar.close()
+
+    final_state = None
+    if cfg.select == "best_val" and best["state"] is not None:
+        final_state = copy.deepcopy(model.state_dict())
+        model.load_state_dict(best["state"])
+    test_acc, test_loss = evaluate(model, d.test_x, d.test_y, cfg, amp_dtype=amp_dtype)
+    sel_epoch = best["epoch"] if final_state is not None else cfg.epochs
+    if final_state is not None:
+        model.load_state_dict(final_state)
+    last = history[-1] if history else {}
+    summary = {
+        "epochs": cfg.epochs,
+        "final_loss_sum": last.get("loss_sum"),
+        "final_val_acc": last.get("val_acc"),
+        "best_val_acc": max((r["val_acc"] for r in history), default=None),
+        "selected_epoch": sel_epoch,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "train_seconds": train_seconds,
+        "images_per_s_mean": n * len(history) / train_seconds if train_seconds else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": "bf16" if amp_dtype else "fp32",
+        "step_mode": stepper.mode,
+        "graph_fallback": stepper.graph_error,
+        "train_images": n,
+        "data": data.source,
+        "torch": torch.__version__,
+    }
+    return TrainResult(cfg, history, summary, model)
