@@ -49,6 +49,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    import time
+
+    from .lab import Lab, plan
+    from .sweep import sweep
+
+    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False)
+    jobs = [(name, cfg) for nb, name, cfg in plan(args.profile, args.seeds) if not args.only or nb in args.only.split(",")]
+    deadline = args.deadline or (time.time() + args.budget_s if args.budget_s else None)
+    lanes, rate_guess = (1 if args.lanes == "auto" else int(args.lanes)), args.rate_guess
+    if args.bench_json:
+        import json
+
+        b = json.loads(open(args.bench_json).read())
+        probes = [p for p in b.get("lanes", []) if "error" not in p]
+        if args.lanes == "auto" and probes:
+            best = max(probes, key=lambda p: p["total_images_per_s"])
+            lanes = best["lanes"] if best["total_images_per_s"] > 1.1 * probes[0]["total_images_per_s"] else 1
+        per_lane = next((p["total_images_per_s"] / p["lanes"] for p in probes if p["lanes"] == lanes), b["labkit"]["images_per_s"])
+        rate_guess = rate_guess or per_lane * b["train_gflop_per_image"]
+        print(f"sweep: {lanes} lane(s), {rate_guess:.0f} GFLOP/s per lane expected (from {args.bench_json})")
+    t0 = time.time()
+    done = sweep(
+        jobs,
+        lab.store,
+        lab.data,
+        lanes=lanes,
+        deadline=deadline,
+        rate_guess=rate_guess,
+        checkpoint_every=args.checkpoint_every,
+    )
+    counts = {s: sum(j.status == s for j in done) for s in ("done", "cached", "skipped", "stopped", "failed")}
+    print(f"sweep: {len(done)} jobs in {time.time() - t0:.1f}s wall: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 1 if counts["failed"] else 0
+
+
 def cmd_runs(args) -> int:
     import pandas as pd
 
@@ -102,6 +138,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("bench", help="time the seed's recipe beside labkit's path (GPU; --cpu-check for a small CPU check)")
+    p.add_argument("--data-dir")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per side; the first is a warm-up")
+    p.add_argument("--workers", type=int, default=8, help="DataLoader workers for the seed recipe")
+    p.add_argument("--cpu-check", action="store_true", help="tiny synthetic run on the CPU (checks the code, not speed)")
+    p.add_argument("--probe-lanes", type=int, nargs="*", default=[], help="also time N runs side by side, e.g. 2 3")
+    p.add_argument("--out", help="write the JSON result here")
+    p.set_defaults(fn=lambda a: __import__("labkit.bench", fromlist=["main_bench"]).main_bench(a))
+
+    p = sub.add_parser("sweep", help="train a profile's planned runs in priority order, side by side, in a time budget")
+    p.add_argument("--profile", default="full", help="full | quick | smoke")
+    p.add_argument("--data-dir")
+    p.add_argument("--runs-dir", help="default: the profile's run store")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: the profile's)")
+    p.add_argument("--only", help="comma-separated notebooks to include, e.g. 04_ablations,05_final")
+    p.add_argument("--lanes", default="1", help="runs side by side on each GPU, or 'auto' (best of --bench-json's probe)")
+    p.add_argument("--bench-json", help="a `labkit bench` result: gives --rate-guess and --lanes auto")
+    p.add_argument("--deadline", type=float, help="unix time by which every run must end")
+    p.add_argument("--budget-s", type=float, help="seconds from now by which every run must end")
+    p.add_argument("--rate-guess", type=float, help="GFLOP/s of one lane, until a run has measured it")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0 = end only)")
+    p.set_defaults(fn=cmd_sweep)
 
     args = ap.parse_args(argv)
     try:

@@ -9,6 +9,7 @@ import ast
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -174,7 +175,8 @@ def _check_types(cfg: TrainConfig) -> None:
         elif t is int:
             ok = isinstance(v, int) and not isinstance(v, bool)
         elif t is float:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            # NaN and inf slip through every range check below (`nan < 0` is False): refuse here.
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             if ok and isinstance(v, int):
                 object.__setattr__(cfg, f.name, float(v))
         elif t is str:
@@ -185,7 +187,8 @@ def _check_types(cfg: TrainConfig) -> None:
                 object.__setattr__(cfg, f.name, tuple(v))
         if not ok:
             tname = getattr(t, "__name__", str(t))
-            raise ConfigError(f"{f.name} must be {tname}, got {type(v).__name__} {v!r}")
+            finite = "a finite " if t is float else ""
+            raise ConfigError(f"{f.name} must be {finite}{tname}, got {type(v).__name__} {v!r}")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -195,7 +198,7 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
         k, v = item.split("=", 1)
-        k = k.strip()
+        k, v = k.strip(), v.strip()
         try:
             out[k] = ast.literal_eval(v)
         except (ValueError, SyntaxError):

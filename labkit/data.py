@@ -108,7 +108,7 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: file not found")
     d = _safe_load(path)
     if "data" not in d or "labels" not in d:
-        raise DataError(f"{path}: expected keys 'data' and 'labels', found {sorted(d)}")
+        raise DataError(f"{path}: expected keys 'data' and 'labels', found {sorted(map(repr, d))}")
     data, labels = d["data"], d["labels"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)

@@ -70,7 +70,8 @@ class ResNet(nn.Module):
         width: int = 64,
     ) -> None:
         super().__init__()
-        if len(lays) != 4 or any(int(n) < 1 for n in lays):
+        # 2.5 blocks is not a depth: refuse non-integers rather than truncate them.
+        if len(lays) != 4 or any(isinstance(n, bool) or int(n) != n or n < 1 for n in lays):
             raise ValueError(f"lays must be four positive ints, got {list(lays)}")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")

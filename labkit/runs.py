@@ -52,6 +52,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _code_version() -> str:
+    if os.environ.get("LABKIT_CODE_VERSION"):  # set where the tree travels without .git
+        return os.environ["LABKIT_CODE_VERSION"]
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -191,10 +193,12 @@ class RunStore:
         checkpoint_every: int = 1,
         progress: bool = True,
         log: Callable[[str], None] | None = print,
+        on_epoch: Callable[[list[dict]], None] | None = None,
     ) -> Run:
         """The finished run of `cfg` under `name`: loaded if done, else trained (or resumed).
 
-        `data` may be a callable, so that finished runs never load the data.
+        `data` may be a callable, so that finished runs never load the data. `on_epoch` sees
+        the metric rows after each epoch is stored; raising there stops the run resumably.
         """
         from .train import CheckpointError, load_checkpoint, train
 
@@ -229,8 +233,10 @@ class RunStore:
                 parent = self.path(cfg.init_from) / "checkpoint.pt"
                 init_state = load_checkpoint(parent)["model"]
             dataset = data() if callable(data) else data
-            def on_epoch(history: list[dict]) -> None:
+            def stored(history: list[dict]) -> None:
                 _write_metrics(d / "metrics.csv", history)
+                if on_epoch:
+                    on_epoch(history)
 
             t0 = time.time()
             result = train(
@@ -241,7 +247,7 @@ class RunStore:
                 checkpoint_every=checkpoint_every,
                 progress=progress,
                 log=log,
-                on_epoch=on_epoch,
+                on_epoch=stored,
             )
             _write_metrics(d / "metrics.csv", result.history)
             summary = {

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from .data import Dataset, augment, normalize
 from .model import build_model
 
 __all__ = ["DivergenceError", "CheckpointError", "TrainResult", "train", "evaluate", "lr_at", "resolve_device"]
+
+
+_INIT_LOCK = threading.Lock()
+_CAPTURE_LOCK = threading.Lock()
 
 
 class DivergenceError(RuntimeError):
@@ -208,7 +213,6 @@ class _Stepper:
     def _capture(self, x: Tensor, y: Tensor, optimizer) -> None:
         model = self.model
         saved = {k: v.clone() for k, v in model.state_dict().items()}  # undo warm-up's BN updates
-        rng = torch.cuda.get_rng_state(self.device)
         self.static_x, self.static_y = x.clone(), y.clone()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -221,7 +225,8 @@ class _Stepper:
         torch.cuda.current_stream(self.device).wait_stream(side)
         optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
+        # thread_local: runs training side by side in threads may launch work meanwhile.
+        with torch.cuda.graph(g, stream=side, capture_error_mode="thread_local"):
             with _autocast(self.device, self.amp):
                 out = model(self.static_x)
                 self.static_loss = self.loss_fn(out.float(), self.static_y)
@@ -230,17 +235,17 @@ class _Stepper:
         with torch.no_grad():
             for k, v in model.state_dict().items():
                 v.copy_(saved[k])
-        torch.cuda.set_rng_state(rng, self.device)
         self.graph, self.mode = g, "cuda_graph"
 
     def __call__(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
         full = len(y) == self.cfg.batch_size
         if full and self.want_graph and self.graph is None:
             try:
-                self._capture(x, y, optimizer)
+                with _CAPTURE_LOCK:  # one capture at a time across threads
+                    self._capture(x, y, optimizer)
             except Exception as e:  # an op that cannot be captured: fall back, say why
                 self.want_graph, self.graph, self.graph_error = False, None, f"{type(e).__name__}: {e}"
-                torch.cuda.synchronize(self.device)
+                torch.cuda.current_stream(self.device).synchronize()
                 optimizer.zero_grad(set_to_none=True)
         if full and self.graph is not None:
             self.static_x.copy_(x)
@@ -286,8 +291,10 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
 
-    torch.manual_seed(cfg.seed)  # weight init
-    model = build_model(cfg).to(device)
+    with _INIT_LOCK:  # the global RNG: runs side by side in threads must not interleave here
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if init_state is not None:
@@ -350,7 +357,7 @@ def train(
         gen.manual_seed(_epoch_seed(cfg, epoch))
         model.train()
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            torch.cuda.current_stream(device).synchronize()  # this run's stream only
         t0 = time.perf_counter()
         perm = torch.randperm(n, device=device, generator=gen)
         loss_sum = torch.zeros((), device=device)
@@ -376,7 +383,7 @@ def train(
             loss_sum += loss
             correct += (out.argmax(1) == yb).sum()
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            torch.cuda.current_stream(device).synchronize()  # this run's stream only
         seconds = time.perf_counter() - t0
         loss_total = loss_sum.item()  # the one host sync of the epoch
         if not math.isfinite(loss_total):

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: the stand-in data, the speed benchmark, then the full lab's
+# runs in priority order inside a time budget. Everything to keep lands in $OUT:
+#   log.txt, bench.json, runs.tar.gz (the run store without checkpoints), runs.txt
+# Usage (repo root): OUT=dir BUDGET_S=540 bash benchmarks/gpu_lab.sh
+#   PROFILE=smoke runs the same steps on a CPU in minutes (to check this script).
+set -u
+OUT=${OUT:-build/gpu_out}
+PROFILE=${PROFILE:-full}
+BUDGET_S=${BUDGET_S:-540}
+DATA=${DATA:-/tmp/labkit-cifar}
+SEEDS=${SEEDS:-3}
+mkdir -p "$OUT"
+deadline=$(( $(date +%s) + BUDGET_S ))
+exec > >(tee "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+RUNS=$($PY -c "from labkit.lab import profile; print(profile('$PROFILE').runs_dir)")
+
+echo "== $(date -u +%FT%TZ) profile $PROFILE, budget ${BUDGET_S}s, code ${LABKIT_CODE_VERSION:-?}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
+$PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+echo "== data: CIFAR-10 stand-in (JPEG re-encoded) into $DATA"
+t=$(date +%s.%N); $PY .device/cifar10/make_batches.py "$DATA" >/dev/null || exit 1
+echo "data ready in $(awk "BEGIN{print $(date +%s.%N) - $t}") s"
+
+echo "== bench"
+if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  $PY -m labkit bench --data-dir "$DATA" --epochs 3 --probe-lanes 2 3 --out "$OUT/bench.json"
+else
+  $PY -m labkit bench --cpu-check --out "$OUT/bench.json"
+fi
+
+echo "== sweep until $(date -u -d @$deadline +%TZ)"
+t=$(date +%s.%N)
+$PY -m labkit sweep --profile "$PROFILE" --seeds "$SEEDS" --data-dir "$DATA" --lanes auto --bench-json "$OUT/bench.json" \
+    --deadline "$deadline" --checkpoint-every 0 \
+  || { echo "== sweep failed; once more with one lane"; $PY -m labkit sweep --profile "$PROFILE" --seeds "$SEEDS" --data-dir "$DATA" --lanes 1 --deadline "$deadline" --checkpoint-every 0; }
+echo "sweep wall time $(awk "BEGIN{print $(date +%s.%N) - $t}") s"
+
+$PY -m labkit runs --runs-dir "$RUNS" > "$OUT/runs.txt"
+tar czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='.lock' "$RUNS"
+ls -la "$OUT"
+echo "== end $(date -u +%FT%TZ)"

@@ -1,0 +1,243 @@
+"""Speed benchmark: the seed's recipe, as the seed wrote it, beside labkit's path, in one process.
+
+    python -m labkit bench --data-dir DIR [--epochs 3] [--out benchmarks/results/x.json]
+    python -m labkit bench --cpu-check            # a small check of the code on a CPU
+
+(a) seed recipe: the seed's network (both defects), a torch Dataset of HWC uint8 images with
+    torchvision transforms on the CPU (RandomCrop(32, 4), RandomHorizontalFlip, ToTensor,
+    Normalize) in a DataLoader with 8 workers, Adam, fp32, batch 512.
+(b) labkit: the same network, batch and augmentation semantics through labkit.train (data
+    resident on the device, GPU crop/flip, bf16 autocast, channels_last, CUDA-graphed step,
+    fused Adam, one host sync per epoch).
+Epoch times exclude evaluation. The first epoch of each side is a warm-up (worker start,
+cuDNN autotuning, graph capture) and is reported but not used for the ratio.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import SEED, TrainConfig
+from .data import NORMS, Dataset, load_cifar10
+from .model import build_model, flops_per_image
+from .train import train
+
+__all__ = ["seed_recipe_epoch_times", "labkit_epoch_times", "bf16_peak_tflops", "run_bench"]
+
+
+class _SeedDataset(torch.utils.data.Dataset):
+    """How the seed feeds images: HWC uint8 arrays through PIL-based torchvision transforms."""
+
+    def __init__(self, x_u8_chw: torch.Tensor, y: torch.Tensor, norm: str) -> None:
+        import torchvision.transforms as T
+
+        self.x = x_u8_chw.permute(0, 2, 3, 1).numpy()  # [N, 32, 32, 3]
+        self.y = y.numpy()
+        mean, std = NORMS[norm]
+        self.tf = T.Compose(
+            [T.ToPILImage(), T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+        )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.tf(self.x[i]), int(self.y[i])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_recipe_epoch_times(
+    cfg: TrainConfig, data: Dataset, epochs: int, device: torch.device, workers: int = 8
+) -> list[float]:
+    """Seconds per training epoch of the seed's recipe (fp32, CPU transforms, DataLoader)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = data.train_x, data.train_y
+    if cfg.train_subset:
+        x, y = x[: cfg.train_subset], y[: cfg.train_subset]
+    loader = torch.utils.data.DataLoader(
+        _SeedDataset(x, y, cfg.norm),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    times = []
+    for _ in range(epochs):
+        model.train()
+        _sync(device)
+        t0 = time.perf_counter()
+        total = 0.0
+        for xb, yb in loader:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            opt.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            total += loss.item()  # the seed sums batch losses with .item() every step
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def labkit_epoch_times(cfg: TrainConfig, data: Dataset, epochs: int) -> tuple[list[float], dict]:
+    r = train(cfg.replace(epochs=epochs), data, progress=False, log=None)
+    return [row["seconds"] for row in r.history], r.summary
+
+
+def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 2) -> dict:
+    """Total images/s of `lanes` copies of the run training side by side (threads, one
+    CUDA stream each), as labkit.sweep runs them. The first epoch of each is a warm-up."""
+    import threading
+
+    rows: list[list[dict]] = [[] for _ in range(lanes)]
+
+    def one(i: int) -> None:
+        with torch.cuda.stream(torch.cuda.Stream()):
+            r = train(cfg.replace(epochs=epochs, seed=cfg.seed + i), data, progress=False, log=None)
+            torch.cuda.current_stream().synchronize()
+        rows[i] = r.history
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    steady = [statistics.median(r["seconds"] for r in h[1:]) for h in rows]
+    n = rows[0][0]["images_per_s"] * rows[0][0]["seconds"]
+    return {"lanes": lanes, "epoch_seconds_per_lane": steady, "total_images_per_s": sum(n / s for s in steady)}
+
+
+def bf16_peak_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
+    """Measured dense bf16 matmul rate (random data) on this GPU: the ceiling we compare to."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (start.elapsed_time(end) / 1000) / 1e12
+
+
+def run_bench(
+    data: Dataset,
+    epochs: int = 3,
+    device_name: str = "auto",
+    workers: int = 8,
+    cfg: TrainConfig | None = None,
+    command: str = "",
+) -> dict:
+    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else ("cpu" if device_name == "auto" else device_name))
+    cfg = (cfg or SEED).replace(device=device.type)
+    n = len(data.train_y) if not cfg.train_subset else min(cfg.train_subset, len(data.train_y))
+    flops = flops_per_image(build_model(cfg))
+    peak = bf16_peak_tflops(device)
+
+    a_times = seed_recipe_epoch_times(cfg, data, epochs, device, workers) if workers >= 0 else [float("nan")]
+    b_times, b_summary = labkit_epoch_times(cfg, data, epochs)
+    steady = lambda t: statistics.median(t[1:]) if len(t) > 1 else t[0]  # noqa: E731
+    a_s, b_s = steady(a_times), steady(b_times)
+    res = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command or " ".join(sys.argv),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "versions": {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__},
+        "data": data.source.get("description"),
+        "network": {"lays": list(cfg.lays), "seed_extra_block": cfg.seed_extra_block, "softmax_head": cfg.softmax_head, "width": cfg.width},
+        "batch_size": cfg.batch_size,
+        "train_images_per_epoch": n,
+        "train_gflop_per_image": flops / 1e9,
+        "bf16_peak_tflops_measured": peak,
+        "seed_recipe": {
+            "epoch_seconds": a_times,
+            "steady_epoch_seconds": a_s,
+            "images_per_s": n / a_s,
+            "precision": "fp32",
+            "loader_workers": workers,
+        },
+        "labkit": {
+            "epoch_seconds": b_times,
+            "steady_epoch_seconds": b_s,
+            "images_per_s": n / b_s,
+            "precision": b_summary["precision"],
+            "step_mode": b_summary["step_mode"],
+            "graph_fallback": b_summary["graph_fallback"],
+        },
+        "speedup": a_s / b_s,
+    }
+    for side in ("seed_recipe", "labkit"):
+        tflops = flops * res[side]["images_per_s"] / 1e12
+        res[side]["achieved_tflops"] = tflops
+        res[side]["share_of_bf16_peak"] = tflops / peak if peak else None
+    return res
+
+
+def format_bench(res: dict) -> str:
+    a, b = res["seed_recipe"], res["labkit"]
+    lines = [
+        f"device {res['device']}  data: {res['data']}  batch {res['batch_size']}  {res['train_images_per_epoch']} images/epoch",
+        f"{'':12s} {'s/epoch':>9s} {'img/s':>9s} {'TFLOP/s':>9s} {'of peak':>8s}",
+    ]
+    for name, s in (("seed recipe", a), ("labkit", b)):
+        share = f"{100 * s['share_of_bf16_peak']:.1f}%" if s["share_of_bf16_peak"] else "-"
+        lines.append(f"{name:12s} {s['steady_epoch_seconds']:9.3f} {s['images_per_s']:9.0f} {s['achieved_tflops']:9.2f} {share:>8s}")
+    lines.append(f"speedup labkit / seed recipe: {res['speedup']:.2f}x  (labkit step: {b['step_mode']})")
+    for p in res.get("lanes", []):
+        lines.append(f"  {p['lanes']} lane(s) side by side: " + (f"{p['total_images_per_s']:.0f} img/s in total" if "error" not in p else p["error"]))
+    return "\n".join(lines)
+
+
+def main_bench(args) -> int:
+    if args.cpu_check:
+        import tempfile
+
+        from .synthetic import make_synthetic_cifar10
+
+        tmp = tempfile.mkdtemp(prefix="labkit-bench-")
+        make_synthetic_cifar10(tmp, per_batch=128)
+        data = load_cifar10(tmp, "seed", allow_download=False)
+        cfg = SEED.replace(width=8, batch_size=64)
+        res = run_bench(data, epochs=2, device_name="cpu", workers=0, cfg=cfg, command=" ".join(sys.argv))
+        res["note"] = "CPU check of the benchmark code on synthetic data and a width-8 net; not a speed figure"
+    else:
+        data = load_cifar10(args.data_dir, "seed")
+        res = run_bench(data, epochs=args.epochs, workers=args.workers, command=" ".join(sys.argv))
+    save = lambda: args.out and Path(args.out).write_text(json.dumps(res, indent=2))  # noqa: E731
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save()  # before the probe, which runs threads on the GPU: keep what we have
+    if args.probe_lanes and torch.cuda.is_available():
+        res["lanes"] = [{"lanes": 1, "total_images_per_s": res["labkit"]["images_per_s"]}]
+        for k in args.probe_lanes:
+            try:
+                res["lanes"].append(lanes_probe(SEED.replace(device="cuda"), data, k))
+            except Exception as e:  # report, never lose the rest of the benchmark
+                res["lanes"].append({"lanes": k, "error": f"{type(e).__name__}: {e}"})
+            save()
+    print(format_bench(res))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
