@@ -11,17 +11,35 @@ from .config import ConfigError, parse_overrides, preset
 SYNTHETIC_DIR = Path("data") / "synthetic"
 
 
+def _synthetic_data(root: Path, per_batch: int, split: str, val_size: int):
+    """Synthetic data at `root`, made there unless present; never another size, never real data."""
+    from .data import FOLDER, DataError, load_cifar10, read_batch
+    from .synthetic import make_synthetic_cifar10
+
+    folder = root / FOLDER
+    if not (folder / "test_batch").is_file():
+        make_synthetic_cifar10(root, per_batch=per_batch)
+    else:  # made earlier: it must be what was asked for, or the run's id would lie about its data
+        have = len(read_batch(folder / "data_batch_1")[1])
+        if have != per_batch:
+            raise DataError(
+                f"{folder} holds {have} images per batch, not the {per_batch} of --synthetic-size; "
+                "pick another --data-dir or delete that folder"
+            )
+    data = load_cifar10(root, split, val_size, allow_download=False)
+    if data.source["official"]:
+        raise DataError(f"--synthetic, but {folder} holds the official CIFAR-10; pick another --data-dir")
+    return data
+
+
 def _data_loader(args):
     from .data import load_cifar10
 
     def load(cfg):
         if args.synthetic:
-            from .synthetic import make_synthetic_cifar10
-
-            root = Path(args.data_dir) if args.data_dir else SYNTHETIC_DIR
-            if not (root / "cifar-10-batches-py" / "test_batch").is_file():
-                make_synthetic_cifar10(root, per_batch=args.synthetic_size)
-            return load_cifar10(root, cfg.split, cfg.val_size, allow_download=False)
+            n = args.synthetic_size
+            root = Path(args.data_dir) if args.data_dir else SYNTHETIC_DIR / f"per-batch-{n}"
+            return _synthetic_data(root, n, cfg.split, cfg.val_size)
         return load_cifar10(args.data_dir, cfg.split, cfg.val_size)
 
     return load
@@ -85,6 +103,29 @@ def cmd_sweep(args) -> int:
     return 1 if counts["failed"] else 0
 
 
+def cmd_lab(args) -> int:
+    import logging
+
+    from .report import LabError, run_lab
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        run_lab(
+            args.profile,
+            data_dir=args.data_dir,
+            allow_train=not args.no_train,
+            seeds=args.seeds,
+            out=args.out,
+            runs_dir=args.runs_dir,
+            allow_cpu=args.allow_cpu,
+            pdf=not args.no_pdf,
+        )
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_runs(args) -> int:
     import pandas as pd
 
@@ -114,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def data_args(p):
-        p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default $LABKIT_DATA or ./data)")
+        p.add_argument(
+            "--data-dir",
+            help="folder holding cifar-10-batches-py (default $LABKIT_DATA or ./data; "
+            "with --synthetic, ./data/synthetic/per-batch-N)",
+        )
         p.add_argument("--synthetic", action="store_true", help="train on generated CIFAR-format data")
         p.add_argument("--synthetic-size", type=int, default=500, help="images per synthetic batch file")
         p.add_argument("--runs-dir", help="run store (default $LABKIT_RUNS or ./runs)")
@@ -161,6 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-guess", type=float, help="GFLOP/s of one lane, until a run has measured it")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0 = end only)")
     p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("lab", help="run the lab's notebooks with papermill and export the report (HTML + PDF)")
+    p.add_argument("--profile", default="auto", choices=["auto", "full", "quick", "smoke"],
+                   help="auto: full with a CUDA GPU and CIFAR-10, else smoke (default)")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default $LABKIT_DATA or ./data)")
+    p.add_argument("--no-train", action="store_true", help="render from finished runs in the store only; train nothing")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: the profile's)")
+    p.add_argument("--out", help="report folder (default: the profile's, report/ or build/<profile>/report)")
+    p.add_argument("--runs-dir", help="run store (default: the profile's)")
+    p.add_argument("--allow-cpu", action="store_true", help="let the full profile train on a CPU (days)")
+    p.add_argument("--no-pdf", action="store_true", help="export the HTML only")
+    p.set_defaults(fn=cmd_lab)
 
     args = ap.parse_args(argv)
     try:

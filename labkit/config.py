@@ -147,8 +147,30 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
 
     def short_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        """10 hex digits naming what the run computes.
+
+        A field added after the first recorded runs counts only when it differs from its
+        default, so adding a field never orphans the runs already in a store.
+        """
+        defaults = TrainConfig.__dataclass_fields__
+        ident = {
+            k: v for k, v in self.identity().items() if k in HASHED_V1 or v != _default(defaults[k])
+        }
+        blob = json.dumps(ident, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
+
+
+# The fields of the first recorded runs (report/runs, 2026-11-28); see short_hash.
+HASHED_V1 = frozenset(
+    "lays stem stem_bn dropout seed_extra_block softmax_head width optimizer lr momentum nesterov "
+    "weight_decay batch_size epochs schedule decay_rate warmup_epochs label_smoothing split val_size "
+    "train_subset norm augment select tta_flip seed init_from".split()
+)
+
+
+def _default(f: dataclasses.Field):
+    v = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return list(v) if isinstance(v, tuple) else v
 
 
 # ---------------------------------------------------------------------------------------

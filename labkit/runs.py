@@ -82,6 +82,11 @@ class Run:
         return self.dir / "checkpoint.pt"
 
 
+def _safe_name(name: str) -> bool:
+    # ASCII only: no separators, no '..' escapes (a name always gets '-<hash>' appended).
+    return bool(name) and all((ch.isascii() and ch.isalnum()) or ch in "._-" for ch in name)
+
+
 def _write_metrics(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     if rows:
@@ -99,7 +104,7 @@ class RunStore:
 
     @staticmethod
     def run_id(cfg: TrainConfig, name: str) -> str:
-        if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+        if not _safe_name(name):
             raise ConfigError(f"run name must be letters, digits, '.', '_' or '-', got {name!r}")
         return f"{name}-{cfg.short_hash()}"
 
@@ -164,6 +169,20 @@ class RunStore:
 
     # -- training -------------------------------------------------------------------------
 
+    def _parent_weights(self, parent_id: str) -> dict:
+        """The final weights of the finished run `parent_id` (TrainConfig.init_from)."""
+        from .train import load_checkpoint
+
+        if not _safe_name(parent_id):
+            raise ConfigError(f"init_from must be a run id (letters, digits, '.', '_', '-'), got {parent_id!r}")
+        d = self.path(parent_id)
+        if not (d / "summary.json").is_file():
+            # A parent still training (or stopped midway) has a checkpoint too, but not its
+            # final weights: starting from it would silently start from the wrong place.
+            where = "is not finished in" if (d / "config.json").is_file() else "is not in"
+            raise RunError(f"init_from: run {parent_id} {where} {self.root}; train it first")
+        return load_checkpoint(d / "checkpoint.pt")["model"]
+
     @contextlib.contextmanager
     def _lock(self, d: Path, wait: bool, log):
         d.mkdir(parents=True, exist_ok=True)
@@ -206,6 +225,8 @@ class RunStore:
         d = self.path(rid)
         if not retrain and (d / "summary.json").is_file():
             return self.load(rid)
+        # Checked before the run's folder exists, so a missing parent leaves nothing behind.
+        init_state = self._parent_weights(cfg.init_from) if cfg.init_from else None
         with self._lock(d, wait, log):
             if not retrain and (d / "summary.json").is_file():  # finished while we waited
                 return self.load(rid)
@@ -228,10 +249,6 @@ class RunStore:
                     os.replace(ckpt, bad)
                     if log:
                         log(f"{e}; moved aside to {bad.name}, training this run from the start")
-            init_state = None
-            if cfg.init_from:
-                parent = self.path(cfg.init_from) / "checkpoint.pt"
-                init_state = load_checkpoint(parent)["model"]
             dataset = data() if callable(data) else data
             def stored(history: list[dict]) -> None:
                 _write_metrics(d / "metrics.csv", history)

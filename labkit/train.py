@@ -194,7 +194,9 @@ class _Stepper:
         self.model, self.loss_fn, self.cfg, self.device, self.amp = model, loss_fn, cfg, device, amp_dtype
         self.graph: torch.cuda.CUDAGraph | None = None
         self.mode = "eager"
-        self.want_graph = cfg.cuda_graphs and device.type == "cuda"
+        # Dropout's RNG offsets fail to replay in a graph here ("Offset increment outside
+        # graph capture", torch 2.11, H200): nets with dropout run eagerly.
+        self.want_graph = cfg.cuda_graphs and device.type == "cuda" and cfg.dropout == 0
         self.graph_error = ""
 
     def eager(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
@@ -289,6 +291,8 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
 
     with _INIT_LOCK:  # the global RNG: runs side by side in threads must not interleave here
@@ -316,6 +320,10 @@ def train(
     best = {"val_acc": -1.0, "epoch": -1, "state": None}
     if ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
+        saved = TrainConfig.from_dict(state["config"]) if "config" in state else None
+        if saved is not None and saved.identity() != cfg.identity():
+            diff = sorted(k for k, v in cfg.identity().items() if saved.identity().get(k) != v)
+            raise CheckpointError(f"{ckpt_path}: written by a run with other settings ({', '.join(diff)}); use another run folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = list(state["history"])
@@ -389,8 +397,11 @@ def train(
         if not math.isfinite(loss_total):
             if bar:
                 bar.close()
-            kept = f"; the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt_path}" if ckpt_path and ckpt_path.exists() else ""
-            raise DivergenceError(f"training loss became {loss_total} in epoch {epoch} (lr {lr0:g}){kept}")
+            kept = ""
+            if ckpt_path is not None and ckpt_path.exists():
+                good = int(load_checkpoint(ckpt_path)["epoch"]) + 1
+                kept = f"; the last good checkpoint (after epoch {good}) is kept at {ckpt_path}"
+            raise DivergenceError(f"training loss became {loss_total} in epoch {epoch + 1} (lr {lr0:g}){kept}")
         val_acc, val_loss = evaluate(model, d.val_x, d.val_y, cfg, amp_dtype=amp_dtype)
         row = {
             "epoch": epoch + 1,

@@ -1,0 +1,140 @@
+"""`python -m labkit`: train, list runs, reject bad overrides."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkit.cli import main
+from labkit.synthetic import make_synthetic_cifar10
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["train", "--preset", "seed", "--epochs", "2", "--synthetic", "--synthetic-size", "50", "--set", "width=8"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One run through a real `python -m labkit train` subprocess."""
+    tmp = tmp_path_factory.mktemp("cli")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("LABKIT_DATA", None)
+    env.pop("LABKIT_RUNS", None)
+    args = [sys.executable, "-m", "labkit", *TRAIN, "--set", "device=cpu", "--runs-dir", "runs", "--data-dir", "data"]
+    out = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    return tmp, out
+
+
+def test_train_prints_epochs_and_writes_the_run(trained):
+    tmp, out = trained
+    lines = out.stdout.splitlines()
+    epoch_lines = [ln for ln in lines if ln.lstrip().startswith("epoch")]
+    assert len(epoch_lines) == 2, out.stdout
+    assert "1/2" in epoch_lines[0] and "2/2" in epoch_lines[1]
+    assert lines[0].startswith("run seed-") and lines[-1].startswith("done: seed-")
+    (run_dir,) = (tmp / "runs").iterdir()
+    assert {"config.json", "metrics.csv", "checkpoint.pt", "summary.json"} <= {p.name for p in run_dir.iterdir()}
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    cfg = json.loads((run_dir / "config.json").read_text())["config"]
+    assert cfg["width"] == 8 and cfg["epochs"] == 2 and cfg["seed_extra_block"] and cfg["softmax_head"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train_images"] == 200 and summary["selected_epoch"] == 2
+    assert summary["data"]["official"] is False
+    assert (tmp / "data" / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_second_train_returns_the_finished_run(trained, capsys, monkeypatch):
+    tmp, _ = trained
+    monkeypatch.chdir(tmp)
+    assert main([*TRAIN, "--set", "device=cpu", "--runs-dir", "runs", "--data-dir", "data"]) == 0
+    out = capsys.readouterr().out
+    assert "done: seed-" in out
+    assert not [ln for ln in out.splitlines() if ln.lstrip().startswith("epoch")]
+
+
+def test_runs_prints_a_table(trained, capsys):
+    tmp, _ = trained
+    assert main(["runs", "--runs-dir", str(tmp / "runs")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["run", "finished", "epochs"]
+    (run_dir,) = (tmp / "runs").iterdir()
+    assert len(out) == 2 and out[1].split()[0] == run_dir.name and "True" in out[1]
+
+
+def test_runs_on_an_empty_store(tmp_path, capsys):
+    assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    assert "no runs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "sets, field",
+    [
+        (["lr=x"], "lr"),
+        (["foo=1"], "foo"),
+        (["lays=[2,2,2]"], "lays"),
+        (["epochs=1.5"], "epochs"),
+        (["nesterov=yes"], "nesterov"),
+        (["dropout=1.0"], "dropout"),
+        (["stem=5x5"], "stem"),
+        (["lr"], "key=value"),
+    ],
+)
+def test_bad_set_exits_2_naming_the_field(tmp_path, capsys, sets, field):
+    argv = ["train", "--synthetic", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and field in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()  # nothing started
+
+
+def test_bad_epochs_and_name_exit_2(tmp_path, capsys):
+    base = ["train", "--synthetic", "--runs-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")]
+    assert main([*base, "--epochs", "0"]) == 2
+    assert "epochs" in capsys.readouterr().err
+    assert main([*base, "--name", "a/b"]) == 2
+    assert "run name" in capsys.readouterr().err
+    assert main([*base, "--preset", "best"]) == 2
+    assert "preset" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's own errors exit 2 as well
+        main([*base, "--epochs", "two"])
+    assert e.value.code == 2
+
+
+def test_synthetic_of_another_size_is_not_reused(tmp_path, capsys):
+    make_synthetic_cifar10(tmp_path / "data", per_batch=20)
+    argv = [*TRAIN, "--set", "device=cpu", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "20 images per batch" in err and "50" in err
+
+
+def test_missing_data_exits_1(tmp_path, capsys, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    def offline(*a, **kw):
+        raise OSError("no network")
+
+    monkeypatch.setattr(tvu, "download_url", offline)
+    argv = ["train", "--set", "width=8", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "nodata")]
+    assert main(argv) == 1
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def test_make_synthetic(tmp_path, capsys):
+    assert main(["make-synthetic", str(tmp_path), "--per-batch", "20"]) == 0
+    assert "100 train images" in capsys.readouterr().out
+    assert (tmp_path / "cifar-10-batches-py" / "data_batch_5").is_file()

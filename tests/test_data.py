@@ -1,0 +1,380 @@
+"""labkit.data: the safe batch reader, splits, download/extract guards, augmentation."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from labkit import data
+from labkit.data import NORMS, DataError, augment, load_cifar10, normalize, read_batch
+from labkit.synthetic import make_synthetic_cifar10
+
+BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def _write_pickle(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    return path
+
+
+def _official_like(n: int = 20, labels=None, data_=None) -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": list(range(10)) * (n // 10) if labels is None else labels,
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8) if data_ is None else data_,
+        b"filenames": [b"x.png"] * n,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("str_keys", [False, True], ids=["bytes_keys", "str_keys"])
+def test_round_trip_official_layout(tmp_path, str_keys):
+    folder = make_synthetic_cifar10(tmp_path, per_batch=30, test_size=20, seed=3, str_keys=str_keys)
+    assert folder == tmp_path / "cifar-10-batches-py"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(BATCHES + ["batches.meta"])
+    for name in BATCHES:
+        with open(folder / name, "rb") as f:
+            raw = pickle.load(f, encoding="bytes")  # how the official files are read elsewhere
+        key = "data" if str_keys else b"data"
+        assert key in raw and type(next(iter(raw))) is (str if str_keys else bytes)
+        x, y = read_batch(folder / name)
+        n = 20 if name == "test_batch" else 30
+        assert x.shape == (n, 3, 32, 32) and x.dtype == np.uint8
+        assert y.shape == (n,) and y.dtype == np.int64
+        # [N, 3072] is CHW row-major per image
+        np.testing.assert_array_equal(x, raw[key].reshape(n, 3, 32, 32))
+        np.testing.assert_array_equal(y, np.asarray(raw["labels" if str_keys else b"labels"]))
+    assert sorted(np.bincount(read_batch(folder / "data_batch_1")[1]).tolist()) == [3] * 10  # balanced
+
+
+def test_both_key_encodings_read_identically(tmp_path):
+    a = make_synthetic_cifar10(tmp_path / "a", per_batch=20, seed=5)
+    b = make_synthetic_cifar10(tmp_path / "b", per_batch=20, seed=5, str_keys=True)
+    for name in BATCHES:
+        xa, ya = read_batch(a / name)
+        xb, yb = read_batch(b / name)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+class _Evil:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_refuses_pickle_that_runs_code(tmp_path):
+    target = tmp_path / "PWNED"
+    path = _write_pickle(tmp_path / "data_batch_1", {b"data": _Evil(target), b"labels": [0]})
+    # Sanity: a plain unpickler would have run the command.
+    assert b"system" in path.read_bytes()
+    with pytest.raises(DataError, match="data_batch_1") as e:
+        read_batch(path)
+    assert "refused" in str(e.value)
+    assert not target.exists()
+
+
+def test_refuses_code_in_a_whole_folder(tmp_path):
+    folder = make_synthetic_cifar10(tmp_path, per_batch=10)
+    target = tmp_path / "PWNED2"
+    _write_pickle(folder / "data_batch_3", _Evil(target))
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_cifar10(tmp_path, allow_download=False)
+    assert not target.exists()
+
+
+def test_truncated_file(tmp_path):
+    folder = make_synthetic_cifar10(tmp_path, per_batch=10)
+    p = folder / "data_batch_2"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(DataError, match="data_batch_2"):
+        read_batch(p)
+    with pytest.raises(DataError, match="data_batch_2"):
+        load_cifar10(tmp_path, allow_download=False)
+
+
+@pytest.mark.parametrize(
+    "obj, what",
+    [
+        (_official_like(data_=np.zeros((20, 1024), np.uint8)), "3072"),
+        (_official_like(data_=np.zeros((20, 3072), np.float32)), "uint8"),
+        (_official_like(data_=np.zeros((20, 3, 32, 32), np.uint8)), "3072"),
+        (_official_like(labels=[0] * 19), "labels"),
+        (_official_like(labels=[10] * 20), "0..9"),
+        (_official_like(labels=[-1] + [0] * 19), "0..9"),
+        (_official_like(labels=[b"cat"] * 20), "labels"),
+        ({b"data": np.zeros((2, 3072), np.uint8)}, "labels"),
+        ([1, 2, 3], "dict"),
+    ],
+    ids=["short_rows", "float", "4d", "label_count", "label_10", "label_neg", "label_bytes", "no_labels", "list"],
+)
+def test_wrong_contents(tmp_path, obj, what):
+    p = _write_pickle(tmp_path / "test_batch", obj)
+    with pytest.raises(DataError, match="test_batch") as e:
+        read_batch(p)
+    assert what in str(e.value)
+
+
+def test_valid_hand_made_batch_reads(tmp_path):
+    # the positive control of test_wrong_contents
+    x, y = read_batch(_write_pickle(tmp_path / "test_batch", _official_like()))
+    assert x.shape == (20, 3, 32, 32) and y.tolist() == list(range(10)) * 2
+
+
+def test_missing_file(tmp_path):
+    folder = make_synthetic_cifar10(tmp_path, per_batch=10)
+    (folder / "data_batch_4").unlink()
+    with pytest.raises(DataError, match="data_batch_4"):
+        read_batch(folder / "data_batch_4")
+    with pytest.raises(DataError, match="data_batch_4"):
+        load_cifar10(tmp_path, allow_download=False)
+
+
+def test_folder_that_is_not_cifar10(tmp_path):
+    # Files with the right names and the wrong contents: text, an image, an empty file.
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_text("hello, I am a README\n")
+    for name in BATCHES[1:]:
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(DataError, match="data_batch_1"):
+        load_cifar10(tmp_path, allow_download=False)
+    (folder / "data_batch_1").write_bytes(b"")
+    with pytest.raises(DataError, match="data_batch_1"):
+        read_batch(folder / "data_batch_1")
+    with pytest.raises(DataError, match="data_batch_2"):
+        read_batch(folder / "data_batch_2")
+
+
+def test_dict_with_unsortable_keys(tmp_path):
+    p = _write_pickle(tmp_path / "data_batch_1", {1: "a", "b": 2})
+    with pytest.raises(DataError, match="data_batch_1"):
+        read_batch(p)
+
+
+def test_empty_folder_says_how_to_fix(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_cifar10(tmp_path, allow_download=False)
+    assert str(tmp_path) in str(e.value) and "--data-dir" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Splits and provenance
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def split_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("split")
+    make_synthetic_cifar10(root, per_batch=40, test_size=30, seed=7)
+    return root
+
+
+def test_seed_split(split_root):
+    folder = split_root / "cifar-10-batches-py"
+    ds = load_cifar10(split_root, split="seed", allow_download=False)
+    assert ds.sizes() == {"train": 160, "val": 40, "test": 30}
+    parts = {n: read_batch(folder / n) for n in BATCHES}
+    np.testing.assert_array_equal(
+        ds.train_x.numpy(), np.concatenate([parts[f"data_batch_{i}"][0] for i in (1, 2, 3, 4)])
+    )
+    np.testing.assert_array_equal(
+        ds.train_y.numpy(), np.concatenate([parts[f"data_batch_{i}"][1] for i in (1, 2, 3, 4)])
+    )
+    np.testing.assert_array_equal(ds.val_x.numpy(), parts["data_batch_5"][0])
+    np.testing.assert_array_equal(ds.val_y.numpy(), parts["data_batch_5"][1])
+    np.testing.assert_array_equal(ds.test_x.numpy(), parts["test_batch"][0])
+    assert ds.train_x.dtype == torch.uint8 and ds.train_y.dtype == torch.int64
+    # the folder itself works as data_dir too
+    assert load_cifar10(folder, allow_download=False).sizes() == ds.sizes()
+
+
+def test_full_split(split_root):
+    folder = split_root / "cifar-10-batches-py"
+    full = load_cifar10(split_root, split="full", allow_download=False)
+    assert full.sizes() == {"train": 200, "val": 0, "test": 30}
+    held = load_cifar10(split_root, split="full", val_size=15, allow_download=False)
+    assert held.sizes() == {"train": 185, "val": 15, "test": 30}
+    x5, y5 = read_batch(folder / "data_batch_5")
+    # the held-out images are the last ones of batch 5
+    np.testing.assert_array_equal(held.val_x.numpy(), x5[-15:])
+    np.testing.assert_array_equal(held.val_y.numpy(), y5[-15:])
+    assert torch.equal(torch.cat([held.train_x, held.val_x]), full.train_x)
+    with pytest.raises(ValueError, match="val_size"):
+        load_cifar10(split_root, split="full", val_size=200, allow_download=False)
+    with pytest.raises(ValueError, match="split"):
+        load_cifar10(split_root, split="batches", allow_download=False)
+
+
+def test_synthetic_is_not_official(split_root, monkeypatch):
+    ds = load_cifar10(split_root, allow_download=False)
+    assert ds.source["official"] is False
+    assert sorted(ds.source["md5_mismatch"]) == sorted(BATCHES)
+    assert "not the official" in ds.source["description"]
+    # The flag does follow the checksums: with these files' md5s as the reference it flips.
+    folder = split_root / "cifar-10-batches-py"
+    monkeypatch.setattr(data, "BATCH_MD5", {n: data.md5(folder / n) for n in BATCHES})
+    ok = load_cifar10(split_root, allow_download=False)
+    assert ok.source["official"] is True and ok.source["md5_mismatch"] == []
+
+
+# ---------------------------------------------------------------------------------------
+# Download and extraction
+# ---------------------------------------------------------------------------------------
+
+
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for info, payload in members:
+            if payload is not None:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                tar.addfile(info)
+    return path
+
+
+def _file(name: str) -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), b"payload"
+
+
+def _link(name: str, target: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+def test_extract_good_archive(tmp_path):
+    d = tarfile.TarInfo("cifar-10-batches-py")
+    d.type = tarfile.DIRTYPE
+    arc = _tar(tmp_path / "good.tar.gz", [(d, None), _file("cifar-10-batches-py/data_batch_1")])
+    out = tmp_path / "out"
+    data.extract(arc, out)
+    assert (out / "cifar-10-batches-py" / "data_batch_1").read_bytes() == b"payload"
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _file("cifar-10-batches-py/../escaped"),
+        _file("../escaped"),
+        _file("cifar-10-batches-py/../../escaped"),
+        _file("/tmp/labkit-escaped-absolute"),
+        _link("cifar-10-batches-py/data_batch_1", "/etc/passwd", tarfile.SYMTYPE),
+        _link("cifar-10-batches-py/data_batch_1", "../escaped", tarfile.SYMTYPE),
+        _link("cifar-10-batches-py/data_batch_1", "/etc/passwd", tarfile.LNKTYPE),
+        _file("somewhere-else/data_batch_1"),
+    ],
+    ids=["dotdot_inside", "dotdot", "dotdot2", "absolute", "symlink_abs", "symlink_rel", "hardlink", "other_folder"],
+)
+def test_extract_refuses_hostile_members(tmp_path, member):
+    arc = _tar(tmp_path / "evil.tar.gz", [_file("cifar-10-batches-py/test_batch"), member])
+    out = tmp_path / "a" / "b"
+    out.mkdir(parents=True)
+    with pytest.raises(DataError, match="unexpected member"):
+        data.extract(arc, out)
+    # nothing at all was written: the whole archive is checked before anything is unpacked
+    assert not (out / "cifar-10-batches-py").exists()
+    assert not (tmp_path / "a" / "escaped").exists() and not (tmp_path / "escaped").exists()
+    assert not Path("/tmp/labkit-escaped-absolute").exists()
+
+
+def test_download_without_network(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    calls = []
+
+    def offline(url, root, filename=None, md5=None, **kw):
+        calls.append(url)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(tvu, "download_url", offline)
+    root = tmp_path / "nodata"
+    with pytest.raises(DataError) as e:
+        load_cifar10(root)
+    msg = str(e.value)
+    assert calls == [data.URL]
+    assert str(root / "cifar-10-batches-py") in msg
+    assert "Network is unreachable" in msg and "--data-dir" in msg
+    # allow_download=False never tries
+    with pytest.raises(DataError, match=str(root)):
+        load_cifar10(root, allow_download=False)
+    assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Augmentation and normalisation
+# ---------------------------------------------------------------------------------------
+
+
+def test_augment_matches_torchvision(synth_data):
+    x = synth_data.train_x[:64]
+    g = torch.Generator().manual_seed(0)
+    top = torch.randint(0, 9, (64,), generator=g)
+    left = torch.randint(0, 9, (64,), generator=g)
+    flips = torch.rand(64, generator=g) < 0.5
+    # make sure the extremes and both flip states are exercised
+    top[:4], left[:4], flips[:4] = (
+        torch.tensor([0, 8, 0, 8]),
+        torch.tensor([0, 8, 8, 0]),
+        torch.tensor([1, 0, 1, 0]).bool(),
+    )
+    out = augment(x, offsets=(top, left), flips=flips)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    for i in range(64):
+        ref = TF.pad(x[i], [4], fill=0)
+        ref = TF.crop(ref, int(top[i]), int(left[i]), 32, 32)
+        if flips[i]:
+            ref = TF.horizontal_flip(ref)
+        assert torch.equal(out[i], ref), f"image {i} (top {int(top[i])}, left {int(left[i])}, flip {bool(flips[i])})"
+    # the float path gives the same pixels
+    outf = augment(x.float(), offsets=(top, left), flips=flips)
+    assert torch.equal(outf, out.float())
+
+
+def test_augment_generator(synth_data):
+    x = synth_data.train_x[:1].expand(128, -1, -1, -1).contiguous()  # one image, 128 times
+    a = augment(x, generator=torch.Generator().manual_seed(1))
+    b = augment(x, generator=torch.Generator().manual_seed(1))
+    c = augment(x, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    distinct = {bytes(img.numpy().tobytes()) for img in a}
+    assert len(distinct) > 50  # 81 offsets x 2 flips: the same image comes out many ways
+    # some flipped, some not, and zero padding shows up somewhere
+    assert (a == 0).any()
+
+
+def test_normalize_uses_seed_constants():
+    mean = (0.49139968, 0.48215841, 0.44653091)
+    std = (0.20220212, 0.19931542, 0.20086346)
+    assert NORMS["seed"] == (mean, std)
+    assert NORMS["dataset"][0] == mean
+    assert NORMS["dataset"][1] == pytest.approx((0.2470, 0.2435, 0.2616), abs=1e-4)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    for norm in ("seed", "dataset"):
+        m, s = NORMS[norm]
+        ref = (x.double() / 255 - torch.tensor(m, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+            s, dtype=torch.float64
+        ).view(1, 3, 1, 1)
+        out = normalize(x, norm)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(normalize(x, "seed"), normalize(x, "dataset"))

@@ -1,0 +1,96 @@
+"""labkit.lab: the plan of runs per profile, and the Lab's store/training policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from labkit.config import SEED_ABLATIONS, ConfigError, TrainConfig, preset, seed_ablation_config
+from labkit.lab import PROFILES, Lab, RunMissing, depth_runs, plan, profile
+from labkit.runs import RunStore
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_plan_is_valid_and_unique(name):
+    rows = plan(name)
+    ids = [RunStore.run_id(cfg, run) for _, run, cfg in rows]
+    assert len(ids) == len(set(ids)), "two plan rows would share one run folder"
+    assert all(isinstance(cfg, TrainConfig) for _, _, cfg in rows)
+    notebooks = {nb for nb, _, _ in rows}
+    assert notebooks == {"03_depth_limit", "04_ablations", "05_final"}
+    abl = {run for nb, run, _ in rows if nb == "04_ablations"}
+    assert abl == {f"ablation-{a.key}" for a in SEED_ABLATIONS}
+    # seed 0 of everything comes before any further seed
+    seeds = [cfg.seed for _, _, cfg in rows]
+    first_other = next((i for i, s in enumerate(seeds) if s != 0), len(seeds))
+    assert all(s == 0 for s in seeds[:first_other]) and first_other >= 7 + 1 + 4 + 1
+    assert max(seeds) == PROFILES[name].seeds - 1
+
+
+def test_full_profile_is_the_protocol():
+    rows = plan("full")
+    baseline = next(cfg for _, run, cfg in rows if run == "ablation-baseline" and cfg.seed == 0)
+    assert baseline == seed_ablation_config("baseline") == preset("seed")
+    for a in SEED_ABLATIONS:
+        cfg = next(c for _, run, c in rows if run == f"ablation-{a.key}" and c.seed == 0)
+        assert cfg == seed_ablation_config(a.key)
+        assert cfg.width == 64 and cfg.epochs == 30 and cfg.batch_size == 512
+
+
+def test_smoke_profile_is_small():
+    full = {(run, cfg.seed): cfg for _, run, cfg in plan("full")}
+    for _, run, cfg in plan("smoke"):
+        assert cfg.width == 8 and cfg.batch_size == 64
+        ref = full[(run, cfg.seed)]
+        assert 1 <= cfg.epochs < ref.epochs
+        assert cfg.warmup_epochs <= cfg.epochs
+        # everything but the scale is the full run's
+        same = {k for k in ref.to_dict() if k not in ("width", "batch_size", "epochs", "warmup_epochs", "val_size")}
+        assert {k: cfg.to_dict()[k] for k in same} == {k: ref.to_dict()[k] for k in same}
+
+
+def test_depth_runs_select_on_validation():
+    runs = depth_runs(1)
+    assert {run for run, _ in runs} == {"depth-2-seed", "depth-2-corrected", "depth-3-seed", "depth-3-corrected"}
+    for run, cfg in runs:
+        assert cfg.select == "best_val" and cfg.split == "seed"  # validation on batch 5, test touched once
+        assert cfg.lays == ((2,) * 4 if "-2-" in run else (3,) * 4)
+        assert cfg.seed_extra_block == cfg.softmax_head == run.endswith("-seed")
+
+
+def test_unknown_profile():
+    with pytest.raises(ConfigError, match="profile"):
+        profile("huge")
+    with pytest.raises(ConfigError, match="profile"):
+        Lab("huge")
+
+
+def test_lab_smoke_trains_once_then_finds(tmp_path, tiny_config):
+    lab = Lab("smoke", root=tmp_path, progress=False, log=None)
+    cfg = tiny_config(epochs=1, train_subset=128, batch_size=64)
+    run = lab.run("probe", cfg, profiled=True)
+    assert run.finished and run.dir.parent == tmp_path / "build" / "smoke" / "runs"
+    assert (tmp_path / "build" / "smoke" / "data" / "cifar-10-batches-py" / "test_batch").is_file()
+    assert run.summary["data"]["official"] is False
+
+    offline = Lab("smoke", root=tmp_path, allow_train=False, progress=False, log=None)
+    assert offline.run("probe", cfg, profiled=True).id == run.id
+    with pytest.raises(RunMissing, match="probe"):
+        offline.run("probe", cfg.replace(seed=5), profiled=True)
+    assert offline.runs([("probe", cfg.replace(seed=5))], skip_missing=True) == []
+    assert not (tmp_path / "build" / "smoke" / "runs" / RunStore.run_id(cfg.replace(seed=5), "probe")).exists()
+
+
+def test_recorded_runs_keep_their_ids():
+    """The committed report's runs (report/runs) must stay findable: a change to TrainConfig
+    or to the plan that renames them would orphan every GPU result."""
+    from pathlib import Path
+
+    from labkit.lab import plan
+    from labkit.runs import RunStore
+
+    recorded = Path(__file__).resolve().parent.parent / "report" / "runs"
+    if not recorded.is_dir():
+        pytest.skip("no recorded runs in report/runs")
+    have = {p.name for p in recorded.iterdir() if (p / "summary.json").is_file()}
+    planned = {RunStore.run_id(cfg, name) for _, name, cfg in plan("full")}
+    assert have and have <= planned, sorted(have - planned)

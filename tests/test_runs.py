@@ -1,0 +1,235 @@
+"""labkit.runs: a run is trained once, found again, resumed, and guarded against bad state."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from labkit.config import ConfigError
+from labkit.runs import RunError, RunStore
+
+T = importlib.import_module("labkit.train")  # the attribute labkit.train is the function
+REAL_TRAIN = T.train
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.fixture
+def cfg(tiny_config):
+    return tiny_config(epochs=3, train_subset=128, batch_size=64)
+
+
+def _counting_train(monkeypatch, crash_after: int | None = None):
+    """Wrap labkit.train.train: count calls and epochs; optionally crash after an epoch."""
+    real = REAL_TRAIN
+    stats = {"calls": 0, "epochs": 0, "init_state": []}
+
+    def wrapped(cfg, data, **kw):
+        stats["calls"] += 1
+        stats["init_state"].append(kw.get("init_state"))
+        inner = kw.get("on_epoch")
+
+        def on_epoch(history):
+            stats["epochs"] += 1
+            if inner:
+                inner(history)
+            if crash_after is not None and len(history) == crash_after:
+                raise _Crash
+
+        return real(cfg, data, **{**kw, "on_epoch": on_epoch})
+
+    monkeypatch.setattr(T, "train", wrapped)
+    return stats
+
+
+def test_trains_once_then_returns_finished(tmp_path, synth_data, cfg, monkeypatch):
+    store = RunStore(tmp_path)
+    stats = _counting_train(monkeypatch)
+    loads = []
+
+    def data():
+        loads.append(1)
+        return synth_data
+
+    run = store.get(cfg, "probe", data, progress=False, log=None)
+    assert stats["calls"] == 1 and stats["epochs"] == 3 and loads == [1]
+    assert run.finished and run.id == f"probe-{cfg.short_hash()}" and run.dir == tmp_path / run.id
+    assert {p.name for p in run.dir.iterdir()} >= {"config.json", "metrics.csv", "checkpoint.pt", "summary.json"}
+    assert len(run.history) == 3 and run.summary["config_hash"] == cfg.short_hash()
+    assert json.loads((run.dir / "config.json").read_text()) == {"name": "probe", "config": cfg.to_dict()}
+
+    def boom(*a, **kw):
+        raise AssertionError("a finished run must not be trained again")
+
+    monkeypatch.setattr(T, "train", boom)
+    again = store.get(cfg, "probe", data, progress=False, log=None)
+    assert loads == [1]  # the data was not even loaded
+    assert again.summary == run.summary
+    pd.testing.assert_frame_equal(again.history, run.history)
+    # the same config on another device is the same run
+    assert store.get(cfg.replace(device="cuda", precision="bf16"), "probe", data, log=None).id == run.id
+    assert store.find(cfg, "probe").finished
+    assert store.find(cfg.replace(lr=0.5), "probe") is None
+
+
+def test_retrain(tmp_path, synth_data, cfg, monkeypatch):
+    store = RunStore(tmp_path)
+    store.get(cfg, "r", synth_data, progress=False, log=None)
+    stats = _counting_train(monkeypatch)
+    run = store.get(cfg, "r", synth_data, retrain=True, progress=False, log=None)
+    assert stats["calls"] == 1 and stats["epochs"] == 3 and run.finished
+
+
+def test_stopped_run_resumes(tmp_path, synth_data, cfg, monkeypatch):
+    store = RunStore(tmp_path)
+    _counting_train(monkeypatch, crash_after=2)
+    with pytest.raises(_Crash):
+        store.get(cfg, "crash", synth_data, progress=False, log=None)
+    rid = store.run_id(cfg, "crash")
+    partial = store.load(rid)
+    assert not partial.finished and len(partial.history) == 2
+    assert not (store.path(rid) / "summary.json").exists()
+
+    stats = _counting_train(monkeypatch)
+    logs: list[str] = []
+    run = store.get(cfg, "crash", synth_data, progress=False, log=logs.append)
+    assert stats["epochs"] == 1  # only the third epoch
+    assert any("resumed" in line for line in logs)
+    assert run.finished and list(run.history["epoch"]) == [1, 2, 3]
+
+    # and it ends where an uninterrupted run ends
+    whole = RunStore(tmp_path / "other").get(cfg, "crash", synth_data, progress=False, log=None)
+    assert whole.summary["test_acc"] == run.summary["test_acc"]
+    assert whole.summary["final_loss_sum"] == run.summary["final_loss_sum"]
+
+
+def test_corrupted_checkpoint_is_set_aside(tmp_path, synth_data, cfg, monkeypatch):
+    store = RunStore(tmp_path)
+    _counting_train(monkeypatch, crash_after=1)
+    with pytest.raises(_Crash):
+        store.get(cfg, "bad", synth_data, progress=False, log=None)
+    d = store.path(store.run_id(cfg, "bad"))
+    ckpt = d / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated, as by a crash mid-write
+
+    stats = _counting_train(monkeypatch)
+    logs: list[str] = []
+    run = store.get(cfg, "bad", synth_data, progress=False, log=logs.append)
+    assert stats["epochs"] == 3  # trained from the start
+    assert any("moved aside" in line for line in logs)
+    assert len(list(d.glob("checkpoint.corrupt-*.pt"))) == 1
+    assert run.finished and len(run.history) == 3
+    whole = RunStore(tmp_path / "other").get(cfg, "bad", synth_data, progress=False, log=None)
+    assert whole.summary["test_acc"] == run.summary["test_acc"]
+
+
+def test_table_and_history(tmp_path, synth_data, cfg):
+    store = RunStore(tmp_path)
+    assert store.table().empty and store.history().empty
+    store.get(cfg, "a", synth_data, progress=False, log=None)
+    store.get(cfg.replace(seed=1, epochs=2), "b", synth_data, progress=False, log=None)
+    t = store.table()
+    assert len(t) == 2 and set(t["name"]) == {"a", "b"}
+    for col in (
+        "run",
+        "name",
+        "finished",
+        "lr",
+        "lays",
+        "seed",
+        "epochs",
+        "final_loss_sum",
+        "final_val_acc",
+        "test_acc",
+        "train_seconds",
+        "selected_epoch",
+        "data",
+    ):
+        assert col in t.columns, col
+    assert t["finished"].all()
+    assert t.set_index("name").loc["b", "seed"] == 1
+    h = store.history()
+    for col in (
+        "run",
+        "name",
+        "seed",
+        "epoch",
+        "lr",
+        "loss_sum",
+        "loss_mean",
+        "train_acc",
+        "val_acc",
+        "val_loss",
+        "seconds",
+    ):
+        assert col in h.columns, col
+    assert len(h) == 5
+    assert h.groupby("name")["epoch"].max().to_dict() == {"a": 3, "b": 2}
+    assert len(store.all()) == 2
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "../up", "x y", "naïve?", "semi;colon", "tab\t"])
+def test_bad_run_names(tmp_path, cfg, name):
+    with pytest.raises(ConfigError, match="run name"):
+        RunStore(tmp_path).run_id(cfg, name)
+    with pytest.raises(ConfigError):
+        RunStore(tmp_path).get(cfg, name, lambda: None, log=None)
+    assert not any(tmp_path.iterdir())
+
+
+def test_good_run_names(tmp_path, cfg):
+    for name in ("ablation-decay_0.45", "depth-2-seed", "A.b_c-1"):
+        assert RunStore(tmp_path).run_id(cfg, name).startswith(name + "-")
+
+
+def test_init_from_loads_parent_weights(tmp_path, synth_data, cfg, monkeypatch):
+    store = RunStore(tmp_path)
+    parent = store.get(cfg, "parent", synth_data, progress=False, log=None)
+    parent_state = torch.load(parent.checkpoint, weights_only=True)["model"]
+    stats = _counting_train(monkeypatch)
+    child_cfg = cfg.replace(init_from=parent.id, lr=1e-4, epochs=1)
+    child = store.get(child_cfg, "child", synth_data, progress=False, log=None)
+    (got,) = stats["init_state"]
+    assert got is not None and got.keys() == parent_state.keys()
+    for k in got:
+        assert torch.equal(got[k], parent_state[k]), k
+    assert child.finished and child.id != parent.id
+
+
+def test_init_from_needs_a_finished_parent(tmp_path, synth_data, cfg, monkeypatch):
+    store = RunStore(tmp_path)
+    with pytest.raises(RunError, match="nothere"):
+        store.get(cfg.replace(init_from="nothere-0123456789"), "child", synth_data, progress=False, log=None)
+    _counting_train(monkeypatch, crash_after=1)
+    with pytest.raises(_Crash):
+        store.get(cfg, "half", synth_data, progress=False, log=None)
+    half = store.run_id(cfg, "half")
+    with pytest.raises(RunError, match="not finished"):
+        store.get(cfg.replace(init_from=half), "child", synth_data, progress=False, log=None)
+
+
+def test_folder_with_another_config_is_refused(tmp_path, synth_data, cfg):
+    store = RunStore(tmp_path)
+    rid = store.run_id(cfg, "x")
+    d = store.path(rid)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"name": "x", "config": cfg.replace(lr=0.5).to_dict()}))
+    with pytest.raises(RunError, match="different config"):
+        store.get(cfg, "x", synth_data, progress=False, log=None)
+
+
+def test_load_errors(tmp_path):
+    store = RunStore(tmp_path)
+    with pytest.raises(RunError, match="config.json"):
+        store.load("nothing-here")
+    d = tmp_path / "junk-0000000000"
+    d.mkdir()
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(RunError, match="config.json"):
+        store.load(d.name)

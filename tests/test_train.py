@@ -1,0 +1,282 @@
+"""labkit.train on a CPU: it learns, resumes exactly, schedules, diverges loudly, loads safely."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+import os
+
+import pytest
+import torch
+
+from labkit.config import TrainConfig
+from labkit.train import CheckpointError, DivergenceError, load_checkpoint, lr_at, save_checkpoint, train
+
+# labkit/__init__.py exports the function `train`, which hides the submodule of that name.
+T = importlib.import_module("labkit.train")
+
+TIMING = ("seconds", "images_per_s")
+
+
+class _Crash(Exception):
+    pass
+
+
+def _same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
+
+
+def _strip_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+
+
+def test_learns(synth_data, tiny_config):
+    cfg = tiny_config(epochs=3)
+    r = train(cfg, synth_data, progress=False, log=None)
+    assert [row["epoch"] for row in r.history] == [1, 2, 3]
+    assert r.history[-1]["val_acc"] > 0.5  # chance is 0.1
+    assert r.summary["test_acc"] > 0.5
+    assert r.history[-1]["loss_mean"] < r.history[0]["loss_mean"]
+    assert r.summary["train_images"] == 800 and r.summary["selected_epoch"] == 3
+    assert r.summary["device"] == "cpu" and r.summary["precision"] == "fp32"
+    assert r.summary["data"]["official"] is False
+    # the seed's figure is the sum of per-batch mean losses: 800 / 32 = 25 steps per epoch
+    row = r.history[0]
+    assert row["loss_sum"] == pytest.approx(row["loss_mean"] * 25)
+
+
+def test_seed_network_with_softmax_head_trains(synth_data, tiny_config):
+    # both defects on, channels_last on (the default execution path)
+    cfg = tiny_config(
+        seed_extra_block=True, softmax_head=True, epochs=1, channels_last=True, train_subset=256, batch_size=64
+    )
+    r = train(cfg, synth_data, progress=False, log=None)
+    # softmax applied twice: the per-batch loss cannot go below about 1.46
+    assert r.history[0]["loss_mean"] > 1.46
+    assert math.isfinite(r.summary["test_acc"])
+
+
+@pytest.mark.parametrize("schedule", ["exp", "cosine"])
+def test_resume_is_exact(synth_data, tiny_config, tmp_path, schedule):
+    # dropout and augmentation on, so resuming must also replay the random streams
+    cfg = tiny_config(epochs=3, schedule=schedule, warmup_epochs=1.0, dropout=0.3, train_subset=256, batch_size=64)
+    (tmp_path / "a").mkdir()  # train() does not create its run_dir
+    a = train(cfg, synth_data, run_dir=tmp_path / "a", progress=False, log=None)
+
+    def crash_after_two(history):
+        if len(history) == 2:
+            raise _Crash
+
+    b_dir = tmp_path / "b"
+    b_dir.mkdir()
+    with pytest.raises(_Crash):
+        train(cfg, synth_data, run_dir=b_dir, progress=False, log=None, on_epoch=crash_after_two)
+    assert load_checkpoint(b_dir / "checkpoint.pt")["epoch"] == 1  # 0-based: two epochs done
+
+    logs, epochs_run = [], []
+    b = train(
+        cfg, synth_data, run_dir=b_dir, progress=False, log=logs.append, on_epoch=lambda h: epochs_run.append(len(h))
+    )
+    assert epochs_run == [3]  # only the third epoch was trained again
+    assert any("resumed" in line and "epoch 2/3" in line for line in logs)
+    _same_state(a.model.state_dict(), b.model.state_dict())
+    assert _strip_timing(a.history) == _strip_timing(b.history)
+    assert a.summary["test_acc"] == b.summary["test_acc"]
+    assert a.summary["test_loss"] == b.summary["test_loss"]
+    _same_state(
+        load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"], load_checkpoint(b_dir / "checkpoint.pt")["model"]
+    )
+
+
+def test_deterministic_and_seeded(synth_data, tiny_config):
+    cfg = tiny_config(epochs=1, train_subset=128, batch_size=64)
+    a = train(cfg, synth_data, progress=False, log=None)
+    b = train(cfg, synth_data, progress=False, log=None)
+    c = train(cfg.replace(seed=1), synth_data, progress=False, log=None)
+    _same_state(a.model.state_dict(), b.model.state_dict())
+    assert not torch.equal(a.model.fc.weight, c.model.fc.weight)
+
+
+def test_lr_exp():
+    cfg = TrainConfig(lr=1e-3, decay_rate=0.9, schedule="exp")
+    assert lr_at(cfg, 0, 0, 10) == pytest.approx(1e-3)
+    assert lr_at(cfg, 0, 9, 10) == pytest.approx(1e-3)  # constant within an epoch
+    assert lr_at(cfg, 1, 0, 10) == pytest.approx(9e-4)
+    assert lr_at(cfg, 5, 3, 10) == pytest.approx(1e-3 * 0.9**5)
+    assert lr_at(cfg.replace(decay_rate=1.0), 29, 0, 10) == pytest.approx(1e-3)
+
+
+def test_lr_linear_with_warmup():
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, schedule="linear", epochs=10, warmup_epochs=2.0)
+    spe = 10
+    lrs = [lr_at(cfg, e, s, spe) for e in range(10) for s in range(spe)]
+    assert lrs[0] == pytest.approx(0.1 * 0.1 / 2)  # first step of warm-up: 1/20 of the peak
+    assert lrs[19] == pytest.approx(0.1)  # the last warm-up step reaches the peak
+    assert lrs[20] == pytest.approx(0.1)
+    assert all(x < y for x, y in itertools.pairwise(lrs[:20]))  # rises during warm-up
+    assert all(x > y for x, y in itertools.pairwise(lrs[20:]))  # then falls
+    assert lr_at(cfg, 6, 0, spe) == pytest.approx(0.05)  # halfway through the decay
+    assert 0 < lrs[-1] < 0.002
+    # without warm-up it starts at the peak
+    assert lr_at(cfg.replace(warmup_epochs=0.0), 0, 0, spe) == pytest.approx(0.1)
+
+
+def test_lr_cosine():
+    cfg = TrainConfig(optimizer="sgd", lr=0.2, schedule="cosine", epochs=10)
+    assert lr_at(cfg, 0, 0, 4) == pytest.approx(0.2)
+    assert lr_at(cfg, 5, 0, 4) == pytest.approx(0.1)
+    assert lr_at(cfg, 7, 2, 4) == pytest.approx(0.1 * (1 + math.cos(math.pi * 7.5 / 10)))
+    lrs = [lr_at(cfg, e, s, 4) for e in range(10) for s in range(4)]
+    assert all(x > y for x, y in itertools.pairwise(lrs))
+    w = cfg.replace(warmup_epochs=2.0)
+    assert lr_at(w, 0, 0, 4) == pytest.approx(0.2 / 8)
+    assert lr_at(w, 2, 0, 4) == pytest.approx(0.2)
+    assert lr_at(w, 6, 0, 4) == pytest.approx(0.1)
+
+
+def test_lr_reaches_the_optimizer(synth_data, tiny_config, monkeypatch):
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *a, **kw):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    cfg = tiny_config(epochs=2, lr=1e-3, decay_rate=0.5, train_subset=128, batch_size=64)
+    r = train(cfg, synth_data, progress=False, log=None)
+    assert seen == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+    assert [row["lr"] for row in r.history] == pytest.approx([1e-3, 5e-4])
+
+
+def test_divergence(synth_data, tiny_config, tmp_path):
+    cfg = tiny_config(lr=1e30, epochs=2, train_subset=128, batch_size=64)
+    with pytest.raises(DivergenceError, match="nan|inf"):
+        train(cfg, synth_data, run_dir=tmp_path, progress=False, log=None)
+    assert not (tmp_path / "checkpoint.pt").exists()  # nothing diverged was saved
+
+
+def test_divergence_keeps_last_good_checkpoint(synth_data, tiny_config, tmp_path, monkeypatch):
+    # A loss that turns NaN in the second epoch: the first epoch's checkpoint stays.
+    real = torch.nn.CrossEntropyLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, out, y):
+        calls["n"] += 1
+        loss = real(self, out, y)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    cfg = tiny_config(epochs=3, train_subset=128, batch_size=64)  # 2 steps per epoch
+    with pytest.raises(DivergenceError) as e:
+        train(cfg, synth_data, run_dir=tmp_path, progress=False, log=None)
+    assert "checkpoint" in str(e.value)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 0
+
+
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_checkpoint_with_code_is_refused(tmp_path, synth_data, tiny_config):
+    target = tmp_path / "PWNED"
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.parent.mkdir()
+    torch.save({"model": _Evil(target), "epoch": 0}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not target.exists()
+    # train() resuming from that folder refuses it too, without running it
+    with pytest.raises(CheckpointError):
+        train(tiny_config(epochs=1), synth_data, run_dir=path.parent, progress=False, log=None)
+    assert not target.exists()
+
+
+def test_checkpoint_truncated_missing_or_foreign(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": {"w": torch.randn(100, 100)}, "epoch": 3})
+    assert load_checkpoint(good)["epoch"] == 3
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temp file
+    raw = good.read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a labkit checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "text.pt")
+
+
+def _scripted_evaluate(monkeypatch, val_accs, val_len):
+    """Replace evaluate: validation calls return `val_accs` in turn; record the weights seen."""
+    real = T.evaluate
+    seen = {"val": [], "test": []}
+    it = iter(val_accs)
+
+    def fake(model, x, y, cfg, **kw):
+        acc, loss = real(model, x, y, cfg, **kw)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        if len(y) == val_len:
+            seen["val"].append(state)
+            return next(it), loss
+        seen["test"].append(state)
+        return acc, loss
+
+    monkeypatch.setattr(T, "evaluate", fake)
+    return seen
+
+
+def test_best_val_selection(tiny_data, tiny_config, monkeypatch):
+    seen = _scripted_evaluate(monkeypatch, [0.3, 0.9, 0.5], val_len=len(tiny_data.val_y))
+    cfg = tiny_config(epochs=3, select="best_val", batch_size=64)
+    r = train(cfg, tiny_data, progress=False, log=None)
+    assert r.summary["selected_epoch"] == 2
+    assert r.summary["best_val_acc"] == 0.9 and r.summary["final_val_acc"] == 0.5
+    assert len(seen["val"]) == 3 and len(seen["test"]) == 1
+    _same_state(seen["test"][0], seen["val"][1])  # tested with epoch 2's weights
+    _same_state(r.model.state_dict(), seen["val"][2])  # and the model returned is the last one
+    assert not torch.equal(seen["val"][1]["fc.weight"], seen["val"][2]["fc.weight"])
+
+
+def test_last_selection(tiny_data, tiny_config, monkeypatch):
+    seen = _scripted_evaluate(monkeypatch, [0.3, 0.9, 0.5], val_len=len(tiny_data.val_y))
+    r = train(tiny_config(epochs=3, batch_size=64), tiny_data, progress=False, log=None)
+    assert r.summary["selected_epoch"] == 3
+    _same_state(seen["test"][0], seen["val"][2])
+
+
+def test_best_val_survives_resume(tiny_data, tiny_config, monkeypatch, tmp_path):
+    seen = _scripted_evaluate(monkeypatch, [0.3, 0.9, 0.5], val_len=len(tiny_data.val_y))
+    cfg = tiny_config(epochs=3, select="best_val", batch_size=64)
+
+    def crash(history):
+        if len(history) == 2:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(cfg, tiny_data, run_dir=tmp_path, progress=False, log=None, on_epoch=crash)
+    r = train(cfg, tiny_data, run_dir=tmp_path, progress=False, log=None)
+    assert r.summary["selected_epoch"] == 2 and r.summary["best_val_acc"] == 0.9
+    _same_state(seen["test"][0], seen["val"][1])
+
+
+def test_init_state(synth_data, tiny_config):
+    cfg = tiny_config(epochs=1, train_subset=64, batch_size=64)
+    parent = train(cfg, synth_data, progress=False, log=None)
+    child = train(cfg.replace(lr=1e-12), synth_data, init_state=parent.model.state_dict(), progress=False, log=None)
+    # with a vanishing lr the child's weights stay (almost) the parent's, not a fresh init
+    assert torch.allclose(child.model.fc.weight, parent.model.fc.weight, atol=1e-6)
+    fresh = train(cfg.replace(lr=1e-12), synth_data, progress=False, log=None)
+    assert not torch.allclose(fresh.model.fc.weight, parent.model.fc.weight, atol=1e-6)
