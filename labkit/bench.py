@@ -102,27 +102,47 @@ def labkit_epoch_times(cfg: TrainConfig, data: Dataset, epochs: int) -> tuple[li
     return [row["seconds"] for row in r.history], r.summary
 
 
-def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 2) -> dict:
-    """Total images/s of `lanes` copies of the run training side by side (threads, one
-    CUDA stream each), as labkit.sweep runs them. The first epoch of each is a warm-up."""
+def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 3) -> dict:
+    """Total images/s of `lanes` copies of a run training side by side (threads, one CUDA
+    stream each), as labkit.sweep runs them. All lanes finish their warm-up epoch (cuDNN
+    tuning, graph capture) before the clock starts, so only overlapped epochs count."""
     import threading
 
-    rows: list[list[dict]] = [[] for _ in range(lanes)]
+    from .train import GPU_GATE
+
+    barrier = threading.Barrier(lanes + 1)
+    ends: list[float] = [0.0] * lanes
+    n = min(cfg.train_subset or len(data.train_y), len(data.train_y))
+
+    def after_epoch(i: int, history: list[dict]) -> None:
+        if len(history) == 1:
+            torch.cuda.current_stream().synchronize()
+            barrier.wait()
 
     def one(i: int) -> None:
-        with torch.cuda.stream(torch.cuda.Stream()):
-            r = train(cfg.replace(epochs=epochs, seed=cfg.seed + i), data, progress=False, log=None)
-            torch.cuda.current_stream().synchronize()
-        rows[i] = r.history
+        try:
+            with torch.cuda.stream(torch.cuda.Stream()):
+                train(cfg.replace(epochs=epochs, seed=cfg.seed + i), data, progress=False, log=None,
+                      on_epoch=lambda h: after_epoch(i, h))
+                with GPU_GATE.shared():
+                    torch.cuda.current_stream().synchronize()
+            ends[i] = time.perf_counter()
+        except BaseException:
+            barrier.abort()
+            raise
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(lanes)]
     for t in threads:
         t.start()
+    barrier.wait()  # raises BrokenBarrierError if a lane failed
+    t0 = time.perf_counter()
     for t in threads:
         t.join()
-    steady = [statistics.median(r["seconds"] for r in h[1:]) for h in rows]
-    n = rows[0][0]["images_per_s"] * rows[0][0]["seconds"]
-    return {"lanes": lanes, "epoch_seconds_per_lane": steady, "total_images_per_s": sum(n / s for s in steady)}
+    if not all(ends):
+        raise RuntimeError("a lane failed (see its traceback above)")
+    wall = max(ends) - t0
+    return {"lanes": lanes, "steady_epochs": epochs - 1, "wall_seconds": wall,
+            "total_images_per_s": lanes * n * (epochs - 1) / wall}
 
 
 def bf16_peak_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
@@ -230,8 +250,8 @@ def main_bench(args) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save()  # before the probe, which runs threads on the GPU: keep what we have
     if args.probe_lanes and torch.cuda.is_available():
-        res["lanes"] = [{"lanes": 1, "total_images_per_s": res["labkit"]["images_per_s"]}]
-        for k in args.probe_lanes:
+        res["lanes"] = []
+        for k in sorted({1, *args.probe_lanes}):  # 1 lane measured the same way, evaluation included
             try:
                 res["lanes"].append(lanes_probe(SEED.replace(device="cuda"), data, k))
             except Exception as e:  # report, never lose the rest of the benchmark

@@ -150,7 +150,10 @@ def sweep(
                     )
         finally:
             if stream_ctx is not None:
-                torch.cuda.current_stream().synchronize()
+                from .train import GPU_GATE
+
+                with GPU_GATE.shared():
+                    torch.cuda.current_stream().synchronize()
                 stream_ctx.__exit__(None, None, None)
 
     if lanes == 1:

@@ -31,7 +31,68 @@ __all__ = ["DivergenceError", "CheckpointError", "TrainResult", "train", "evalua
 
 
 _INIT_LOCK = threading.Lock()
-_CAPTURE_LOCK = threading.Lock()
+
+
+class _GpuGate:
+    """Lets runs train side by side in threads yet capture CUDA graphs safely.
+
+    A capture fails if any other thread issues CUDA work meanwhile (seen on an H200:
+    "operation not permitted when stream is capturing" from a run in another thread).
+    Every run holds the gate shared while it trains and offers it at each step;
+    a capture takes it exclusively, so it runs while every other run waits between steps.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._readers = 0
+        self._writers_waiting = 0
+        self._writing = False
+
+    def enter(self) -> None:
+        with self._cv:
+            while self._writing or self._writers_waiting:
+                self._cv.wait()
+            self._readers += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self._readers -= 1
+            self._cv.notify_all()
+
+    def pause_point(self) -> None:
+        if self._writers_waiting:  # unlocked read: a stale value only delays by one step
+            self.leave()
+            self.enter()
+
+    @contextlib.contextmanager
+    def shared(self):
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """For a thread that holds the gate shared: wait until it is alone, then run."""
+        with self._cv:
+            self._readers -= 1
+            self._writers_waiting += 1
+            self._cv.notify_all()
+            while self._readers or self._writing:
+                self._cv.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._writing = False
+                self._readers += 1
+                self._cv.notify_all()
+
+
+GPU_GATE = _GpuGate()
 
 
 class DivergenceError(RuntimeError):
@@ -243,7 +304,7 @@ class _Stepper:
         full = len(y) == self.cfg.batch_size
         if full and self.want_graph and self.graph is None:
             try:
-                with _CAPTURE_LOCK:  # one capture at a time across threads
+                with GPU_GATE.exclusive():  # no other run's CUDA work during a capture
                     self._capture(x, y, optimizer)
             except Exception as e:  # an op that cannot be captured: fall back, say why
                 self.want_graph, self.graph, self.graph_error = False, None, f"{type(e).__name__}: {e}"
@@ -285,7 +346,22 @@ def train(
         init_state: model weights to start from (the seed's multi-stage tuning).
         checkpoint_every: epochs between checkpoints (0 = only at the end).
         on_epoch: called with all epochs' metric rows so far, after each epoch's checkpoint.
+    Safe to call from several threads at once (labkit.sweep's lanes).
     """
+    with GPU_GATE.shared():
+        return _train(cfg, data, run_dir, init_state, checkpoint_every, progress, log, on_epoch)
+
+
+def _train(
+    cfg: TrainConfig,
+    data: Dataset,
+    run_dir: str | os.PathLike | None = None,
+    init_state: dict | None = None,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    on_epoch: Callable[[list[dict]], None] | None = None,
+) -> TrainResult:
     device = resolve_device(cfg.device)
     amp_dtype = _amp_dtype(cfg, device)
     if device.type == "cuda":
@@ -372,6 +448,7 @@ def train(
         correct = torch.zeros((), device=device, dtype=torch.long)
         lr0 = lr_at(cfg, epoch, 0, steps_per_epoch)
         for step in range(steps_per_epoch):
+            GPU_GATE.pause_point()
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             xb = d.train_x[idx]
             if cfg.augment:
