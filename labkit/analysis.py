@@ -1,0 +1,1116 @@
+"""Statistics, tables and figures for the lab's notebooks: the seed's numbers beside ours.
+
+Every number shown comes from a run in the store or from a computation here; the seed's own
+numbers come from labkit.config (SEED_ABLATIONS, SEED_NUMBERS).
+
+Spread is always named: "±" is the sample SD over seeds; intervals are Student-t 95%
+confidence intervals for a mean, or Welch intervals for a difference of two means (with
+3-5 seeds a bootstrap has too few distinct resamples to be honest).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .config import (
+    ABLATION_GROUPS,
+    SEED_ABLATIONS,
+    SEED_NUMBERS,
+    ConfigError,
+    TrainConfig,
+    ablation,
+    seed_ablation_config,
+)
+from .lab import Lab, RunMissing
+from .runs import Run
+
+__all__ = [
+    "CLAIMS",
+    "Difference",
+    "Estimate",
+    "ablation_claims",
+    "ablation_table",
+    "check_bool",
+    "check_choice",
+    "check_seeds",
+    "data_label",
+    "estimate",
+    "get_runs",
+    "judge",
+    "open_lab",
+    "plot_estimates",
+    "plot_loss_curves",
+    "provenance",
+    "seed_vs_ours",
+    "setup_notebook",
+    "show_figure",
+    "show_note",
+    "show_table",
+    "stderr_log",
+    "t_ppf",
+    "welch",
+]
+
+LEVEL = 0.95
+
+
+# ---------------------------------------------------------------------------------------
+# Student t, without scipy
+# ---------------------------------------------------------------------------------------
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    ln = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(ln) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(ln) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_ppf(p: float, df: float) -> float:
+    """Quantile of Student's t with `df` (real, > 0) degrees of freedom."""
+    if not 0.0 < p < 1.0 or not df > 0:
+        raise ValueError(f"t_ppf needs 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_ppf(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2.0
+
+
+# ---------------------------------------------------------------------------------------
+# Estimates over seeds
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean of n runs, sample SD, and the Student-t CI of the mean (nan when n < 2)."""
+
+    n: int
+    mean: float
+    sd: float
+    lo: float
+    hi: float
+    level: float = LEVEL
+
+    def fmt(self, scale: float = 1.0, digits: int = 2, ci: bool = False, n: bool = True) -> str:
+        """"mean ± SD (n=k)"; with n=False "mean ± SD" (for tables that show n in a column)."""
+        if self.n == 0:
+            return "no runs"
+        m = f"{self.mean * scale:.{digits}f}"
+        if self.n < 2:
+            return f"{m} (n=1)" if n else m
+        s = f"{m} ± {self.sd * scale:.{digits}f}" + (f" SD (n={self.n})" if n else "")
+        if ci:
+            s += f", {self.level:.0%} CI [{self.lo * scale:.{digits}f}, {self.hi * scale:.{digits}f}]"
+        return s
+
+    def fmt_ci(self, scale: float = 1.0, digits: int = 2) -> str:
+        return "—" if self.n < 2 else f"[{self.lo * scale:.{digits}f}, {self.hi * scale:.{digits}f}]"
+
+
+def _clean(values: Iterable) -> list[float]:
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def estimate(values: Iterable, level: float = LEVEL) -> Estimate:
+    v = _clean(values)
+    n = len(v)
+    if n == 0:
+        return Estimate(0, math.nan, math.nan, math.nan, math.nan, level)
+    mean = sum(v) / n
+    if n < 2:
+        return Estimate(1, mean, math.nan, math.nan, math.nan, level)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    half = t_ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return Estimate(n, mean, sd, mean - half, mean + half, level)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) - mean(b) with a Welch CI (nan when either side has fewer than 2 runs)."""
+
+    diff: float
+    lo: float
+    hi: float
+    df: float
+    na: int
+    nb: int
+    level: float = LEVEL
+
+    @property
+    def has_ci(self) -> bool:
+        return not math.isnan(self.lo)
+
+    def fmt(self, scale: float = 100.0, digits: int = 2, unit: str = " pts") -> str:
+        if math.isnan(self.diff):
+            return "—"
+        s = f"{self.diff * scale:+.{digits}f}{unit}"
+        if self.has_ci:
+            s += f" [{self.lo * scale:+.{digits}f}, {self.hi * scale:+.{digits}f}]"
+        return s
+
+
+def welch(a: Iterable, b: Iterable, level: float = LEVEL) -> Difference:
+    a, b = _clean(a), _clean(b)
+    na, nb = len(a), len(b)
+    if na == 0 or nb == 0:
+        return Difference(math.nan, math.nan, math.nan, math.nan, na, nb, level)
+    ea, eb = estimate(a), estimate(b)
+    diff = ea.mean - eb.mean
+    if na < 2 or nb < 2:
+        return Difference(diff, math.nan, math.nan, math.nan, na, nb, level)
+    va, vb = ea.sd**2 / na, eb.sd**2 / nb
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Difference(diff, diff, diff, math.inf, na, nb, level)
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    half = t_ppf(0.5 + level / 2, df) * se
+    return Difference(diff, diff - half, diff + half, df, na, nb, level)
+
+
+def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> str:
+    """Verdict on a claim "a beats b" (d = a - b), with the claimed size if any."""
+    if math.isnan(d.diff):
+        return "untested: runs missing"
+    if not d.has_ci:
+        return f"not testable: {min(d.na, d.nb)} run on one side, no spread measured (needs seeds ≥ 2)"
+    size = ""
+    if claimed is not None:
+        inside = d.lo <= claimed <= d.hi
+        size = f"; the seed's {claimed * scale:.1f}-point size is {'inside' if inside else 'outside'} the CI"
+    if d.lo > 0:
+        return f"confirmed: the CI lies above 0{size}"
+    if d.hi < 0:
+        return f"refuted: the opposite holds (CI below 0){size}"
+    return f"not shown: the CI includes 0, the difference is within run-to-run noise{size}"
+
+
+# The seed's conclusions (SPEC §4.6), per ablation group: (claim, better, worse, claimed size?).
+# A claimed size is the seed's own difference, computed from its reported accuracies.
+CLAIMS: dict[str, list[tuple[str, str, str, bool]]] = {
+    "lr_decay": [
+        ("decay 0.9 beats 1.0", "baseline", "decay_1.0", False),
+        ("decay 1.0 beats 0.45", "decay_1.0", "decay_0.45", False),
+    ],
+    "dropout": [
+        ("dropout 0.4 hurts at 30 epochs", "baseline", "dropout_0.4", False),
+        ("dropout 0.8 hurts at 30 epochs", "baseline", "dropout_0.8", False),
+    ],
+    "stem_bn": [("stem BN helps", "baseline", "no_stem_bn", True)],
+    "stem_kernel": [("a 3x3 stem beats 7x7 stride 2", "baseline", "stem_7x7", True)],
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook plumbing: validation, display, progress
+# ---------------------------------------------------------------------------------------
+
+
+def check_seeds(seeds) -> int:
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds must be a positive int (runs per configuration), got {seeds!r}")
+    return seeds
+
+
+def check_choice(name: str, value, allowed: Iterable):
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def open_lab(
+    profile: str,
+    data_dir: str | None = None,
+    runs_dir: str | None = None,
+    allow_train: bool = True,
+    root: str = ".",
+) -> Lab:
+    """Validate a notebook's common parameters and open its Lab; a bad value raises ConfigError."""
+    from pathlib import Path
+
+    check_bool("allow_train", allow_train)
+    for name, v in (("data_dir", data_dir), ("runs_dir", runs_dir)):
+        if v is not None and not isinstance(v, str):
+            raise ConfigError(f"{name} must be a path string or None, got {type(v).__name__} {v!r}")
+    if not isinstance(root, str) or not Path(root).is_dir():
+        raise ConfigError(f"root must be the project's root folder (a path string), got {root!r}")
+    lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log)
+    setup_notebook(lab)
+    return lab
+
+
+def stderr_log(msg: str) -> None:
+    """Run logs go to stderr: live in the terminal of `labkit lab`, left out of the report.
+
+    Per-epoch lines are dropped: the epoch bar shows them, and metrics.csv keeps them.
+    """
+    if not msg.startswith("epoch "):
+        print(msg, file=sys.stderr, flush=True)
+
+
+def setup_notebook(lab: Lab | None = None) -> None:
+    """Figures as SVG, seaborn's theme, wide tables, quiet tqdm; one thread for tiny nets."""
+    import warnings
+
+    import matplotlib
+    import seaborn as sns
+
+    try:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("svg")
+    except ImportError:  # matplotlib-inline comes with ipykernel; without it, PNG stays
+        pass
+    sns.set_theme(style="whitegrid", context="notebook")
+    matplotlib.rcParams.update({"figure.dpi": 100, "svg.fonttype": "path"})
+    pd.set_option("display.max_columns", 50)
+    pd.set_option("display.width", 200)
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls back to text bars
+    if lab is not None and lab.profile.synthetic:
+        import torch
+
+        if not torch.cuda.is_available():
+            # Width-8 nets: a second OpenMP thread on a busy small machine slows them down.
+            torch.set_num_threads(1)
+
+
+def get_runs(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> tuple[list[Run], list[str]]:
+    """The finished runs of `pairs` (trained if the lab allows), and the ids of missing ones."""
+    runs, missing = [], []
+    for i, (name, cfg) in enumerate(pairs, 1):
+        found = lab.store.find(lab.config(cfg), name)
+        if lab.allow_train and not (found and found.finished):
+            stderr_log(f"training run {i}/{len(pairs)}: {lab.store.run_id(lab.config(cfg), name)} ({lab.config(cfg).epochs} epochs)")
+        try:
+            runs.append(lab.run(name, cfg))
+        except RunMissing:
+            missing.append(lab.store.run_id(lab.config(cfg), name))
+    return runs, missing
+
+
+def show_note(text: str, kind: str = "note") -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(f'<div class="lk-{kind}"><p>{text}</p></div>'))
+
+
+def show_missing(missing: Sequence[str], lab: Lab) -> None:
+    if missing:
+        items = "".join(f"<li><code>{m}</code></li>" for m in missing)
+        show_note(
+            f"<b>{len(missing)} run(s) missing</b> from <code>{lab.store.root}</code> (training is off); "
+            f"the tables below leave them out:<ul>{items}</ul>",
+            "warning",
+        )
+
+
+def show_table(df: pd.DataFrame, key: str, caption: str, formats: dict | None = None, index: bool = False) -> None:
+    """A pandas-rendered HTML table with a stable id (`tbl-<key>`) the tests look for."""
+    from IPython.display import display
+
+    st = df.style.set_uuid(f"tbl-{key}").set_caption(caption).set_table_attributes('class="lk-table"')
+    if formats:
+        st = st.format({k: v for k, v in formats.items() if k in df.columns}, na_rep="—")
+    else:
+        st = st.format(na_rep="—", precision=4)
+    text_cols = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if text_cols:
+        st = st.set_properties(subset=text_cols, **{"text-align": "left"})
+    if not index:
+        st = st.hide(axis="index")
+    display(st)
+
+
+def show_figure(fig, key: str, caption: str) -> None:
+    """Display a matplotlib figure, then its caption with a stable id (`fig-<key>`)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import HTML, display
+
+    display(fig)
+    plt.close(fig)
+    display(HTML(f'<p class="lk-caption" id="fig-{key}"><b>Figure.</b> {caption}</p>'))
+
+
+# ---------------------------------------------------------------------------------------
+# Provenance
+# ---------------------------------------------------------------------------------------
+
+
+def data_label(source: dict | None, synthetic: bool = False, label: str | None = None) -> str:
+    """Where the data came from, in words: official (md5 verified) or not, and which stand-in.
+
+    `label` (or the environment variable LABKIT_DATA_LABEL) names data that is not official.
+    """
+    if not source:
+        return "unknown (no data record)"
+    desc = source.get("description") or ("official CIFAR-10 (md5 verified)" if source.get("official") else "not the official CIFAR-10 files")
+    if source.get("official"):
+        return desc
+    if synthetic:
+        return f"synthetic CIFAR-format data made by labkit.synthetic (smoke profile): {desc}"
+    label = label or os.environ.get("LABKIT_DATA_LABEL")
+    return f"{label}: {desc}" if label else desc
+
+
+def provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> dict[str, str]:
+    """Profile, data, devices and training time of a set of runs, as display strings."""
+    datas = sorted({data_label((r.summary or {}).get("data"), lab.profile.synthetic, label) for r in runs})
+    devices = pd.Series([(r.summary or {}).get("device", "?") for r in runs]).value_counts()
+    secs = sum(float((r.summary or {}).get("train_seconds") or 0.0) for r in runs)
+    return {
+        "profile": lab.profile.name + (" (synthetic data, tiny net: not comparable to the seed's numbers)" if lab.profile.synthetic else ""),
+        "data": "; ".join(datas) or "no runs",
+        "device": ", ".join(f"{d} ({c} runs)" for d, c in devices.items()) or "no runs",
+        "training time": f"{secs:.1f} s over {len(runs)} runs",
+        "code version": ", ".join(sorted({str((r.summary or {}).get("code_version", "?")) for r in runs})) or "—",
+    }
+
+
+def show_provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> None:
+    p = provenance(runs, lab, label)
+    show_note("<br>".join(f"<b>{k}:</b> {v}" for k, v in p.items()), "provenance")
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------
+
+
+def _key_of(run: Run) -> str:
+    return run.name.removeprefix("ablation-")
+
+
+def _values(runs: Sequence[Run], field: str) -> list[float]:
+    return [(r.summary or {}).get(field) for r in runs]
+
+
+def _by_key(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = {}
+    for r in runs:
+        out.setdefault(_key_of(r), []).append(r)
+    return out
+
+
+def ablation_table(group: str, runs: Sequence[Run]) -> pd.DataFrame:
+    """The seed's table for one ablation group, its numbers beside ours (mean ± SD over seeds)."""
+    by = _by_key(runs)
+    base_acc = _values(by.get("baseline", []), "final_val_acc")
+    base_seed = ablation("baseline").seed_val_acc
+    rows = []
+    for key in ABLATION_GROUPS[group]:
+        a = ablation(key)
+        rs = by.get(key, [])
+        cfg = rs[0].config if rs else seed_ablation_config(key)
+        loss, acc = estimate(_values(rs, "final_loss_sum")), estimate(_values(rs, "final_val_acc"))
+        rows.append(
+            {
+                "row": key,
+                "seed table": ", ".join(map(str, a.tables)),
+                "lr": cfg.lr,
+                "batch": cfg.batch_size,
+                "epochs": cfg.epochs,
+                "blocks/ stage": f"{cfg.lays[0] + int(cfg.seed_extra_block)} (lays {cfg.lays[0]})",
+                "decay": cfg.decay_rate,
+                "dropout": cfg.dropout,
+                "stem": f"{cfg.stem}{' +BN' if cfg.stem_bn else ' no BN'}",
+                "n": acc.n,
+                "final loss (sum): seed": a.seed_loss,
+                "final loss (sum): ours, mean ± SD": loss.fmt(digits=3, n=False),
+                "val acc %: seed": a.seed_val_acc * 100,
+                "val acc %: ours, mean ± SD": acc.fmt(scale=100, n=False),
+                "val acc %: ours, 95% CI": acc.fmt_ci(scale=100),
+                "Δ vs baseline, pts: seed": None if key == "baseline" else (a.seed_val_acc - base_seed) * 100,
+                "Δ vs baseline, pts: ours [95% CI]": "—" if key == "baseline" else welch(_values(rs, "final_val_acc"), base_acc).fmt(unit=""),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+ABLATION_FORMATS = {
+    "lr": "{:g}",
+    "decay": "{:g}",
+    "dropout": "{:g}",
+    "final loss (sum): seed": "{:.3f}",
+    "val acc %: seed": "{:.2f}",
+    "Δ vs baseline, pts: seed": "{:+.2f}",
+}
+
+
+def ablation_view(table: pd.DataFrame, formats: dict | None = None) -> pd.DataFrame:
+    """`ablation_table` turned on its side for reading and printing: one column per configuration,
+    one row per field (the seed's number above ours), every value formatted as text."""
+    formats = ABLATION_FORMATS if formats is None else formats
+
+    def fmt(col: str, v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "—"
+        return formats[col].format(v) if col in formats and not isinstance(v, str) else str(v)
+
+    body = {row["row"]: [fmt(c, row[c]) for c in table.columns if c != "row"] for _, row in table.iterrows()}
+    return pd.DataFrame({"": [c for c in table.columns if c != "row"], **body})
+
+
+def ablation_claims(group: str, runs: Sequence[Run], field: str = "final_val_acc") -> pd.DataFrame:
+    """Each of the seed's conclusions for `group`, tested on our runs."""
+    by = _by_key(runs)
+    rows = []
+    for claim, better, worse, sized in CLAIMS[group]:
+        seed_d = ablation(better).seed_val_acc - ablation(worse).seed_val_acc
+        d = welch(_values(by.get(better, []), field), _values(by.get(worse, []), field))
+        rows.append(
+            {
+                "seed's conclusion (§4.6)": claim,
+                "comparison": f"{better} − {worse}",
+                "seed: Δ val acc, pts": seed_d * 100,
+                "ours: Δ val acc, pts [95% Welch CI]": d.fmt(),
+                "runs": f"{d.na} vs {d.nb}",
+                "verdict": judge(d, seed_d if sized else None),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def estimates_frame(runs: Sequence[Run], field: str, label_of=None) -> pd.DataFrame:
+    """One row per label: mean, SD, CI and n of `field`, and each run's value."""
+    label_of = label_of or _key_of
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(label_of(r), []).append(r)
+    rows = []
+    for label, rs in groups.items():
+        e = estimate(_values(rs, field))
+        rows.append({"label": label, "n": e.n, "mean": e.mean, "sd": e.sd, "lo": e.lo, "hi": e.hi, "values": _clean(_values(rs, field))})
+    return pd.DataFrame(rows, columns=["label", "n", "mean", "sd", "lo", "hi", "values"])
+
+
+# ---------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------
+
+
+def plot_loss_curves(runs: Sequence[Run], y: str = "loss_sum", title: str = "", label_of=None, ax=None):
+    """One line per run (colour: configuration, one line per seed), `y` against epoch."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
+
+    label_of = label_of or _key_of
+    frames = []
+    for r in runs:
+        if len(r.history):
+            h = r.history[["epoch", y]].copy()
+            h["run"], h["config"], h["seed"] = r.id, label_of(r), r.config.seed
+            frames.append(h)
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    if frames:
+        df = pd.concat(frames, ignore_index=True)
+        sns.lineplot(data=df, x="epoch", y=y, hue="config", units="run", estimator=None, marker="o", ax=ax, lw=1.4, ms=4)
+        ax.legend(title=None, fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title)
+    ax.set_ylabel({"loss_sum": "training loss, summed over the epoch's batches", "loss_mean": "training loss per batch"}.get(y, y), fontsize=9)
+    return fig if fig is not None else ax.figure
+
+
+def plot_estimates(est: pd.DataFrame, seed_values: dict[str, float] | None = None, xlabel: str = "", title: str = "", scale: float = 100.0):
+    """Mean with 95% CI error bars per label, each run as a dot, the seed's number as a red x."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * max(len(est), 2) + 1.4))
+    seed_values = {k: v for k, v in (seed_values or {}).items() if k in set(est["label"])} if len(est) else {}
+    seen: set[str] = set()
+
+    def once(label: str) -> str | None:
+        if label in seen:
+            return None
+        seen.add(label)
+        return label
+
+    for i, row in enumerate(est.itertuples()):
+        ax.scatter([v * scale for v in row.values], [i] * len(row.values), s=14, color="0.55", zorder=2, label=once("one run"))
+        if row.n >= 2:
+            err = [[(row.mean - row.lo) * scale], [(row.hi - row.mean) * scale]]
+            ax.errorbar(row.mean * scale, i, xerr=err, fmt="o", color="C0", capsize=4, zorder=3, label=once("mean, 95% CI"))
+        elif row.n == 1:
+            ax.plot(row.mean * scale, i, "o", color="C0", zorder=3, label=once("one run only: no CI"))
+        if row.label in seed_values:
+            ax.plot(seed_values[row.label] * scale, i, "x", color="C3", ms=9, mew=2, zorder=4, label=once("the seed's number"))
+    pts = [v * scale for vs in est["values"] for v in vs] + [v * scale for v in seed_values.values()] if len(est) else []
+    if pts:
+        # Intervals from 2-3 runs can be wider than the data; keep the axis on the data.
+        lo, hi = min(pts), max(pts)
+        pad = max(2.0, 0.25 * (hi - lo))
+        ax.set_xlim(max(0.0, lo - pad) if scale == 100 else lo - pad, min(100.0, hi + pad) if scale == 100 else hi + pad)
+        x0, x1 = ax.get_xlim()
+        if any(r.n >= 2 and (r.lo * scale < x0 or r.hi * scale > x1) for r in est.itertuples()):
+            title += "\n(some error bars are cut at the axis: their CI runs beyond it)"
+    ax.set_yticks(range(len(est)), list(est["label"]))
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    if seen:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# The summary: every number the seed reports, beside ours
+# ---------------------------------------------------------------------------------------
+
+
+def seed_vs_ours(
+    ablation_runs: Sequence[Run], final_runs: Sequence[Run], depth_runs: Sequence[Run], modern_runs: Sequence[Run]
+) -> pd.DataFrame:
+    rows = []
+
+    def add(where, what, seed_value, values, scale, digits, recipe):
+        e = estimate(values)
+        rows.append(
+            {
+                "seed report": where,
+                "measure": what,
+                "seed's number": f"{seed_value * scale:.{digits}f}",
+                "n": e.n,
+                "ours: mean ± SD": e.fmt(scale=scale, digits=digits, n=False),
+                "ours: 95% CI": e.fmt_ci(scale=scale, digits=digits),
+                "Δ ours − seed": "—" if e.n == 0 else f"{(e.mean - seed_value) * scale:+.{digits}f}",
+                "recipe": recipe,
+            }
+        )
+
+    by = _by_key(ablation_runs)
+    for a in SEED_ABLATIONS:
+        where = f"table{'s' if len(a.tables) > 1 else ''} {', '.join(map(str, a.tables))}: {a.key}"
+        rs = by.get(a.key, [])
+        add(where, "final loss (summed over the epoch)", a.seed_loss, _values(rs, "final_loss_sum"), 1, 3, "seed-faithful, 30 epochs")
+        add(where, "validation accuracy %", a.seed_val_acc, _values(rs, "final_val_acc"), 100, 2, "seed-faithful, 30 epochs")
+    add("table 11 (final)", "final loss (summed over the epoch)", SEED_NUMBERS["final_loss"], _values(final_runs, "final_loss_sum"), 1, 3, "seed-faithful, 60 epochs")
+    add("table 11 (final)", "test accuracy %", SEED_NUMBERS["final_test_acc"], _values(final_runs, "test_acc"), 100, 2, "seed-faithful, 60 epochs")
+    for lays, seed_acc in SEED_NUMBERS["depth_test_acc"].items():
+        for recipe in ("seed", "corrected"):
+            rs = [r for r in depth_runs if r.name == f"depth-{lays}-{recipe}"]
+            desc = "seed-faithful net and optimiser" if recipe == "seed" else "corrected net, modern recipe"
+            add(f"§4.1 depth limit, lays {lays}", "test accuracy % (selected on validation)", seed_acc, _values(rs, "test_acc"), 100, 2, desc)
+    add("§4.1 best (lays 3)", "test accuracy %: labkit's best (modern preset)", SEED_NUMBERS["depth_test_acc"][3], _values(modern_runs, "test_acc"), 100, 2, "modern preset, all 50,000 training images")
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 01: the data
+# ---------------------------------------------------------------------------------------
+
+
+def load_data(lab: Lab, split: str = "seed"):
+    """The lab's data; with training off (a render from records) never downloaded."""
+    if lab.profile.synthetic or lab.allow_train:
+        return lab.data(split)
+    from .data import load_cifar10
+
+    return load_cifar10(lab.data_dir, split, allow_download=False)
+
+
+def class_counts(ds) -> pd.DataFrame:
+    from .data import CLASSES
+
+    cols = {}
+    for split in ("train", "val", "test"):
+        y = getattr(ds, f"{split}_y")
+        counts = [int((y == c).sum()) for c in range(len(CLASSES))]
+        cols[f"{split} ({len(y):,})"] = counts
+    df = pd.DataFrame(cols, index=list(CLASSES))
+    df.index.name = "class"
+    return df.reset_index()
+
+
+def channel_table(train_x) -> pd.DataFrame:
+    """Measured per-channel statistics beside the seed's and labkit's constants."""
+    from .data import NORMS, channel_stats
+
+    s = channel_stats(train_x)
+    rows = [
+        ("measured: mean", s["mean"]),
+        ("measured: dataset-wide std", s["std_dataset"]),
+        ("measured: mean of per-image stds", s["std_per_image_mean"]),
+        ("seed's constants: mean", NORMS["seed"][0]),
+        ("seed's constants: std", NORMS["seed"][1]),
+        ("labkit 'dataset' constants: std", NORMS["dataset"][1]),
+    ]
+    return pd.DataFrame([{"statistic": k, "R": v[0], "G": v[1], "B": v[2]} for k, v in rows])
+
+
+def _chw_to_img(x):
+    return x.permute(1, 2, 0).cpu().numpy()  # [3, 32, 32] -> [32, 32, 3]
+
+
+def plot_samples(ds, per_class: int = 6, seed: int = 0):
+    """A grid of random training images: one column per class."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .data import CLASSES
+
+    g = torch.Generator().manual_seed(seed)
+    fig, axes = plt.subplots(per_class, len(CLASSES), figsize=(len(CLASSES) * 0.78, per_class * 0.78 + 0.3))
+    for c, name in enumerate(CLASSES):
+        idx = torch.nonzero(ds.train_y == c).flatten()
+        pick = idx[torch.randperm(len(idx), generator=g)[:per_class]]
+        for j in range(per_class):
+            ax = axes[j, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+            if j < len(pick):
+                ax.imshow(_chw_to_img(ds.train_x[pick[j]]), interpolation="nearest")
+        axes[0, c].set_title(name, fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.01, wspace=0.06, hspace=0.06)
+    return fig
+
+
+def plot_augmentation(ds, images: int = 4, copies: int = 6, seed: int = 0):
+    """Each row: an original training image, then `copies` draws of the training augmentation."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .data import CLASSES, augment
+
+    g = torch.Generator().manual_seed(seed)
+    x = ds.train_x[:images]
+    fig, axes = plt.subplots(images, copies + 1, figsize=((copies + 1) * 1.1, images * 1.1 + 0.3))
+    for i in range(images):
+        axes[i, 0].imshow(_chw_to_img(x[i]), interpolation="nearest")
+        axes[i, 0].set_ylabel(CLASSES[int(ds.train_y[i])], rotation=0, ha="right", va="center", fontsize=9)
+        aug = augment(x[i : i + 1].repeat(copies, 1, 1, 1), generator=g)  # [copies, 3, 32, 32]
+        for j in range(copies):
+            axes[i, j + 1].imshow(_chw_to_img(aug[j]), interpolation="nearest")
+    axes[0, 0].set_title("original", fontsize=9)
+    for j in range(copies):
+        axes[0, j + 1].set_title(f"augmented {j + 1}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for sp in ax.spines.values():
+            sp.set_visible(False)
+    fig.subplots_adjust(left=0.13, right=0.99, top=0.9, bottom=0.01, wspace=0.08, hspace=0.08)
+    return fig
+
+
+def source_table(source: dict, synthetic: bool, label: str | None = None) -> pd.DataFrame:
+    rows = [
+        ("data used", data_label(source, synthetic, label)),
+        ("folder", source.get("folder", "?")),
+        ("md5 of every batch file matches the official CIFAR-10", "yes" if source.get("official") else "no"),
+        ("files whose md5 differs", ", ".join(source.get("md5_mismatch") or []) or "none"),
+    ]
+    return pd.DataFrame(rows, columns=["", "value"])
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 02: the model
+# ---------------------------------------------------------------------------------------
+
+MODEL_FIELDS = ("lays", "stem", "stem_bn", "dropout", "seed_extra_block", "softmax_head", "width")
+
+
+def architecture_table(cfg: TrainConfig, corrected: TrainConfig) -> pd.DataFrame:
+    """Stages of the seed's net beside the corrected one: blocks, width, stride, output shape."""
+    import torch
+
+    from .model import build_model, count_params
+
+    rows = []
+    nets = {"seed": build_model(cfg).eval(), "corrected": build_model(corrected).eval()}
+    shapes: dict[str, dict[str, tuple]] = {k: {} for k in nets}
+    for key, net in nets.items():
+        hooks = [
+            getattr(net, n).register_forward_hook(lambda m, i, o, n=n, key=key: shapes[key].__setitem__(n, tuple(o.shape[1:])))
+            for n in ("relu", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
+        ]
+        with torch.no_grad():
+            net(torch.zeros(1, 3, 32, 32))
+        for h in hooks:
+            h.remove()
+    s, c = nets["seed"], nets["corrected"]
+    rows.append({"stage": "stem", "seed's blocks": "—", "corrected blocks": "—", "conv": f"{cfg.stem}", "output (C, H, W)": str(shapes["seed"]["relu"]), "params (seed's net)": count_params(s.conv1) + count_params(s.bn1)})
+    for i in range(1, 5):
+        ls, lc = getattr(s, f"layer{i}"), getattr(c, f"layer{i}")
+        rows.append(
+            {
+                "stage": f"layer{i}",
+                "seed's blocks": len(ls),
+                "corrected blocks": len(lc),
+                "conv": f"3x3, stride {ls[0].conv1.stride[0]}, {ls[0].conv2.out_channels} ch",
+                "output (C, H, W)": str(shapes["seed"][f"layer{i}"]),
+                "params (seed's net)": count_params(ls),
+            }
+        )
+    rows.append({"stage": "head", "seed's blocks": "—", "corrected blocks": "—", "conv": f"avgpool, dropout, linear{', softmax' if cfg.softmax_head else ''}", "output (C, H, W)": str(shapes["seed"]["fc"]), "params (seed's net)": count_params(s.fc)})
+    rows.append({"stage": "total", "seed's blocks": sum(s.blocks_per_stage), "corrected blocks": sum(c.blocks_per_stage), "conv": "", "output (C, H, W)": "", "params (seed's net)": count_params(s)})
+    return pd.DataFrame(rows)
+
+
+def variants_table(pairs: Sequence[tuple[str, str, TrainConfig]], full_width: int | None = None) -> pd.DataFrame:
+    """Parameters and FLOPs per image of every distinct network in `pairs` (notebook, name, cfg)."""
+    from .model import build_model, count_params, flops_per_image, weight_layers
+
+    groups: dict[tuple, list[str]] = {}
+    cfgs: dict[tuple, TrainConfig] = {}
+    for _, name, cfg in pairs:
+        k = tuple(getattr(cfg, f) for f in MODEL_FIELDS)
+        groups.setdefault(k, [])
+        base = name.rsplit("-seed", 1)[0] if name.endswith("-seed") else name
+        if base not in groups[k]:
+            groups[k].append(name)
+        cfgs.setdefault(k, cfg)
+    rows = []
+    for k, names in groups.items():
+        cfg = cfgs[k]
+        net = build_model(cfg)
+        row = {
+            "runs": ", ".join(n.removeprefix("ablation-") for n in names),
+            "lays": cfg.lays[0] if len(set(cfg.lays)) == 1 else str(list(cfg.lays)),
+            "blocks/stage built": net.blocks_per_stage[0],
+            "stem": cfg.stem + (" +BN" if cfg.stem_bn else " no BN"),
+            "dropout": cfg.dropout,
+            "head": "softmax (defect)" if cfg.softmax_head else "logits",
+            "width": cfg.width,
+            "weight layers": weight_layers(net),
+            "params (M)": count_params(net) / 1e6,
+            "GFLOP/image fwd": flops_per_image(net, train=False) / 1e9,
+            "GFLOP/image train": flops_per_image(net, train=True) / 1e9,
+        }
+        if full_width and cfg.width != full_width:
+            big = build_model(cfg.replace(width=full_width))
+            row[f"params (M) at width {full_width}"] = count_params(big) / 1e6
+            row[f"GFLOP/image train at width {full_width}"] = flops_per_image(big, train=True) / 1e9
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def shape_check(cfg: TrainConfig, batch: int = 2) -> pd.DataFrame:
+    """Run a forward pass and record the output shape of each stage; raise if the head is wrong."""
+    import torch
+
+    from .model import build_model
+
+    net = build_model(cfg).eval()
+    rows = []
+    hooks = [
+        getattr(net, n).register_forward_hook(lambda m, i, o, n=n: rows.append({"module": n, "output shape": str(list(o.shape))}))
+        for n in ("conv1", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc", "head")
+    ]
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        out = net(x)
+    for h in hooks:
+        h.remove()
+    rows.insert(0, {"module": "input", "output shape": str(list(x.shape))})
+    if tuple(out.shape) != (batch, 10):
+        raise AssertionError(f"the network's output is {list(out.shape)}, expected [{batch}, 10]")
+    sums = out.sum(1)
+    rows.append({"module": "check", "output shape": f"[{batch}, 10] ok; rows sum to {sums.mean():.4f}" + (" (softmax head: probabilities)" if cfg.softmax_head else " (logits)")})
+    return pd.DataFrame(rows)
+
+
+def block_counts(named_depths: Sequence[int] = (2, 3)) -> pd.DataFrame:
+    """Defect 1: what `lays` asks for, what the seed's code builds, and the real depth."""
+    from .model import ResNet, weight_layers
+
+    rows = []
+    for lays in named_depths:
+        seed_net = ResNet(lays=(lays,) * 4, seed_extra_block=True, width=8)
+        fixed = ResNet(lays=(lays,) * 4, width=8)
+        rows.append(
+            {
+                "lays": str([lays] * 4),
+                "the seed calls it": f"ResNet-{2 * 4 * lays + 2}",
+                "blocks per stage (seed's code)": seed_net.blocks_per_stage[0],
+                "blocks per stage (corrected)": fixed.blocks_per_stage[0],
+                "weight layers (seed's code)": weight_layers(seed_net),
+                "weight layers (corrected)": weight_layers(fixed),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def loss_floor(classes: int = 10) -> dict[str, float]:
+    """Defect 2: the least cross-entropy a softmax output can reach when softmax is applied again.
+
+    The head's output p is a probability vector; cross-entropy takes softmax(p) again. Its
+    minimum is at p = one-hot: -log(e / (e + classes - 1)).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    analytic = -math.log(math.e / (math.e + classes - 1))
+    onehot = torch.eye(classes, dtype=torch.float64)
+    numeric = F.cross_entropy(onehot, torch.arange(classes)).item()  # the best a softmax head can output
+    # The same from the logit side: softmax of ever larger logits approaches one-hot.
+    z = torch.zeros(classes, dtype=torch.float64)
+    z[0] = 50.0
+    via_logits = F.cross_entropy(torch.softmax(z, 0)[None], torch.tensor([0])).item()
+    return {"analytic": analytic, "numeric (one-hot output)": numeric, "numeric (softmax of logits 50 vs 0)": via_logits}
+
+
+def loss_floor_table(floor: float, train_images: int = 40000, batch: int = 512) -> pd.DataFrame:
+    """The seed's reported final summed losses per batch, against the floor."""
+    batches = math.ceil(train_images / batch)
+    rows = [(f"tables {', '.join(map(str, a.tables))}: {a.key}", a.seed_loss) for a in SEED_ABLATIONS]
+    rows.append(("table 11: final (60 epochs)", SEED_NUMBERS["final_loss"]))
+    return pd.DataFrame(
+        [
+            {"seed's run": k, "final summed loss": v, "batches per epoch": batches, "loss per batch": v / batches, "floor": floor, "above the floor": v / batches - floor}
+            for k, v in rows
+        ]
+    )
+
+
+def plot_loss_floor(table: pd.DataFrame, floor: float):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    ys = range(len(table))
+    ax.hlines(ys, floor, table["loss per batch"], color="0.7", lw=2)
+    ax.plot(table["loss per batch"], ys, "o", color="C0", label="the seed's final loss per batch")
+    ax.axvline(floor, color="C3", lw=2, label=f"floor of a softmax head: {floor:.4f}")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlim(-0.05, max(table["loss per batch"]) * 1.08)
+    ax.set_yticks(list(ys), list(table["seed's run"]))
+    ax.invert_yaxis()
+    ax.set_xlabel("final training loss per batch (the seed's summed loss / batches per epoch)")
+    ax.legend(fontsize=8, loc="center left")
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 03: the depth limit
+# ---------------------------------------------------------------------------------------
+
+
+def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
+    rows = []
+    for lays, seed_acc in SEED_NUMBERS["depth_test_acc"].items():
+        for recipe in ("seed", "corrected"):
+            rs = [r for r in runs if r.name == f"depth-{lays}-{recipe}"]
+            cfg = rs[0].config if rs else None
+            e = estimate(_values(rs, "test_acc"))
+            rows.append(
+                {
+                    "lays": lays,
+                    "recipe": "seed-faithful (both defects, Adam, exp decay)" if recipe == "seed" else "corrected net, modern recipe",
+                    "blocks/stage": cfg.lays[0] + int(cfg.seed_extra_block) if cfg else None,
+                    "epochs": cfg.epochs if cfg else None,
+                    "selected epoch (best val)": ", ".join(str((r.summary or {}).get("selected_epoch")) for r in rs) or "—",
+                    "best val acc %": estimate(_values(rs, "best_val_acc")).fmt(scale=100),
+                    "test acc % (once)": e.fmt(scale=100),
+                    "95% CI": e.fmt_ci(scale=100),
+                    "seed: test acc % (tuned on test)": seed_acc * 100,
+                    "Δ ours − seed, pts": e.mean * 100 - seed_acc * 100 if e.n else None,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def depth_claim(runs: Sequence[Run]) -> pd.DataFrame:
+    rows = []
+    seed_d = SEED_NUMBERS["depth_test_acc"][3] - SEED_NUMBERS["depth_test_acc"][2]
+    for recipe in ("seed", "corrected"):
+        a = _values([r for r in runs if r.name == f"depth-3-{recipe}"], "test_acc")
+        b = _values([r for r in runs if r.name == f"depth-2-{recipe}"], "test_acc")
+        d = welch(a, b)
+        rows.append(
+            {
+                "seed's conclusion (§4.6)": "deeper is better",
+                "recipe": recipe,
+                "comparison": "lays 3 − lays 2, test acc",
+                "seed: Δ, pts": seed_d * 100,
+                "ours: Δ, pts [95% Welch CI]": d.fmt(),
+                "runs": f"{d.na} vs {d.nb}",
+                "verdict": judge(d),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_val_curves(runs: Sequence[Run], title: str = ""):
+    """Validation accuracy per epoch, the selected (best-validation) epoch marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for i, r in enumerate(runs):
+        if not len(r.history):
+            continue
+        h = r.history
+        ax.plot(h["epoch"], h["val_acc"] * 100, marker="o", ms=3, lw=1.3, color=f"C{i % 10}", label=f"{r.name} (seed {r.config.seed})")
+        sel = (r.summary or {}).get("selected_epoch")
+        if sel is not None and sel in set(h["epoch"]):
+            v = float(h.loc[h["epoch"] == sel, "val_acc"].iloc[0]) * 100
+            ax.plot([sel], [v], marker="*", ms=13, color=f"C{i % 10}", mec="k")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy %")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
+    """Write check_points/checkpoint-block-{2,3}.pth: the selected weights of the corrected runs.
+
+    Of several seeds, the one with the best validation accuracy is taken (selection on
+    validation only). A run rendered from records has no checkpoint.pt: then nothing is written.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from .train import CheckpointError, load_checkpoint
+
+    out_dir = Path(out_dir)
+    rows = []
+    for lays in (2, 3):
+        rs = [r for r in runs if r.name == f"depth-{lays}-corrected"]
+        target = out_dir / f"checkpoint-block-{lays}.pth"
+        if not rs:
+            rows.append({"file": str(target), "run": "—", "status": "not written: run missing"})
+            continue
+        best = max(rs, key=lambda r: (r.summary or {}).get("best_val_acc") or -1)
+        if not best.checkpoint.is_file():
+            rows.append({"file": str(target), "run": best.id, "status": "not written: the run is rendered from its records and has no checkpoint.pt"})
+            continue
+        try:
+            state = load_checkpoint(best.checkpoint)
+        except CheckpointError as e:
+            rows.append({"file": str(target), "run": best.id, "status": f"not written: {e}"})
+            continue
+        weights = state.get("best_state") or state["model"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        torch.save(
+            {
+                "model": weights,
+                "config": best.config.to_dict(),
+                "run": best.id,
+                "selected_epoch": (best.summary or {}).get("selected_epoch"),
+                "val_acc": (best.summary or {}).get("best_val_acc"),
+                "test_acc": (best.summary or {}).get("test_acc"),
+            },
+            tmp,
+        )
+        tmp.replace(target)
+        rows.append({"file": str(target), "run": best.id, "status": f"written: weights of epoch {(best.summary or {}).get('selected_epoch')} (best validation accuracy)"})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 05: the final run and labkit's best
+# ---------------------------------------------------------------------------------------
+
+
+def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
+    rows = []
+
+    names = {"test_acc": "test accuracy %", "final_loss_sum": "final loss (summed over the epoch)", "final_val_acc": "validation accuracy %"}
+
+    def add(what, runs, field, seed_value, scale, digits):
+        measure = names[field]
+        e = estimate(_values(runs, field))
+        rows.append(
+            {
+                "run": what,
+                "measure": measure,
+                "seed's number": "—" if seed_value is None else f"{seed_value * scale:.{digits}f}",
+                "n": e.n,
+                "ours: mean ± SD": e.fmt(scale=scale, digits=digits, n=False),
+                "ours: 95% CI": e.fmt_ci(scale=scale, digits=digits),
+                "Δ ours − seed": "—" if seed_value is None or not e.n else f"{(e.mean - seed_value) * scale:+.{digits}f}",
+            }
+        )
+
+    add("table 11: seed-faithful, 60 epochs", final, "test_acc", SEED_NUMBERS["final_test_acc"], 100, 2)
+    add("table 11: seed-faithful, 60 epochs", final, "final_loss_sum", SEED_NUMBERS["final_loss"], 1, 3)
+    add("table 11: seed-faithful, 60 epochs", final, "final_val_acc", None, 100, 2)
+    add("labkit's best: modern preset", modern, "test_acc", SEED_NUMBERS["depth_test_acc"][3], 100, 2)
+    return pd.DataFrame(rows)
+
+
+def best_vs_seed(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
+    d = welch(_values(modern, "test_acc"), _values(final, "test_acc"))
+    m = estimate(_values(modern, "test_acc"))
+    seed_best = SEED_NUMBERS["depth_test_acc"][3]
+    if m.n >= 2:
+        vs = "above" if m.lo > seed_best else "below" if m.hi < seed_best else "inside"
+        verdict = f"the seed's {seed_best * 100:.2f}% lies {'below' if vs == 'above' else 'above' if vs == 'below' else 'inside'} our 95% CI"
+    else:
+        verdict = "one run: no interval"
+    return pd.DataFrame(
+        [
+            {"comparison": "modern − seed-faithful final, test acc", "Δ, pts [95% Welch CI]": d.fmt(), "runs": f"{d.na} vs {d.nb}", "note": judge(d)},
+            {"comparison": "modern vs the seed's best (89.27%, lays 3, tuned on test)".replace("89.27", f"{seed_best * 100:.2f}"), "Δ, pts [95% Welch CI]": "—" if not m.n else f"{(m.mean - seed_best) * 100:+.2f} pts", "runs": str(m.n), "note": verdict},
+        ]
+    )

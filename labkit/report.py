@@ -1,0 +1,398 @@
+"""The main job: run the lab's notebooks with papermill, merge them, export one HTML and a PDF.
+
+    python -m labkit lab --profile auto|full|quick|smoke [--no-train] [--seeds N] [--out DIR]
+
+1. Each notebook runs with papermill into the profile's report folder (`report/` for full,
+   `build/<profile>/report/` otherwise): 01_data, 02_model, 03_depth_limit, 04_ablations once
+   per ablation (04_ablations-<ablation>.ipynb), 05_final, then 00_summary, which reads the
+   run store the others filled. The executed notebooks open in JupyterLab.
+2. They are merged with nbformat (00_summary first; cell ids made unique; stderr, which holds
+   progress bars and run logs, left out) into one notebook, exported once by nbconvert as
+   `report.html`: code hidden, a contents list linking the sections, no external scripts.
+3. `report.pdf` is printed from that HTML by a headless Chromium found on PATH (never
+   downloaded); without one, the HTML stands alone and a message says so.
+
+Runs come from the run store, so a second export after a full run retrains nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ABLATION_GROUPS, ConfigError
+from .lab import Profile
+from .lab import profile as get_profile
+
+__all__ = ["Job", "LabError", "LabReport", "export_html", "find_chromium", "jobs", "merge", "print_pdf", "resolve_profile", "run_lab"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+KERNEL = "python3"
+CHROMIUMS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+TITLES = {
+    "00_summary": "Summary: the seed's numbers beside ours",
+    "01_data": "1. The data",
+    "02_model": "2. The model",
+    "03_depth_limit": "3. The depth limit",
+    "04_ablations": "4. Ablations",
+    "05_final": "5. The final run, and labkit's best",
+}
+ABLATION_TITLES = {"lr_decay": "learning-rate decay", "dropout": "dropout", "stem_bn": "BatchNorm after the stem", "stem_kernel": "stem kernel"}
+
+CSS = """
+<style>
+  /* labkit report: readable tables, captions and page breaks when printed */
+  body { max-width: 1250px; margin: 0 auto; }
+  .lk-table { font-size: 11.5px; border-collapse: collapse; margin: 0.4em 0 1em 0; }
+  .lk-table caption { caption-side: top; text-align: left; font-weight: 600; font-size: 12.5px; padding-bottom: 4px; color: #222; }
+  .lk-table th, .lk-table td { padding: 2px 6px !important; border-bottom: 1px solid #ddd; vertical-align: top; }
+  .lk-table th { background: #f3f3f3; white-space: normal; text-align: left !important; }
+  .lk-caption { font-size: 12px; color: #333; margin: 0 0 1.2em 0; }
+  .lk-note, .lk-provenance { font-size: 12px; background: #f4f7fb; border-left: 4px solid #5b8bd1; padding: 4px 10px; margin: 0.5em 0; }
+  .lk-warning { font-size: 12px; background: #fff6e5; border-left: 4px solid #e0a030; padding: 4px 10px; margin: 0.5em 0; }
+  .lk-toc ul { line-height: 1.6; list-style: none; padding-left: 1em; }
+  .jp-OutputArea-output { overflow-x: visible !important; }
+  .jp-OutputArea-output img, .jp-OutputArea-output svg { max-width: 100%; height: auto; }
+  @page { size: A4 landscape; margin: 11mm 10mm; }
+  @media print {
+    body { max-width: none; }
+    /* JupyterLab lays cells out with flex boxes and scroll areas, which Chromium prints as
+       unbreakable blocks (whole outputs jump to the next page); plain blocks break normally. */
+    .jp-Cell-inputWrapper, .jp-Cell-outputWrapper, .jp-InputArea, .jp-OutputArea-child, .jp-OutputArea-output { display: block !important; }
+    .jp-OutputArea-child { break-inside: auto !important; }  /* JupyterLab's print CSS keeps each output whole */
+    .jp-Cell, .jp-Cell * { overflow: visible !important; }
+    .jp-Cell:has(.lk-section) { break-before: page; }
+    .jp-MarkdownCell { break-after: avoid-page; }
+    .jp-OutputArea-child:has(+ .jp-OutputArea-child .lk-caption) { break-after: avoid-page; }
+    .lk-table { font-size: 9px; }
+    .lk-table caption { break-after: avoid-page; }
+    .lk-table, .lk-table tr { break-inside: avoid; }
+    /* a figure is one unbreakable box: never taller than a page */
+    .jp-OutputArea-output svg, .jp-OutputArea-output img { break-inside: avoid; max-height: 170mm; width: auto; }
+    .jp-InputPrompt, .jp-OutputPrompt, .jp-Collapser { display: none !important; }
+    a.anchor-link { display: none; }
+  }
+</style>
+"""
+
+
+class LabError(RuntimeError):
+    """The lab cannot run as asked (a refused profile, a failed notebook, no kernel)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str  # the executed notebook's name in the report folder, e.g. 04_ablations-dropout
+    notebook: str  # the source notebook, e.g. 04_ablations
+    title: str
+    parameters: dict = field(default_factory=dict)
+
+
+@dataclass
+class LabReport:
+    profile: str
+    report_dir: Path
+    notebooks: list[Path]
+    html: Path
+    pdf: Path | None
+    seconds: float
+    timings: dict[str, float]
+    reason: str = ""
+
+
+def jobs(common: dict, seeds: int, lab_started: float = 0.0) -> list[Job]:
+    """The notebooks in the order they run (the summary last, once the store is full)."""
+    out = [
+        Job("01_data", "01_data", TITLES["01_data"], dict(common)),
+        Job("02_model", "02_model", TITLES["02_model"], dict(common)),
+        Job("03_depth_limit", "03_depth_limit", TITLES["03_depth_limit"], dict(common)),
+    ]
+    for i, ab in enumerate(ABLATION_GROUPS):
+        title = f"4{'abcdefgh'[i]}. Ablation: {ABLATION_TITLES.get(ab, ab)}"
+        out.append(Job(f"04_ablations-{ab}", "04_ablations", title, {**common, "ablation": ab, "seeds": seeds}))
+    out.append(Job("05_final", "05_final", TITLES["05_final"], {**common, "seeds": seeds}))
+    out.append(Job("00_summary", "00_summary", TITLES["00_summary"], {**common, "seeds": seeds, "lab_started": lab_started}))
+    return out
+
+
+def report_order(js: list[Job]) -> list[Job]:
+    """The summary opens the report; the rest in the order they ran."""
+    return sorted(js, key=lambda j: j.notebook != "00_summary")
+
+
+# ---------------------------------------------------------------------------------------
+# Which profile
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_profile(
+    requested: str,
+    data_dir: str | None = None,
+    allow_train: bool = True,
+    allow_cpu: bool = False,
+    cuda: bool | None = None,
+    data_check: Callable[[str | None], None] | None = None,
+) -> tuple[str, str]:
+    """The profile to run and why. `auto`: full with a GPU and CIFAR-10, else smoke.
+
+    The full profile never starts training on a CPU unless `allow_cpu`: it would take days.
+    """
+    if requested not in ("auto", "full", "quick", "smoke"):
+        raise ConfigError(f"profile must be one of ['auto', 'full', 'quick', 'smoke'], got {requested!r}")
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if not cuda:
+            return "smoke", (
+                "profile auto chose SMOKE: torch sees no CUDA GPU, and the full profile would take days on a CPU "
+                "(about 20 training images/s here). Smoke runs synthetic data and a tiny net: it checks the "
+                "pipeline, its numbers say nothing about CIFAR-10. Run `--profile full` on a GPU machine."
+            )
+        try:
+            (data_check or _check_data)(data_dir)
+        except (RuntimeError, OSError) as e:  # DataError (a RuntimeError) and network failures
+            return "smoke", f"profile auto chose SMOKE: CIFAR-10 was not found and could not be downloaded ({e})"
+        return "full", "profile auto chose FULL: a CUDA GPU and CIFAR-10 are there"
+    if requested == "full" and not cuda and allow_train and not allow_cpu:
+        raise LabError(
+            "refusing the full profile on a CPU: torch sees no CUDA GPU, and training the full protocol would "
+            "take days here. Use --no-train to render the report from the recorded runs in report/runs, "
+            "--profile smoke for a quick check, or --allow-cpu if you really mean it."
+        )
+    return requested, f"profile {requested}" + (" (rendered from recorded runs; training off)" if not allow_train else "")
+
+
+def _check_data(data_dir: str | None) -> None:
+    from .data import locate
+
+    locate(data_dir, allow_download=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Running notebooks
+# ---------------------------------------------------------------------------------------
+
+
+def _check_kernel() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL not in KernelSpecManager().find_kernel_specs():
+        raise LabError(
+            f"no Jupyter kernel named {KERNEL!r}; register this environment's Python with "
+            f"`{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}`"
+        )
+
+
+def execute(job: Job, out_dir: Path, cwd: Path, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
+    """Run one notebook with papermill; its progress bar and the kernel's stderr (training bars,
+    run logs) go to this process's stderr as they come."""
+    import papermill as pm
+
+    src = notebook_dir / f"{job.notebook}.ipynb"
+    dst = out_dir / f"{job.key}.ipynb"
+    try:
+        pm.execute_notebook(
+            str(src),
+            str(dst),
+            parameters=job.parameters,
+            kernel_name=KERNEL,
+            cwd=str(cwd),
+            progress_bar=True,
+            log_output=False,
+            stderr_file=sys.stderr,
+        )
+    except pm.PapermillExecutionError as e:
+        raise LabError(f"notebook {job.key} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; see {dst}") from None
+    return dst
+
+
+# ---------------------------------------------------------------------------------------
+# Merging and exporting
+# ---------------------------------------------------------------------------------------
+
+
+def _cell_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:64]
+
+
+def _section_id(key: str) -> str:
+    return "sec-" + _cell_id(key)
+
+
+def merge(parts: list[tuple[Job, Path]], title: str, intro: str = ""):
+    """One notebook of all executed parts, with a contents list; stderr outputs dropped."""
+    import nbformat
+
+    books = [(job, nbformat.read(path, as_version=4)) for job, path in parts]
+    merged = nbformat.v4.new_notebook()
+    merged.nbformat_minor = max(5, merged.nbformat_minor)
+    meta = books[0][1].metadata if books else {}
+    merged.metadata = {k: meta[k] for k in ("kernelspec", "language_info") if k in meta}
+    toc = "".join(f'<li><a href="#{_section_id(j.key)}">{html.escape(j.title)}</a></li>' for j, _ in books)
+    head = nbformat.v4.new_markdown_cell(
+        f'<h1 id="report-top">{html.escape(title)}</h1>\n\n{intro}\n\n<div class="lk-toc"><h2>Contents</h2><ul>{toc}</ul></div>\n'
+    )
+    head.id = "report-head"
+    cells = [head]
+    for job, book in books:
+        for i, cell in enumerate(book.cells):
+            cell = nbformat.from_dict(dict(cell))
+            cell.id = _cell_id(f"{job.key}-{i}")
+            if i == 0 and cell.cell_type == "markdown":
+                lines = cell.source.split("\n")
+                rest = "\n".join(lines[1:]) if lines and lines[0].startswith("# ") else cell.source
+                cell.source = f'<h1 class="lk-section" id="{_section_id(job.key)}">{html.escape(job.title)}</h1>\n\n{rest.strip()}\n'
+            if cell.cell_type == "code":
+                cell.outputs = [o for o in cell.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+                if not cell.outputs:  # code is hidden in the report: a cell without output shows nothing
+                    continue
+            cells.append(cell)
+    merged.cells = cells
+    nbformat.validate(merged)
+    return merged
+
+
+def export_html(nb, path: Path, title: str) -> Path:
+    """HTML with code hidden and no external scripts (requirejs and MathJax are not needed)."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    body = body.replace(f'<script src="{exporter.require_js_url}"></script>', "")
+    body = re.sub(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", "", body, flags=re.DOTALL)
+    body = body.replace("</head>", CSS + "</head>", 1)
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def find_chromium() -> str | None:
+    """A Chromium or Chrome on PATH ($LABKIT_CHROMIUM first); never downloads one."""
+    env = os.environ.get("LABKIT_CHROMIUM")
+    if env:
+        return shutil.which(env) or (env if Path(env).is_file() else None)
+    for name in CHROMIUMS:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def print_pdf(html_path: Path, pdf_path: Path, chromium: str, timeout: float = 300) -> Path:
+    """Print the HTML to PDF with headless Chromium (a fresh profile, no network services)."""
+    tmp_pdf = pdf_path.with_name(pdf_path.name + ".part")
+    with tempfile.TemporaryDirectory(prefix="labkit-chromium-") as profile_dir:
+        cmd = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile_dir}",
+            f"--print-to-pdf={tmp_pdf.resolve()}",
+            html_path.resolve().as_uri(),  # a bare path does not load; a file:// URI does
+        ]
+        try:
+            p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"{chromium} did not print {html_path} within {timeout:.0f} s") from None
+        if p.returncode != 0 or not tmp_pdf.is_file() or tmp_pdf.stat().st_size == 0:
+            tail = (p.stderr or p.stdout).strip().splitlines()[-5:]
+            raise LabError(f"{chromium} could not print {html_path} (exit {p.returncode}): " + " | ".join(tail))
+        os.replace(tmp_pdf, pdf_path)
+    return pdf_path
+
+
+# ---------------------------------------------------------------------------------------
+# The lab
+# ---------------------------------------------------------------------------------------
+
+
+def run_lab(
+    profile: str = "auto",
+    data_dir: str | None = None,
+    allow_train: bool = True,
+    seeds: int | None = None,
+    out: str | os.PathLike | None = None,
+    root: str | os.PathLike = PROJECT_ROOT,
+    runs_dir: str | os.PathLike | None = None,
+    allow_cpu: bool = False,
+    pdf: bool = True,
+    log: Callable[[str], None] = print,
+) -> LabReport:
+    """Run every notebook of the lab, then export the report. See the module's docstring."""
+    t0 = time.time()
+    name, reason = resolve_profile(profile, data_dir, allow_train, allow_cpu)
+    prof: Profile = get_profile(name)
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
+    n_seeds = prof.seeds if seeds is None else seeds
+    root = Path(root).resolve()
+    report_dir = Path(out).resolve() if out else root / prof.report_dir
+    report_dir.mkdir(parents=True, exist_ok=True)
+    _check_kernel()
+    log(reason)
+    common = {
+        "profile": name,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        "allow_train": allow_train,
+        "root": str(root),
+        "runs_dir": str(Path(runs_dir).resolve()) if runs_dir else None,
+    }
+    todo = jobs(common, n_seeds, lab_started=t0)
+    runs_where = common["runs_dir"] or root / prof.runs_dir
+    log(f"lab: {len(todo)} notebooks, profile {name}, {n_seeds} seed(s), runs in {runs_where}, report in {report_dir}")
+    done: list[tuple[Job, Path]] = []
+    timings: dict[str, float] = {}
+    for i, job in enumerate(todo, 1):
+        extra = f" ({job.parameters['ablation']})" if "ablation" in job.parameters else ""
+        log(f"[{i}/{len(todo)}] running {job.notebook}{extra} -> {report_dir / (job.key + '.ipynb')}")
+        t = time.time()
+        done.append((job, execute(job, report_dir, cwd=PROJECT_ROOT)))
+        timings[job.key] = time.time() - t
+        log(f"[{i}/{len(todo)}] {job.key} done in {timings[job.key]:.1f} s")
+
+    title = f"labkit report: {name} profile" + (" (synthetic data: a pipeline check, not results)" if prof.synthetic else "")
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    intro = (
+        f'<div class="lk-note"><p>{html.escape(reason.rstrip("."))}.<br>Generated {when} by <code>python -m labkit lab</code>; '
+        f"{n_seeds} seed(s) per configuration; runs from <code>{html.escape(str(runs_where))}</code>. Every number comes "
+        "from a run record or a computation; the seed's numbers from <code>labkit.config</code>.</p></div>"
+    )
+    t = time.time()
+    order = {j.key: i for i, j in enumerate(report_order([j for j, _ in done]))}
+    merged = merge(sorted(done, key=lambda jp: order[jp[0].key]), title, intro)
+    html_path = export_html(merged, report_dir / "report.html", title)
+    timings["export html"] = time.time() - t
+    log(f"wrote {html_path}")
+    pdf_path = None
+    if pdf:
+        chromium = find_chromium()
+        if chromium is None:
+            log("no Chromium on PATH (chromium, chromium-browser, google-chrome): wrote the HTML only, no PDF. "
+                "Install one (e.g. `apt-get install -y chromium`) and run again with --no-train to add the PDF.")
+        else:
+            t = time.time()
+            pdf_path = print_pdf(html_path, report_dir / "report.pdf", chromium)
+            timings["export pdf"] = time.time() - t
+            log(f"wrote {pdf_path}")
+    seconds = time.time() - t0
+    log(f"lab done in {seconds:.1f} s")
+    return LabReport(name, report_dir, [p for _, p in done], html_path, pdf_path, seconds, timings, reason)

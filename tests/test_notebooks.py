@@ -1,0 +1,113 @@
+"""The lab's notebooks as committed: no outputs, one flat `parameters` cell, validation right after."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+NAMES = ["00_summary", "01_data", "02_model", "03_depth_limit", "04_ablations", "05_final"]
+COMMON = {"profile": "full", "data_dir": None, "allow_train": True, "root": ".", "runs_dir": None, "data_label": None}
+SEEDS = {"00_summary": 3, "03_depth_limit": 1, "04_ablations": 3, "05_final": 3}
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+
+
+def _parameters(nb) -> dict:
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "exactly one cell must be tagged `parameters`"
+    tree = ast.parse(cells[0].source)
+    out = {}
+    for node in tree.body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), (
+            f"the parameters cell holds only `name = literal` lines, found: {ast.unparse(node)}"
+        )
+        out[node.targets[0].id] = ast.literal_eval(node.value)  # raises unless a flat literal
+    return out
+
+
+def test_every_notebook_is_there():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_without_outputs(name):
+    nb = _read(name)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{name}: a code cell has outputs; commit notebooks cleared"
+            assert cell.execution_count is None, f"{name}: a code cell has an execution count"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_valid_for_papermill(name):
+    nb = _read(name)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["language_info"]["name"] == "python"
+    ids = [c.id for c in nb.cells]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_are_flat_literals_with_full_defaults(name):
+    params = _parameters(_read(name))
+    for key, default in COMMON.items():
+        assert params.get(key, "MISSING") == default, f"{name}: parameter {key} should default to {default!r}"
+    if name in SEEDS:
+        assert params["seeds"] == SEEDS[name]
+    if name == "04_ablations":
+        assert params["ablation"] == "lr_decay"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_validation_right_after_parameters(name):
+    nb = _read(name)
+    i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    assert nb.cells[i].cell_type == "code"
+    nxt = nb.cells[i + 1]
+    assert nxt.cell_type == "code" and "A.open_lab(profile" in nxt.source
+    if name in SEEDS:
+        assert "A.check_seeds(seeds)" in nxt.source or "check_seeds(seeds)" in nxt.source
+    if name == "04_ablations":
+        assert 'A.check_choice("ablation"' in nxt.source
+
+
+def test_papermill_sees_the_parameters():
+    papermill = pytest.importorskip("papermill")
+    params = papermill.inspect_notebook(str(NOTEBOOKS / "04_ablations.ipynb"))
+    assert {"profile", "data_dir", "allow_train", "root", "seeds", "ablation"} <= set(params)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"ablation": "batchnorm"}, "ablation must be one of"),
+        ({"profile": "huge"}, "profile must be one of"),
+        ({"seeds": 0}, "seeds must be a positive int"),
+        ({"allow_train": "no"}, "allow_train must be True or False"),
+    ],
+)
+def test_bad_parameters_fail_in_the_validation_cell(tmp_path, params, message):
+    """A bad value stops the notebook in the cell right after the parameters, with a clear error."""
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        papermill.execute_notebook(
+            str(NOTEBOOKS / "04_ablations.ipynb"),
+            str(out),
+            parameters={"profile": "smoke", "root": str(tmp_path), "seeds": 1, **params},
+            kernel_name="python3",
+            cwd=str(ROOT),
+            progress_bar=False,
+        )
+    assert e.value.ename == "ConfigError"
+    assert message in e.value.evalue
+    # Nothing trained: the run store was never created.
+    assert not (tmp_path / "build").exists()

@@ -1,0 +1,290 @@
+"""The main job (labkit.report, `python -m labkit lab`) and the statistics behind the report.
+
+The end-to-end test runs the smoke profile as CI does: papermill executes every notebook,
+nbconvert exports one HTML, headless Chromium prints the PDF (that assertion is skipped when
+no chromium is on PATH). Everything is written under pytest's temporary folders.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labkit import analysis as A
+from labkit import report as R
+from labkit.config import ABLATION_GROUPS, SEED_ABLATIONS, ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("df, q", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423), (1e6, 1.9600)])
+def test_t_quantile_matches_tables(df, q):
+    assert A.t_ppf(0.975, df) == pytest.approx(q, abs=1e-3)
+    assert A.t_ppf(0.025, df) == pytest.approx(-q, abs=1e-3)
+
+
+def test_estimate_mean_sd_and_t_interval():
+    e = A.estimate([0.80, 0.82, 0.84])
+    assert (e.n, e.mean, e.sd) == (3, pytest.approx(0.82), pytest.approx(0.02))
+    half = 4.3027 * 0.02 / math.sqrt(3)
+    assert (e.lo, e.hi) == (pytest.approx(0.82 - half, abs=1e-4), pytest.approx(0.82 + half, abs=1e-4))
+    assert "± 2.00 SD (n=3)" in e.fmt(scale=100)
+    one = A.estimate([0.5])
+    assert one.n == 1 and math.isnan(one.sd) and one.fmt_ci() == "—"
+    assert A.estimate([]).fmt() == "no runs"
+
+
+def test_welch_difference_and_verdicts():
+    a, b = [0.80, 0.82, 0.84], [0.70, 0.71, 0.72]
+    d = A.welch(a, b)
+    va, vb = 0.02**2 / 3, 0.01**2 / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    assert d.diff == pytest.approx(0.11)
+    assert d.df == pytest.approx(df)
+    assert d.hi - d.diff == pytest.approx(A.t_ppf(0.975, df) * math.sqrt(va + vb))
+    assert A.judge(d).startswith("confirmed")
+    assert A.judge(A.welch(b, a)).startswith("refuted")
+    assert A.judge(A.welch([0.8, 0.7], [0.75, 0.76])).startswith("not shown")
+    assert A.judge(A.welch([0.8], [0.7])).startswith("not testable")
+    assert A.judge(A.welch([], [0.7])).startswith("untested")
+    assert "outside" in A.judge(d, claimed=0.30) and "inside" in A.judge(d, claimed=0.11)
+
+
+def test_loss_floor_of_a_softmax_head():
+    f = A.loss_floor()
+    assert f["analytic"] == pytest.approx(-math.log(math.e / (math.e + 9)))
+    assert all(v == pytest.approx(1.4612, abs=1e-4) for v in f.values())
+    t = A.loss_floor_table(f["analytic"])
+    assert (t["batches per epoch"] == 79).all()
+    assert (t["loss per batch"] > f["analytic"]).all()  # every loss the seed reports sits above the floor
+
+
+def test_data_label(monkeypatch):
+    official = {"official": True, "description": "official CIFAR-10 (md5 verified)"}
+    other = {"official": False, "description": "not the official CIFAR-10 files (md5 differs for 6 of 6 batches)"}
+    assert A.data_label(official) == "official CIFAR-10 (md5 verified)"
+    monkeypatch.delenv("LABKIT_DATA_LABEL", raising=False)
+    assert A.data_label(other).startswith("not the official")
+    monkeypatch.setenv("LABKIT_DATA_LABEL", "CIFAR-10 re-encoded as JPEG")
+    assert A.data_label(other).startswith("CIFAR-10 re-encoded as JPEG: not the official")
+    assert A.data_label(other, label="stand-in").startswith("stand-in:")
+    assert A.data_label(official, label="stand-in") == "official CIFAR-10 (md5 verified)"  # never relabels official data
+    assert "synthetic" in A.data_label(other, synthetic=True)
+
+
+def test_parameter_checks():
+    assert A.check_seeds(2) == 2
+    for bad in (0, -1, 2.0, True, "3"):
+        with pytest.raises(ConfigError):
+            A.check_seeds(bad)
+    with pytest.raises(ConfigError, match="ablation must be one of"):
+        A.check_choice("ablation", "nope", ABLATION_GROUPS)
+    with pytest.raises(ConfigError, match="allow_train"):
+        A.check_bool("allow_train", "False")
+
+
+# ---------------------------------------------------------------------------------------
+# The job: profiles, notebooks, merge, export
+# ---------------------------------------------------------------------------------------
+
+
+def test_auto_profile_without_gpu_is_smoke_and_says_why():
+    name, why = R.resolve_profile("auto", cuda=False)
+    assert name == "smoke" and "no CUDA GPU" in why and "days" in why
+
+
+def test_auto_profile_with_gpu(monkeypatch):
+    assert R.resolve_profile("auto", cuda=True, data_check=lambda d: None)[0] == "full"
+
+    def no_data(d):
+        raise RuntimeError("not found")
+
+    name, why = R.resolve_profile("auto", cuda=True, data_check=no_data)
+    assert name == "smoke" and "CIFAR-10" in why
+
+
+def test_full_profile_never_trains_on_a_cpu_silently():
+    with pytest.raises(R.LabError, match="refusing the full profile on a CPU"):
+        R.resolve_profile("full", cuda=False)
+    assert R.resolve_profile("full", allow_train=False, cuda=False)[0] == "full"  # render from records
+    assert R.resolve_profile("full", allow_cpu=True, cuda=False)[0] == "full"
+    assert R.resolve_profile("full", cuda=True)[0] == "full"
+    with pytest.raises(ConfigError):
+        R.resolve_profile("medium", cuda=False)
+
+
+def test_cli_refuses_full_on_cpu(monkeypatch, capsys):
+    import torch
+
+    from labkit.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["lab", "--profile", "full", "--out", "/nonexistent/never-written"]) == 1
+    assert "refusing the full profile" in capsys.readouterr().err
+    assert not Path("/nonexistent/never-written").exists()
+
+
+def test_jobs_run_04_once_per_ablation_and_summary_last():
+    js = R.jobs({"profile": "smoke"}, seeds=2)
+    assert [j.key for j in js] == [
+        "01_data",
+        "02_model",
+        "03_depth_limit",
+        *[f"04_ablations-{a}" for a in ABLATION_GROUPS],
+        "05_final",
+        "00_summary",
+    ]
+    assert [j.parameters["ablation"] for j in js if j.notebook == "04_ablations"] == list(ABLATION_GROUPS)
+    assert R.report_order(js)[0].key == "00_summary"
+    assert all(j.parameters["seeds"] == 2 for j in js if "seeds" in j.parameters)
+
+
+def _tiny_nb(title: str, cell_id: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}, "language_info": {"name": "python"}}
+    md = nbformat.v4.new_markdown_cell(f"# {title}\n\nintro text")
+    code = nbformat.v4.new_code_cell("x = 1")
+    code.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="train abc: 50%|#####\n"),
+        nbformat.v4.new_output("display_data", data={"text/html": "<p>kept</p>"}),
+    ]
+    md.id, code.id = cell_id, cell_id + "x"  # the same ids in every part: the merge must renumber
+    nb.cells = [md, code]
+    return nb
+
+
+def test_merge_unique_ids_contents_and_no_stderr(tmp_path):
+    parts = []
+    for key in ("00_summary", "01_data", "04_ablations-dropout"):
+        p = tmp_path / f"{key}.ipynb"
+        nbformat.write(_tiny_nb(key, "same"), p)
+        parts.append((R.Job(key, key.split("-")[0], f"Title {key}"), p))
+    merged = R.merge(parts, "Report", "intro")
+    ids = [c.id for c in merged.cells]
+    assert len(ids) == len(set(ids))
+    head = merged.cells[0].source
+    for key in ("00_summary", "01_data", "04_ablations-dropout"):
+        assert f'href="#sec-{key}"' in head
+        assert any(f'id="sec-{key}"' in c.source for c in merged.cells if c.cell_type == "markdown")
+    outs = [o for c in merged.cells if c.cell_type == "code" for o in c.outputs]
+    assert outs and all(o.get("name") != "stderr" for o in outs)
+    html = R.export_html(merged, tmp_path / "r.html", "Report").read_text()
+    assert "x = 1" not in html  # code hidden
+    assert "<p>kept</p>" in html and 'href="#sec-01_data"' in html
+    assert not re.search(r'<script[^>]+src="https?://', html)  # no external scripts
+
+
+def test_find_chromium(monkeypatch, tmp_path):
+    monkeypatch.delenv("LABKIT_CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert R.find_chromium() is None
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    assert R.find_chromium() == str(fake)
+
+
+# ---------------------------------------------------------------------------------------
+# End to end: the smoke profile, as CI runs it
+# ---------------------------------------------------------------------------------------
+
+TABLES = [
+    "summary", "facts",
+    "data-source", "class-counts", "channel-stats",
+    "architecture", "variants", "shape-check", "block-counts", "loss-floor-value", "loss-floor",
+    "depth", "depth-claim", "checkpoints",
+    *[f"ablation-{a}" for a in ABLATION_GROUPS], *[f"claims-{a}" for a in ABLATION_GROUPS],
+    "final", "best-vs-seed",
+]  # fmt: skip
+FIGURES = [
+    "samples", "augmentation", "loss-floor", "depth-val", "depth-loss",
+    *[f"loss-{a}" for a in ABLATION_GROUPS], *[f"errorbars-{a}" for a in ABLATION_GROUPS],
+    "final-loss", "modern-loss", "final-errorbars",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke_lab(tmp_path_factory):
+    """The smoke profile end to end, under a temporary project root (never report/)."""
+    root = tmp_path_factory.mktemp("lab")
+    t0 = time.time()
+    rep = R.run_lab("smoke", root=root, out=root / "out")
+    return rep, root, time.time() - t0
+
+
+@pytest.mark.slow
+def test_smoke_lab_runs_every_notebook(smoke_lab):
+    rep, root, seconds = smoke_lab
+    assert rep.profile == "smoke"
+    keys = sorted(p.stem for p in rep.notebooks)
+    assert keys == sorted(["00_summary", "01_data", "02_model", "03_depth_limit", "05_final", *[f"04_ablations-{a}" for a in ABLATION_GROUPS]])
+    for p in rep.notebooks:
+        nb = nbformat.read(p, as_version=4)
+        nbformat.validate(nb)  # opens in JupyterLab
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{p.name} has no outputs"
+    # Only under the temporary root: smoke never writes into report/ or check_points/.
+    assert (root / "build" / "smoke" / "runs").is_dir()
+    assert (root / "build" / "smoke" / "check_points" / "checkpoint-block-2.pth").is_file()
+    assert (root / "build" / "smoke" / "check_points" / "checkpoint-block-3.pth").is_file()
+    assert seconds < 600, f"the smoke lab took {seconds:.0f} s"
+
+
+@pytest.mark.slow
+def test_smoke_report_has_every_table_and_figure(smoke_lab):
+    rep = smoke_lab[0]
+    html = rep.html.read_text()
+    missing_t = [t for t in TABLES if f'id="T_tbl-{t}"' not in html]
+    missing_f = [f for f in FIGURES if f'id="fig-{f}"' not in html]
+    assert not missing_t and not missing_f, f"missing tables {missing_t}, figures {missing_f}"
+    assert html.count('data-mime-type="image/svg+xml"') >= len(FIGURES)  # figures inlined as SVG
+    # The summary opens the report, and the contents list links every section.
+    assert html.index('id="sec-00_summary"') < html.index('id="sec-01_data"')
+    for key in ["00_summary", "01_data", "02_model", "03_depth_limit", "05_final", *[f"04_ablations-{a}" for a in ABLATION_GROUPS]]:
+        assert f'href="#sec-{key}"' in html and f'id="sec-{key}"' in html
+    # Every number the seed reports is in the summary, and the data's provenance is shown.
+    for a in SEED_ABLATIONS:
+        assert f"{a.seed_loss:.3f}" in html and f"{a.seed_val_acc * 100:.2f}" in html
+    for n in ("126.536", "83.36", "86.32", "89.27"):
+        assert n in html
+    assert "synthetic CIFAR-format data" in html and "not the official CIFAR-10 files" in html
+    assert "smoke profile" in html
+    # Code hidden, no progress bars or run logs, no external scripts.
+    assert "A.open_lab(" not in html and "it/s]" not in html and "ep/s]" not in html
+    assert not re.search(r'<script[^>]+src="https?://', html)
+
+
+@pytest.mark.slow
+def test_smoke_report_pdf(smoke_lab):
+    rep = smoke_lab[0]
+    if R.find_chromium() is None:
+        pytest.skip("no chromium on PATH: PDF not printed")
+    assert rep.pdf is not None and rep.pdf.is_file()
+    data = rep.pdf.read_bytes()
+    assert data.startswith(b"%PDF")
+    assert len(re.findall(rb"/Type\s*/Page[^s]", data)) >= 10
+
+
+@pytest.mark.slow
+def test_export_again_retrains_nothing(smoke_lab, monkeypatch, capsys):
+    """--no-train renders from the store: no new runs, no run touched; without Chromium, HTML only."""
+    _, root, _ = smoke_lab
+    runs = root / "build" / "smoke" / "runs"
+    before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    monkeypatch.setattr(R, "find_chromium", lambda: None)
+    again = R.run_lab("smoke", root=root, out=root / "again", allow_train=False)
+    after = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    assert before == after and len(list(runs.iterdir())) == len(before)
+    assert again.pdf is None and again.html.is_file()
+    assert "no Chromium on PATH" in capsys.readouterr().out
+    html = again.html.read_text()
+    assert "run(s) missing" not in html
+    assert all(f'id="T_tbl-{t}"' in html for t in TABLES)
