@@ -197,6 +197,16 @@ def _check_kernel() -> None:
         )
 
 
+def _rel(path: str | os.PathLike) -> str:
+    """`path` as the notebooks (run in PROJECT_ROOT) should see it: relative where it lies
+    inside the project, so no machine's folder names end up in a committed report."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(PROJECT_ROOT).as_posix() or "."
+    except ValueError:
+        return str(p)
+
+
 def execute(job: Job, out_dir: Path, cwd: Path, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
     """Run one notebook with papermill; its progress bar and the kernel's stderr (training bars,
     run logs) go to this process's stderr as they come."""
@@ -217,6 +227,14 @@ def execute(job: Job, out_dir: Path, cwd: Path, notebook_dir: Path = NOTEBOOK_DI
         )
     except pm.PapermillExecutionError as e:
         raise LabError(f"notebook {job.key} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; see {dst}") from None
+    import nbformat
+
+    nb = nbformat.read(dst, as_version=4)  # papermill records absolute paths: keep them relative
+    meta = nb.metadata.get("papermill", {})
+    for k in ("input_path", "output_path"):
+        if meta.get(k):
+            meta[k] = _rel(meta[k])
+    nbformat.write(nb, dst)
     return dst
 
 
@@ -351,13 +369,13 @@ def run_lab(
     log(reason)
     common = {
         "profile": name,
-        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        "data_dir": _rel(data_dir) if data_dir else None,
         "allow_train": allow_train,
-        "root": str(root),
-        "runs_dir": str(Path(runs_dir).resolve()) if runs_dir else None,
+        "root": _rel(root),
+        "runs_dir": _rel(runs_dir) if runs_dir else None,
     }
     todo = jobs(common, n_seeds, lab_started=t0)
-    runs_where = common["runs_dir"] or root / prof.runs_dir
+    runs_where = common["runs_dir"] or _rel(root / prof.runs_dir)
     log(f"lab: {len(todo)} notebooks, profile {name}, {n_seeds} seed(s), runs in {runs_where}, report in {report_dir}")
     done: list[tuple[Job, Path]] = []
     timings: dict[str, float] = {}

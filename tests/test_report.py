@@ -288,3 +288,18 @@ def test_export_again_retrains_nothing(smoke_lab, monkeypatch, capsys):
     html = again.html.read_text()
     assert "run(s) missing" not in html
     assert all(f'id="T_tbl-{t}"' in html for t in TABLES)
+
+
+def test_committed_report_names_no_machine_paths():
+    """The committed report and its notebooks carry no absolute folder of the machine that
+    made them (papermill records paths; parameters hold folders)."""
+    import re
+    from pathlib import Path
+
+    report = Path(__file__).resolve().parent.parent / "report"
+    files = sorted(report.glob("*.ipynb")) + sorted(report.glob("*.html"))
+    if not files:
+        pytest.skip("no committed report")
+    pattern = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users)/")
+    bad = [f.name for f in files if pattern.search(f.read_text(errors="replace"))]
+    assert not bad, bad
