@@ -280,9 +280,16 @@ def open_lab(
     allow_train: bool = True,
     root: str = ".",
 ) -> Lab:
-    """Validate a notebook's common parameters and open its Lab; a bad value raises ConfigError."""
+    """Validate a notebook's common parameters and open its Lab; a bad value raises ConfigError.
+
+    Called in the cell after `parameters`: it also refuses a papermill `-p` name the
+    notebook does not declare (papermill itself only warns).
+    """
     from pathlib import Path
 
+    from .config import check_notebook_parameters
+
+    check_notebook_parameters()
     check_bool("allow_train", allow_train)
     for name, v in (("data_dir", data_dir), ("runs_dir", runs_dir)):
         if v is not None and not isinstance(v, str):

@@ -52,12 +52,22 @@ def cmd_train(args) -> int:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     cfg = preset(args.preset, **overrides)
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}")
+    if args.synthetic and args.synthetic_size < 1:
+        raise ConfigError(f"--synthetic-size must be >= 1 (images per batch file), got {args.synthetic_size}")
     store = RunStore(args.runs_dir)
     name = args.name or args.preset
     print(f"run {store.run_id(cfg, name)} in {store.root}")
     load = _data_loader(args)
     run = store.get(
-        cfg, name, lambda: load(cfg), retrain=args.retrain, checkpoint_every=args.checkpoint_every, progress=False
+        cfg,
+        name,
+        lambda: load(cfg),
+        retrain=args.retrain,
+        wait=not args.no_wait,
+        checkpoint_every=args.checkpoint_every,
+        progress=False,
     )
     s = run.summary or {}
     print(
@@ -171,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="run name (default: the preset's)")
     p.add_argument("--retrain", action="store_true", help="discard a finished run and train it again")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0 = end only)")
+    p.add_argument("--no-wait", action="store_true", help="fail at once if another process is training this run")
     data_args(p)
     p.set_defaults(fn=cmd_train)
 
@@ -232,5 +243,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, (DataError, RunError, CheckpointError, DivergenceError)):
             print(f"error: {e}", file=sys.stderr)
+            return 1
+        import torch
+
+        if isinstance(e, torch.cuda.OutOfMemoryError):  # the message names the batch size
+            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
             return 1
         raise

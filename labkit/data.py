@@ -77,11 +77,15 @@ _ALLOWED = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for a global outside _ALLOWED: it is not a CIFAR-10 batch."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D401
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
+        raise _Refused(
             f"refused global {module}.{name}: a CIFAR-10 batch holds only arrays, lists, "
             "strings and ints, so this file is not one (it may try to run code)"
         )
@@ -91,10 +95,13 @@ def _safe_load(path: Path) -> dict:
     raw = path.read_bytes()
     try:
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise DataError(f"{path}: {e}") from None
     except Exception as e:  # truncated or garbled pickle
-        raise DataError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"{path}: not a readable CIFAR-10 batch, truncated or corrupted ({type(e).__name__}: {e}); "
+            "expected a pickled dict with 'data' (uint8 [N, 3072]) and 'labels'"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
     # The official files use byte-string keys (Python 2); accept str keys too.
@@ -159,28 +166,49 @@ def download(root: str | os.PathLike) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     archive = root / ARCHIVE
-    if not (archive.is_file() and md5(archive) == ARCHIVE_MD5):
+    have = md5(archive) if archive.is_file() else None
+    if have != ARCHIVE_MD5:
         from torchvision.datasets.utils import download_url
 
+        # An archive already there with the wrong md5 (a partial download, another file)
+        # is never unpacked; the download replaces it.
+        stale = (
+            f" {archive} is there, but its md5 is {have}, not the official {ARCHIVE_MD5} "
+            "(a partial download or another file): it was not used."
+            if have
+            else ""
+        )
         try:
             download_url(URL, str(root), ARCHIVE, md5=ARCHIVE_MD5)
         except Exception as e:
             raise DataError(
                 f"CIFAR-10 is not at {root / FOLDER} and could not be downloaded from {URL} "
-                f"({type(e).__name__}: {e}). Point labkit at a local `{FOLDER}` folder with "
+                f"({type(e).__name__}: {e}).{stale} Point labkit at a local `{FOLDER}` folder with "
                 f"--data-dir DIR or LABKIT_DATA=DIR."
             ) from None
-    if md5(archive) != ARCHIVE_MD5:
-        raise DataError(f"{archive}: md5 {md5(archive)} is not the official {ARCHIVE_MD5}; delete it and retry")
+    have = md5(archive)
+    if have != ARCHIVE_MD5:
+        raise DataError(
+            f"{archive}: md5 {have} is not the official {ARCHIVE_MD5} (expected the CIFAR-10 python "
+            f"archive from {URL}); delete it and retry"
+        )
     extract(archive, root)
     return root / FOLDER
 
 
 def extract(archive: Path, root: Path) -> None:
     """Unpack only regular files inside `cifar-10-batches-py/` (no links, no escapes)."""
-    with tarfile.open(archive, "r:gz") as tar:
+    try:
+        tar = tarfile.open(archive, "r:gz")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{archive}: not a readable .tar.gz ({type(e).__name__}: {e}); expected the CIFAR-10 python archive") from None
+    with tar:
         members = []
-        for m in tar.getmembers():
+        try:
+            listed = tar.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{archive}: truncated or corrupted .tar.gz ({type(e).__name__}: {e}); expected the CIFAR-10 python archive") from None
+        for m in listed:
             parts = Path(m.name).parts
             if m.isdir() and parts == (FOLDER,):
                 continue
@@ -254,6 +282,12 @@ def load_cifar10(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     folder = locate(data_dir, allow_download)
+    missing = [n for n in TRAIN_FILES + ["test_batch"] if not (folder / n).is_file()]
+    if missing:
+        raise DataError(
+            f"{folder}: incomplete CIFAR-10, missing {', '.join(missing)} "
+            "(expected data_batch_1..5 and test_batch, as in the official cifar-10-batches-py)"
+        )
     parts = {name: read_batch(folder / name) for name in TRAIN_FILES + ["test_batch"]}
     mismatched = [n for n in TRAIN_FILES + ["test_batch"] if md5(folder / n) != BATCH_MD5[n]]
     source = {

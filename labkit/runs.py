@@ -4,10 +4,14 @@
         config.json    the resolved config, written before training
         metrics.csv    one row per epoch, rewritten atomically after each epoch
         checkpoint.pt  the latest checkpoint (not in git)
+        checkpoint.prev.pt  the one before it: the fallback when checkpoint.pt is corrupted
         summary.json   written last: its presence means the run finished
 
-Asking for a finished run returns it without training; a run that stopped midway
-resumes from its checkpoint; two processes asking for the same run serialise on a lock.
+Asking for a finished run returns it without training; a run that stopped midway (even
+killed with SIGKILL) resumes from its checkpoint; two processes asking for the same run
+serialise on a lock. Every file is written to a temp file, fsynced and renamed into place,
+so a half-written file is never read as good; a checkpoint that fails to load is moved
+aside and the run falls back to the previous good one.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import pandas as pd
 from .config import ConfigError, TrainConfig
 from .data import Dataset
 
-__all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text"]
+__all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint"]
 
 
 class RunError(RuntimeError):
@@ -43,12 +47,21 @@ def default_runs_dir() -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Temp file in the same folder, fsync, rename: readers see the old file or the new one."""
+    from .train import _fsync_dir
+
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _code_version() -> str:
@@ -96,6 +109,77 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _read_metrics(path: Path) -> pd.DataFrame:
+    """metrics.csv, checked: a header with 'epoch', then rows of as many fields, epochs 1, 2, ..."""
+    if not path.is_file() or not path.stat().st_size:
+        return pd.DataFrame()
+
+    def bad(why: str) -> RunError:
+        return RunError(f"{path}: corrupted metrics ({why}); expected a header with 'epoch' and one row per epoch")
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise bad(f"not UTF-8 text: {e}") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or "epoch" not in rows[0]:
+        raise bad(f"header {rows[0][:5] if rows else []}")
+    for i, r in enumerate(rows[1:], 2):
+        if len(r) != len(rows[0]):
+            raise bad(f"line {i} has {len(r)} fields, the header {len(rows[0])}")
+    hist = pd.read_csv(io.StringIO(text))
+    if list(hist["epoch"]) != list(range(1, len(hist) + 1)):
+        raise bad(f"epochs {list(hist['epoch'])[:10]}")
+    return hist
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a bad file to <stem>.corrupt-<time>[-n]<suffix>, keeping it for inspection."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for n in range(1000):
+        bad = path.with_name(f"{path.stem}.corrupt-{stamp}{'' if n == 0 else f'-{n}'}{path.suffix}")
+        if not bad.exists():
+            break
+    os.replace(path, bad)
+    return bad
+
+
+def recover_checkpoint(d: Path, log: Callable[[str], None] | None = print) -> dict | None:
+    """Make `d/checkpoint.pt` a checkpoint that loads, or remove it; return its state or None.
+
+    A checkpoint that fails to load (truncated, corrupted, carrying code, incomplete) is
+    moved aside with a message naming it, and the previous good one
+    (checkpoint.prev.pt) takes its place; with none left the run starts from scratch.
+    """
+    from .train import RESUME_KEYS, CheckpointError, load_checkpoint, previous_checkpoint
+
+    ckpt = d / "checkpoint.pt"
+    prev = previous_checkpoint(ckpt)
+    bad_seen = False
+    for cand in (ckpt, prev):
+        if not cand.is_file():
+            continue
+        try:
+            state = load_checkpoint(cand, require=RESUME_KEYS)
+        except CheckpointError as e:
+            bad_seen = True
+            bad = _set_aside(cand)
+            if log:
+                log(f"{e}; moved aside to {bad.name}")
+            continue
+        if cand == prev:
+            os.replace(prev, ckpt)
+            if log:
+                log(
+                    f"{d.name}: resuming from the previous good checkpoint {prev.name} "
+                    f"(after epoch {int(state['epoch']) + 1}); {ckpt.name} was corrupted or missing"
+                )
+        return state
+    if bad_seen and log:
+        log(f"{d.name}: no good checkpoint left; training this run from the start")
+    return None
+
+
 class RunStore:
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_runs_dir()
@@ -129,7 +213,7 @@ class RunStore:
                 summary = json.loads((d / "summary.json").read_text())
             except json.JSONDecodeError as e:
                 raise RunError(f"{d / 'summary.json'}: corrupted ({e})") from None
-        hist = pd.read_csv(d / "metrics.csv") if (d / "metrics.csv").is_file() and (d / "metrics.csv").stat().st_size else pd.DataFrame()
+        hist = _read_metrics(d / "metrics.csv")
         return Run(run_id, meta.get("name", run_id.rsplit("-", 1)[0]), d, cfg, summary, hist)
 
     def find(self, cfg: TrainConfig, name: str) -> Run | None:
@@ -219,7 +303,7 @@ class RunStore:
         `data` may be a callable, so that finished runs never load the data. `on_epoch` sees
         the metric rows after each epoch is stored; raising there stops the run resumably.
         """
-        from .train import CheckpointError, load_checkpoint, train
+        from .train import train
 
         rid = self.run_id(cfg, name)
         d = self.path(rid)
@@ -230,25 +314,28 @@ class RunStore:
         with self._lock(d, wait, log):
             if not retrain and (d / "summary.json").is_file():  # finished while we waited
                 return self.load(rid)
+            # Temp files of a process killed mid-write: never read, removed (we hold the lock).
+            for tmp in d.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
             if retrain:
-                for f in ("summary.json", "checkpoint.pt", "metrics.csv"):
+                for f in ("summary.json", "checkpoint.pt", "checkpoint.prev.pt", "metrics.csv"):
                     (d / f).unlink(missing_ok=True)
             cfg_path = d / "config.json"
             if cfg_path.is_file():
-                old = json.loads(cfg_path.read_text()).get("config", {})
-                if TrainConfig.from_dict(old).identity() != cfg.identity():
+                try:
+                    old = TrainConfig.from_dict(json.loads(cfg_path.read_text())["config"])
+                except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
+                    raise RunError(f"{cfg_path}: unreadable run config ({e}); move the folder {d} aside") from None
+                if old.identity() != cfg.identity():
                     raise RunError(f"{d}: holds a different config than asked for (hash collision?)")
             else:
                 atomic_write_text(cfg_path, json.dumps({"name": name, "config": cfg.to_dict()}, indent=2))
-            ckpt = d / "checkpoint.pt"
-            if ckpt.exists():
-                try:  # a checkpoint that cannot be read is set aside, never trusted
-                    load_checkpoint(ckpt)
-                except CheckpointError as e:
-                    bad = ckpt.with_name(f"checkpoint.corrupt-{int(time.time())}.pt")
-                    os.replace(ckpt, bad)
-                    if log:
-                        log(f"{e}; moved aside to {bad.name}, training this run from the start")
+            # A checkpoint that cannot be read is set aside, never trusted: the previous good
+            # one takes its place. metrics.csv is made to match the checkpoint resumed from.
+            state = recover_checkpoint(d, log)
+            if state is not None or (d / "metrics.csv").exists():
+                _write_metrics(d / "metrics.csv", list(state["history"]) if state else [])
+            del state
             dataset = data() if callable(data) else data
             def stored(history: list[dict]) -> None:
                 _write_metrics(d / "metrics.csv", history)

@@ -13,8 +13,11 @@ import contextlib
 import copy
 import math
 import os
+import re
+import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +26,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import Dataset, augment, normalize
 from .model import build_model
 
-__all__ = ["DivergenceError", "CheckpointError", "TrainResult", "train", "evaluate", "lr_at", "resolve_device"]
+__all__ = [
+    "DivergenceError",
+    "CheckpointError",
+    "TrainResult",
+    "train",
+    "evaluate",
+    "lr_at",
+    "resolve_device",
+    "save_checkpoint",
+    "load_checkpoint",
+    "previous_checkpoint",
+]
 
 
 _INIT_LOCK = threading.Lock()
@@ -179,29 +193,113 @@ def _prep(x_u8: Tensor, cfg: TrainConfig) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: never half a file."""
+# What train() needs to resume; a checkpoint without them is not one it can resume from.
+RESUME_KEYS = ("model", "optimizer", "epoch", "history")
+
+
+def previous_checkpoint(path: Path) -> Path:
+    """Where save_checkpoint(keep_previous=True) keeps the checkpoint it replaced:
+    checkpoint.pt -> checkpoint.prev.pt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: never half a file.
+
+    keep_previous: first keep the checkpoint being replaced as `previous_checkpoint(path)`,
+    the fallback when `path` is later found corrupted. It is hard-linked and renamed into
+    place, so `path` itself always holds a complete checkpoint, whenever a kill lands.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.is_file():
+            prev = previous_checkpoint(path)
+            link = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
+            link.unlink(missing_ok=True)
+            try:
+                os.link(path, link)
+            except OSError:  # a filesystem without hard links: copy
+                shutil.copyfile(path, link)
+            os.replace(link, prev)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        if keep_previous:
+            previous_checkpoint(path).with_name(f".{previous_checkpoint(path).name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
+def _archive_problem(path: Path) -> str | None:
+    """torch.save writes a zip whose members carry CRC-32s that torch.load never checks:
+    check them, so a flipped byte in the weights is caught, not trained on."""
+    if not zipfile.is_zipfile(path):
+        return None  # truncated (no central directory) or the legacy format: torch.load decides
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"corrupted ({type(e).__name__}: {e})"
+    return f"corrupted: member {bad} fails its CRC check" if bad else None
+
+
+def _load_failure(e: Exception) -> str:
+    """What torch.load(weights_only=True) refused, in one line (its own text advises
+    weights_only=False, which would run whatever the file carries)."""
+    text = str(e)
+    wanted = re.search(r"GLOBAL ([\w.]+)", text)
+    if wanted:
+        return (
+            f"refused: it carries code or objects other than tensors (it asks for {wanted.group(1)}); "
+            "nothing in it was run. Only load checkpoints written by labkit"
+        )
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(skip) and "weights_only" not in ln]
+    detail = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+    return f"unreadable: truncated or corrupted ({detail})"
+
+
+def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = ("model",)) -> dict:
+    """Load a checkpoint with weights_only=True: tensors and plain data, never code.
+
+    Raises CheckpointError, naming the file, when it is missing, truncated, corrupted,
+    carries code or lacks one of the `require`d entries.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    problem = _archive_problem(path)
+    if problem:
+        raise CheckpointError(f"{path}: checkpoint {problem}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        kind = "refused: it carries code or objects other than tensors" if "weights_only" in str(e) else "unreadable (truncated or corrupted?)"
-        raise CheckpointError(f"{path}: checkpoint {kind} ({msg})") from None
+        raise CheckpointError(f"{path}: checkpoint {_load_failure(e)}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a labkit checkpoint (no 'model' entry)")
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}; cannot resume from it")
     return state
 
 
@@ -229,10 +327,16 @@ def evaluate(
     loss = torch.zeros((), device=device, dtype=torch.float32)
     for i in range(0, len(y), batch_size):
         xb, yb = _prep(x_u8[i : i + batch_size], cfg), y[i : i + batch_size]
-        with _autocast(device, amp_dtype):
-            out = model(xb).float()
-            if cfg.tta_flip:
-                out = (out + model(xb.flip(3)).float()) / 2
+        try:
+            with _autocast(device, amp_dtype):
+                out = model(xb).float()
+                if cfg.tta_flip:
+                    out = (out + model(xb.flip(3)).float()) / 2
+        except torch.cuda.OutOfMemoryError:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory in evaluation at batch size {batch_size} (lays={list(cfg.lays)}, "
+                f"width={cfg.width}); free the GPU or evaluate in smaller batches"
+            ) from None
         loss += F.cross_entropy(out, yb, reduction="sum")
         correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
@@ -362,6 +466,8 @@ def _train(
     log: Callable[[str], None] | None = print,
     on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> TrainResult:
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be an int >= 0 (0 = only at the end), got {checkpoint_every!r}")
     device = resolve_device(cfg.device)
     amp_dtype = _amp_dtype(cfg, device)
     if device.type == "cuda":
@@ -395,7 +501,7 @@ def _train(
     start_epoch = 0
     best = {"val_acc": -1.0, "epoch": -1, "state": None}
     if ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
+        state = load_checkpoint(ckpt_path, map_location=device, require=RESUME_KEYS)
         saved = TrainConfig.from_dict(state["config"]) if "config" in state else None
         if saved is not None and saved.identity() != cfg.identity():
             diff = sorted(k for k, v in cfg.identity().items() if saved.identity().get(k) != v)
@@ -421,7 +527,8 @@ def _train(
             return
         save_checkpoint(
             ckpt_path,
-            {
+            keep_previous=True,
+            state={
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch,
@@ -459,12 +566,12 @@ def _train(
                 g["lr"] = lr
             try:
                 loss, out = stepper(xb, yb, optimizer)
+                optimizer.step()  # its state is allocated at the first step: it can run out too
             except torch.cuda.OutOfMemoryError:
                 raise torch.cuda.OutOfMemoryError(
                     f"CUDA out of memory at batch_size={cfg.batch_size} (lays={list(cfg.lays)}); "
                     "lower batch_size or free the GPU"
                 ) from None
-            optimizer.step()
             loss_sum += loss
             correct += (out.argmax(1) == yb).sum()
         if device.type == "cuda":
@@ -474,11 +581,16 @@ def _train(
         if not math.isfinite(loss_total):
             if bar:
                 bar.close()
-            kept = ""
+            kept = "; nothing diverged was saved"
             if ckpt_path is not None and ckpt_path.exists():
                 good = int(load_checkpoint(ckpt_path)["epoch"]) + 1
                 kept = f"; the last good checkpoint (after epoch {good}) is kept at {ckpt_path}"
-            raise DivergenceError(f"training loss became {loss_total} in epoch {epoch + 1} (lr {lr0:g}){kept}")
+            elif ckpt_path is not None:
+                kept = "; no checkpoint was written before it (nothing diverged was saved)"
+            raise DivergenceError(
+                f"training loss became {loss_total} in epoch {epoch + 1} (lr {lr0:g}){kept}. "
+                "Lower the learning rate or check the data"
+            )
         val_acc, val_loss = evaluate(model, d.val_x, d.val_y, cfg, amp_dtype=amp_dtype)
         row = {
             "epoch": epoch + 1,

@@ -1,0 +1,406 @@
+"""Atomic writes and safe loading: checkpoints, metrics and run-store entries are never read
+half-written; a corrupted checkpoint is refused by name and the run falls back to the
+previous good one; a checkpoint that carries code is refused without running it."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from labkit.runs import RunError, RunStore, atomic_write_text
+from labkit.train import CheckpointError, load_checkpoint, previous_checkpoint, save_checkpoint
+
+T = importlib.import_module("labkit.train")
+REAL_TRAIN = T.train
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.fixture
+def cfg(tiny_config):
+    return tiny_config(epochs=3, train_subset=128, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, synth_data):
+    """An uninterrupted run of `cfg` (3 epochs) to compare recovered runs against."""
+    from conftest import _tiny_config
+
+    store = RunStore(tmp_path_factory.mktemp("ref"))
+    return store.get(_tiny_config(epochs=3, train_subset=128, batch_size=64), "r", synth_data, progress=False, log=None)
+
+
+def _stopped_after(monkeypatch, store, cfg, data, epochs: int) -> Path:
+    """A run stopped (as by a crash) after `epochs` epochs; returns its folder."""
+
+    def crashing(cfg, data, **kw):
+        inner = kw["on_epoch"]
+
+        def on_epoch(history):
+            inner(history)
+            if len(history) == epochs:
+                raise _Crash
+
+        return REAL_TRAIN(cfg, data, **{**kw, "on_epoch": on_epoch})
+
+    monkeypatch.setattr(T, "train", crashing)
+    with pytest.raises(_Crash):
+        store.get(cfg, "r", data, progress=False, log=None)
+    monkeypatch.setattr(T, "train", REAL_TRAIN)
+    return store.path(store.run_id(cfg, "r"))
+
+
+def _counting(monkeypatch) -> dict:
+    stats = {"epochs": 0}
+
+    def counted(cfg, data, **kw):
+        inner = kw["on_epoch"]
+
+        def on_epoch(history):
+            stats["epochs"] += 1
+            inner(history)
+
+        return REAL_TRAIN(cfg, data, **{**kw, "on_epoch": on_epoch})
+
+    monkeypatch.setattr(T, "train", counted)
+    return stats
+
+
+def _same_result(run, ref) -> None:
+    assert run.finished and list(run.history["epoch"]) == [1, 2, 3]
+    for k in ("final_loss_sum", "final_val_acc", "test_acc", "test_loss"):
+        assert run.summary[k] == ref.summary[k], k
+    a, b = load_checkpoint(run.checkpoint)["model"], load_checkpoint(ref.checkpoint)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------
+# Atomic writes: a fault in the middle of a write leaves the previous file whole
+# ---------------------------------------------------------------------------------------
+
+
+def _boom(*a, **kw):
+    raise OSError("injected fault: disk full")
+
+
+@pytest.mark.parametrize("where", ["torch.save", "os.fsync", "os.replace"])
+def test_checkpoint_write_fault_keeps_the_old_checkpoint(tmp_path, monkeypatch, where):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 0})
+    if where == "torch.save":
+        real = torch.save
+
+        def half(obj, f, *a, **kw):  # writes half the bytes, then fails
+            buf = io.BytesIO()
+            real(obj, buf)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            raise OSError("injected fault: disk full")
+
+        monkeypatch.setattr(torch, "save", half)
+    else:
+        monkeypatch.setattr(os, where.split(".")[1], _boom)
+    with pytest.raises(OSError, match="injected"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "epoch": 1}, keep_previous=True)
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["epoch"] == 0 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert not list(tmp_path.glob(".*.tmp")), "the temp file of a failed write is removed"
+
+
+@pytest.mark.parametrize("where", ["write", "os.fsync", "os.replace"])
+def test_text_write_fault_keeps_the_old_file(tmp_path, monkeypatch, where):
+    """metrics.csv, summary.json and config.json all go through atomic_write_text."""
+    path = tmp_path / "summary.json"
+    atomic_write_text(path, json.dumps({"test_acc": 0.5}))
+    if where == "write":
+        real_open = open
+
+        class HalfFile:
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+            def write(self, text):
+                self.f.write(text[: len(text) // 2])
+                raise OSError("injected fault: disk full")
+
+        import builtins
+
+        monkeypatch.setattr(builtins, "open", lambda p, *a, **kw: HalfFile(real_open(p, *a, **kw)))
+    else:
+        monkeypatch.setattr(os, where.split(".")[1], _boom)
+    with pytest.raises(OSError, match="injected"):
+        atomic_write_text(path, json.dumps({"test_acc": 0.9, "padding": "x" * 1000}))
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"test_acc": 0.5}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_every_checkpoint_keeps_the_one_before(tmp_path, synth_data, cfg):
+    store = RunStore(tmp_path)
+    run = store.get(cfg, "r", synth_data, progress=False, log=None)
+    prev = previous_checkpoint(run.checkpoint)
+    assert prev.name == "checkpoint.prev.pt"
+    assert load_checkpoint(run.checkpoint)["epoch"] == 2 and load_checkpoint(prev)["epoch"] == 1
+    assert not list(run.dir.glob(".*.tmp"))
+
+
+def test_stale_temp_files_of_a_killed_process_are_removed(tmp_path, synth_data, cfg, monkeypatch):
+    store = RunStore(tmp_path)
+    d = _stopped_after(monkeypatch, store, cfg, synth_data, 1)
+    junk = [d / ".checkpoint.pt.99999.tmp", d / ".metrics.csv.99999.tmp", d / ".summary.json.99999.tmp"]
+    for j in junk:
+        j.write_bytes(b"half a file")
+    run = store.get(cfg, "r", synth_data, progress=False, log=None)
+    assert run.finished and not any(j.exists() for j in junk)
+
+
+# ---------------------------------------------------------------------------------------
+# Corrupted checkpoints: refused by name, and the run falls back to the previous good one
+# ---------------------------------------------------------------------------------------
+
+
+class _Evil:
+    """Unpickling this runs a shell command (creates `target`)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def _truncate(frac):
+    def f(p: Path, canary: Path):
+        raw = p.read_bytes()
+        p.write_bytes(raw[: int(len(raw) * frac)])
+
+    return f
+
+
+def _flip_weight_byte(p: Path, canary: Path):
+    """One flipped byte inside a stored tensor: torch.load alone would not notice."""
+    with zipfile.ZipFile(p) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(p.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)  # local header
+    raw[start + info.file_size // 2] ^= 0x40
+    p.write_bytes(bytes(raw))
+
+
+def _garbage(p: Path, canary: Path):
+    p.write_bytes(os.urandom(4096))
+
+
+def _empty(p: Path, canary: Path):
+    p.write_bytes(b"")
+
+
+def _code(p: Path, canary: Path):
+    state = load_checkpoint(p)
+    state["model"] = _Evil(canary)
+    torch.save(state, p)
+
+
+def _code_in_history(p: Path, canary: Path):
+    state = load_checkpoint(p)
+    state["history"].append({"epoch": _Evil(canary)})
+    torch.save(state, p)
+
+
+def _no_optimizer(p: Path, canary: Path):
+    state = load_checkpoint(p)
+    del state["optimizer"]
+    torch.save(state, p)
+
+
+def _foreign(p: Path, canary: Path):
+    torch.save({"weights": torch.zeros(3)}, p)
+
+
+CORRUPTIONS = {
+    "truncated_half": (_truncate(0.5), "unreadable"),
+    "truncated_100_bytes": (_truncate(100 / 1e6), "unreadable"),
+    "truncated_last_byte": (_truncate(0.99999), "checkpoint"),
+    "empty": (_empty, "unreadable"),
+    "flipped_byte": (_flip_weight_byte, "CRC"),
+    "random_bytes": (_garbage, "unreadable"),
+    "carries_code": (_code, "refused"),
+    "code_in_history": (_code_in_history, "refused"),
+    "no_optimizer": (_no_optimizer, "missing"),
+    "foreign": (_foreign, "not a labkit checkpoint"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(kind, tmp_path, synth_data, cfg, monkeypatch, reference):
+    corrupt, what = CORRUPTIONS[kind]
+    canary = tmp_path / "PWNED"
+    store = RunStore(tmp_path / "runs")
+    d = _stopped_after(monkeypatch, store, cfg, synth_data, 2)  # checkpoint.pt: epoch 2; .prev: epoch 1
+    ckpt = d / "checkpoint.pt"
+    corrupt(ckpt, canary)
+    # The clear error, naming the file (with require= as a resume asks for it):
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ckpt, require=T.RESUME_KEYS)
+    assert str(ckpt) in str(e.value) and what in str(e.value)
+
+    stats = _counting(monkeypatch)
+    logs: list[str] = []
+    run = store.get(cfg, "r", synth_data, progress=False, log=logs.append)
+    text = "\n".join(logs)
+    assert str(ckpt) in text and "moved aside" in text
+    assert "previous good checkpoint checkpoint.prev.pt (after epoch 1)" in text
+    assert "resumed from" in text and stats["epochs"] == 2  # epochs 2 and 3 again, not 1
+    assert len(list(d.glob("checkpoint.corrupt-*.pt"))) == 1  # kept for inspection
+    assert not canary.exists()
+    _same_result(run, reference)
+
+
+def test_both_checkpoints_corrupted_trains_from_the_start(tmp_path, synth_data, cfg, monkeypatch, reference):
+    store = RunStore(tmp_path)
+    d = _stopped_after(monkeypatch, store, cfg, synth_data, 2)
+    _truncate(0.5)(d / "checkpoint.pt", None)
+    _garbage(d / "checkpoint.prev.pt", None)
+    stats = _counting(monkeypatch)
+    logs: list[str] = []
+    run = store.get(cfg, "r", synth_data, progress=False, log=logs.append)
+    text = "\n".join(logs)
+    assert "checkpoint.pt" in text and "checkpoint.prev.pt" in text and "from the start" in text
+    assert stats["epochs"] == 3
+    assert len(list(d.glob("checkpoint.corrupt-*.pt"))) == 1 and len(list(d.glob("checkpoint.prev.corrupt-*.pt"))) == 1
+    _same_result(run, reference)
+
+
+def test_train_itself_refuses_a_corrupted_checkpoint_by_name(tmp_path, synth_data, cfg):
+    """Without the run store's fallback, train() stops with the clear error, training nothing."""
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}, "epoch": 0})
+    _truncate(0.5)(tmp_path / "checkpoint.pt", None)
+    with pytest.raises(CheckpointError, match="checkpoint.pt"):
+        REAL_TRAIN(cfg, synth_data, run_dir=tmp_path, progress=False, log=None)
+
+
+# ---------------------------------------------------------------------------------------
+# Corrupted run-store entries: a clear error naming the file
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("summary.json", '{"test_acc": 0.'),
+        ("config.json", '{"name": "r", "conf'),
+        ("config.json", '{"name": "r", "config": {"lr": "fast"}}'),
+        ("metrics.csv", "epoch,lr\n1,0.1,7,8,9\n2\n\x00\x01"),
+        ("metrics.csv", "\xff\xfe garbage"),
+    ],
+    ids=["summary_truncated", "config_truncated", "config_bad_value", "metrics_garbled", "metrics_binary"],
+)
+def test_corrupted_store_entry_is_named(tmp_path, synth_data, cfg, name, content):
+    store = RunStore(tmp_path)
+    run = store.get(cfg, "r", synth_data, progress=False, log=None)
+    (run.dir / name).write_text(content, encoding="latin1")
+    with pytest.raises(RunError, match=name):
+        store.load(run.id)
+    with pytest.raises(RunError, match=name):
+        store.get(cfg, "r", synth_data, progress=False, log=None)
+
+
+# ---------------------------------------------------------------------------------------
+# Safe loading: weights_only everywhere; code-carrying checkpoints refused, not run
+# ---------------------------------------------------------------------------------------
+
+
+def _torch_load_calls(source: str):
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+            base = node.func.value
+            if isinstance(base, ast.Name) and base.id == "torch":
+                yield node
+
+
+def test_every_torch_load_uses_weights_only():
+    import nbformat
+
+    sources = {str(p.relative_to(REPO)): p.read_text() for p in sorted((REPO / "labkit").glob("*.py"))}
+    for nb in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cells = nbformat.read(nb, as_version=4).cells
+        sources[str(nb.relative_to(REPO))] = "\n".join(c.source for c in cells if c.cell_type == "code" and not c.source.startswith("%"))
+    calls = 0
+    for where, src in sources.items():
+        assert "pickle.load(" not in src and "pickle.loads(" not in src, f"{where}: a plain unpickler"
+        for call in _torch_load_calls(src):
+            calls += 1
+            kw = {k.arg: k.value for k in call.keywords}
+            ok = "weights_only" in kw and isinstance(kw["weights_only"], ast.Constant) and kw["weights_only"].value is True
+            assert ok, f"{where}:{call.lineno}: torch.load without weights_only=True"
+    assert calls >= 1  # the scan found labkit.train.load_checkpoint's call
+
+
+def _payloads(canary: Path) -> dict:
+    """Checkpoints whose unpickling would run code, each a different way in."""
+    import builtins
+    import subprocess
+
+    class Call:
+        def __init__(self, fn, *args):
+            self.fn, self.args = fn, args
+
+        def __reduce__(self):
+            return (self.fn, self.args)
+
+    touch = f"touch {canary}"
+    return {
+        "os_system": {"model": Call(os.system, touch), "epoch": 0},
+        "subprocess_call": {"model": Call(subprocess.call, ["touch", str(canary)]), "epoch": 0},
+        "builtins_eval": {"model": Call(builtins.eval, f"__import__('os').system({touch!r})"), "epoch": 0},
+        "builtins_exec": {"model": Call(builtins.exec, f"import os; os.system({touch!r})"), "epoch": 0},
+        "nested_in_optimizer": {"model": {}, "optimizer": {"state": {0: {"x": Call(os.system, touch)}}}, "epoch": 0},
+        "in_a_tensor_dict": {"model": {"w": torch.zeros(1), "b": Call(os.system, touch)}, "epoch": 0},
+    }
+
+
+def test_checkpoints_that_carry_code_are_refused(tmp_path):
+    canary = tmp_path / "PWNED"
+    payloads = _payloads(canary)
+    for name, state in payloads.items():
+        p = tmp_path / f"{name}.pt"
+        torch.save(state, p)
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(p)
+        assert p.name in str(e.value) and "refused" in str(e.value) and "code" in str(e.value), name
+        assert not canary.exists(), name
+    assert len(payloads) == 6
+
+
+def test_a_payload_really_runs_code_without_weights_only(tmp_path):
+    """The positive control, in a child process: torch.load(weights_only=False) runs it."""
+    import subprocess
+    import sys
+
+    canary = tmp_path / "PWNED"
+    p = tmp_path / "evil.pt"
+    torch.save(_payloads(canary)["os_system"], p)
+    code = f"import torch; torch.load({str(p)!r}, weights_only=False)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True)
+    assert canary.exists()
+    canary.unlink()
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(p)
+    assert not canary.exists()
