@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import re
@@ -434,6 +435,18 @@ def _rng_states(device: torch.device) -> dict:
     return s
 
 
+def _gated(fn):
+    """Run `fn` holding the GPU gate shared (see _GpuGate)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with GPU_GATE.shared():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_gated
 def train(
     cfg: TrainConfig,
     data: Dataset,
@@ -452,20 +465,6 @@ def train(
         on_epoch: called with all epochs' metric rows so far, after each epoch's checkpoint.
     Safe to call from several threads at once (labkit.sweep's lanes).
     """
-    with GPU_GATE.shared():
-        return _train(cfg, data, run_dir, init_state, checkpoint_every, progress, log, on_epoch)
-
-
-def _train(
-    cfg: TrainConfig,
-    data: Dataset,
-    run_dir: str | os.PathLike | None = None,
-    init_state: dict | None = None,
-    checkpoint_every: int = 1,
-    progress: bool = True,
-    log: Callable[[str], None] | None = print,
-    on_epoch: Callable[[list[dict]], None] | None = None,
-) -> TrainResult:
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be an int >= 0 (0 = only at the end), got {checkpoint_every!r}")
     device = resolve_device(cfg.device)
