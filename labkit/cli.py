@@ -46,6 +46,7 @@ def _data_loader(args):
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .runs import RunStore
 
     overrides = parse_overrides(args.set or [])
@@ -58,17 +59,28 @@ def cmd_train(args) -> int:
         raise ConfigError(f"--synthetic-size must be >= 1 (images per batch file), got {args.synthetic_size}")
     store = RunStore(args.runs_dir)
     name = args.name or args.preset
-    print(f"run {store.run_id(cfg, name)} in {store.root}")
-    load = _data_loader(args)
-    run = store.get(
-        cfg,
-        name,
-        lambda: load(cfg),
-        retrain=args.retrain,
-        wait=not args.no_wait,
-        checkpoint_every=args.checkpoint_every,
-        progress=False,
-    )
+    # Under torchrun with several processes: join them (one run, DDP); otherwise nothing.
+    distributed.init(cfg.device)
+    try:
+        main = distributed.is_main()
+        if main:
+            where = f" on {distributed.world()} processes" if distributed.world() > 1 else ""
+            print(f"run {store.run_id(cfg, name)} in {store.root}{where}")
+        load = _data_loader(args)
+        run = store.get(
+            cfg,
+            name,
+            lambda: load(cfg),
+            retrain=args.retrain,
+            wait=not args.no_wait,
+            checkpoint_every=args.checkpoint_every,
+            progress=False,
+            log=print if main else None,
+        )
+    finally:
+        distributed.shutdown()
+    if not main:
+        return 0
     s = run.summary or {}
     print(
         f"done: {run.id}  final loss_sum {s.get('final_loss_sum'):.4f}  val_acc {s.get('final_val_acc')}  "
@@ -98,6 +110,8 @@ def cmd_sweep(args) -> int:
         per_lane = next((p["total_images_per_s"] / p["lanes"] for p in probes if p["lanes"] == lanes), b["labkit"]["images_per_s"])
         rate_guess = rate_guess or per_lane * b["train_gflop_per_image"]
         print(f"sweep: {lanes} lane(s), {rate_guess:.0f} GFLOP/s per lane expected (from {args.bench_json})")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0 = this process), got {args.workers}")
     t0 = time.time()
     done = sweep(
         jobs,
@@ -107,6 +121,7 @@ def cmd_sweep(args) -> int:
         deadline=deadline,
         rate_guess=rate_guess,
         checkpoint_every=args.checkpoint_every,
+        workers=args.workers,
     )
     counts = {s: sum(j.status == s for j in done) for s in ("done", "cached", "skipped", "stopped", "failed")}
     print(f"sweep: {len(done)} jobs in {time.time() - t0:.1f}s wall: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -129,6 +144,7 @@ def cmd_lab(args) -> int:
             runs_dir=args.runs_dir,
             allow_cpu=args.allow_cpu,
             pdf=not args.no_pdf,
+            lanes=args.lanes,
         )
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -216,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, help="seconds from now by which every run must end")
     p.add_argument("--rate-guess", type=float, help="GFLOP/s of one lane, until a run has measured it")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0 = end only)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes sharing the jobs, each on one GPU (round-robin) with --lanes lanes; 0 = this process")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("lab", help="run the lab's notebooks with papermill and export the report (HTML + PDF)")
@@ -228,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", help="run store (default: the profile's)")
     p.add_argument("--allow-cpu", action="store_true", help="let the full profile train on a CPU (days)")
     p.add_argument("--no-pdf", action="store_true", help="export the HTML only")
+    p.add_argument("--lanes", type=int, default=2, help="on a GPU: runs trained side by side before the notebooks render")
     p.set_defaults(fn=cmd_lab)
 
     args = ap.parse_args(argv)

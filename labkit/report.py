@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .config import ABLATION_GROUPS, ConfigError
 from .lab import Profile
 from .lab import profile as get_profile
@@ -353,6 +355,7 @@ def run_lab(
     runs_dir: str | os.PathLike | None = None,
     allow_cpu: bool = False,
     pdf: bool = True,
+    lanes: int = 2,
     log: Callable[[str], None] = print,
 ) -> LabReport:
     """Run every notebook of the lab, then export the report. See the module's docstring."""
@@ -362,6 +365,8 @@ def run_lab(
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
     n_seeds = prof.seeds if seeds is None else seeds
+    if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
+        raise ConfigError(f"lanes must be a positive int, got {lanes!r}")
     root = Path(root).resolve()
     report_dir = Path(out).resolve() if out else root / prof.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -377,6 +382,18 @@ def run_lab(
     todo = jobs(common, n_seeds, lab_started=t0)
     runs_where = common["runs_dir"] or _rel(root / prof.runs_dir)
     log(f"lab: {len(todo)} notebooks, profile {name}, {n_seeds} seed(s), runs in {runs_where}, report in {report_dir}")
+    if allow_train and torch.cuda.is_available():
+        # Train the whole plan first, `lanes` runs side by side on each GPU (about 1.3x the
+        # throughput of one at a time on an H200); the notebooks then find every run done.
+        from .lab import Lab, plan
+        from .sweep import sweep
+
+        lab = Lab(name, data_dir=data_dir, runs_dir=runs_dir, root=root, progress=False)
+        log(f"training the plan's runs first, {lanes} side by side per GPU")
+        done_jobs = sweep([(n, c) for _, n, c in plan(name, n_seeds)], lab.store, lab.data, lanes=lanes, log=log)
+        failed = [j for j in done_jobs if j.status == "failed"]
+        if failed:
+            log(f"{len(failed)} run(s) failed side by side; the notebooks train them one at a time")
     done: list[tuple[Job, Path]] = []
     timings: dict[str, float] = {}
     for i, job in enumerate(todo, 1):
