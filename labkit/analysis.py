@@ -282,6 +282,7 @@ def setup_notebook(lab: Lab | None = None) -> None:
 
 def get_runs(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> tuple[list[Run], list[str]]:
     """The finished runs of `pairs` (trained if the lab allows), and the ids of missing ones."""
+    lab.prefetch(pairs)  # with several GPUs: the missing runs trained side by side, one process per GPU
     runs, missing = [], []
     for i, (name, cfg) in enumerate(pairs, 1):
         found = lab.store.find(lab.config(cfg), name)

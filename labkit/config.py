@@ -40,7 +40,9 @@ SELECTS = ("last", "best_val")
 
 # Fields that change how fast a run goes but not what it computes (up to float rounding):
 # left out of the run's identity, so a run trained on a GPU is found again on a CPU.
-EXECUTION_FIELDS = ("device", "precision", "channels_last", "cuda_graphs")
+# sync_bn is here too: it changes nothing in one process, and with it on a run over several
+# processes computes what one process would (BatchNorm over the global batch).
+EXECUTION_FIELDS = ("device", "precision", "channels_last", "cuda_graphs", "sync_bn")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class TrainConfig:
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     channels_last: bool = True
     cuda_graphs: bool = True  # capture the training step on CUDA
+    sync_bn: bool = True  # under torchrun: BatchNorm statistics over the global batch (False: per rank)
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -390,7 +390,15 @@ def run_lab(
 
         lab = Lab(name, data_dir=data_dir, runs_dir=runs_dir, root=root, progress=False)
         log(f"training the plan's runs first, {lanes} side by side per GPU")
-        done_jobs = sweep([(n, c) for _, n, c in plan(name, n_seeds)], lab.store, lab.data, lanes=lanes, log=log)
+        gpus = torch.cuda.device_count()
+        done_jobs = sweep(
+            [(n, c) for _, n, c in plan(name, n_seeds)],
+            lab.store,
+            lab.data,
+            lanes=lanes,
+            workers=gpus if gpus > 1 else 0,  # a process per GPU, each with its lanes
+            log=log,
+        )
         failed = [j for j in done_jobs if j.status == "failed"]
         if failed:
             log(f"{len(failed)} run(s) failed side by side; the notebooks train them one at a time")

@@ -12,6 +12,10 @@ killed with SIGKILL) resumes from its checkpoint; two processes asking for the s
 serialise on a lock. Every file is written to a temp file, fsynced and renamed into place,
 so a half-written file is never read as good; a checkpoint that fails to load is moved
 aside and the run falls back to the previous good one.
+
+Under torchrun every rank calls RunStore.get; rank 0 holds the lock and writes every file,
+the others train beside it and read the folder only after it (so the folder must be on a
+filesystem every node sees).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import distributed
 from .config import ConfigError, TrainConfig
 from .data import Dataset
 
@@ -302,17 +307,22 @@ class RunStore:
 
         `data` may be a callable, so that finished runs never load the data. `on_epoch` sees
         the metric rows after each epoch is stored; raising there stops the run resumably.
+        Under torchrun every rank calls this (on_epoch runs on every rank); rank 0 decides.
         """
         from .train import train
 
         rid = self.run_id(cfg, name)
         d = self.path(rid)
+        if distributed.rank() != 0:
+            return self._follow(cfg, name, data, checkpoint_every, on_epoch)
         if not retrain and (d / "summary.json").is_file():
+            distributed.broadcast_flag(False)  # under torchrun: tell the other ranks (else a no-op)
             return self.load(rid)
         # Checked before the run's folder exists, so a missing parent leaves nothing behind.
         init_state = self._parent_weights(cfg.init_from) if cfg.init_from else None
         with self._lock(d, wait, log):
             if not retrain and (d / "summary.json").is_file():  # finished while we waited
+                distributed.broadcast_flag(False)
                 return self.load(rid)
             # Temp files of a process killed mid-write: never read, removed (we hold the lock).
             for tmp in d.glob(".*.tmp"):
@@ -337,6 +347,8 @@ class RunStore:
                 _write_metrics(d / "metrics.csv", list(state["history"]) if state else [])
             del state
             dataset = data() if callable(data) else data
+            distributed.broadcast_flag(True)  # the folder is ready: the other ranks train too
+
             def stored(history: list[dict]) -> None:
                 _write_metrics(d / "metrics.csv", history)
                 if on_epoch:
@@ -364,4 +376,23 @@ class RunStore:
                 "code_version": _code_version(),
             }
             atomic_write_text(d / "summary.json", json.dumps(summary, indent=2))
+            distributed.barrier()  # the other ranks read the run once it is written
+        return self.load(rid)
+
+    def _follow(self, cfg, name, data, checkpoint_every, on_epoch) -> Run:
+        """RunStore.get on a rank other than 0 under torchrun: no lock, no writes.
+
+        Rank 0 says whether the run trains (it may have found it finished); if so, this rank
+        trains beside it, resuming from the checkpoint rank 0 has just checked, then waits
+        until rank 0 has written the run.
+        """
+        from .train import train
+
+        rid = self.run_id(cfg, name)
+        if distributed.broadcast_flag(None):
+            init_state = self._parent_weights(cfg.init_from) if cfg.init_from else None
+            dataset = data() if callable(data) else data
+            train(cfg, dataset, run_dir=self.path(rid), init_state=init_state, checkpoint_every=checkpoint_every,
+                  progress=False, log=None, on_epoch=on_epoch)
+            distributed.barrier()
         return self.load(rid)

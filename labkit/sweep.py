@@ -6,11 +6,22 @@ raise total throughput; `labkit.bench` measures whether they do. A job that cann
 finish before the deadline (by the rate measured so far) is skipped, and one that
 overruns is stopped at an epoch boundary; both stay out of the store's finished runs.
 
+With `workers` the jobs are shared by that many processes instead, each bound to one GPU
+(round-robin over the visible ones) or to the CPU, each running its own lanes: one
+process per GPU sidesteps Python's GIL and keeps one run's failure (or CUDA error) from
+touching the others. Workers take jobs in order from a shared list; the run store's lock
+keeps two from training the same run.
+
     python -m labkit sweep --profile full --data-dir DIR --lanes 2 --budget-s 500
+    python -m labkit sweep --profile full --data-dir DIR --workers 8   # 8 GPUs, one each
 """
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
+import queue
 import threading
 import time
 import traceback
@@ -38,6 +49,7 @@ class Job:
     status: str = "pending"  # pending | done | cached | skipped | stopped | failed
     seconds: float = 0.0
     lane: int = -1
+    worker: int = -1  # the worker process that took it (sweep(workers=N))
     error: str = ""
     work: float = field(default=0.0)  # GFLOP of training this job costs (estimate)
 
@@ -56,18 +68,47 @@ def sweep(
     rate_guess: float | None = None,
     checkpoint_every: int = 1,
     log: Callable[[str], None] | None = print,
+    workers: int = 0,
 ) -> list[Job]:
     """Train every job not yet finished in `store`, in order, on `lanes` threads.
 
     Args:
-        data: (split, val_size) -> Dataset, called once per distinct split.
+        data: (split, val_size) -> Dataset, called once per distinct split (in each worker).
         deadline: time.time() by which every run must have ended (None: no limit).
         rate_guess: GFLOP/s one lane achieves (beside the others), used to skip jobs until a run has measured it.
+        workers: 0 = this process; N = N worker processes (GPU i % GPUs each, or the CPU), each
+            with `lanes` lanes. `data` and `log` then go to the workers, so they must pickle
+            (module-level functions, functools.partial, bound methods of picklable objects).
     """
     on_gpu = torch.cuda.is_available() and all(c.device in ("auto", "cuda") for _, c in jobs)
+    todo = [Job(n, c) for n, c in jobs]
+    for j in todo:
+        found = store.find(j.cfg, j.name)
+        if found is not None and found.finished:
+            j.status = "cached"
+    if workers:
+        return _sweep_workers(todo, store, data, workers, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu)
+    return _sweep_here(todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu)
+
+
+def _sweep_here(
+    todo: list[Job],
+    store: RunStore,
+    data: Callable[[str, int], Dataset],
+    lanes: int,
+    deadline: float | None,
+    rate_guess: float | None,
+    checkpoint_every: int,
+    log: Callable[[str], None] | None,
+    on_gpu: bool,
+    gpu: int | None = None,
+    claim: Callable[[int], bool] | None = None,
+    worker: int = -1,
+) -> list[Job]:
+    """The lanes of one process. gpu: every lane's GPU (else lane i % GPUs). claim(i): True
+    if this process may take job i (another worker process has not)."""
     lanes = max(1, lanes if on_gpu else 1)
     n_gpus = torch.cuda.device_count() if on_gpu else 0
-    todo = [Job(n, c) for n, c in jobs]
     cache: dict[tuple[str, int], Dataset] = {}
     lock = threading.RLock()
     measured: list[tuple[float, float]] = []  # (work, seconds) of finished runs
@@ -79,11 +120,6 @@ def sweep(
                 cache[key] = data(*key)
             return cache[key]
 
-    for j in todo:
-        found = store.find(j.cfg, j.name)
-        if found is not None and found.finished:
-            j.status = "cached"
-
     def rate() -> float | None:
         if measured:
             return sum(w for w, _ in measured) / sum(s for _, s in measured)
@@ -91,9 +127,10 @@ def sweep(
 
     def next_job(lane: int) -> Job | None:
         with lock:
-            for j in todo:
-                if j.status != "pending":
+            for i, j in enumerate(todo):
+                if j.status != "pending" or (claim is not None and not claim(i)):
                     continue
+                j.worker = worker
                 d = dataset(j.cfg)
                 n = min(j.cfg.train_subset or len(d.train_y), len(d.train_y))
                 j.work = _work(j.cfg, n, len(d.val_y) + len(d.test_y) // j.cfg.epochs)
@@ -114,7 +151,7 @@ def sweep(
     def lane_main(lane: int) -> None:
         stream_ctx = None
         if on_gpu:
-            torch.cuda.set_device(lane % n_gpus)
+            torch.cuda.set_device(lane % n_gpus if gpu is None else gpu)  # per thread
             stream_ctx = torch.cuda.stream(torch.cuda.Stream())
             stream_ctx.__enter__()
         try:
@@ -144,8 +181,9 @@ def sweep(
                 if log:
                     r = store.find(j.cfg, j.name)
                     acc = (r.summary or {}).get("test_acc") if r else None
+                    where = f"worker {worker} lane {lane}" if worker >= 0 else f"lane {lane}"
                     log(
-                        f"[lane {lane}] {j.status:7s} {store.run_id(j.cfg, j.name)} seed {j.cfg.seed}  "
+                        f"[{where}] {j.status:7s} {store.run_id(j.cfg, j.name)} seed {j.cfg.seed}  "
                         f"{j.seconds:6.1f}s" + (f"  test_acc {acc:.4f}" if acc is not None else "") + (f"  {j.error}" if j.error else "")
                     )
         finally:
@@ -164,4 +202,74 @@ def sweep(
             t.start()
         for t in threads:
             t.join()
+    return todo
+
+
+# ---------------------------------------------------------------------------------------
+# Worker processes
+# ---------------------------------------------------------------------------------------
+
+
+def _claim(taken, i: int) -> bool:
+    with taken.get_lock():
+        if taken[i]:
+            return False
+        taken[i] = 1
+        return True
+
+
+def _worker_main(worker, todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu, gpu, cpu_threads, taken, results):
+    """One worker process: its lanes take jobs nobody has claimed; reports the ones it took."""
+    if gpu is None:
+        # N CPU workers share the cores: N processes x all cores each would thrash.
+        torch.set_num_threads(cpu_threads)
+    try:
+        _sweep_here(
+            todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu,
+            gpu=gpu, claim=functools.partial(_claim, taken), worker=worker,
+        )
+    finally:  # whatever happened, say which jobs this worker took and how they ended
+        results.put((worker, [(i, j) for i, j in enumerate(todo) if j.worker == worker]))
+
+
+def _sweep_workers(todo, store, data, workers, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu) -> list[Job]:
+    # spawn, not fork: a forked child of a process that has touched CUDA (or holds threads)
+    # cannot use CUDA; and notebooks run this too.
+    ctx = multiprocessing.get_context("spawn")
+    taken = ctx.Array("b", len(todo))  # 1 = a worker took job i
+    results = ctx.Queue()
+    n_gpus = torch.cuda.device_count() if on_gpu else 0
+    cpu_threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(w, todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu,
+                  w % n_gpus if n_gpus else None, cpu_threads, taken, results),
+            name=f"labkit-sweep-{w}",
+        )
+        for w in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    reports: dict[int, list] = {}
+    while len(reports) < len(procs):
+        try:
+            w, done = results.get(timeout=1.0)
+            reports[w] = done
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs):  # a worker died without reporting
+                try:
+                    while True:
+                        w, done = results.get(timeout=0.5)
+                        reports[w] = done
+                except queue.Empty:
+                    break
+    for p in procs:
+        p.join()
+    for done in reports.values():
+        for i, j in done:
+            todo[i] = j
+    for i, j in enumerate(todo):
+        if j.status in ("pending", "running") and taken[i]:
+            j.status, j.error = "failed", "its worker process died"
     return todo

@@ -5,6 +5,10 @@ On CUDA the forward and backward pass of a full batch is captured once in a CUDA
 and replayed (the ~400 kernel launches of a step otherwise cost more than the maths at
 batch 512); the fused optimiser step and the last, partial batch run eagerly. On the CPU
 the same loop runs eagerly and is deterministic, which the tests rely on.
+
+Under torchrun (labkit.distributed) the same loop trains one run over several processes
+with DistributedDataParallel: every rank draws the global batch as one process would and
+trains on its slice of it, so the run computes what one process would (up to rounding).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from . import distributed
 from .config import ConfigError, TrainConfig
 from .data import Dataset, augment, normalize
 from .model import build_model
@@ -361,8 +367,10 @@ class _Stepper:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.mode = "eager"
         # Dropout's RNG offsets fail to replay in a graph here ("Offset increment outside
-        # graph capture", torch 2.11, H200): nets with dropout run eagerly.
-        self.want_graph = cfg.cuda_graphs and device.type == "cuda" and cfg.dropout == 0
+        # graph capture", torch 2.11, H200): nets with dropout run eagerly. So do DDP runs:
+        # DDP all-reduces gradients from hooks in the backward pass, with buckets and
+        # streams it manages itself; gloo cannot be captured at all.
+        self.want_graph = cfg.cuda_graphs and device.type == "cuda" and cfg.dropout == 0 and not distributed.active()
         self.graph_error = ""
 
     def eager(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
@@ -428,6 +436,24 @@ class _Stepper:
 # ---------------------------------------------------------------------------------------
 
 
+class _GlobalMeanLoss(nn.Module):
+    """Under DDP: this rank's summed loss over its slice, times world / global batch size.
+
+    DDP averages gradients over the ranks, so the mean of these is the gradient of the
+    global batch's mean loss, as in one process, even when the last batch splits unevenly
+    (or leaves a rank nothing). Summed over ranks and divided by world: that mean loss.
+    """
+
+    def __init__(self, label_smoothing: float, world: int) -> None:
+        super().__init__()
+        self.label_smoothing, self.world = label_smoothing, world
+        self.global_batch = 1  # set before each step
+
+    def forward(self, out: Tensor, y: Tensor) -> Tensor:
+        loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing, reduction="sum")
+        return loss * (self.world / self.global_batch)
+
+
 def _rng_states(device: torch.device) -> dict:
     s = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -464,10 +490,22 @@ def train(
         checkpoint_every: epochs between checkpoints (0 = only at the end).
         on_epoch: called with all epochs' metric rows so far, after each epoch's checkpoint.
     Safe to call from several threads at once (labkit.sweep's lanes).
+
+    Under torchrun (a process group of several ranks, labkit.distributed.init) every rank
+    calls this with the same arguments: DDP over the ranks, cfg.batch_size the global batch;
+    only rank 0 writes the checkpoint, logs and shows progress.
     """
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be an int >= 0 (0 = only at the end), got {checkpoint_every!r}")
     device = resolve_device(cfg.device)
+    ddp, world, rank = distributed.active(), distributed.world(), distributed.rank()
+    if ddp:
+        if cfg.batch_size % world:
+            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must divide evenly over {world} processes")
+        if device.type == "cuda":
+            device = torch.device("cuda", distributed.local_rank())  # one GPU per process
+        if rank != 0:
+            progress, log = False, None
     amp_dtype = _amp_dtype(cfg, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -479,6 +517,8 @@ def train(
     with _INIT_LOCK:  # the global RNG: runs side by side in threads must not interleave here
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
+    if ddp and cfg.sync_bn:
+        distributed.convert_batchnorm(model)  # statistics over the global batch, as in one process
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -514,7 +554,14 @@ def train(
         if log:
             log(f"resumed from {ckpt_path} at epoch {start_epoch}/{cfg.epochs}")
 
-    stepper = _Stepper(model, loss_fn, cfg, device, amp_dtype)
+    net = model  # what trains; `model` (unwrapped) is evaluated and checkpointed
+    if ddp:
+        # forward_sync_buffers off: with sync_bn every rank's BatchNorm buffers are equal anyway;
+        # per-rank ones are made rank 0's before each evaluation (below).
+        ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+        loss_fn = _GlobalMeanLoss(cfg.label_smoothing, world)
+    stepper = _Stepper(net, loss_fn, cfg, device, amp_dtype)
     bar = None
     if progress and start_epoch < cfg.epochs:
         from tqdm.auto import tqdm
@@ -522,7 +569,7 @@ def train(
         bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.short_hash()}", unit="ep", leave=False)
 
     def checkpoint(epoch: int) -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or rank != 0:  # under DDP rank 0 writes; the others resume from it
             return
         save_checkpoint(
             ckpt_path,
@@ -543,7 +590,9 @@ def train(
     gen = torch.Generator(device=device)
     train_seconds = sum(r["seconds"] for r in history)
     for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(_epoch_seed(cfg, epoch))
+        # gen (permutation, crops, flips) is the same on every rank; the global RNG (dropout)
+        # differs per rank, or all ranks would drop the same units of their different images.
+        torch.manual_seed(_epoch_seed(cfg, epoch) + rank)
         gen.manual_seed(_epoch_seed(cfg, epoch))
         model.train()
         if device.type == "cuda":
@@ -559,7 +608,12 @@ def train(
             xb = d.train_x[idx]
             if cfg.augment:
                 xb = augment(xb, generator=gen)
-            xb, yb = _prep(xb, cfg), d.train_y[idx]
+            yb = d.train_y[idx]
+            if ddp:  # this rank's contiguous slice of the global batch every rank drew
+                lo, hi = len(idx) * rank // world, len(idx) * (rank + 1) // world
+                xb, yb = xb[lo:hi], yb[lo:hi]
+                loss_fn.global_batch = len(idx)
+            xb = _prep(xb, cfg)
             lr = lr_at(cfg, epoch, step, steps_per_epoch)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -576,7 +630,10 @@ def train(
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()  # this run's stream only
         seconds = time.perf_counter() - t0
-        loss_total = loss_sum.item()  # the one host sync of the epoch
+        totals = torch.stack([loss_sum.double(), correct.double()])
+        distributed.all_reduce_sum(totals)  # under DDP, the epoch's one all-reduce of metrics
+        loss_total, n_correct = totals.tolist()  # the one host sync of the epoch
+        loss_total /= world  # each rank's loss was world x its share of the global mean
         if not math.isfinite(loss_total):
             if bar:
                 bar.close()
@@ -590,13 +647,19 @@ def train(
                 f"training loss became {loss_total} in epoch {epoch + 1} (lr {lr0:g}){kept}. "
                 "Lower the learning rate or check the data"
             )
+        if ddp:
+            # Every rank evaluates the whole validation set with rank 0's model: DDP keeps the
+            # weights equal; BatchNorm's running statistics are made rank 0's (they differ per
+            # rank with sync_bn off). Rank 0's numbers are the ones recorded.
+            for b in model.buffers():
+                distributed.broadcast_(b)
         val_acc, val_loss = evaluate(model, d.val_x, d.val_y, cfg, amp_dtype=amp_dtype)
         row = {
             "epoch": epoch + 1,
             "lr": lr0,
             "loss_sum": loss_total,  # the seed's figure: sum of per-batch mean losses
             "loss_mean": loss_total / steps_per_epoch,
-            "train_acc": correct.item() / n,
+            "train_acc": n_correct / n,
             "val_acc": val_acc,
             "val_loss": val_loss,
             "seconds": seconds,
@@ -646,6 +709,8 @@ def train(
         "step_mode": stepper.mode,
         "graph_fallback": stepper.graph_error,
         "train_images": n,
+        "world_size": world,  # processes (GPUs) the run trained on, under torchrun
+        "batch_norm": "per rank" if ddp and not cfg.sync_bn else "global batch",
         "data": data.source,
         "torch": torch.__version__,
     }
