@@ -181,7 +181,7 @@ def run_bench(
     steady = lambda t: statistics.median(t[1:]) if len(t) > 1 else t[0]  # noqa: E731
     a_s, b_s = steady(a_times), steady(b_times)
     res = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command or " ".join(sys.argv),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "versions": {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__},

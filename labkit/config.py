@@ -134,7 +134,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
@@ -143,7 +143,7 @@ class TrainConfig:
             d["lays"] = tuple(d["lays"])
         return cls(**d)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     def identity(self) -> dict:

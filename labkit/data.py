@@ -252,7 +252,7 @@ class Dataset:
     test_y: torch.Tensor
     source: dict  # where the data came from: folder, official or not, md5 mismatches
 
-    def to(self, device: torch.device | str) -> "Dataset":
+    def to(self, device: torch.device | str) -> Dataset:
         f = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
         return Dataset(**f, source=self.source)
 

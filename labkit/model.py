@@ -88,7 +88,7 @@ class ResNet(nn.Module):
         self.in_planes = width
         self.blocks_per_stage = [int(n) + int(seed_extra_block) for n in lays]
         self.layer1, self.layer2, self.layer3, self.layer4 = (
-            self._make_layer(w, n, st) for w, n, st in zip(widths, self.blocks_per_stage, STRIDES)
+            self._make_layer(w, n, st) for w, n, st in zip(widths, self.blocks_per_stage, STRIDES, strict=True)
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)

@@ -372,7 +372,7 @@ class RunStore:
                 "config_hash": cfg.short_hash(),
                 **result.summary,
                 "wall_seconds": time.time() - t0,
-                "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "code_version": _code_version(),
             }
             atomic_write_text(d / "summary.json", json.dumps(summary, indent=2))

@@ -159,7 +159,9 @@ def assert_same_run(got: Path, want: Path) -> None:
             assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"optimizer state {i}.{k} differs"
     ra, rb = metric_rows(got), metric_rows(want)
     assert len(ra) == len(rb) == EPOCHS
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
     assert strip(ra) == strip(rb)
     ja, jb = (json.loads((d / "summary.json").read_text()) for d in (got, want))
     for k in ("final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "test_loss", "selected_epoch", "config_hash"):

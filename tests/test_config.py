@@ -211,7 +211,7 @@ def test_seed_ablations():
     configs = [seed_ablation_config(a.key) for a in SEED_ABLATIONS]
     assert len({c.short_hash() for c in configs}) == 7
     base = preset("seed")
-    for a, c in zip(SEED_ABLATIONS, configs):
+    for a, c in zip(SEED_ABLATIONS, configs, strict=True):
         differs = {k for k, v in c.to_dict().items() if base.to_dict()[k] != v}
         assert differs == set(a.changes), a.key
     tables = sorted(t for a in SEED_ABLATIONS for t in a.tables)

@@ -108,7 +108,7 @@ def _assert_close_runs(got: Path, want: Path, exact: bool = False) -> None:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     ra, rb = R.metric_rows(got), R.metric_rows(want)
     assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb] == [str(e) for e in range(1, EPOCHS + 1)]
-    for x, y in zip(ra, rb):
+    for x, y in zip(ra, rb, strict=True):
         for k in x:
             if k not in TIMING:
                 assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-5, abs=1e-6 if exact else 0.011), k
