@@ -15,7 +15,8 @@ deadline=$(( $(date +%s) + BUDGET_S ))
 exec > >(tee "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-RUNS=$($PY -c "from labkit.lab import profile; print(profile('$PROFILE').runs_dir)")
+# RUNS_DIR=/tmp/x times the whole protocol from nothing instead of finishing report/runs.
+RUNS=${RUNS_DIR:-$($PY -c "from labkit.lab import profile; print(profile('$PROFILE').runs_dir)")}
 
 echo "== $(date -u +%FT%TZ) profile $PROFILE, budget ${BUDGET_S}s, code ${LABKIT_CODE_VERSION:-?}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
@@ -34,9 +35,9 @@ fi
 
 echo "== sweep until $(date -u -d @$deadline +%TZ)"
 t=$(date +%s.%N)
-$PY -m labkit sweep --profile "$PROFILE" --seeds "$SEEDS" --data-dir "$DATA" --lanes auto --bench-json "$OUT/bench.json" \
+$PY -m labkit sweep --profile "$PROFILE" --seeds "$SEEDS" --data-dir "$DATA" --runs-dir "$RUNS" --lanes auto --bench-json "$OUT/bench.json" \
     --deadline "$deadline" --checkpoint-every 0 \
-  || { echo "== sweep failed; once more with one lane"; $PY -m labkit sweep --profile "$PROFILE" --seeds "$SEEDS" --data-dir "$DATA" --lanes 1 --deadline "$deadline" --checkpoint-every 0; }
+  || { echo "== sweep failed; once more with one lane"; $PY -m labkit sweep --profile "$PROFILE" --seeds "$SEEDS" --data-dir "$DATA" --runs-dir "$RUNS" --lanes 1 --deadline "$deadline" --checkpoint-every 0; }
 echo "sweep wall time $(awk "BEGIN{print $(date +%s.%N) - $t}") s"
 
 $PY -m labkit runs --runs-dir "$RUNS" > "$OUT/runs.txt"
