@@ -117,7 +117,12 @@ def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 3) ->
     def after_epoch(i: int, history: list[dict]) -> None:
         if len(history) == 1:
             torch.cuda.current_stream().synchronize()
-            barrier.wait()
+            # Wait off the gate: a lane still to capture its graph needs every other lane out.
+            GPU_GATE.leave()
+            try:
+                barrier.wait()
+            finally:
+                GPU_GATE.enter()
 
     def one(i: int) -> None:
         try:
