@@ -28,7 +28,7 @@ echo "data ready in $(awk "BEGIN{print $(date +%s.%N) - $t}") s"
 
 echo "== bench"
 if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  $PY -m labkit bench --data-dir "$DATA" --epochs 3 --probe-lanes 2 3 --out "$OUT/bench.json"
+  $PY -m labkit bench --data-dir "$DATA" --epochs 3 --probe-lanes 2 3 --compile "${COMPILE:-default}" --out "$OUT/bench.json"
 else
   $PY -m labkit bench --cpu-check --out "$OUT/bench.json"
 fi

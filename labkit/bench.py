@@ -174,9 +174,12 @@ def run_bench(
     workers: int = 8,
     cfg: TrainConfig | None = None,
     command: str = "",
+    compile_mode: str = "",
 ) -> dict:
     device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else ("cpu" if device_name == "auto" else device_name))
     cfg = (cfg or SEED).replace(device=device.type)
+    if compile_mode:
+        cfg.replace(compile=compile_mode)  # a bad mode fails now, not after the seed recipe's epochs
     n = len(data.train_y) if not cfg.train_subset else min(cfg.train_subset, len(data.train_y))
     flops = flops_per_image(build_model(cfg))
     peak = bf16_peak_tflops(device)
@@ -213,7 +216,20 @@ def run_bench(
         },
         "speedup": a_s / b_s,
     }
-    for side in ("seed_recipe", "labkit"):
+    if compile_mode:
+        c_times, c_summary = labkit_epoch_times(cfg.replace(compile=compile_mode), data, epochs)
+        c_s = steady(c_times)
+        res["labkit_compiled"] = {
+            "compile": compile_mode,
+            "epoch_seconds": c_times,  # the first includes compiling
+            "steady_epoch_seconds": c_s,
+            "images_per_s": n / c_s,
+            "precision": c_summary["precision"],
+            "step_mode": c_summary["step_mode"],
+            "graph_fallback": c_summary["graph_fallback"],
+        }
+        res["speedup_compiled"] = a_s / c_s
+    for side in [k for k in ("seed_recipe", "labkit", "labkit_compiled") if k in res]:
         tflops = flops * res[side]["images_per_s"] / 1e12
         res[side]["achieved_tflops"] = tflops
         res[side]["share_of_bf16_peak"] = tflops / peak if peak else None
@@ -226,10 +242,19 @@ def format_bench(res: dict) -> str:
         f"device {res['device']}  data: {res['data']}  batch {res['batch_size']}  {res['train_images_per_epoch']} images/epoch",
         f"{'':12s} {'s/epoch':>9s} {'img/s':>9s} {'TFLOP/s':>9s} {'of peak':>8s}",
     ]
-    for name, s in (("seed recipe", a), ("labkit", b)):
+    sides = [("seed recipe", a), ("labkit", b)]
+    if "labkit_compiled" in res:
+        sides.append(("+compile", res["labkit_compiled"]))
+    for name, s in sides:
         share = f"{100 * s['share_of_bf16_peak']:.1f}%" if s["share_of_bf16_peak"] else "-"
         lines.append(f"{name:12s} {s['steady_epoch_seconds']:9.3f} {s['images_per_s']:9.0f} {s['achieved_tflops']:9.2f} {share:>8s}")
     lines.append(f"speedup labkit / seed recipe: {res['speedup']:.2f}x  (labkit step: {b['step_mode']})")
+    if "speedup_compiled" in res:
+        c = res["labkit_compiled"]
+        lines.append(
+            f"speedup labkit+compile({c['compile']}) / seed recipe: {res['speedup_compiled']:.2f}x  "
+            f"(first epoch with compiling: {c['epoch_seconds'][0]:.1f}s)"
+        )
     for p in res.get("lanes", []):
         lines.append(f"  {p['lanes']} lane(s) side by side: " + (f"{p['total_images_per_s']:.0f} img/s in total" if "error" not in p else p["error"]))
     return "\n".join(lines)
@@ -245,11 +270,15 @@ def main_bench(args) -> int:
         make_synthetic_cifar10(tmp, per_batch=128)
         data = load_cifar10(tmp, "seed", allow_download=False)
         cfg = SEED.replace(width=8, batch_size=64)
-        res = run_bench(data, epochs=2, device_name="cpu", workers=0, cfg=cfg, command=" ".join(sys.argv))
+        res = run_bench(
+            data, epochs=2, device_name="cpu", workers=0, cfg=cfg, command=" ".join(sys.argv), compile_mode=args.compile
+        )
         res["note"] = "CPU check of the benchmark code on synthetic data and a width-8 net; not a speed figure"
     else:
         data = load_cifar10(args.data_dir, "seed")
-        res = run_bench(data, epochs=args.epochs, workers=args.workers, command=" ".join(sys.argv))
+        res = run_bench(
+            data, epochs=args.epochs, workers=args.workers, command=" ".join(sys.argv), compile_mode=args.compile
+        )
     save = lambda: args.out and Path(args.out).write_text(json.dumps(res, indent=2))  # noqa: E731
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,11 @@ def cmd_sweep(args) -> int:
     from .sweep import sweep
 
     lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False)
-    jobs = [(name, cfg) for nb, name, cfg in plan(args.profile, args.seeds) if not args.only or nb in args.only.split(",")]
+    jobs = [
+        (name, cfg.replace(compile=args.compile) if args.compile else cfg)
+        for nb, name, cfg in plan(args.profile, args.seeds)
+        if not args.only or nb in args.only.split(",")
+    ]
     deadline = args.deadline or (time.time() + args.budget_s if args.budget_s else None)
     lanes, rate_guess = (1 if args.lanes == "auto" else int(args.lanes)), args.rate_guess
     if args.bench_json:
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs per side; the first is a warm-up")
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers for the seed recipe")
     p.add_argument("--cpu-check", action="store_true", help="tiny synthetic run on the CPU (checks the code, not speed)")
+    p.add_argument("--compile", default="", help="also time labkit's path under torch.compile with this mode, e.g. default")
     p.add_argument("--probe-lanes", type=int, nargs="*", default=[], help="also time N runs side by side, e.g. 2 3")
     p.add_argument("--out", help="write the JSON result here")
     p.set_defaults(fn=lambda a: __import__("labkit.bench", fromlist=["main_bench"]).main_bench(a))
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0 = end only)")
     p.add_argument("--workers", type=int, default=0,
                    help="worker processes sharing the jobs, each on one GPU (round-robin) with --lanes lanes; 0 = this process")
+    p.add_argument("--compile", default="", help="torch.compile mode for every run (an execution setting: same run ids)")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("lab", help="run the lab's notebooks with papermill and export the report (HTML + PDF)")

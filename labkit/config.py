@@ -37,12 +37,14 @@ SPLITS = ("seed", "full")
 NORMS = ("seed", "dataset")
 STEMS = ("3x3", "7x7")
 SELECTS = ("last", "best_val")
+# torch.compile modes that leave CUDA graphs to labkit's own capture of the step.
+COMPILE_MODES = ("", "default", "max-autotune-no-cudagraphs")
 
 # Fields that change how fast a run goes but not what it computes (up to float rounding):
 # left out of the run's identity, so a run trained on a GPU is found again on a CPU.
 # sync_bn is here too: it changes nothing in one process, and with it on a run over several
 # processes computes what one process would (BatchNorm over the global batch).
-EXECUTION_FIELDS = ("device", "precision", "channels_last", "cuda_graphs", "sync_bn")
+EXECUTION_FIELDS = ("device", "precision", "channels_last", "cuda_graphs", "sync_bn", "compile")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class TrainConfig:
     channels_last: bool = True
     cuda_graphs: bool = True  # capture the training step on CUDA
     sync_bn: bool = True  # under torchrun: BatchNorm statistics over the global batch (False: per rank)
+    compile: str = ""  # torch.compile mode of the training step: "" (off) | "default" | "max-autotune-no-cudagraphs"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -97,6 +100,7 @@ class TrainConfig:
         _one_of("norm", c.norm, NORMS)
         _one_of("stem", c.stem, STEMS)
         _one_of("select", c.select, SELECTS)
+        _one_of("compile", c.compile, COMPILE_MODES)
         if len(c.lays) != 4 or any(n < 1 for n in c.lays):
             raise ConfigError(f"lays must be four positive ints (blocks per stage), got {list(c.lays)}")
         _positive("width", c.width)

@@ -153,7 +153,7 @@ def test_short_hash():
     assert a.short_hash() == b.short_hash()
     assert len(a.short_hash()) == 10
     assert TrainConfig(lr=1).short_hash() == TrainConfig(lr=1.0).short_hash()
-    execution = {"device": "cpu", "precision": "fp32", "channels_last": False, "cuda_graphs": False, "sync_bn": False}
+    execution = {"device": "cpu", "precision": "fp32", "channels_last": False, "cuda_graphs": False, "sync_bn": False, "compile": "default"}
     assert set(execution) == set(EXECUTION_FIELDS)
     assert a.replace(**execution).short_hash() == a.short_hash()
     for k, v in execution.items():

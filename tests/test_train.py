@@ -280,3 +280,14 @@ def test_init_state(synth_data, tiny_config):
     assert torch.allclose(child.model.fc.weight, parent.model.fc.weight, atol=1e-6)
     fresh = train(cfg.replace(lr=1e-12), synth_data, progress=False, log=None)
     assert not torch.allclose(fresh.model.fc.weight, parent.model.fc.weight, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_like_the_eager_one(tiny_data, tiny_config):
+    """torch.compile (an execution setting) changes how the step runs, not what it computes:
+    same run id, and after an epoch the loss agrees with the eager run's to rounding."""
+    eager = T.train(tiny_config(epochs=1), tiny_data, progress=False, log=None)
+    compiled = T.train(tiny_config(epochs=1, compile="default"), tiny_data, progress=False, log=None)
+    assert tiny_config(compile="default").short_hash() == tiny_config().short_hash()
+    assert compiled.summary["compile"] == "default"
+    assert compiled.history[0]["loss_sum"] == pytest.approx(eager.history[0]["loss_sum"], rel=1e-3)
