@@ -26,6 +26,9 @@ echo "== data: CIFAR-10 stand-in (JPEG re-encoded) into $DATA"
 t=$(date +%s.%N); $PY .device/cifar10/make_batches.py "$DATA" >/dev/null || exit 1
 echo "data ready in $(awk "BEGIN{print $(date +%s.%N) - $t}") s"
 
+echo "== GPU tests (graphed step, lanes, compile)"
+$PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
+
 echo "== bench"
 if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   $PY -m labkit bench --data-dir "$DATA" --epochs 3 --probe-lanes 2 3 --compile "${COMPILE:-default}" --out "$OUT/bench.json"

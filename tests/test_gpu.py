@@ -1,0 +1,59 @@
+"""Checks that need a CUDA GPU: the graphed step, runs side by side, compile. Skipped without one.
+
+Run them on a GPU machine with `python -m pytest -q -m gpu` (benchmarks/gpu_lab.sh does).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from labkit.runs import RunStore
+from labkit.sweep import sweep
+
+T = importlib.import_module("labkit.train")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _cfg(tiny_config, **changes):
+    # batch 48 leaves a partial last batch (400 images), so the eager tail step runs too
+    return tiny_config(device="cuda", batch_size=48, channels_last=True, **changes)
+
+
+def test_graphed_step_trains_like_the_eager_step(tiny_data, tiny_config):
+    graphed = T.train(_cfg(tiny_config, epochs=2), tiny_data, progress=False, log=None)
+    eager = T.train(_cfg(tiny_config, epochs=2, cuda_graphs=False), tiny_data, progress=False, log=None)
+    assert graphed.summary["step_mode"] == "cuda_graph", graphed.summary["graph_fallback"]
+    assert eager.summary["step_mode"] == "eager"
+    # Same data, same seeds; cuDNN may pick other algorithms, so equal up to bf16 rounding.
+    for g, e in zip(graphed.history, eager.history, strict=True):
+        assert g["loss_sum"] == pytest.approx(e["loss_sum"], rel=0.05)
+    assert graphed.history[-1]["loss_sum"] < graphed.history[0]["loss_sum"]
+
+
+def test_dropout_runs_eagerly_on_cuda(tiny_data, tiny_config):
+    r = T.train(_cfg(tiny_config, epochs=1, dropout=0.4), tiny_data, progress=False, log=None)
+    assert r.summary["step_mode"] == "eager"
+    assert r.history[0]["loss_sum"] == r.history[0]["loss_sum"]  # finite, not NaN
+
+
+def test_two_lanes_capture_graphs_side_by_side(tmp_path, tiny_data, tiny_config):
+    store = RunStore(tmp_path / "runs")
+    jobs = [(f"lane-{i}", _cfg(tiny_config, epochs=2, lr=1e-3 * (i + 1))) for i in range(4)]
+    done = sweep(jobs, store, lambda split, val: tiny_data, lanes=2, log=None)
+    assert [j.status for j in done] == ["done"] * 4, [j.error for j in done]
+    for name, cfg in jobs:
+        s = store.find(cfg, name).summary
+        assert s["step_mode"] == "cuda_graph", s["graph_fallback"]
+
+
+def test_compiled_step_is_captured(tiny_data, tiny_config):
+    r = T.train(_cfg(tiny_config, epochs=1, compile="default"), tiny_data, progress=False, log=None)
+    assert r.summary["compile"] == "default"
+    assert r.summary["step_mode"] == "cuda_graph", r.summary["graph_fallback"]
