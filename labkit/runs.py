@@ -53,20 +53,9 @@ def default_runs_dir() -> Path:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Temp file in the same folder, fsync, rename: readers see the old file or the new one."""
-    from .train import _fsync_dir
+    from .train import atomic_write
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _code_version() -> str:

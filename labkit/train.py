@@ -225,36 +225,50 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] | None = None) -> None:
+    """`write(f)` into a temp file in the same folder, fsync, rename: readers see the old
+    file or the new one, never half of one; a failed write leaves no temp file behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: never half a file.
+    """Write a checkpoint atomically (atomic_write).
 
     keep_previous: first keep the checkpoint being replaced as `previous_checkpoint(path)`,
     the fallback when `path` is later found corrupted. It is hard-linked and renamed into
     place, so `path` itself always holds a complete checkpoint, whenever a kill lands.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+    prev = previous_checkpoint(path)
+    link = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
+
+    def keep() -> None:
         if keep_previous and path.is_file():
-            prev = previous_checkpoint(path)
-            link = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
             link.unlink(missing_ok=True)
             try:
                 os.link(path, link)
             except OSError:  # a filesystem without hard links: copy
                 shutil.copyfile(path, link)
             os.replace(link, prev)
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, lambda f: torch.save(state, f), keep)
     except BaseException:
-        tmp.unlink(missing_ok=True)
-        if keep_previous:
-            previous_checkpoint(path).with_name(f".{previous_checkpoint(path).name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+        link.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
 
 
 def _archive_problem(path: Path) -> str | None:
