@@ -69,9 +69,12 @@ def make_data(root: Path) -> Path:
     return root
 
 
-def start(args: list[str], log: Path, cwd: Path) -> subprocess.Popen:
+def start(args: list[str], log: Path, cwd: Path, new_session: bool = False) -> subprocess.Popen:
+    """new_session: its own process session, so one kill reaches it and all its children."""
     f = open(log, "w")  # noqa: SIM115 (closed by finish or kill)
-    p = subprocess.Popen(args, cwd=cwd, env=env(), stdout=f, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        args, cwd=cwd, env=env(), stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=new_session
+    )
     p._log_file = f  # closed by finish()
     return p
 

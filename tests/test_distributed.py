@@ -55,18 +55,8 @@ def _train_args(runs: Path, data: Path, procs: int) -> list[str]:
 
 
 def _start(args: list[str], log: Path, cwd: Path) -> subprocess.Popen:
-    f = open(log, "w")  # noqa: SIM115 (closed after the process ends)
     # Its own session: a kill reaches torchrun and both ranks at once.
-    p = subprocess.Popen(args, cwd=cwd, env=R.env(), stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    p._log_file = f
-    return p
-
-
-def _finish(p: subprocess.Popen, timeout: float = 180) -> int:
-    try:
-        return p.wait(timeout=timeout)
-    finally:
-        p._log_file.close()
+    return R.start(args, log, cwd, new_session=True)
 
 
 def _kill_all(p: subprocess.Popen) -> None:
@@ -90,7 +80,7 @@ def _kill_all(p: subprocess.Popen) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _finish(p)
+    R.finish(p, timeout=180)
 
 
 def _run_dir(runs: Path) -> Path:
@@ -123,8 +113,8 @@ def lab(tmp_path_factory):
     R.make_data(tmp / "data")
     one = _start(_train_args(tmp / "one", tmp / "data", 1), tmp / "one.log", tmp)
     two = _start(_train_args(tmp / "two", tmp / "data", 2), tmp / "two.log", tmp)
-    assert _finish(one) == 0, (tmp / "one.log").read_text()
-    assert _finish(two) == 0, (tmp / "two.log").read_text()
+    assert R.finish(one, timeout=180) == 0, (tmp / "one.log").read_text()
+    assert R.finish(two, timeout=180) == 0, (tmp / "two.log").read_text()
     return tmp
 
 
@@ -144,7 +134,7 @@ def test_two_processes_killed_then_resumed(lab, tmp_path):
     _kill_all(p)
     assert not (d / "summary.json").exists(), "finished before the kill: nothing was resumed"
     again = _start(_train_args(tmp_path / "runs", lab / "data", 2), tmp_path / "again.log", tmp_path)
-    assert _finish(again) == 0, (tmp_path / "again.log").read_text()
+    assert R.finish(again, timeout=180) == 0, (tmp_path / "again.log").read_text()
     log = (tmp_path / "again.log").read_text()
     assert "resumed from" in log and 0 < len(R.epoch_lines(log)) < EPOCHS, log
     _assert_close_runs(d, _run_dir(lab / "two"), exact=True)  # the uninterrupted 2-process run, bit for bit
