@@ -90,45 +90,72 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    import json
     import time
 
     from .lab import Lab, plan
-    from .sweep import sweep
+    from .runs import atomic_write_text
+    from .sweep import execution_from_bench, sweep, sweep_record
 
-    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False)
-    jobs = [
-        (name, cfg.replace(compile=args.compile) if args.compile else cfg)
-        for nb, name, cfg in plan(args.profile, args.seeds)
-        if not args.only or nb in args.only.split(",")
-    ]
-    deadline = args.deadline or (time.time() + args.budget_s if args.budget_s else None)
-    lanes, rate_guess = (1 if args.lanes == "auto" else int(args.lanes)), args.rate_guess
-    if args.bench_json:
-        import json
-
-        b = json.loads(open(args.bench_json).read())
-        probes = [p for p in b.get("lanes", []) if "error" not in p]
-        if args.lanes == "auto" and probes:
-            best = max(probes, key=lambda p: p["total_images_per_s"])
-            lanes = best["lanes"] if best["total_images_per_s"] > 1.1 * probes[0]["total_images_per_s"] else 1
-        per_lane = next((p["total_images_per_s"] / p["lanes"] for p in probes if p["lanes"] == lanes), b["labkit"]["images_per_s"])
-        rate_guess = rate_guess or per_lane * b["train_gflop_per_image"]
-        print(f"sweep: {lanes} lane(s), {rate_guess:.0f} GFLOP/s per lane expected (from {args.bench_json})")
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0 = this process), got {args.workers}")
+    if args.lanes != "auto" and not (args.lanes.isdigit() and int(args.lanes) >= 1):
+        raise ConfigError(f"--lanes must be a positive int or 'auto', got {args.lanes!r}")
+    if "auto" in (args.lanes, args.compile) and not args.bench_json:
+        raise ConfigError("--lanes auto and --compile auto choose from a benchmark: give --bench-json")
+    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False)
+    rows = plan(args.profile, args.seeds, protocol=args.protocol)
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {nb for nb, _, _ in rows})
+        if unknown:
+            raise ConfigError(f"--only: no planned runs in {unknown}; notebooks: {sorted({nb for nb, _, _ in rows})}")
+        rows = [r for r in rows if r[0] in wanted]
+    lanes = 1 if args.lanes == "auto" else int(args.lanes)
+    mode = "" if args.compile == "auto" else args.compile
+    rate_guess = args.rate_guess
+    if args.bench_json:
+        try:
+            bench = json.loads(Path(args.bench_json).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--bench-json {args.bench_json}: cannot read it ({e})") from None
+        epochs = max(cfg.epochs for _, _, cfg in rows) if rows else 30
+        chosen = execution_from_bench(bench, epochs=min(epochs, 30))
+        if args.lanes == "auto":
+            lanes = chosen["lanes"]
+        if args.compile == "auto":
+            mode = chosen["compile"]
+        rate_guess = rate_guess or chosen["rate_gflops"]
+        print(f"sweep: {lanes} lane(s), compile {mode or 'off'}; bench says {chosen['why']} (from {args.bench_json})")
+    jobs = [(name, cfg.replace(compile=mode) if mode else cfg) for _, name, cfg in rows]
+    deadline = args.deadline or (time.time() + args.budget_s if args.budget_s else None)
     t0 = time.time()
-    done = sweep(
-        jobs,
-        lab.store,
-        lab.data,
-        lanes=lanes,
-        deadline=deadline,
-        rate_guess=rate_guess,
-        checkpoint_every=args.checkpoint_every,
-        workers=args.workers,
-    )
+    done = []
+    try:
+        done = sweep(
+            jobs,
+            lab.store,
+            lab.data,
+            lanes=lanes,
+            deadline=deadline,
+            rate_guess=rate_guess,
+            checkpoint_every=args.checkpoint_every,
+            workers=args.workers,
+        )
+    finally:
+        wall = time.time() - t0
+        if args.timing_json and done:
+            rec = sweep_record(
+                done, lab.store, wall, command=" ".join(sys.argv), profile=args.profile, protocol=args.protocol,
+                seeds=args.seeds or lab.profile.seeds, lanes=lanes, workers=args.workers, compile=mode or "off",
+                data_dir=args.data_dir,
+            )
+            Path(args.timing_json).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(args.timing_json), json.dumps(rec, indent=2))
     counts = {s: sum(j.status == s for j in done) for s in ("done", "cached", "skipped", "stopped", "failed")}
-    print(f"sweep: {len(done)} jobs in {time.time() - t0:.1f}s wall: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"sweep: {len(done)} jobs in {wall:.1f}s wall: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if args.timing_json:
+        print(f"wrote {args.timing_json}")
     return 1 if counts["failed"] else 0
 
 
@@ -231,15 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", help="default: the profile's run store")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: the profile's)")
     p.add_argument("--only", help="comma-separated notebooks to include, e.g. 04_ablations,05_final")
-    p.add_argument("--lanes", default="1", help="runs side by side on each GPU, or 'auto' (best of --bench-json's probe)")
-    p.add_argument("--bench-json", help="a `labkit bench` result: gives --rate-guess and --lanes auto")
+    p.add_argument("--protocol", default="lab", choices=["lab", "seed"],
+                   help="lab: every planned run; seed: the seed report's protocol only (ablations, final, depths; no modern)")
+    p.add_argument("--lanes", default="1", help="runs side by side on each GPU, or 'auto' (from --bench-json)")
+    p.add_argument("--bench-json", help="a `labkit bench` result: gives --rate-guess, --lanes auto and --compile auto")
     p.add_argument("--deadline", type=float, help="unix time by which every run must end")
     p.add_argument("--budget-s", type=float, help="seconds from now by which every run must end")
     p.add_argument("--rate-guess", type=float, help="GFLOP/s of one lane, until a run has measured it")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0 = end only)")
     p.add_argument("--workers", type=int, default=0,
                    help="worker processes sharing the jobs, each on one GPU (round-robin) with --lanes lanes; 0 = this process")
-    p.add_argument("--compile", default="", help="torch.compile mode for every run (an execution setting: same run ids)")
+    p.add_argument("--compile", default="",
+                   help="torch.compile mode for every run (an execution setting: same run ids), or 'auto' (from --bench-json)")
+    p.add_argument("--timing-json", help="write the sweep's wall time and every run's time here (JSON)")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("lab", help="run the lab's notebooks with papermill and export the report (HTML + PDF)")

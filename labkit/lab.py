@@ -28,7 +28,9 @@ from .config import (
 from .data import Dataset, load_cifar10
 from .runs import Run, RunStore
 
-__all__ = ["PROFILES", "Profile", "profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "Lab"]
+__all__ = [
+    "PROFILES", "PROTOCOLS", "Profile", "profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "Lab",
+]
 
 
 @dataclass(frozen=True)
@@ -130,13 +132,27 @@ def modern_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
     return [("modern", MODERN.replace(seed=s)) for s in range(seeds)]
 
 
-def plan(profile_name: str, seeds: int | None = None) -> list[tuple[str, str, TrainConfig]]:
+PROTOCOLS = ("lab", "seed")
+
+
+def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> list[tuple[str, str, TrainConfig]]:
     """Every run of the lab as (notebook, run name, config), most needed first.
 
     Seed 0 of every run first (so every notebook has evidence), then the ablations'
-    further seeds, then those of the modern and final runs.
+    further seeds, then those of the modern and final runs. protocol "seed" keeps the seed
+    report's own experiments (ablations, final, depths) and leaves out labkit's modern runs:
+    what the whole-protocol wall time is measured on.
     """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    rows = _plan(profile_name, seeds)
+    return [r for r in rows if r[1] != "modern"] if protocol == "seed" else rows
+
+
+def _plan(profile_name: str, seeds: int | None) -> list[tuple[str, str, TrainConfig]]:
     p = profile(profile_name)
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise ConfigError(f"seeds must be a positive int (runs per configuration), got {seeds!r}")
     n = p.seeds if seeds is None else seeds
     rows: list[tuple[str, str, TrainConfig]] = []
     for s in range(n):

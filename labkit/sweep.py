@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import Dataset
 from .model import build_model, flops_per_image
 from .runs import RunStore
 
-__all__ = ["Job", "sweep", "Deadline"]
+__all__ = ["Job", "sweep", "Deadline", "execution_from_bench", "sweep_record"]
 
 
 class Deadline(Exception):
@@ -273,3 +273,97 @@ def _sweep_workers(todo, store, data, workers, lanes, deadline, rate_guess, chec
         if j.status in ("pending", "running") and taken[i]:
             j.status, j.error = "failed", "its worker process died"
     return todo
+
+
+# ---------------------------------------------------------------------------------------
+# Choosing how to run, from a benchmark; recording what a sweep took
+# ---------------------------------------------------------------------------------------
+
+
+def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -> dict:
+    """Lanes and compile mode for a sweep of `epochs`-epoch runs, from a `labkit bench` result.
+
+    Two ways to beat one plain lane, each measured against one plain lane by the bench:
+    runs side by side (its lanes probe: total images/s of k lanes over 1 lane), or one lane
+    under torch.compile (its steady epoch, plus the compile warm-up spread over `epochs`,
+    since every run compiles anew). The faster wins if it gains at least `min_gain`; they are
+    not combined, because the probe measured lanes uncompiled.
+
+    Returns {"lanes", "compile", "rate_gflops" (one lane, for skipping at a deadline), "why"}.
+    """
+    try:
+        n = bench["train_images_per_epoch"]
+        gflop = bench["train_gflop_per_image"]
+        plain = bench["labkit"]
+        plain_s, plain_first = plain["steady_epoch_seconds"], plain["epoch_seconds"][0]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ConfigError(f"not a `labkit bench` result: missing {e}") from None
+    options = [(1.0, 1, "", n / plain_s, "one lane, no compile")]
+    probes = {p["lanes"]: p for p in bench.get("lanes", []) if "error" not in p and "total_images_per_s" in p}
+    if 1 in probes:
+        for k, p in probes.items():
+            if k > 1:
+                gain = p["total_images_per_s"] / probes[1]["total_images_per_s"]
+                per_lane = n / plain_s * gain / k
+                options.append((gain, k, "", per_lane, f"{k} lanes: {gain:.2f}x one lane (bench lanes probe)"))
+    c = bench.get("labkit_compiled")
+    if c and c.get("step_mode") == plain.get("step_mode"):
+        extra_warmup = max(0.0, (c["epoch_seconds"][0] - c["steady_epoch_seconds"]) - (plain_first - plain_s))
+        per_epoch = c["steady_epoch_seconds"] + extra_warmup / epochs
+        gain = plain_s / per_epoch
+        options.append(
+            (gain, 1, c["compile"], n / c["steady_epoch_seconds"],
+             f"compile {c['compile']}: {gain:.2f}x one lane over {epochs} epochs ({extra_warmup:.0f}s extra warm-up a run)")
+        )
+    best = max(options[1:], key=lambda o: o[0], default=options[0])
+    if best[0] < min_gain:
+        why = "one lane, no compile: " + (
+            "nothing measured beats it" if len(options) == 1 else f"best option gains only {best[0]:.2f}x ({best[4]})"
+        )
+        best = options[0][:4] + (why,)
+    gain, lanes, mode, images_per_s, why = best
+    return {"lanes": lanes, "compile": mode, "rate_gflops": images_per_s * gflop, "why": why}
+
+
+def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) -> dict:
+    """What a sweep took, run by run, as JSON-able data: the whole-lab wall time record.
+
+    `from_nothing` is true only when no run came from the store and none was skipped or
+    stopped: then `wall_seconds` is the time of the whole plan from nothing.
+    """
+    import datetime as _dt
+    import platform
+
+    from .runs import _code_version
+
+    rows = []
+    for j in done:
+        r = store.find(j.cfg, j.name)
+        s = (r.summary or {}) if r is not None and r.finished else {}
+        rows.append({
+            "run": store.run_id(j.cfg, j.name), "name": j.name, "seed": j.cfg.seed, "epochs": j.cfg.epochs,
+            "status": j.status, "seconds": round(j.seconds, 3), "lane": j.lane, "worker": j.worker,
+            "train_seconds": s.get("train_seconds"), "step_mode": s.get("step_mode"),
+            "final_val_acc": _finite(s.get("final_val_acc")), "test_acc": _finite(s.get("test_acc")),
+            "error": j.error or None,
+        })
+    counts = {k: sum(j.status == k for j in done) for k in ("done", "cached", "skipped", "stopped", "failed")}
+    cuda = torch.cuda.is_available()
+    return {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "gpus": torch.cuda.device_count() if cuda else 0,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "code_version": _code_version(),
+        **meta,
+        "wall_seconds": round(wall_seconds, 3),
+        "counts": counts,
+        "from_nothing": counts["done"] == len(done),
+        "train_seconds_sum": round(sum(r["train_seconds"] or 0.0 for r in rows if r["status"] == "done"), 3),
+        "jobs": rows,
+    }
+
+
+def _finite(x):
+    """None for a missing or NaN number (strict JSON has no NaN)."""
+    return None if x is None or x != x else x

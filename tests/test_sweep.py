@@ -1,13 +1,20 @@
-"""labkit.sweep and the GPU gate that lets runs share a GPU from threads (logic, on the CPU)."""
+"""labkit.sweep, the GPU gate that lets runs share a GPU from threads, choosing lanes/compile
+from a benchmark, and the sweep's timing record (logic, on the CPU)."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 
-from labkit.config import preset
+import pytest
+
+from labkit.cli import main
+from labkit.config import ConfigError, preset
+from labkit.lab import plan
 from labkit.runs import RunStore
-from labkit.sweep import sweep
+from labkit.sweep import execution_from_bench, sweep
 from labkit.train import _GpuGate
 
 
@@ -78,3 +85,111 @@ def test_sweep_skips_what_cannot_finish_by_the_deadline(tmp_path, tiny_data):
     done = sweep([("slow", cfg)], store, lambda split, val: tiny_data, deadline=time.time() + 5, rate_guess=0.01, log=None)
     assert done[0].status == "skipped"
     assert store.find(cfg, "slow") is None or not store.find(cfg, "slow").finished
+
+
+# -- choosing lanes / compile from a benchmark ----------------------------------------------
+
+
+
+def _bench(plain=(2.0, 1.0), compiled=None, probes=(), step_mode="cuda_graph"):
+    b = {
+        "train_images_per_epoch": 40000,
+        "train_gflop_per_image": 5.0,
+        "labkit": {"epoch_seconds": [plain[0], plain[1], plain[1]], "steady_epoch_seconds": plain[1], "step_mode": "cuda_graph"},
+    }
+    if compiled:
+        first, steady = compiled
+        b["labkit_compiled"] = {"compile": "default", "epoch_seconds": [first, steady, steady],
+                                "steady_epoch_seconds": steady, "step_mode": step_mode}
+    if probes:
+        b["lanes"] = [{"lanes": k, "total_images_per_s": v} for k, v in probes]
+    return b
+
+
+def test_bench_without_options_gives_one_plain_lane():
+    e = execution_from_bench(_bench())
+    assert (e["lanes"], e["compile"]) == (1, "")
+    assert e["rate_gflops"] == pytest.approx(40000 / 1.0 * 5.0)
+
+
+def test_lanes_win_when_the_probe_shows_a_gain():
+    e = execution_from_bench(_bench(probes=[(1, 1000.0), (2, 1300.0), (3, 1250.0)]))
+    assert (e["lanes"], e["compile"]) == (2, "")
+    assert e["rate_gflops"] == pytest.approx(40000 * 1.3 / 2 * 5.0)  # one lane's share
+    assert "2 lanes" in e["why"]
+
+
+def test_compile_wins_when_its_warm_up_is_repaid():
+    # 0.6 s steady against 1.0, 20 s extra warm-up over 30 epochs: 1/(0.6+0.67) = 0.79x -> loses
+    assert execution_from_bench(_bench(compiled=(21.6, 0.6)), epochs=30)["compile"] == ""
+    # 5 s extra warm-up: 1/(0.6+0.17) = 1.3x -> wins, and beats 2 lanes at 1.2x
+    e = execution_from_bench(_bench(compiled=(6.6, 0.6), probes=[(1, 1000.0), (2, 1200.0)]), epochs=30)
+    assert (e["lanes"], e["compile"]) == (1, "default")
+    assert e["rate_gflops"] == pytest.approx(40000 / 0.6 * 5.0)
+
+
+def test_small_gains_and_other_step_modes_are_not_taken():
+    assert execution_from_bench(_bench(probes=[(1, 1000.0), (2, 1050.0)]))["lanes"] == 1
+    # a compiled step that fell back to eager is another thing than the graphed step: ignored
+    assert execution_from_bench(_bench(compiled=(1.1, 0.5), step_mode="eager"))["compile"] == ""
+    # probe lanes that failed are ignored
+    e = execution_from_bench({**_bench(probes=[(1, 1000.0)]), "lanes": [{"lanes": 1, "total_images_per_s": 1.0},
+                                                                         {"lanes": 2, "error": "boom"}]})
+    assert e["lanes"] == 1
+
+
+def test_a_file_that_is_not_a_bench_result_is_named():
+    with pytest.raises(ConfigError, match="not a `labkit bench` result.*labkit"):
+        execution_from_bench({"train_images_per_epoch": 1, "train_gflop_per_image": 1})
+
+
+def test_seed_protocol_leaves_out_only_the_modern_runs():
+    lab, seed = plan("full", 3), plan("full", 3, protocol="seed")
+    assert [r for r in lab if r[1] != "modern"] == seed
+    assert len(lab) - len(seed) == 3 and {r[1] for r in seed} >= {"final", "depth-2-seed", "ablation-baseline"}
+    with pytest.raises(ConfigError, match="protocol"):
+        plan("full", 1, protocol="everything")
+    with pytest.raises(ConfigError, match="seeds must be a positive int"):
+        plan("full", 0)
+
+
+# -- the sweep's timing record (CLI) --------------------------------------------------------
+
+
+def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", "--profile", "smoke", "--seeds", "1", "--only", "03_depth_limit", "--protocol", "seed",
+            "--checkpoint-every", "0", "--timing-json", "t1.json"]
+    assert main(args) == 0
+    rec = json.loads((tmp_path / "t1.json").read_text())
+    assert rec["from_nothing"] is True and rec["counts"]["done"] == 4
+    assert rec["protocol"] == "seed" and rec["profile"] == "smoke" and rec["compile"] == "off"
+    assert {j["name"] for j in rec["jobs"]} == {"depth-2-seed", "depth-2-corrected", "depth-3-seed", "depth-3-corrected"}
+    for j in rec["jobs"]:
+        assert j["status"] == "done" and 0 < j["train_seconds"] <= j["seconds"] <= rec["wall_seconds"]
+        assert 0.0 <= j["test_acc"] <= 1.0 and j["run"].startswith(j["name"] + "-")
+    assert rec["date"] and rec["device"].startswith("cpu") and "torch" in rec["versions"]
+    # again: every run comes from the store, so the record says it is no whole-plan time
+    assert main(args[:-1] + ["t2.json"]) == 0
+    rec2 = json.loads((tmp_path / "t2.json").read_text())
+    assert rec2["from_nothing"] is False and rec2["counts"]["cached"] == 4
+    assert "wrote t2.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lanes", "auto"], "give --bench-json"),
+        (["--compile", "auto"], "give --bench-json"),
+        (["--lanes", "0"], "--lanes must be a positive int"),
+        (["--only", "04_ablation"], "no planned runs in \\['04_ablation'\\]"),
+        (["--compile", "fastest"], "compile must be one of"),
+        (["--seeds", "0"], "seeds must be a positive int"),
+        (["--bench-json", "missing.json"], "missing.json: cannot read it"),
+    ],
+)
+def test_sweep_rejects_bad_options_before_training(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--profile", "smoke", *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "build").exists()  # nothing trained, nothing written
