@@ -75,6 +75,7 @@ class TrainConfig:
     train_subset: int = 0  # first N training images only (0 = all); quick/smoke profiles
     norm: str = "seed"  # "seed" constants | "dataset" constants
     augment: bool = True  # random crop 32 pad 4 + horizontal flip
+    cutout: int = 0  # side of a square set to the mean colour in every training image (0 = off)
     # evaluation
     select: str = "last"  # which epoch's weights give the test number: "last" | "best_val"
     tta_flip: bool = False  # average logits of image and its mirror at evaluation
@@ -123,6 +124,8 @@ class TrainConfig:
             raise ConfigError(f"warmup_epochs must lie in [0, epochs={c.epochs}], got {c.warmup_epochs}")
         if c.val_size < 0 or (c.val_size and c.split != "full"):
             raise ConfigError(f"val_size must be >= 0 and is for split 'full' only, got {c.val_size}")
+        if not 0 <= c.cutout <= 32:
+            raise ConfigError(f"cutout must lie in [0, 32] (side of the square, 0 = off), got {c.cutout}")
         if c.train_subset < 0:
             raise ConfigError(f"train_subset must be >= 0 (0 = all), got {c.train_subset}")
         if c.seed < 0:

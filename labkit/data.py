@@ -24,6 +24,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "NORMS",
+    "cutout",
     "augment",
     "default_data_dir",
     "download",
@@ -348,6 +349,34 @@ def augment(
     bi = torch.arange(b, device=dev)[:, None, None, None]
     ci = torch.arange(c, device=dev)[None, :, None, None]
     return padded[bi, ci, rows, cols]
+
+
+def cutout(
+    x: torch.Tensor,
+    size: int,
+    fill: tuple[float, float, float],
+    generator: torch.Generator | None = None,
+    centers: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Cutout (DeVries & Taylor, 2017): per image, a size x size square centred on a uniformly
+    drawn pixel (clipped at the border) is set to `fill`, the mean colour in [0, 1], so that
+    after normalisation it is about zero, as in the paper (which cuts after normalising).
+    x: uint8 [B, 3, H, W] -> a new uint8 tensor. `centers` (rows, cols) may be given (tests).
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    if centers is None:
+        cy = torch.randint(0, h, (b,), device=dev, generator=generator)
+        cx = torch.randint(0, w, (b,), device=dev, generator=generator)
+    else:
+        cy, cx = centers[0].to(dev), centers[1].to(dev)
+    lo_y, lo_x = (cy - size // 2)[:, None], (cx - size // 2)[:, None]
+    r, c = torch.arange(h, device=dev)[None, :], torch.arange(w, device=dev)[None, :]
+    in_rows = (r >= lo_y) & (r < lo_y + size)  # [B, H]
+    in_cols = (c >= lo_x) & (c < lo_x + size)  # [B, W]
+    mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B, 1, H, W]
+    colour = torch.tensor([round(255 * v) for v in fill], device=dev, dtype=x.dtype).view(1, 3, 1, 1)
+    return torch.where(mask, colour, x)
 
 
 def normalize(x: torch.Tensor, norm: str = "seed", dtype: torch.dtype = torch.float32) -> torch.Tensor:

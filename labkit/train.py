@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .config import ConfigError, TrainConfig
-from .data import Dataset, augment, normalize
+from .data import NORMS, Dataset, augment, cutout, normalize
 from .model import build_model
 
 __all__ = [
@@ -626,6 +626,8 @@ def train(
             xb = d.train_x[idx]
             if cfg.augment:
                 xb = augment(xb, generator=gen)
+            if cfg.cutout:  # before a DDP rank takes its slice: every rank cuts the global batch alike
+                xb = cutout(xb, cfg.cutout, NORMS[cfg.norm][0], generator=gen)
             yb = d.train_y[idx]
             if ddp:  # this rank's contiguous slice of the global batch every rank drew
                 lo, hi = len(idx) * rank // world, len(idx) * (rank + 1) // world

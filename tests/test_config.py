@@ -60,6 +60,8 @@ INVALID = [
     ({"val_size": 100}, "val_size"),  # split seed has its own validation batch
     ({"split": "full", "val_size": -1}, "val_size"),
     ({"train_subset": -1}, "train_subset"),
+    ({"cutout": -1}, "cutout"),
+    ({"cutout": 33}, "cutout"),
     ({"seed": -1}, "seed"),
     # choices
     ({"optimizer": "rmsprop"}, "optimizer"),
@@ -165,6 +167,7 @@ def test_short_hash():
         {"width": 8},
         {"init_from": "x-123"},
         {"select": "best_val"},
+        {"cutout": 8},
     ):
         assert a.replace(**changes).short_hash() != a.short_hash(), changes
 

@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from labkit import data
-from labkit.data import NORMS, DataError, augment, load_cifar10, normalize, read_batch
+from labkit.data import NORMS, DataError, augment, cutout, load_cifar10, normalize, read_batch
 from labkit.synthetic import make_synthetic_cifar10
 
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -378,3 +378,30 @@ def test_normalize_uses_seed_constants():
         assert out.dtype == torch.float32
         torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(normalize(x, "seed"), normalize(x, "dataset"))
+
+
+def test_cutout_sets_a_clipped_square_to_the_mean_colour():
+    x = torch.full((3, 3, 32, 32), 7, dtype=torch.uint8)
+    fill = (0.5, 0.25, 1.0)
+    # centres: the middle, a corner (square clipped to 4 x 4) and the far edge
+    out = cutout(x, 8, fill, centers=(torch.tensor([16, 0, 31]), torch.tensor([16, 0, 10])))
+    colour = torch.tensor([128, 64, 255], dtype=torch.uint8).view(3, 1, 1)
+    assert torch.equal(out[0, :, 12:20, 12:20], colour.expand(3, 8, 8))
+    assert (out[0] != 7).sum() == 3 * 64
+    assert torch.equal(out[1, :, 0:4, 0:4], colour.expand(3, 4, 4)) and (out[1] != 7).sum() == 3 * 16
+    assert torch.equal(out[2, :, 27:32, 6:14], colour.expand(3, 5, 8)) and (out[2] != 7).sum() == 3 * 40
+    assert torch.equal(x, torch.full((3, 3, 32, 32), 7, dtype=torch.uint8))  # the input is left alone
+
+
+def test_cutout_draws_a_centre_per_image_from_the_generator(synth_data):
+    x = synth_data.train_x[:64]
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a, b = cutout(x, 12, NORMS["seed"][0], generator=g1), cutout(x, 12, NORMS["seed"][0], generator=g2)
+    assert torch.equal(a, b)
+    masks = (a != x).any(1)  # [B, H, W]
+    cut = masks.flatten(1).sum(1)
+    assert (cut > 0).all() and (cut <= 144).all()
+    assert len({tuple(m.nonzero()[0].tolist()) for m in masks}) > 10  # not one square for all
+    # the fill normalises to about zero: the mean colour
+    z = normalize(torch.tensor([round(255 * v) for v in NORMS["seed"][0]], dtype=torch.uint8).view(1, 3, 1, 1))
+    assert z.abs().max() < 0.01

@@ -61,8 +61,10 @@ def test_seed_network_with_softmax_head_trains(synth_data, tiny_config):
 
 @pytest.mark.parametrize("schedule", ["exp", "cosine"])
 def test_resume_is_exact(synth_data, tiny_config, tmp_path, schedule):
-    # dropout and augmentation on, so resuming must also replay the random streams
-    cfg = tiny_config(epochs=3, schedule=schedule, warmup_epochs=1.0, dropout=0.3, train_subset=256, batch_size=64)
+    # dropout, augmentation and cutout on, so resuming must also replay the random streams
+    cfg = tiny_config(
+        epochs=3, schedule=schedule, warmup_epochs=1.0, dropout=0.3, cutout=8, train_subset=256, batch_size=64
+    )
     (tmp_path / "a").mkdir()  # train() does not create its run_dir
     a = train(cfg, synth_data, run_dir=tmp_path / "a", progress=False, log=None)
 
@@ -98,6 +100,15 @@ def test_deterministic_and_seeded(synth_data, tiny_config):
     c = train(cfg.replace(seed=1), synth_data, progress=False, log=None)
     _same_state(a.model.state_dict(), b.model.state_dict())
     assert not torch.equal(a.model.fc.weight, c.model.fc.weight)
+
+
+def test_cutout_is_seeded_and_changes_training(synth_data, tiny_config):
+    cfg = tiny_config(epochs=1, train_subset=128, batch_size=64)
+    plain = train(cfg, synth_data, progress=False, log=None)
+    a = train(cfg.replace(cutout=12), synth_data, progress=False, log=None)
+    b = train(cfg.replace(cutout=12), synth_data, progress=False, log=None)
+    _same_state(a.model.state_dict(), b.model.state_dict())
+    assert not torch.equal(a.model.fc.weight, plain.model.fc.weight)
 
 
 def test_lr_exp():
