@@ -19,7 +19,6 @@ import datetime as _dt
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -30,9 +29,10 @@ from torch import nn
 from .config import SEED, TrainConfig
 from .data import NORMS, Dataset, load_cifar10
 from .model import build_model, flops_per_image
+from .runs import command_line
 from .train import train
 
-__all__ = ["seed_recipe_epoch_times", "labkit_epoch_times", "bf16_peak_tflops", "run_bench"]
+__all__ = ["seed_recipe", "seed_recipe_epoch_times", "labkit_epoch_times", "accuracy_check", "bf16_peak_tflops", "run_bench"]
 
 
 class _SeedDataset(torch.utils.data.Dataset):
@@ -60,13 +60,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seed_recipe_epoch_times(
+def seed_recipe(
     cfg: TrainConfig, data: Dataset, epochs: int, device: torch.device, workers: int = 8
-) -> list[float]:
-    """Seconds per training epoch of the seed's recipe (fp32, CPU transforms, DataLoader)."""
+) -> tuple[list[float], nn.Module]:
+    """Train as the seed did (fp32, CPU transforms, DataLoader, Adam, lr x decay_rate after
+    every epoch); returns seconds per training epoch and the trained network."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.decay_rate)
     loss_fn = nn.CrossEntropyLoss()
     x, y = data.train_x, data.train_y
     if cfg.train_subset:
@@ -92,9 +94,75 @@ def seed_recipe_epoch_times(
             loss.backward()
             opt.step()
             total += loss.item()  # the seed sums batch losses with .item() every step
+        sched.step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return times
+    return times, model
+
+
+def seed_recipe_epoch_times(
+    cfg: TrainConfig, data: Dataset, epochs: int, device: torch.device, workers: int = 8
+) -> list[float]:
+    """Seconds per training epoch of the seed's recipe (fp32, CPU transforms, DataLoader)."""
+    return seed_recipe(cfg, data, epochs, device, workers)[0]
+
+
+def accuracy_check(
+    cfg: TrainConfig,
+    data: Dataset,
+    epochs: int,
+    seeds: int,
+    device: torch.device,
+    workers: int = 8,
+    store=None,
+    name: str = "ablation-baseline",
+) -> dict:
+    """Validation accuracy after `epochs` epochs of the seed's recipe and of labkit's path,
+    `seeds` runs each (seeds 0, 1, ...), and the Welch 95% CI of their difference.
+
+    labkit's runs come from `store` (a RunStore) when it holds them under `name`, and are
+    trained (into it, if given) when not: the lab's own baseline runs are this comparison's
+    labkit side. A CI that holds 0 shows no difference, which at a few seeds is weak evidence
+    of equality; the verdict says which.
+    """
+    from .analysis import estimate, welch
+    from .train import evaluate
+
+    if epochs < 1 or seeds < 1:
+        raise ValueError(f"accuracy check needs epochs >= 1 and seeds >= 1, got epochs={epochs}, seeds={seeds}")
+    if not len(data.val_y):
+        raise ValueError("accuracy check needs a validation set: the seed split")
+    vx, vy = data.val_x.to(device), data.val_y.to(device)
+    ours, theirs, sources = [], [], []
+    for s in range(seeds):
+        c = cfg.replace(seed=s, epochs=epochs, device=device.type)
+        _, model = seed_recipe(c, data, epochs, device, workers)
+        theirs.append(evaluate(model, vx, vy, c.replace(channels_last=False))[0])  # fp32, eval mode
+        del model
+        if store is not None:
+            found = store.find(c, name)
+            run = store.get(c, name, data, progress=False, log=None)
+            sources.append(run.id + (" (from the store)" if found is not None and found.finished else ""))
+            ours.append(run.summary["final_val_acc"])
+        else:
+            r = train(c, data, progress=False, log=None)
+            ours.append(r.summary["final_val_acc"])
+    a, b, d = estimate(ours), estimate(theirs), welch(ours, theirs)
+    shown = d.lo == d.lo and not (d.lo <= 0.0 <= d.hi)
+    return {
+        "epochs": epochs,
+        "seeds": seeds,
+        "labkit_val_acc": ours,
+        "seed_recipe_val_acc": theirs,
+        "labkit_runs": sources,
+        "labkit": {"mean": a.mean, "sd": a.sd},
+        "seed_recipe": {"mean": b.mean, "sd": b.sd},
+        "difference": {"labkit_minus_seed": d.diff, "ci95": [d.lo, d.hi]},
+        "verdict": (
+            "too few seeds for an interval" if d.lo != d.lo
+            else ("labkit differs from the seed recipe" if shown else "no difference shown (95% CI holds 0)")
+        ),
+    }
 
 
 def labkit_epoch_times(cfg: TrainConfig, data: Dataset, epochs: int) -> tuple[list[float], dict]:
@@ -190,7 +258,7 @@ def run_bench(
     a_s, b_s = steady(a_times), steady(b_times)
     res = {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": command or " ".join(sys.argv),
+        "command": command or command_line(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "versions": {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__},
         "data": data.source.get("description"),
@@ -255,12 +323,30 @@ def format_bench(res: dict) -> str:
             f"speedup labkit+compile({c['compile']}) / seed recipe: {res['speedup_compiled']:.2f}x  "
             f"(first epoch with compiling: {c['epoch_seconds'][0]:.1f}s)"
         )
+    if "accuracy" in res:
+        a = res["accuracy"]
+        d = a["difference"]
+        lines.append(
+            f"val acc after {a['epochs']} epochs, {a['seeds']} seed(s): labkit {100 * a['labkit']['mean']:.2f}"
+            f" (SD {100 * a['labkit']['sd']:.2f}), seed recipe {100 * a['seed_recipe']['mean']:.2f}"
+            f" (SD {100 * a['seed_recipe']['sd']:.2f}); difference {100 * d['labkit_minus_seed']:+.2f} points,"
+            f" 95% CI [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]: {a['verdict']}"
+        )
     for p in res.get("lanes", []):
         lines.append(f"  {p['lanes']} lane(s) side by side: " + (f"{p['total_images_per_s']:.0f} img/s in total" if "error" not in p else p["error"]))
     return "\n".join(lines)
 
 
 def main_bench(args) -> int:
+    from .config import ConfigError
+
+    if args.accuracy_epochs < 0 or args.accuracy_seeds < 1:
+        raise ConfigError(
+            f"--accuracy-epochs must be >= 0 and --accuracy-seeds >= 1, got {args.accuracy_epochs} and {args.accuracy_seeds}"
+        )
+    if args.accuracy_runs and not args.accuracy_epochs:
+        raise ConfigError("--accuracy-runs needs --accuracy-epochs (the accuracy check is off without it)")
+    cfg, device = SEED, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.cpu_check:
         import tempfile
 
@@ -269,15 +355,15 @@ def main_bench(args) -> int:
         tmp = tempfile.mkdtemp(prefix="labkit-bench-")
         make_synthetic_cifar10(tmp, per_batch=128)
         data = load_cifar10(tmp, "seed", allow_download=False)
-        cfg = SEED.replace(width=8, batch_size=64)
+        cfg, device = SEED.replace(width=8, batch_size=64), torch.device("cpu")
         res = run_bench(
-            data, epochs=2, device_name="cpu", workers=0, cfg=cfg, command=" ".join(sys.argv), compile_mode=args.compile
+            data, epochs=2, device_name="cpu", workers=0, cfg=cfg, command=args.command, compile_mode=args.compile
         )
         res["note"] = "CPU check of the benchmark code on synthetic data and a width-8 net; not a speed figure"
     else:
         data = load_cifar10(args.data_dir, "seed")
         res = run_bench(
-            data, epochs=args.epochs, workers=args.workers, command=" ".join(sys.argv), compile_mode=args.compile
+            data, epochs=args.epochs, workers=args.workers, command=args.command, compile_mode=args.compile
         )
     save = lambda: args.out and Path(args.out).write_text(json.dumps(res, indent=2))  # noqa: E731
     if args.out:
@@ -291,6 +377,14 @@ def main_bench(args) -> int:
             except Exception as e:  # report, never lose the rest of the benchmark
                 res["lanes"].append({"lanes": k, "error": f"{type(e).__name__}: {e}"})
             save()
+    if args.accuracy_epochs:
+        from .runs import RunStore
+
+        store = RunStore(args.accuracy_runs) if args.accuracy_runs else None
+        res["accuracy"] = accuracy_check(
+            cfg, data, args.accuracy_epochs, args.accuracy_seeds, device, 0 if args.cpu_check else args.workers, store
+        )
+        save()
     print(format_bench(res))
     if args.out:
         print(f"wrote {args.out}")

@@ -146,7 +146,7 @@ def cmd_sweep(args) -> int:
         wall = time.time() - t0
         if args.timing_json and done:
             rec = sweep_record(
-                done, lab.store, wall, command=" ".join(sys.argv), profile=args.profile, protocol=args.protocol,
+                done, lab.store, wall, command=args.command, profile=args.profile, protocol=args.protocol,
                 seeds=args.seeds or lab.profile.seeds, lanes=lanes, workers=args.workers, compile=mode or "off",
                 data_dir=args.data_dir,
             )
@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-check", action="store_true", help="tiny synthetic run on the CPU (checks the code, not speed)")
     p.add_argument("--compile", default="", help="also time labkit's path under torch.compile with this mode, e.g. default")
     p.add_argument("--probe-lanes", type=int, nargs="*", default=[], help="also time N runs side by side, e.g. 2 3")
+    p.add_argument("--accuracy-epochs", type=int, default=0,
+                   help="also train both sides this many epochs per seed and compare validation accuracy (0 = off)")
+    p.add_argument("--accuracy-seeds", type=int, default=3, help="seeds per side for --accuracy-epochs")
+    p.add_argument("--accuracy-runs", help="run store whose ablation-baseline runs are labkit's side (trained there if missing)")
     p.add_argument("--out", help="write the JSON result here")
     p.set_defaults(fn=lambda a: __import__("labkit.bench", fromlist=["main_bench"]).main_bench(a))
 
@@ -287,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_lab)
 
     args = ap.parse_args(argv)
+    from .runs import command_line
+
+    args.command = command_line(argv)  # recorded with results
     try:
         return args.fn(args)
     except (ConfigError, ValueError) as e:

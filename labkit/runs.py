@@ -39,7 +39,7 @@ from . import distributed
 from .config import ConfigError, TrainConfig
 from .data import Dataset
 
-__all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint"]
+__all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint", "command_line"]
 
 
 class RunError(RuntimeError):
@@ -56,6 +56,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     from .train import atomic_write
 
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def command_line(args: list[str] | None = None) -> str:
+    """`python -m labkit ARGS` (default: this process's arguments): how a result was made,
+    without the absolute path of labkit's __main__.py that sys.argv[0] holds."""
+    import shlex
+    import sys
+
+    return "python -m labkit " + shlex.join(sys.argv[1:] if args is None else args)
 
 
 def _code_version() -> str:

@@ -138,3 +138,9 @@ def test_make_synthetic(tmp_path, capsys):
     assert main(["make-synthetic", str(tmp_path), "--per-batch", "20"]) == 0
     assert "100 train images" in capsys.readouterr().out
     assert (tmp_path / "cifar-10-batches-py" / "data_batch_5").is_file()
+
+
+def test_recorded_commands_name_no_machine_folder():
+    from labkit.runs import command_line
+
+    assert command_line(["bench", "--out", "results/a b.json"]) == "python -m labkit bench --out 'results/a b.json'"

@@ -291,15 +291,20 @@ def test_export_again_retrains_nothing(smoke_lab, monkeypatch, capsys):
 
 
 def test_committed_report_names_no_machine_paths():
-    """The committed report and its notebooks carry no absolute folder of the machine that
-    made them (papermill records paths; parameters hold folders)."""
+    """The committed report, its notebooks, runs and benchmark results carry no absolute
+    folder of the machine that made them (papermill records paths; parameters hold folders;
+    logs hold tracebacks and commands)."""
     import re
     from pathlib import Path
 
-    report = Path(__file__).resolve().parent.parent / "report"
+    root = Path(__file__).resolve().parent.parent
+    report = root / "report"
     files = sorted(report.glob("*.ipynb")) + sorted(report.glob("*.html"))
+    # and what came back from GPU machines: run records, benchmark results and logs
+    files += [f for f in sorted((report / "runs").rglob("*")) if f.suffix in (".json", ".csv")]
+    files += [f for f in sorted((root / "benchmarks" / "results").glob("*")) if f.is_file()]
     if not files:
         pytest.skip("no committed report")
     pattern = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users)/")
-    bad = [f.name for f in files if pattern.search(f.read_text(errors="replace"))]
+    bad = [str(f.relative_to(root)) for f in files if pattern.search(f.read_text(errors="replace"))]
     assert not bad, bad

@@ -1,0 +1,101 @@
+"""labkit.bench on the CPU: the speed record's fields, the seed recipe's reproducibility,
+the accuracy check (both sides, store reuse, verdicts) and the CLI's checks of its options."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from labkit.bench import accuracy_check, format_bench, run_bench, seed_recipe
+from labkit.cli import main
+from labkit.config import SEED
+from labkit.runs import RunStore
+
+CPU = torch.device("cpu")
+
+
+def _cfg(**changes):
+    return SEED.replace(width=8, lays=(1, 1, 1, 1), batch_size=64, device="cpu", channels_last=False, **changes)
+
+
+def test_speed_record_has_both_sides_and_their_ratio(tiny_data):
+    res = run_bench(tiny_data, epochs=2, device_name="cpu", workers=0, cfg=_cfg(), command="python -m labkit bench")
+    a, b = res["seed_recipe"], res["labkit"]
+    assert len(a["epoch_seconds"]) == len(b["epoch_seconds"]) == 2
+    assert a["steady_epoch_seconds"] == a["epoch_seconds"][1]  # the first epoch is the warm-up
+    assert res["speedup"] == pytest.approx(a["steady_epoch_seconds"] / b["steady_epoch_seconds"])
+    assert b["images_per_s"] == pytest.approx(400 / b["steady_epoch_seconds"])
+    assert res["bf16_peak_tflops_measured"] is None and b["share_of_bf16_peak"] is None  # no GPU, no peak
+    assert res["train_images_per_epoch"] == 400 and res["network"]["width"] == 8
+    assert "speedup labkit / seed recipe" in format_bench(res)
+
+
+def test_seed_recipe_is_reproducible_and_follows_the_decay(tiny_data):
+    from labkit.train import evaluate
+
+    def val_acc(cfg):
+        _, model = seed_recipe(cfg, tiny_data, 2, CPU, workers=0)
+        return evaluate(model, tiny_data.val_x, tiny_data.val_y, cfg)[0], model
+
+    acc1, m1 = val_acc(_cfg(seed=3))
+    acc2, m2 = val_acc(_cfg(seed=3))
+    assert acc1 == acc2
+    assert all(torch.equal(p, q) for p, q in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True))
+    # decay_rate changes the second epoch's step size, so the weights differ
+    _, m3 = val_acc(_cfg(seed=3, decay_rate=0.1))
+    assert not all(torch.equal(p, q) for p, q in zip(m1.state_dict().values(), m3.state_dict().values(), strict=True))
+
+
+def test_accuracy_check_compares_both_sides_and_reuses_the_store(tmp_path, tiny_data):
+    store = RunStore(tmp_path / "runs")
+    res = accuracy_check(_cfg(), tiny_data, epochs=1, seeds=2, device=CPU, workers=0, store=store, name="base")
+    assert len(res["labkit_val_acc"]) == len(res["seed_recipe_val_acc"]) == 2
+    assert all(0.0 <= v <= 1.0 for v in res["labkit_val_acc"] + res["seed_recipe_val_acc"])
+    # labkit's side is the store's runs, trained there now
+    runs = [store.find(_cfg(seed=s, epochs=1), "base") for s in (0, 1)]
+    assert [r.summary["final_val_acc"] for r in runs] == res["labkit_val_acc"]
+    assert not any("from the store" in s for s in res["labkit_runs"])
+    d = res["difference"]
+    assert d["labkit_minus_seed"] == pytest.approx(
+        sum(res["labkit_val_acc"]) / 2 - sum(res["seed_recipe_val_acc"]) / 2
+    )
+    lo, hi = d["ci95"]
+    assert lo <= d["labkit_minus_seed"] <= hi
+    assert res["verdict"] == ("no difference shown (95% CI holds 0)" if lo <= 0 <= hi else "labkit differs from the seed recipe")
+    again = accuracy_check(_cfg(), tiny_data, epochs=1, seeds=2, device=CPU, workers=0, store=store, name="base")
+    assert again["labkit_val_acc"] == res["labkit_val_acc"] and all("from the store" in s for s in again["labkit_runs"])
+    assert again["seed_recipe_val_acc"] == res["seed_recipe_val_acc"]  # the seed recipe is seeded too
+
+
+def test_accuracy_check_with_one_seed_gives_no_interval(tiny_data):
+    res = accuracy_check(_cfg(), tiny_data, epochs=1, seeds=1, device=CPU, workers=0)
+    assert math.isnan(res["difference"]["ci95"][0]) and res["verdict"] == "too few seeds for an interval"
+    with pytest.raises(ValueError, match="seeds >= 1"):
+        accuracy_check(_cfg(), tiny_data, epochs=1, seeds=0, device=CPU)
+
+
+def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--cpu-check", "--accuracy-epochs", "1", "--accuracy-seeds", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["accuracy"]["seeds"] == 2 and res["accuracy"]["epochs"] == 1
+    assert res["command"].startswith("python -m labkit bench --cpu-check")
+    assert "not a speed figure" in res["note"]
+    assert "val acc after 1 epochs, 2 seed(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--accuracy-epochs", "-1"], "--accuracy-epochs must be >= 0"),
+        (["--accuracy-epochs", "2", "--accuracy-seeds", "0"], "--accuracy-seeds >= 1"),
+        (["--accuracy-runs", "runs"], "--accuracy-runs needs --accuracy-epochs"),
+    ],
+)
+def test_bench_cli_rejects_bad_accuracy_options_at_once(tmp_path, capsys, extra, message):
+    assert main(["bench", "--cpu-check", "--out", str(tmp_path / "b.json"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()  # refused before any work
