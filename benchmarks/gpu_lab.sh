@@ -52,7 +52,7 @@ if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
 elif [ "$MODE" = accuracy ]; then
   BENCH+=(--data-dir "$DATA" --epochs 3)
 else
-  BENCH+=(--data-dir "$DATA" --epochs 3 --probe-lanes 2 3 --compile "${COMPILE:-default}")
+  BENCH+=(--data-dir "$DATA" --epochs 3 --probe-lanes 2 3 --compile "${COMPILE:-default}" --breakdown-steps 20)
 fi
 if [ "$MODE" = accuracy ]; then
   [ "$PROFILE" = smoke ] && BENCH+=(--accuracy-epochs 1) || BENCH+=(--accuracy-epochs 30 --accuracy-runs "$RUNS")

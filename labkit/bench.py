@@ -32,7 +32,9 @@ from .model import build_model, flops_per_image
 from .runs import command_line
 from .train import train
 
-__all__ = ["seed_recipe", "seed_recipe_epoch_times", "labkit_epoch_times", "accuracy_check", "bf16_peak_tflops", "run_bench"]
+__all__ = [
+    "seed_recipe", "seed_recipe_epoch_times", "labkit_epoch_times", "accuracy_check", "step_breakdown", "bf16_peak_tflops", "run_bench",
+]
 
 
 class _SeedDataset(torch.utils.data.Dataset):
@@ -218,6 +220,92 @@ def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 3) ->
             "total_images_per_s": lanes * n * (epochs - 1) / wall}
 
 
+# Where a step's time goes, by kind of op (self time, so nested ops are not counted twice).
+# First match wins; the order puts the specific names before the generic elementwise ones.
+OP_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("convolution", ("conv",)),
+    ("batch norm", ("batch_norm",)),
+    ("optimizer", ("adam", "sgd", "_foreach", "fused", "lerp", "addcdiv", "sqrt")),
+    ("loss and softmax", ("softmax", "cross_entropy", "nll_loss", "log_softmax")),
+    ("pooling and linear", ("pool", "addmm", "mm", "linear")),
+    ("data (crop, flip)", ("index", "pad", "rand", "where", "gather")),
+    ("casts and copies (autocast, layout)", ("copy", "_to_", "contiguous", "clone")),
+    ("relu, add, other elementwise", ("relu", "threshold", "add", "mul", "div", "sub", "fill", "zero", "clamp")),
+)
+
+
+def op_kind(name: str) -> str:
+    n = name.lower()
+    return next((kind for kind, keys in OP_KINDS if any(k in n for k in keys)), "other")
+
+
+def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int = 5) -> dict:
+    """Profile `steps` eager training steps of labkit's path (crop/flip, normalise, forward,
+    backward, optimiser) and sum each op's self time per step by kind (OP_KINDS): device
+    time on a GPU, CPU time on a CPU. Eager, because a replayed CUDA graph hides its kernels
+    from the profiler; the graph removes launch gaps, not the kernels' own time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .data import augment
+    from .train import _amp_dtype, _make_optimizer, _prep, _Stepper, resolve_device
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"step breakdown needs steps >= 1 and warmup >= 0, got {steps}, {warmup}")
+    device = resolve_device(cfg.device)
+    cfg = cfg.replace(cuda_graphs=False, device=device.type)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = _make_optimizer(cfg, model, device)
+    stepper = _Stepper(model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), cfg, device, _amp_dtype(cfg, device))
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    b = min(cfg.batch_size, len(y))
+
+    def step() -> None:
+        idx = torch.randint(0, len(y), (b,), device=device, generator=gen)
+        xb = _prep(augment(x[idx], generator=gen), cfg)
+        stepper(xb, y[idx], opt)
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    wall = time.perf_counter() - t0
+    on_gpu = device.type == "cuda"
+    rows = []
+    for e in prof.key_averages():
+        if not e.key.startswith("aten::"):  # aten ops are named alike on CPU and GPU
+            continue
+        us = getattr(e, "self_device_time_total", None) if on_gpu else e.self_cpu_time_total
+        if us is None:  # torch before 2.4 names it after CUDA
+            us = e.self_cuda_time_total
+        if us > 0:
+            rows.append((e.key, us / 1000 / steps, e.count / steps))
+    rows.sort(key=lambda r: -r[1])
+    total = sum(ms for _, ms, _ in rows)
+    kinds: dict[str, float] = {}
+    for name, ms, _ in rows:
+        kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + ms
+    return {
+        "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "time": "self device time of aten ops" if on_gpu else "self CPU time of aten ops",
+        "batch_size": b,
+        "steps": steps,
+        "wall_ms_per_step_profiled": 1000 * wall / steps,
+        "op_ms_per_step": total,
+        "kinds": {k: {"ms_per_step": v, "share": v / total if total else None} for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "top_ops": [{"op": n, "ms_per_step": ms, "calls_per_step": c} for n, ms, c in rows[:15]],
+    }
+
+
 def bf16_peak_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
     """Measured dense bf16 matmul rate (random data) on this GPU: the ceiling we compare to."""
     if device.type != "cuda":
@@ -323,6 +411,10 @@ def format_bench(res: dict) -> str:
             f"speedup labkit+compile({c['compile']}) / seed recipe: {res['speedup_compiled']:.2f}x  "
             f"(first epoch with compiling: {c['epoch_seconds'][0]:.1f}s)"
         )
+    if "breakdown" in res:
+        k = res["breakdown"]
+        lines.append(f"labkit step, eager, by kind of op ({k['time']}, {k['op_ms_per_step']:.2f} ms per step of {k['batch_size']}):")
+        lines += [f"  {name:38s} {v['ms_per_step']:8.2f} ms  {100 * v['share']:5.1f}%" for name, v in k["kinds"].items()]
     if "accuracy" in res:
         a = res["accuracy"]
         d = a["difference"]
@@ -344,6 +436,8 @@ def main_bench(args) -> int:
         raise ConfigError(
             f"--accuracy-epochs must be >= 0 and --accuracy-seeds >= 1, got {args.accuracy_epochs} and {args.accuracy_seeds}"
         )
+    if args.breakdown_steps < 0:
+        raise ConfigError(f"--breakdown-steps must be >= 0 (0 = off), got {args.breakdown_steps}")
     if args.accuracy_runs and not args.accuracy_epochs:
         raise ConfigError("--accuracy-runs needs --accuracy-epochs (the accuracy check is off without it)")
     cfg, device = SEED, torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -377,6 +471,9 @@ def main_bench(args) -> int:
             except Exception as e:  # report, never lose the rest of the benchmark
                 res["lanes"].append({"lanes": k, "error": f"{type(e).__name__}: {e}"})
             save()
+    if args.breakdown_steps:
+        res["breakdown"] = step_breakdown(cfg.replace(device=device.type), data, steps=args.breakdown_steps)
+        save()
     if args.accuracy_epochs:
         from .runs import RunStore
 

@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-check", action="store_true", help="tiny synthetic run on the CPU (checks the code, not speed)")
     p.add_argument("--compile", default="", help="also time labkit's path under torch.compile with this mode, e.g. default")
     p.add_argument("--probe-lanes", type=int, nargs="*", default=[], help="also time N runs side by side, e.g. 2 3")
+    p.add_argument("--breakdown-steps", type=int, default=0,
+                   help="also profile this many eager steps of labkit's path and sum op time by kind (0 = off)")
     p.add_argument("--accuracy-epochs", type=int, default=0,
                    help="also train both sides this many epochs per seed and compare validation accuracy (0 = off)")
     p.add_argument("--accuracy-seeds", type=int, default=3, help="seeds per side for --accuracy-epochs")

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from labkit.bench import accuracy_check, format_bench, run_bench, seed_recipe
+from labkit.bench import accuracy_check, format_bench, op_kind, run_bench, seed_recipe, step_breakdown
 from labkit.cli import main
 from labkit.config import SEED
 from labkit.runs import RunStore
@@ -93,9 +93,43 @@ def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
         (["--accuracy-epochs", "-1"], "--accuracy-epochs must be >= 0"),
         (["--accuracy-epochs", "2", "--accuracy-seeds", "0"], "--accuracy-seeds >= 1"),
         (["--accuracy-runs", "runs"], "--accuracy-runs needs --accuracy-epochs"),
+        (["--breakdown-steps", "-1"], "--breakdown-steps must be >= 0"),
     ],
 )
 def test_bench_cli_rejects_bad_accuracy_options_at_once(tmp_path, capsys, extra, message):
     assert main(["bench", "--cpu-check", "--out", str(tmp_path / "b.json"), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()  # refused before any work
+
+
+def test_step_breakdown_sums_op_time_by_kind(tiny_data):
+    k = step_breakdown(_cfg(), tiny_data, steps=2, warmup=1)
+    kinds = k["kinds"]
+    assert sum(v["ms_per_step"] for v in kinds.values()) == pytest.approx(k["op_ms_per_step"])
+    assert sum(v["share"] for v in kinds.values()) == pytest.approx(1.0)
+    # a ResNet step spends most of its op time in convolutions and BatchNorm
+    assert kinds["convolution"]["share"] + kinds["batch norm"]["share"] > 0.5
+    assert k["top_ops"][0]["op"].startswith("aten::") and k["top_ops"][0]["calls_per_step"] >= 1
+    assert k["time"] == "self CPU time of aten ops" and k["batch_size"] == 64
+    with pytest.raises(ValueError, match="steps >= 1"):
+        step_breakdown(_cfg(), tiny_data, steps=0)
+
+
+@pytest.mark.parametrize(
+    "op, kind",
+    [
+        ("aten::cudnn_convolution", "convolution"),
+        ("aten::convolution_backward", "convolution"),
+        ("aten::native_batch_norm_backward", "batch norm"),
+        ("aten::cudnn_batch_norm", "batch norm"),
+        ("aten::_fused_adam_", "optimizer"),
+        ("aten::threshold_backward", "relu, add, other elementwise"),
+        ("aten::add_", "relu, add, other elementwise"),
+        ("aten::_log_softmax", "loss and softmax"),
+        ("aten::index", "data (crop, flip)"),
+        ("aten::_to_copy", "casts and copies (autocast, layout)"),
+        ("aten::empty", "other"),
+    ],
+)
+def test_op_kinds(op, kind):
+    assert op_kind(op) == kind
