@@ -369,8 +369,14 @@ def provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> dict[
         "data": "; ".join(datas) or "no runs",
         "device": ", ".join(f"{d} ({c} runs)" for d, c in devices.items()) or "no runs",
         "training time": f"{secs:.1f} s over {len(runs)} runs",
+        "trained": " to ".join(dict.fromkeys([dates[0], dates[-1]])) if (dates := _dates(runs)) else "—",
         "code version": ", ".join(sorted({str((r.summary or {}).get("code_version", "?")) for r in runs})) or "—",
     }
+
+
+def _dates(runs: Sequence[Run]) -> list[str]:
+    """The UTC days the runs finished on, sorted."""
+    return sorted({str(d)[:10] for r in runs if (d := (r.summary or {}).get("finished_at"))})
 
 
 def show_provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> None:

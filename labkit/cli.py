@@ -89,6 +89,55 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+    import math
+
+    from .data import DataError
+    from .runs import RunError, RunStore, atomic_write_text
+    from .train import EVAL_FIELDS, reevaluate
+
+    changes = parse_overrides(args.set or [])
+    if not changes:
+        raise ConfigError(f"give the settings to evaluate with: --set KEY=VALUE, KEY one of {list(EVAL_FIELDS)}")
+    if not args.run or "/" in args.run or args.run.startswith("."):
+        raise ConfigError(f"run must be a run id (a folder name in the run store, e.g. modern-777d574203), got {args.run!r}")
+    store = RunStore(args.runs_dir)
+    run = store.load(args.run)
+    if not run.finished:
+        raise RunError(f"{run.dir}: the run has not finished; nothing to evaluate yet")
+    cfg = run.config
+    data = _data_loader(args)(cfg)
+    trained_on = run.summary.get("data") or {}
+    key = "md5" if "md5" in trained_on else "description"  # runs recorded before the md5s: the weaker check
+    if data.source.get(key) != trained_on.get(key):
+        raise DataError(
+            f"{run.id} was trained on other data ({trained_on.get('description')}, {key} differs from the files in "
+            f"{data.source.get('folder')}): point --data-dir at the data it was trained on"
+        )
+    rows = [("as trained (its summary)", {k: getattr(cfg, k) for k in EVAL_FIELDS}, run.summary.get("final_val_acc"), run.summary.get("test_acc"))]
+    own = reevaluate(cfg, run.checkpoint, data, device=args.device)
+    other = reevaluate(cfg, run.checkpoint, data, device=args.device, **changes)
+    rows += [("as trained, evaluated now", own["settings"], own["val_acc"], own["test_acc"]),
+             ("with " + " ".join(f"{k}={v}" for k, v in changes.items()), other["settings"], other["val_acc"], other["test_acc"])]
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+    print(f"run {run.id} ({other['precision']})")
+    print(f"{'':34s} {'settings':36s} {'val_acc':>8s} {'test_acc':>8s}")
+    for label, st, va, te in rows:
+        print(f"{label:34s} {' '.join(f'{k}={v}' for k, v in st.items()):36s} {fmt(va):>8s} {fmt(te):>8s}")
+    if math.isnan(own["val_acc"]):
+        print("note: this run has no validation set; its test numbers cannot choose between settings without "
+              "selecting on the test set (train with split 'seed', or 'full' with val_size > 0)")
+    else:
+        print("note: choose between settings by val_acc; choosing by test_acc selects on the test set")
+    if args.out:
+        rec = {"run": run.id, "command": args.command, "as_trained": own, "with": other, "changes": changes}
+        rec = json.loads(json.dumps(rec), parse_constant=lambda c: None)  # NaN -> null: strict JSON
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.out), json.dumps(rec, indent=2))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     import json
     import time
@@ -231,6 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-wait", action="store_true", help="fail at once if another process is training this run")
     data_args(p)
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a finished run's weights again with other test-time settings (TTA)")
+    p.add_argument("run", help="run id, e.g. modern-777d574203")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="tta_flip / tta_translate (repeatable)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--out", help="also write the numbers here (JSON)")
+    data_args(p)
+    p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("runs", help="print the table of runs")
     p.add_argument("--runs-dir")

@@ -79,6 +79,7 @@ class TrainConfig:
     # evaluation
     select: str = "last"  # which epoch's weights give the test number: "last" | "best_val"
     tta_flip: bool = False  # average logits of image and its mirror at evaluation
+    tta_translate: int = 0  # also average over two copies shifted by this many pixels (reflect-padded)
     # reproducibility
     seed: int = 0
     init_from: str = ""  # run id whose final weights start this run (multi-stage tuning)
@@ -126,6 +127,8 @@ class TrainConfig:
             raise ConfigError(f"val_size must be >= 0 and is for split 'full' only, got {c.val_size}")
         if not 0 <= c.cutout <= 32:
             raise ConfigError(f"cutout must lie in [0, 32] (side of the square, 0 = off), got {c.cutout}")
+        if not 0 <= c.tta_translate <= 8:
+            raise ConfigError(f"tta_translate must lie in [0, 8] (pixels, 0 = off), got {c.tta_translate}")
         if c.train_subset < 0:
             raise ConfigError(f"train_subset must be >= 0 (0 = all), got {c.train_subset}")
         if c.seed < 0:

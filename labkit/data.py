@@ -290,11 +290,13 @@ def load_cifar10(
             "(expected data_batch_1..5 and test_batch, as in the official cifar-10-batches-py)"
         )
     parts = {name: read_batch(folder / name) for name in TRAIN_FILES + ["test_batch"]}
-    mismatched = [n for n in TRAIN_FILES + ["test_batch"] if md5(folder / n) != BATCH_MD5[n]]
+    sums = {n: md5(folder / n) for n in TRAIN_FILES + ["test_batch"]}
+    mismatched = [n for n, m in sums.items() if m != BATCH_MD5[n]]
     source = {
         "folder": folder.name,
         "official": not mismatched,
         "md5_mismatch": mismatched,
+        "md5": sums,  # which copy: two stand-ins differ here even where their description is the same
         "description": "official CIFAR-10 (md5 verified)"
         if not mismatched
         else f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)",

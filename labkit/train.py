@@ -330,6 +330,24 @@ def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = (
 
 
 @torch.no_grad()
+def _tta_logits(model: nn.Module, x: Tensor, cfg: TrainConfig) -> Tensor:
+    """Logits, averaged over the test-time views the config asks for: the image and its
+    mirror (tta_flip); with tta_translate=p, half of it from two copies shifted by p pixels
+    up-left and down-right (reflect-padded), each with its mirror too when tta_flip."""
+
+    def views(v: Tensor) -> Tensor:
+        out = model(v).float()
+        return (out + model(v.flip(3)).float()) / 2 if cfg.tta_flip else out
+
+    out = views(x)
+    if cfg.tta_translate:
+        p, (h, w) = cfg.tta_translate, x.shape[-2:]
+        padded = F.pad(x, (p, p, p, p), mode="reflect")
+        shifted = (views(padded[:, :, :h, :w]) + views(padded[:, :, 2 * p : 2 * p + h, 2 * p : 2 * p + w])) / 2
+        out = (out + shifted) / 2
+    return out
+
+
 def evaluate(
     model: nn.Module,
     x_u8: Tensor,
@@ -350,9 +368,7 @@ def evaluate(
         xb, yb = _prep(x_u8[i : i + batch_size], cfg), y[i : i + batch_size]
         try:
             with _autocast(device, amp_dtype):
-                out = model(xb).float()
-                if cfg.tta_flip:
-                    out = (out + model(xb.flip(3)).float()) / 2
+                out = _tta_logits(model, xb, cfg)
         except torch.cuda.OutOfMemoryError:
             raise torch.cuda.OutOfMemoryError(
                 f"CUDA out of memory in evaluation at batch size {batch_size} (lays={list(cfg.lays)}, "
@@ -362,6 +378,49 @@ def evaluate(
         correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
     return correct.item() / len(y), loss.item() / len(y)
+
+
+# What evaluation alone decides: a finished run can be evaluated again with other values.
+EVAL_FIELDS = ("tta_flip", "tta_translate")
+
+
+def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes) -> dict:
+    """Validation and test accuracy of a finished run's weights (those its `select` chose),
+    evaluated with other test-time settings (EVAL_FIELDS) or execution settings.
+
+    Compare the settings on the validation numbers: picking one by its test accuracy is
+    model selection on the test set.
+    """
+    from .config import EXECUTION_FIELDS
+
+    trained = sorted(k for k in changes if k not in EVAL_FIELDS + EXECUTION_FIELDS)
+    if trained:
+        raise ConfigError(
+            f"{trained} change(s) what was trained, not how it is evaluated; "
+            f"a run can be evaluated again with other {list(EVAL_FIELDS)} (and execution settings)"
+        )
+    cfg = run_cfg.replace(**changes)
+    device = resolve_device(cfg.device)
+    state = load_checkpoint(checkpoint, map_location=device)
+    if int(state.get("epoch", -1)) + 1 != run_cfg.epochs:
+        raise CheckpointError(f"{checkpoint}: from epoch {int(state.get('epoch', -1)) + 1} of {run_cfg.epochs}; the run is not finished")
+    weights = state["best_state"] if run_cfg.select == "best_val" and state.get("best_state") is not None else state["model"]
+    model = build_model(cfg).to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.load_state_dict(weights)
+    amp = _amp_dtype(cfg, device)
+    d = data.to(device)
+    val_acc, val_loss = evaluate(model, d.val_x, d.val_y, cfg, amp_dtype=amp)
+    test_acc, test_loss = evaluate(model, d.test_x, d.test_y, cfg, amp_dtype=amp)
+    return {
+        "settings": {k: getattr(cfg, k) for k in EVAL_FIELDS},
+        "val_acc": val_acc,
+        "val_loss": val_loss,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "precision": "bf16" if amp else "fp32",
+    }
 
 
 # ---------------------------------------------------------------------------------------

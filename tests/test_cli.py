@@ -144,3 +144,57 @@ def test_recorded_commands_name_no_machine_folder():
     from labkit.runs import command_line
 
     assert command_line(["bench", "--out", "results/a b.json"]) == "python -m labkit bench --out 'results/a b.json'"
+
+
+def test_eval_scores_a_finished_run_again_with_other_tta(trained, capsys, monkeypatch):
+    tmp, _ = trained
+    monkeypatch.chdir(tmp)
+    (run_dir,) = (tmp / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    data = ["--synthetic", "--synthetic-size", "50", "--data-dir", "data", "--runs-dir", "runs", "--device", "cpu"]
+    args = ["eval", run_dir.name, *data, "--set", "tta_flip=True", "--set", "tta_translate=2", "--out", "e.json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "as trained, evaluated now" in out and "tta_flip=True tta_translate=2" in out
+    assert "choose between settings by val_acc" in out
+    rec = json.loads((tmp / "e.json").read_text())
+    # the run's own settings give back its recorded numbers: the weights it kept are the ones read
+    assert rec["as_trained"]["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-4)
+    assert rec["as_trained"]["test_acc"] == summary["test_acc"]
+    assert rec["as_trained"]["settings"] == {"tta_flip": False, "tta_translate": 0}
+    assert rec["with"]["settings"] == {"tta_flip": True, "tta_translate": 2}
+    assert rec["with"]["test_loss"] != rec["as_trained"]["test_loss"]  # other views, other logits
+    assert rec["command"].startswith("python -m labkit eval ")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "--set KEY=VALUE"),
+        (["--set", "lr=0.1"], "['lr'] change(s) what was trained"),
+        (["--set", "tta_translate=20"], "tta_translate must lie in [0, 8]"),
+    ],
+)
+def test_eval_refuses_settings_that_are_not_evaluation(trained, capsys, monkeypatch, extra, message):
+    tmp, _ = trained
+    monkeypatch.chdir(tmp)
+    (run_dir,) = (tmp / "runs").iterdir()
+    argv = ["eval", run_dir.name, "--synthetic", "--synthetic-size", "50", "--data-dir", "data", "--runs-dir", "runs"]
+    assert main(argv + extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_refuses_unknown_runs_and_other_data(trained, tmp_path, capsys, monkeypatch):
+    tmp, _ = trained
+    (run_dir,) = (tmp / "runs").iterdir()
+    monkeypatch.chdir(tmp)
+    base = ["--runs-dir", "runs", "--set", "tta_flip=True"]
+    assert main(["eval", "seed-0000000000", "--synthetic", "--synthetic-size", "50", "--data-dir", "data", *base]) == 1
+    assert "not a run folder" in capsys.readouterr().err
+    assert main(["eval", "../runs", *base]) == 2
+    assert "must be a run id" in capsys.readouterr().err
+    # synthetic data of the same size from another seed: same description, other files
+    make_synthetic_cifar10(tmp_path / "other", per_batch=50, seed=7)
+    other = ["--synthetic", "--synthetic-size", "50", "--data-dir", str(tmp_path / "other")]
+    assert main(["eval", run_dir.name, *other, *base]) == 1
+    assert "trained on other data" in capsys.readouterr().err

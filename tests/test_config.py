@@ -62,6 +62,8 @@ INVALID = [
     ({"train_subset": -1}, "train_subset"),
     ({"cutout": -1}, "cutout"),
     ({"cutout": 33}, "cutout"),
+    ({"tta_translate": 9}, "tta_translate"),
+    ({"tta_translate": -1}, "tta_translate"),
     ({"seed": -1}, "seed"),
     # choices
     ({"optimizer": "rmsprop"}, "optimizer"),
@@ -168,6 +170,7 @@ def test_short_hash():
         {"init_from": "x-123"},
         {"select": "best_val"},
         {"cutout": 8},
+        {"tta_translate": 1},
     ):
         assert a.replace(**changes).short_hash() != a.short_hash(), changes
 

@@ -7,6 +7,7 @@ no chromium is on PATH). Everything is written under pytest's temporary folders.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -257,6 +258,8 @@ def test_smoke_report_has_every_table_and_figure(smoke_lab):
         assert n in html
     assert "synthetic CIFAR-format data" in html and "not the official CIFAR-10 files" in html
     assert "smoke profile" in html
+    days = sorted({json.loads(f.read_text())["finished_at"][:10] for f in (smoke_lab[1] / "build/smoke/runs").glob("*/summary.json")})
+    assert days and f"<b>trained:</b> {' to '.join(dict.fromkeys([days[0], days[-1]]))}" in html  # from the runs' summaries
     # Code hidden, no progress bars or run logs, no external scripts.
     assert "A.open_lab(" not in html and "it/s]" not in html and "ep/s]" not in html
     assert not re.search(r'<script[^>]+src="https?://', html)

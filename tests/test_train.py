@@ -111,6 +111,26 @@ def test_cutout_is_seeded_and_changes_training(synth_data, tiny_config):
     assert not torch.equal(a.model.fc.weight, plain.model.fc.weight)
 
 
+def test_tta_views_average_as_documented():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    x = torch.randn(6, 3, 32, 32)
+    net(x)  # materialise the lazy layer
+    tta = T._tta_logits
+    plain, flip = TrainConfig(), TrainConfig(tta_flip=True)
+    assert torch.equal(tta(net, x, plain), net(x))
+    both = lambda v: (net(v) + net(v.flip(3))) / 2  # noqa: E731
+    assert torch.allclose(tta(net, x, flip), both(x))
+    padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    a, b = padded[:, :, :32, :32], padded[:, :, 4:36, 4:36]
+    want = (both(x) + (both(a) + both(b)) / 2) / 2
+    assert torch.allclose(tta(net, x, flip.replace(tta_translate=2)), want, atol=1e-6)
+    # the shifted copies really are shifted: a is x moved 2 pixels down-right
+    assert torch.equal(a[:, :, 2:, 2:], x[:, :, :30, :30])
+
+
 def test_lr_exp():
     cfg = TrainConfig(lr=1e-3, decay_rate=0.9, schedule="exp")
     assert lr_at(cfg, 0, 0, 10) == pytest.approx(1e-3)
