@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import logging
 import os
 import re
 import shutil
@@ -291,12 +292,30 @@ def export_html(nb, path: Path, title: str) -> Path:
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter.log.setLevel(logging.ERROR)  # its "alternative text is missing" warning: _figure_alt_text adds it
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    body = _figure_alt_text(body)
     body = body.replace(f'<script src="{exporter.require_js_url}"></script>', "")
     body = re.sub(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", "", body, flags=re.DOTALL)
     body = body.replace("</head>", CSS + "</head>", 1)
     path.write_text(body, encoding="utf-8")
     return path
+
+
+def _figure_alt_text(body: str) -> str:
+    """Give every figure image its caption as alternative text (screen readers, and what a
+    reader sees where an image does not load); nbconvert's own is a placeholder."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(body, features="html.parser")
+    changed = False
+    for img in soup.select("div.jp-OutputArea-output img"):
+        cell = img.find_parent("div", class_="jp-Cell")
+        caption = img.find_next("p", class_="lk-caption")
+        if caption is not None and caption.find_parent("div", class_="jp-Cell") is cell:
+            img["alt"] = re.sub(r"^Figure\.\s*", "", " ".join(caption.get_text().split()))
+            changed = True
+    return str(soup) if changed else body
 
 
 def find_chromium() -> str | None:

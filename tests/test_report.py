@@ -184,6 +184,18 @@ def test_merge_unique_ids_contents_and_no_stderr(tmp_path):
     assert not re.search(r'<script[^>]+src="https?://', html)  # no external scripts
 
 
+def test_figure_alt_text_is_the_caption_of_its_own_cell():
+    img = '<div class="jp-OutputArea-output"><img src="data:x" alt="No description has been provided for this image"></div>'
+    body = (
+        f'<div class="jp-Cell">{img}<div><p class="lk-caption" id="fig-a"><b>Figure.</b> Loss per <i>epoch</i>.</p></div></div>'
+        f'<div class="jp-Cell">{img}</div>'  # no caption in this cell: the next cell's is not its own
+        '<div class="jp-Cell"><p class="lk-caption" id="fig-b"><b>Figure.</b> Something else.</p></div>'
+    )
+    out = R._figure_alt_text(body)
+    assert 'alt="Loss per epoch."' in out
+    assert out.count('alt="No description has been provided for this image"') == 1 and "Something else.\"" not in out
+
+
 def test_find_chromium(monkeypatch, tmp_path):
     monkeypatch.delenv("LABKIT_CHROMIUM", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -260,6 +272,11 @@ def test_smoke_report_has_every_table_and_figure(smoke_lab):
     assert "smoke profile" in html
     days = sorted({json.loads(f.read_text())["finished_at"][:10] for f in (smoke_lab[1] / "build/smoke/runs").glob("*/summary.json")})
     assert days and f"<b>trained:</b> {' to '.join(dict.fromkeys([days[0], days[-1]]))}" in html  # from the runs' summaries
+    # Every figure carries its caption as alternative text (nbconvert's own is a placeholder).
+    from bs4 import BeautifulSoup
+
+    imgs = BeautifulSoup(html, features="html.parser").select("div.jp-OutputArea-output img")
+    assert len(imgs) >= len(FIGURES) and all(i.get("alt") and "No description" not in i["alt"] for i in imgs)
     # Code hidden, no progress bars or run logs, no external scripts.
     assert "A.open_lab(" not in html and "it/s]" not in html and "ep/s]" not in html
     assert not re.search(r'<script[^>]+src="https?://', html)
