@@ -322,3 +322,20 @@ def test_compiled_step_trains_like_the_eager_one(tiny_data, tiny_config):
     assert tiny_config(compile="default").short_hash() == tiny_config().short_hash()
     assert compiled.summary["compile"] == "default"
     assert compiled.history[0]["loss_sum"] == pytest.approx(eager.history[0]["loss_sum"], rel=1e-3)
+
+
+@pytest.mark.parametrize("select", ["last", "best_val"])
+def test_reevaluate_reads_the_weights_the_run_selected(tiny_data, tiny_config, tmp_path, select):
+    cfg = tiny_config(epochs=3, select=select, batch_size=64, lr=5e-2)
+    r = train(cfg, tiny_data, run_dir=tmp_path, progress=False, log=None)
+    again = T.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data)
+    assert again["test_loss"] == pytest.approx(r.summary["test_loss"], rel=1e-5)
+    assert again["test_acc"] == r.summary["test_acc"]
+    # validation: the selected epoch's number (best_val keeps that epoch's weights)
+    assert again["val_acc"] == r.history[r.summary["selected_epoch"] - 1]["val_acc"]
+    flip = T.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data, tta_flip=True)
+    assert flip["settings"] == {"tta_flip": True, "tta_translate": 0} and flip["test_loss"] != again["test_loss"]
+    with pytest.raises(T.ConfigError, match="'lr'"):
+        T.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data, lr=0.1)
+    with pytest.raises(CheckpointError, match="not finished"):
+        T.reevaluate(cfg.replace(epochs=4), tmp_path / "checkpoint.pt", tiny_data)
