@@ -430,8 +430,10 @@ def format_bench(res: dict) -> str:
 
 
 def main_bench(args) -> int:
+    from .cli import check_writable
     from .config import ConfigError
 
+    check_writable(args.out, "--out")
     if args.accuracy_epochs < 0 or args.accuracy_seeds < 1:
         raise ConfigError(
             f"--accuracy-epochs must be >= 0 and --accuracy-seeds >= 1, got {args.accuracy_epochs} and {args.accuracy_seeds}"

@@ -32,6 +32,22 @@ def _synthetic_data(root: Path, per_batch: int, split: str, val_size: int):
     return data
 
 
+def check_writable(path: str | None, flag: str) -> None:
+    """Fail before any work when a result file could not be written at the end."""
+    if not path:
+        return
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        probe = p.with_name(f".{p.name}.probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
+
+
 def _data_loader(args):
     from .data import load_cifar10
 
@@ -97,6 +113,7 @@ def cmd_eval(args) -> int:
     from .runs import RunError, RunStore, atomic_write_text
     from .train import EVAL_FIELDS, reevaluate
 
+    check_writable(args.out, "--out")
     changes = parse_overrides(args.set or [])
     if not changes:
         raise ConfigError(f"give the settings to evaluate with: --set KEY=VALUE, KEY one of {list(EVAL_FIELDS)}")
@@ -152,6 +169,7 @@ def cmd_sweep(args) -> int:
         raise ConfigError(f"--lanes must be a positive int or 'auto', got {args.lanes!r}")
     if "auto" in (args.lanes, args.compile) and not args.bench_json:
         raise ConfigError("--lanes auto and --compile auto choose from a benchmark: give --bench-json")
+    check_writable(args.timing_json, "--timing-json")
     lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False)
     rows = plan(args.profile, args.seeds, protocol=args.protocol)
     if args.only:

@@ -198,3 +198,23 @@ def test_eval_refuses_unknown_runs_and_other_data(trained, tmp_path, capsys, mon
     other = ["--synthetic", "--synthetic-size", "50", "--data-dir", str(tmp_path / "other")]
     assert main(["eval", run_dir.name, *other, *base]) == 1
     assert "trained on other data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["sweep", "--profile", "smoke", "--timing-json", "{f}/t.json"], "--timing-json"),
+        (["bench", "--cpu-check", "--out", "{f}/b.json"], "--out"),
+        (["bench", "--cpu-check", "--out", "{d}"], "is a folder"),
+        (["eval", "seed-0123456789", "--set", "tta_flip=True", "--out", "{f}/e.json"], "--out"),
+    ],
+)
+def test_result_files_that_cannot_be_written_fail_before_any_work(tmp_path, capsys, monkeypatch, argv, flag):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    argv = [a.format(f="a_file", d="a_dir") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err and ("cannot write there" in err or "is a folder" in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]  # nothing trained or made
