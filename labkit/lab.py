@@ -29,7 +29,7 @@ from .data import Dataset, load_cifar10
 from .runs import Run, RunStore
 
 __all__ = [
-    "PROFILES", "PROTOCOLS", "Profile", "profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "Lab",
+    "PROFILES", "PROTOCOLS", "Profile", "profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "plan_gflop", "Lab",
 ]
 
 
@@ -167,6 +167,29 @@ def _plan(profile_name: str, seeds: int | None) -> list[tuple[str, str, TrainCon
     for s in range(1, n):
         rows.append(("05_final", *final_runs(s + 1)[s]))
     return [(nb, name, p.apply(cfg)) for nb, name, cfg in rows]
+
+
+# CIFAR-10's sizes: what a plan costs can be counted before any data is there.
+CIFAR10_TRAIN, CIFAR10_TEST, SEED_SPLIT_VAL = 50_000, 10_000, 10_000
+
+
+def plan_gflop(profile_name: str, seeds: int | None = None, skip: Callable[[str, TrainConfig], bool] | None = None) -> float:
+    """GFLOP of training and evaluation the profile's plan costs on CIFAR-10 (not smoke's
+    synthetic data); `skip(name, cfg)` leaves out runs already done."""
+    if profile(profile_name).synthetic:
+        raise ConfigError("plan_gflop counts CIFAR-10 runs; the smoke profile trains on synthetic data")
+    from .model import run_gflop
+
+    total = 0.0
+    for _, name, cfg in plan(profile_name, seeds):
+        if skip is not None and skip(name, cfg):
+            continue
+        seed_split = cfg.split == "seed"
+        train = CIFAR10_TRAIN - (SEED_SPLIT_VAL if seed_split else cfg.val_size)
+        train = min(train, cfg.train_subset) if cfg.train_subset else train
+        val = SEED_SPLIT_VAL if seed_split else cfg.val_size
+        total += run_gflop(cfg, train, val + CIFAR10_TEST / cfg.epochs)
+    return total
 
 
 # ---------------------------------------------------------------------------------------

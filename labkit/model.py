@@ -10,12 +10,14 @@ reproduced, and are off by default:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "ResNet", "build_model", "count_params", "flops_per_image", "STEMS"]
+__all__ = ["BasicBlock", "ResNet", "build_model", "count_params", "flops_per_image", "run_gflop", "STEMS"]
 
 STEMS = ("3x3", "7x7")
 WIDTH_MULTIPLIERS = (1, 2, 4, 8)
@@ -164,3 +166,19 @@ def flops_per_image(model: nn.Module, train: bool = True, size: int = 32) -> flo
             h.remove()
         model.train(was_training)
     return float(total * (3 if train else 1))
+
+
+# The fields build_model reads: what a network's cost depends on.
+ARCH_FIELDS = ("lays", "stem", "stem_bn", "dropout", "seed_extra_block", "softmax_head", "width")
+
+
+@functools.lru_cache(maxsize=64)
+def _train_gflop_per_image(arch: tuple) -> float:
+    return flops_per_image(build_model(SimpleNamespace(**dict(zip(ARCH_FIELDS, arch, strict=True))))) / 1e9
+
+
+def run_gflop(cfg, train_images: int, eval_images: int) -> float:
+    """GFLOP a run costs: `cfg.epochs` epochs of training on `train_images`, evaluating
+    `eval_images` per epoch (a forward pass: a third of a training step's cost)."""
+    f = _train_gflop_per_image(tuple(getattr(cfg, k) for k in ARCH_FIELDS))
+    return cfg.epochs * (train_images * f + eval_images * f / 3)

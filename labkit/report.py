@@ -140,6 +140,24 @@ def report_order(js: list[Job]) -> list[Job]:
 # ---------------------------------------------------------------------------------------
 
 
+# On a CPU, a real-data profile whose estimated training time passes this needs --allow-cpu.
+CPU_LIMIT_S = 3600.0
+
+
+def _duration(seconds: float) -> str:
+    for unit, size, limit in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172800)):
+        if seconds < limit:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _cpu_gflops(profile_name: str) -> float:
+    from .bench import measure_gflops
+    from .lab import plan
+
+    return measure_gflops(plan(profile_name, 1)[0][2], "cpu")
+
+
 def resolve_profile(
     requested: str,
     data_dir: str | None = None,
@@ -147,10 +165,14 @@ def resolve_profile(
     allow_cpu: bool = False,
     cuda: bool | None = None,
     data_check: Callable[[str | None], None] | None = None,
+    seeds: int | None = None,
+    cpu_gflops: Callable[[str], float] | None = None,
 ) -> tuple[str, str]:
     """The profile to run and why. `auto`: full with a GPU and CIFAR-10, else smoke.
 
-    The full profile never starts training on a CPU unless `allow_cpu`: it would take days.
+    On a CPU, full and quick first estimate their training time (the plan's GFLOP over a
+    rate measured on this CPU, `cpu_gflops(profile)`): full never starts there unless
+    `allow_cpu` (days), quick only when the estimate is under CPU_LIMIT_S.
     """
     if requested not in ("auto", "full", "quick", "smoke"):
         raise ConfigError(f"profile must be one of ['auto', 'full', 'quick', 'smoke'], got {requested!r}")
@@ -170,12 +192,22 @@ def resolve_profile(
         except (RuntimeError, OSError) as e:  # DataError (a RuntimeError) and network failures
             return "smoke", f"profile auto chose SMOKE: CIFAR-10 was not found and could not be downloaded ({e})"
         return "full", "profile auto chose FULL: a CUDA GPU and CIFAR-10 are there"
-    if requested == "full" and not cuda and allow_train and not allow_cpu:
-        raise LabError(
-            "refusing the full profile on a CPU: torch sees no CUDA GPU, and training the full protocol would "
-            "take days here. Use --no-train to render the report from the recorded runs in report/runs, "
-            "--profile smoke for a quick check, or --allow-cpu if you really mean it."
+    if requested in ("full", "quick") and not cuda and allow_train and not allow_cpu:
+        from .lab import plan_gflop
+
+        rate = (cpu_gflops or _cpu_gflops)(requested)
+        est = plan_gflop(requested, seeds) / rate
+        where = (
+            f"about {_duration(est)} of training for its whole plan ({rate:.1f} GFLOP/s measured on this CPU; "
+            "runs already in its store are skipped)"
         )
+        if requested == "full" or est > CPU_LIMIT_S:
+            raise LabError(
+                f"refusing the {requested} profile on a CPU: torch sees no CUDA GPU, and it would take {where}. "
+                "Use --no-train to render a report from recorded runs (report/runs for full), "
+                "--profile smoke for a check in minutes, or --allow-cpu if you really mean it."
+            )
+        return requested, f"profile {requested} on a CPU: {where}"
     return requested, f"profile {requested}" + (" (rendered from recorded runs; training off)" if not allow_train else "")
 
 
@@ -379,7 +411,9 @@ def run_lab(
 ) -> LabReport:
     """Run every notebook of the lab, then export the report. See the module's docstring."""
     t0 = time.time()
-    name, reason = resolve_profile(profile, data_dir, allow_train, allow_cpu)
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
+    name, reason = resolve_profile(profile, data_dir, allow_train, allow_cpu, seeds=seeds)
     prof: Profile = get_profile(name)
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise ConfigError(f"seeds must be a positive int, got {seeds!r}")

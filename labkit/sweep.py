@@ -32,7 +32,7 @@ import torch
 
 from .config import ConfigError, TrainConfig
 from .data import Dataset
-from .model import build_model, flops_per_image
+from .model import run_gflop
 from .runs import RunStore
 
 __all__ = ["Job", "sweep", "Deadline", "execution_from_bench", "sweep_record"]
@@ -52,11 +52,6 @@ class Job:
     worker: int = -1  # the worker process that took it (sweep(workers=N))
     error: str = ""
     work: float = field(default=0.0)  # GFLOP of training this job costs (estimate)
-
-
-def _work(cfg: TrainConfig, train_images: int, eval_images: int) -> float:
-    f = flops_per_image(build_model(cfg)) / 1e9  # training GFLOP per image
-    return cfg.epochs * (train_images * f + eval_images * f / 3)
 
 
 def sweep(
@@ -133,7 +128,7 @@ def _sweep_here(
                 j.worker = worker
                 d = dataset(j.cfg)
                 n = min(j.cfg.train_subset or len(d.train_y), len(d.train_y))
-                j.work = _work(j.cfg, n, len(d.val_y) + len(d.test_y) // j.cfg.epochs)
+                j.work = run_gflop(j.cfg, n, len(d.val_y) + len(d.test_y) // j.cfg.epochs)
                 r = rate()
                 if deadline is not None and r and time.time() + j.work / r > deadline:
                     j.status = "skipped"

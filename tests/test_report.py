@@ -114,13 +114,58 @@ def test_auto_profile_with_gpu(monkeypatch):
 
 
 def test_full_profile_never_trains_on_a_cpu_silently():
+    with pytest.raises(R.LabError, match="refusing the full profile on a CPU.*days of training"):
+        R.resolve_profile("full", cuda=False, cpu_gflops=lambda p: 50.0)
+    # even on a CPU as fast as a GPU the full profile waits for --allow-cpu
     with pytest.raises(R.LabError, match="refusing the full profile on a CPU"):
-        R.resolve_profile("full", cuda=False)
+        R.resolve_profile("full", cuda=False, cpu_gflops=lambda p: 1e6)
     assert R.resolve_profile("full", allow_train=False, cuda=False)[0] == "full"  # render from records
     assert R.resolve_profile("full", allow_cpu=True, cuda=False)[0] == "full"
     assert R.resolve_profile("full", cuda=True)[0] == "full"
     with pytest.raises(ConfigError):
         R.resolve_profile("medium", cuda=False)
+
+
+def test_quick_profile_on_a_cpu_states_its_estimate_and_refuses_hours():
+    from labkit.lab import plan_gflop
+
+    work = plan_gflop("quick")
+    # a CPU that would need two hours: refused, with the estimate and the way out
+    with pytest.raises(R.LabError, match=r"refusing the quick profile on a CPU.*about 2 h of training.*--allow-cpu"):
+        R.resolve_profile("quick", cuda=False, cpu_gflops=lambda p: work / 7200)
+    # ten minutes: it runs, and says how long it will take
+    name, why = R.resolve_profile("quick", cuda=False, cpu_gflops=lambda p: work / 600)
+    assert name == "quick" and "about 10 min" in why and "GFLOP/s measured on this CPU" in why
+    # the rate is measured on the profile's own network
+    asked = []
+    R.resolve_profile("quick", cuda=False, cpu_gflops=lambda p: asked.append(p) or work)
+    assert asked == ["quick"]
+
+
+def test_plan_gflop_counts_every_run_on_cifar10_sizes():
+    from labkit.lab import plan, plan_gflop
+    from labkit.model import run_gflop
+
+    rows = plan("full", 1)
+    by_hand = 0.0
+    for _, _, cfg in rows:
+        train = 40000 if cfg.split == "seed" else 50000 - cfg.val_size
+        val = 10000 if cfg.split == "seed" else cfg.val_size
+        by_hand += run_gflop(cfg, train, val + 10000 / cfg.epochs)
+    assert plan_gflop("full", 1) == pytest.approx(by_hand)
+    assert plan_gflop("full", 3) > 2 * plan_gflop("full", 1) > 10 * plan_gflop("quick")
+    done = {rows[0][1]}
+    assert plan_gflop("full", 1, skip=lambda name, cfg: name in done) < plan_gflop("full", 1)
+    with pytest.raises(ConfigError, match="synthetic"):
+        plan_gflop("smoke")
+
+
+def test_measured_cpu_rate_is_positive_and_finite():
+    from labkit.bench import measure_gflops
+    from labkit.config import SEED
+
+    rate = measure_gflops(SEED.replace(width=8), "cpu", batch=4, steps=1)
+    assert 0 < rate < 1e5
 
 
 def test_cli_refuses_full_on_cpu(monkeypatch, capsys):
