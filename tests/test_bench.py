@@ -133,3 +133,13 @@ def test_step_breakdown_sums_op_time_by_kind(tiny_data):
 )
 def test_op_kinds(op, kind):
     assert op_kind(op) == kind
+
+
+def test_accuracy_check_reads_the_labs_own_baseline_runs():
+    """`bench --accuracy-runs report/runs` must find the lab's baseline runs by id, not train others."""
+    from labkit.lab import plan
+    from labkit.runs import RunStore
+
+    planned = {RunStore.run_id(c, n) for _, n, c in plan("full", 3) if n == "ablation-baseline"}
+    asked = {RunStore.run_id(SEED.replace(seed=s, epochs=30, device="cuda"), "ablation-baseline") for s in range(3)}
+    assert asked == planned and len(planned) == 3
