@@ -987,7 +987,7 @@ def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
 
     import torch
 
-    from .train import CheckpointError, load_checkpoint
+    from .train import CheckpointError, evaluated_weights, load_checkpoint
 
     out_dir = Path(out_dir)
     rows = []
@@ -1006,7 +1006,7 @@ def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
         except CheckpointError as e:
             rows.append({"file": str(target), "run": best.id, "status": f"not written: {e}"})
             continue
-        weights = state.get("best_state") or state["model"]
+        weights = evaluated_weights(state, best.config)
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".part")
         torch.save(

@@ -80,6 +80,7 @@ class TrainConfig:
     select: str = "last"  # which epoch's weights give the test number: "last" | "best_val"
     tta_flip: bool = False  # average logits of image and its mirror at evaluation
     tta_translate: int = 0  # also average over two copies shifted by this many pixels (reflect-padded)
+    ema: float = 0.0  # evaluate an exponential moving average of the weights, this decay per step (0 = off)
     # reproducibility
     seed: int = 0
     init_from: str = ""  # run id whose final weights start this run (multi-stage tuning)
@@ -129,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"cutout must lie in [0, 32] (side of the square, 0 = off), got {c.cutout}")
         if not 0 <= c.tta_translate <= 8:
             raise ConfigError(f"tta_translate must lie in [0, 8] (pixels, 0 = off), got {c.tta_translate}")
+        if not 0.0 <= c.ema < 1.0:
+            raise ConfigError(f"ema must lie in [0, 1) (decay per step, 0 = off), got {c.ema}")
         if c.train_subset < 0:
             raise ConfigError(f"train_subset must be >= 0 (0 = all), got {c.train_subset}")
         if c.seed < 0:

@@ -43,6 +43,7 @@ __all__ = [
     "TrainResult",
     "train",
     "evaluate",
+    "evaluated_weights",
     "lr_at",
     "resolve_device",
     "save_checkpoint",
@@ -129,7 +130,7 @@ class TrainResult:
     config: TrainConfig
     history: list[dict]  # one row per epoch
     summary: dict  # final numbers, timings, where it ran
-    model: nn.Module = field(repr=False)
+    model: nn.Module = field(repr=False)  # the weights the summary's numbers come from (with ema: the average)
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,7 +405,7 @@ def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes)
     state = load_checkpoint(checkpoint, map_location=device)
     if int(state.get("epoch", -1)) + 1 != run_cfg.epochs:
         raise CheckpointError(f"{checkpoint}: from epoch {int(state.get('epoch', -1)) + 1} of {run_cfg.epochs}; the run is not finished")
-    weights = state["best_state"] if run_cfg.select == "best_val" and state.get("best_state") is not None else state["model"]
+    weights = evaluated_weights(state, run_cfg)
     model = build_model(cfg).to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -509,6 +510,41 @@ class _Stepper:
 # ---------------------------------------------------------------------------------------
 
 
+class _Ema:
+    """An exponential moving average of a model's weights and BatchNorm buffers, updated
+    after every optimiser step: ema = decay * ema + (1 - decay) * weights.
+
+    Hand-written rather than torch.optim.swa_utils.AveragedModel, whose update reads a
+    device counter on the host (`bool(n_averaged == 0)`) at every step; this one never
+    syncs. Integer buffers (BatchNorm's batch counter) are copied, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
+        self._float = [(e, m) for e, m in pairs if e.is_floating_point()]
+        self._other = [(e, m) for e, m in pairs if not e.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self._float:
+            ema, live = zip(*self._float, strict=True)
+            torch._foreach_lerp_(list(ema), list(live), 1.0 - self.decay)
+        for e, m in self._other:
+            e.copy_(m)
+
+
+def evaluated_weights(state: dict, cfg: TrainConfig) -> dict:
+    """The weights in a checkpoint that a run's test numbers come from: those selected on
+    validation (select 'best_val'), else the moving average (ema), else the last ones."""
+    if cfg.select == "best_val" and state.get("best_state") is not None:
+        return state["best_state"]
+    return state.get("ema") or state["model"]
+
+
 class _GlobalMeanLoss(nn.Module):
     """Under DDP: this rank's summed loss over its slice, times world / global batch size.
 
@@ -599,6 +635,8 @@ def train(
         model.load_state_dict(init_state)
     optimizer = _make_optimizer(cfg, model, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ema = _Ema(model, cfg.ema) if cfg.ema else None
+    scored = ema.module if ema else model  # the weights evaluated, selected and tested
 
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_subset:
@@ -620,6 +658,10 @@ def train(
             raise CheckpointError(f"{ckpt_path}: written by a run with other settings ({', '.join(diff)}); use another run folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            if state.get("ema") is None:
+                raise CheckpointError(f"{ckpt_path}: has no moving average of the weights (ema); cannot resume this run from it")
+            ema.module.load_state_dict(state["ema"])
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
         if state.get("best_state") is not None:
@@ -653,6 +695,7 @@ def train(
             keep_previous=True,
             state={
                 "model": model.state_dict(),
+                "ema": ema.module.state_dict() if ema else None,
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch,
                 "history": history,
@@ -699,6 +742,8 @@ def train(
             try:
                 loss, out = stepper(xb, yb, optimizer)
                 optimizer.step()  # its state is allocated at the first step: it can run out too
+                if ema is not None:
+                    ema.update()
             except torch.cuda.OutOfMemoryError:
                 raise torch.cuda.OutOfMemoryError(
                     f"CUDA out of memory at batch_size={cfg.batch_size} (lays={list(cfg.lays)}); "
@@ -730,9 +775,9 @@ def train(
             # Every rank evaluates the whole validation set with rank 0's model: DDP keeps the
             # weights equal; BatchNorm's running statistics are made rank 0's (they differ per
             # rank with sync_bn off). Rank 0's numbers are the ones recorded.
-            for b in model.buffers():
+            for b in [*model.buffers(), *(ema.module.buffers() if ema else [])]:
                 distributed.broadcast_(b)
-        val_acc, val_loss = evaluate(model, d.val_x, d.val_y, cfg, amp_dtype=amp_dtype)
+        val_acc, val_loss = evaluate(scored, d.val_x, d.val_y, cfg, amp_dtype=amp_dtype)
         row = {
             "epoch": epoch + 1,
             "lr": lr0,
@@ -747,7 +792,7 @@ def train(
         history.append(row)
         train_seconds += seconds
         if cfg.select == "best_val" and val_acc > best["val_acc"]:
-            best = {"val_acc": val_acc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+            best = {"val_acc": val_acc, "epoch": epoch + 1, "state": copy.deepcopy(scored.state_dict())}
         last = epoch + 1 == cfg.epochs
         if last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0):
             checkpoint(epoch)
@@ -766,12 +811,12 @@ def train(
 
     final_state = None
     if cfg.select == "best_val" and best["state"] is not None:
-        final_state = copy.deepcopy(model.state_dict())
-        model.load_state_dict(best["state"])
-    test_acc, test_loss = evaluate(model, d.test_x, d.test_y, cfg, amp_dtype=amp_dtype)
+        final_state = copy.deepcopy(scored.state_dict())
+        scored.load_state_dict(best["state"])
+    test_acc, test_loss = evaluate(scored, d.test_x, d.test_y, cfg, amp_dtype=amp_dtype)
     sel_epoch = best["epoch"] if final_state is not None else cfg.epochs
     if final_state is not None:
-        model.load_state_dict(final_state)
+        scored.load_state_dict(final_state)
     last = history[-1] if history else {}
     summary = {
         "epochs": cfg.epochs,
@@ -794,4 +839,4 @@ def train(
         "data": data.source,
         "torch": torch.__version__,
     }
-    return TrainResult(cfg, history, summary, model)
+    return TrainResult(cfg, history, summary, scored)

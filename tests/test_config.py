@@ -64,6 +64,8 @@ INVALID = [
     ({"cutout": 33}, "cutout"),
     ({"tta_translate": 9}, "tta_translate"),
     ({"tta_translate": -1}, "tta_translate"),
+    ({"ema": 1.0}, "ema"),
+    ({"ema": -0.1}, "ema"),
     ({"seed": -1}, "seed"),
     # choices
     ({"optimizer": "rmsprop"}, "optimizer"),
@@ -171,6 +173,7 @@ def test_short_hash():
         {"select": "best_val"},
         {"cutout": 8},
         {"tta_translate": 1},
+        {"ema": 0.999},
     ):
         assert a.replace(**changes).short_hash() != a.short_hash(), changes
 

@@ -57,3 +57,12 @@ def test_compiled_step_is_captured(tiny_data, tiny_config):
     r = T.train(_cfg(tiny_config, epochs=1, compile="default"), tiny_data, progress=False, log=None)
     assert r.summary["compile"] == "default"
     assert r.summary["step_mode"] == "cuda_graph", r.summary["graph_fallback"]
+
+
+def test_moving_average_beside_the_graphed_step(tiny_data, tiny_config):
+    r = T.train(_cfg(tiny_config, epochs=2, ema=0.9), tiny_data, progress=False, log=None)
+    plain = T.train(_cfg(tiny_config, epochs=2), tiny_data, progress=False, log=None)
+    assert r.summary["step_mode"] == "cuda_graph", r.summary["graph_fallback"]
+    for a, b in zip(r.history, plain.history, strict=True):  # the average does not touch training
+        assert a["loss_sum"] == pytest.approx(b["loss_sum"], rel=0.05)
+    assert r.summary["test_loss"] != plain.summary["test_loss"]

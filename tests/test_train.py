@@ -59,11 +59,12 @@ def test_seed_network_with_softmax_head_trains(synth_data, tiny_config):
     assert math.isfinite(r.summary["test_acc"])
 
 
-@pytest.mark.parametrize("schedule", ["exp", "cosine"])
-def test_resume_is_exact(synth_data, tiny_config, tmp_path, schedule):
-    # dropout, augmentation and cutout on, so resuming must also replay the random streams
+@pytest.mark.parametrize("schedule, ema", [("exp", 0.0), ("cosine", 0.9)])
+def test_resume_is_exact(synth_data, tiny_config, tmp_path, schedule, ema):
+    # dropout, augmentation and cutout on, so resuming must also replay the random streams;
+    # with ema, the moving average must come back from the checkpoint too
     cfg = tiny_config(
-        epochs=3, schedule=schedule, warmup_epochs=1.0, dropout=0.3, cutout=8, train_subset=256, batch_size=64
+        epochs=3, schedule=schedule, warmup_epochs=1.0, dropout=0.3, cutout=8, train_subset=256, batch_size=64, ema=ema
     )
     (tmp_path / "a").mkdir()  # train() does not create its run_dir
     a = train(cfg, synth_data, run_dir=tmp_path / "a", progress=False, log=None)
@@ -339,3 +340,41 @@ def test_reevaluate_reads_the_weights_the_run_selected(tiny_data, tiny_config, t
         T.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data, lr=0.1)
     with pytest.raises(CheckpointError, match="not finished"):
         T.reevaluate(cfg.replace(epochs=4), tmp_path / "checkpoint.pt", tiny_data)
+
+
+def test_ema_averages_weights_and_copies_integer_buffers():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = T._Ema(net, 0.75)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net(torch.randn(2, 3, 8, 8))  # BatchNorm updates its running stats and its batch counter
+    ema.update()
+    live = net.state_dict()
+    for k, v in ema.module.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.75 * before[k] + 0.25 * live[k]), k
+        else:
+            assert torch.equal(v, live[k]), k  # num_batches_tracked
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_run_is_scored_on_the_average_and_reevaluates_alike(tiny_data, tiny_config, tmp_path):
+    cfg = tiny_config(epochs=2, batch_size=64, lr=5e-2)
+    plain = train(cfg, tiny_data, progress=False, log=None)
+    r = train(cfg.replace(ema=0.9), tiny_data, run_dir=tmp_path, progress=False, log=None)
+    # the same training (the average only watches), other weights scored
+    assert [h["loss_sum"] for h in r.history] == [h["loss_sum"] for h in plain.history]
+    assert r.summary["test_loss"] != plain.summary["test_loss"]
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["ema"] is not None and T.evaluated_weights(state, r.config) is state["ema"]
+    _same_state(r.model.state_dict(), state["ema"])
+    again = T.reevaluate(r.config, tmp_path / "checkpoint.pt", tiny_data)
+    assert again["test_loss"] == pytest.approx(r.summary["test_loss"], rel=1e-5)
+    # a checkpoint without the average cannot resume an ema run
+    state["ema"], state["epoch"], state["history"] = None, 0, state["history"][:1]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="no moving average"):
+        train(r.config, tiny_data, run_dir=tmp_path, progress=False, log=None)
