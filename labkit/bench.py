@@ -453,8 +453,8 @@ def format_bench(res: dict) -> str:
 
 
 def main_bench(args) -> int:
-    from .cli import check_writable
     from .config import ConfigError
+    from .runs import check_writable
 
     check_writable(args.out, "--out")
     if args.accuracy_epochs < 0 or args.accuracy_seeds < 1:

@@ -32,22 +32,6 @@ def _synthetic_data(root: Path, per_batch: int, split: str, val_size: int):
     return data
 
 
-def check_writable(path: str | None, flag: str) -> None:
-    """Fail before any work when a result file could not be written at the end."""
-    if not path:
-        return
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        probe = p.with_name(f".{p.name}.probe")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
-    if p.is_dir():
-        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
-
-
 def _data_loader(args):
     from .data import load_cifar10
 
@@ -110,7 +94,7 @@ def cmd_eval(args) -> int:
     import math
 
     from .data import DataError
-    from .runs import RunError, RunStore, atomic_write_text
+    from .runs import RunError, RunStore, atomic_write_text, check_writable
     from .train import EVAL_FIELDS, reevaluate
 
     check_writable(args.out, "--out")
@@ -160,7 +144,7 @@ def cmd_sweep(args) -> int:
     import time
 
     from .lab import Lab, plan
-    from .runs import atomic_write_text
+    from .runs import atomic_write_text, check_writable
     from .sweep import execution_from_bench, sweep, sweep_record
 
     if args.workers < 0:

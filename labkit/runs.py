@@ -39,7 +39,7 @@ from . import distributed
 from .config import ConfigError, TrainConfig
 from .data import Dataset
 
-__all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint", "command_line"]
+__all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint", "command_line", "check_writable"]
 
 
 class RunError(RuntimeError):
@@ -56,6 +56,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     from .train import atomic_write
 
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def check_writable(path: str | None, flag: str) -> None:
+    """Fail before any work when a result file could not be written at the end."""
+    if not path:
+        return
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        probe = p.with_name(f".{p.name}.probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
 
 
 def command_line(args: list[str] | None = None) -> str:
