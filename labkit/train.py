@@ -525,16 +525,16 @@ class _Ema:
         for p in self.module.parameters():
             p.requires_grad_(False)
         pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
-        self._float = [(e, m) for e, m in pairs if e.is_floating_point()]
-        self._other = [(e, m) for e, m in pairs if not e.is_floating_point()]
+        # Multi-tensor ops, a few kernel launches per step rather than one per tensor.
+        self._avg = ([e for e, _ in pairs if e.is_floating_point()], [m for e, m in pairs if m.is_floating_point()])
+        self._copy = ([e for e, _ in pairs if not e.is_floating_point()], [m for e, m in pairs if not m.is_floating_point()])
 
     @torch.no_grad()
     def update(self) -> None:
-        if self._float:
-            ema, live = zip(*self._float, strict=True)
-            torch._foreach_lerp_(list(ema), list(live), 1.0 - self.decay)
-        for e, m in self._other:
-            e.copy_(m)
+        if self._avg[0]:
+            torch._foreach_lerp_(self._avg[0], self._avg[1], 1.0 - self.decay)
+        if self._copy[0]:
+            torch._foreach_copy_(self._copy[0], self._copy[1])
 
 
 def evaluated_weights(state: dict, cfg: TrainConfig) -> dict:
