@@ -167,12 +167,14 @@ def resolve_profile(
     data_check: Callable[[str | None], None] | None = None,
     seeds: int | None = None,
     cpu_gflops: Callable[[str], float] | None = None,
+    store=None,
 ) -> tuple[str, str]:
     """The profile to run and why. `auto`: full with a GPU and CIFAR-10, else smoke.
 
     On a CPU, full and quick first estimate their training time (the plan's GFLOP over a
-    rate measured on this CPU, `cpu_gflops(profile)`): full never starts there unless
-    `allow_cpu` (days), quick only when the estimate is under CPU_LIMIT_S.
+    rate measured on this CPU, `cpu_gflops(profile)`; runs finished in `store`, a RunStore,
+    left out): full never starts training there unless `allow_cpu` (days), quick only when
+    the estimate is under CPU_LIMIT_S; with nothing left to train, both go ahead.
     """
     if requested not in ("auto", "full", "quick", "smoke"):
         raise ConfigError(f"profile must be one of ['auto', 'full', 'quick', 'smoke'], got {requested!r}")
@@ -195,13 +197,17 @@ def resolve_profile(
     if requested in ("full", "quick") and not cuda and allow_train and not allow_cpu:
         from .lab import plan_gflop
 
+        def done(name, cfg) -> bool:
+            r = store.find(cfg, name) if store is not None else None
+            return r is not None and r.finished
+
         rate = (cpu_gflops or _cpu_gflops)(requested)
-        est = plan_gflop(requested, seeds) / rate
+        est = plan_gflop(requested, seeds, skip=done) / rate
         where = (
-            f"about {_duration(est)} of training for its whole plan ({rate:.1f} GFLOP/s measured on this CPU; "
-            "runs already in its store are skipped)"
+            f"about {_duration(est)} of training for the runs of its plan not yet finished"
+            f"{f' in {_rel(store.root)}' if store is not None else ''} ({rate:.1f} GFLOP/s measured on this CPU)"
         )
-        if requested == "full" or est > CPU_LIMIT_S:
+        if est > 0 and (requested == "full" or est > CPU_LIMIT_S):
             raise LabError(
                 f"refusing the {requested} profile on a CPU: torch sees no CUDA GPU, and it would take {where}. "
                 "Use --no-train to render a report from recorded runs (report/runs for full), "
@@ -413,10 +419,13 @@ def run_lab(
     t0 = time.time()
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
-    name, reason = resolve_profile(profile, data_dir, allow_train, allow_cpu, seeds=seeds)
+    store = None
+    if profile in ("full", "quick"):  # the CPU estimate counts only the runs not yet in its store
+        from .runs import RunStore
+
+        store = RunStore(Path(runs_dir) if runs_dir else Path(root) / get_profile(profile).runs_dir)
+    name, reason = resolve_profile(profile, data_dir, allow_train, allow_cpu, seeds=seeds, store=store)
     prof: Profile = get_profile(name)
-    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
-        raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
     n_seeds = prof.seeds if seeds is None else seeds
     if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
         raise ConfigError(f"lanes must be a positive int, got {lanes!r}")

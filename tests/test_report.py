@@ -136,6 +136,16 @@ def test_quick_profile_on_a_cpu_states_its_estimate_and_refuses_hours():
     # ten minutes: it runs, and says how long it will take
     name, why = R.resolve_profile("quick", cuda=False, cpu_gflops=lambda p: work / 600)
     assert name == "quick" and "about 10 min" in why and "GFLOP/s measured on this CPU" in why
+    # runs finished in the store are not counted; with none left, even full goes ahead
+    class AllDone:
+        root = ROOT / "build" / "all-done"
+
+        def find(self, cfg, name):
+            return type("R", (), {"finished": True})()
+
+    for p in ("quick", "full"):
+        name, why = R.resolve_profile(p, cuda=False, cpu_gflops=lambda p: 1.0, store=AllDone())
+        assert name == p and "about 0 s" in why and "build/all-done" in why
     # the rate is measured on the profile's own network
     asked = []
     R.resolve_profile("quick", cuda=False, cpu_gflops=lambda p: asked.append(p) or work)
