@@ -1,4 +1,4 @@
-"""`python -m labkit ...`: train a run, list runs, make synthetic data, benchmark, run the lab."""
+"""`python -m labkit ...`: train a run, evaluate it again, list runs, make synthetic data, benchmark, sweep, run the lab."""
 
 from __future__ import annotations
 
