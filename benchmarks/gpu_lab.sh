@@ -103,6 +103,6 @@ echo "== end $(date -u +%FT%TZ)"
 main 2>&1 | tee "$OUT/log.txt"
 # What comes back is committed: name no folder of the machine it ran on.
 for f in "$OUT"/*.txt "$OUT"/*.json; do
-  [ -f "$f" ] && sed -i "s#$(pwd)/##g; s#$(cd "$OUT" && pwd)/#\$OUT/#g; s#$HOME/#~/#g" "$f"
+  [ -f "$f" ] && sed -i "s#$(pwd)/##g; s#$(cd "$OUT" && pwd)/#\$OUT/#g; s#$HOME/#~/#g; s#[^ ]*/site-packages/#<site-packages>/#g" "$f"
 done
 ls -la "$OUT"
