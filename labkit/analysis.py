@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import scipy.stats
@@ -368,10 +369,46 @@ def provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> dict[
         "profile": lab.profile.name + (" (synthetic data, tiny net: not comparable to the seed's numbers)" if lab.profile.synthetic else ""),
         "data": "; ".join(datas) or "no runs",
         "device": ", ".join(f"{d} ({c} runs)" for d, c in devices.items()) or "no runs",
-        "training time": f"{secs:.1f} s over {len(runs)} runs",
+        "training time": f"{secs:.1f} s summed over {len(runs)} runs",
         "trained": " to ".join(dict.fromkeys([dates[0], dates[-1]])) if (dates := _dates(runs)) else "—",
+        "training wall time": describe_sittings(training_sittings(runs)),
         "code version": ", ".join(sorted({str((r.summary or {}).get("code_version", "?")) for r in runs})) or "—",
     }
+
+
+def training_sittings(runs: Sequence[Run], gap_s: float = 600.0) -> list[tuple[datetime, datetime]]:
+    """The spans of clock time in which the runs trained, in UTC, sorted.
+
+    Each run trained from `finished_at` minus its `wall_seconds` (or `train_seconds`) until
+    `finished_at`; spans that overlap or lie within `gap_s` of each other are one sitting.
+    Runs trained side by side therefore count once, and a lab finished in a later session
+    shows as two sittings rather than as one long wall time.
+    """
+    spans = []
+    for r in runs:
+        s = r.summary or {}
+        end, secs = s.get("finished_at"), s.get("wall_seconds", s.get("train_seconds"))
+        if not end or secs is None:
+            continue
+        end = datetime.fromisoformat(str(end)).astimezone(UTC)
+        spans.append((end - timedelta(seconds=float(secs)), end))
+    out: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(spans):
+        if out and (start - out[-1][1]).total_seconds() <= gap_s:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def describe_sittings(sittings: Sequence[tuple[datetime, datetime]]) -> str:
+    """'2026-11-28 17:44-17:57 UTC (13.2 min)', one per sitting, and the total if several."""
+    if not sittings:
+        return "—"
+    mins = [(e - s).total_seconds() / 60 for s, e in sittings]
+    parts = [f"{s:%Y-%m-%d %H:%M}-{e:%H:%M} UTC ({m:.1f} min)" for (s, e), m in zip(sittings, mins, strict=True)]
+    total = f"; {sum(mins):.1f} min in {len(sittings)} sittings" if len(sittings) > 1 else ""
+    return ", ".join(parts) + total
 
 
 def _dates(runs: Sequence[Run]) -> list[str]:
