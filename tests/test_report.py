@@ -82,6 +82,33 @@ def test_data_label(monkeypatch):
     assert "synthetic" in A.data_label(other, synthetic=True)
 
 
+def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
+    from types import SimpleNamespace
+
+    def run(end: str, secs: float | None, key: str = "wall_seconds"):
+        return SimpleNamespace(summary={"finished_at": end, key: secs} if secs is not None else {"finished_at": end})
+
+    runs = [
+        run("2026-11-28T10:01:00+00:00", 60),  # 10:00-10:01
+        run("2026-11-28T10:01:30+00:00", 80),  # side by side with the first: 10:00:10-10:01:30
+        run("2026-11-28T10:09:30+00:00", 60, "train_seconds"),  # 7 min later: the same sitting
+        run("2026-11-28T12:00:00+01:00", 120),  # 10:58-11:00 UTC: a second sitting
+        run("2026-11-28T13:00:00+00:00", None),  # no duration: left out
+        SimpleNamespace(summary=None),  # unfinished: left out
+    ]
+    sittings = A.training_sittings(runs)
+    assert [(s.strftime("%H:%M:%S"), e.strftime("%H:%M:%S")) for s, e in sittings] == [
+        ("10:00:00", "10:09:30"),
+        ("10:58:00", "11:00:00"),
+    ]
+    assert A.describe_sittings(sittings) == (
+        "2026-11-28 10:00-10:09 UTC (9.5 min), 2026-11-28 10:58-11:00 UTC (2.0 min); 11.5 min in 2 sittings"
+    )
+    assert A.describe_sittings(sittings[:1]) == "2026-11-28 10:00-10:09 UTC (9.5 min)"
+    assert A.describe_sittings([]) == "—"
+    assert len(A.training_sittings(runs, gap_s=60)) == 3
+
+
 def test_parameter_checks():
     assert A.check_seeds(2) == 2
     for bad in (0, -1, 2.0, True, "3"):
@@ -178,15 +205,18 @@ def test_measured_cpu_rate_is_positive_and_finite():
     assert 0 < rate < 1e5
 
 
-def test_cli_refuses_full_on_cpu(monkeypatch, capsys):
+def test_cli_refuses_full_on_cpu(monkeypatch, capsys, tmp_path):
     import torch
 
     from labkit.cli import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["lab", "--profile", "full", "--out", "/nonexistent/never-written"]) == 1
+    # An empty store: the committed report/runs is complete, and with nothing left to
+    # train the full profile rightly goes ahead on a CPU.
+    out = tmp_path / "never-written"
+    assert main(["lab", "--profile", "full", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 1
     assert "refusing the full profile" in capsys.readouterr().err
-    assert not Path("/nonexistent/never-written").exists()
+    assert not out.exists()
 
 
 def test_jobs_run_04_once_per_ablation_and_summary_last():
