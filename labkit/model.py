@@ -17,11 +17,38 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "ResNet", "build_model", "count_params", "flops_per_image", "run_gflop", "STEMS"]
+__all__ = ["BasicBlock", "Dropout", "ResNet", "build_model", "count_params", "flops_per_image", "run_gflop", "STEMS"]
 
 STEMS = ("3x3", "7x7")
 WIDTH_MULTIPLIERS = (1, 2, 4, 8)
 STRIDES = (1, 2, 2, 2)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout that draws its masks from `generator` when one is set (the trainer sets
+    the run's own), else from torch's global generator as nn.Dropout does.
+
+    Runs trained side by side in threads (labkit.sweep's lanes) share the global generator,
+    so each run's masks would depend on the others'. The arithmetic is that of torch's CPU
+    dropout, so on a CPU a generator seeded like the global one gives the same masks.
+    No state: the state_dict is nn.Dropout's (empty).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.generator is None:
+            return nn.functional.dropout(x, self.p, training=True)
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        return x * keep.div_(1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class BasicBlock(nn.Module):
@@ -93,7 +120,7 @@ class ResNet(nn.Module):
             self._make_layer(w, n, st) for w, n, st in zip(widths, self.blocks_per_stage, STRIDES, strict=True)
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(widths[-1], num_classes)
         self.head: nn.Module = nn.Softmax(dim=1) if softmax_head else nn.Identity()
         for m in self.modules():

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed
 from .config import ConfigError, TrainConfig
 from .data import NORMS, Dataset, augment, cutout, normalize
-from .model import build_model
+from .model import Dropout, build_model
 
 __all__ = [
     "DivergenceError",
@@ -440,8 +440,9 @@ class _Stepper:
         self.model, self.loss_fn, self.cfg, self.device, self.amp = model, loss_fn, cfg, device, amp_dtype
         self.graph: torch.cuda.CUDAGraph | None = None
         self.mode = "eager"
-        # Dropout's RNG offsets fail to replay in a graph here ("Offset increment outside
-        # graph capture", torch 2.11, H200): nets with dropout run eagerly. So do DDP runs:
+        # Dropout's RNG offsets failed to replay in a graph ("Offset increment outside graph
+        # capture", torch 2.11, H200, when dropout drew from the global generator): nets with
+        # dropout run eagerly until a graph with the run's own generator is measured. So do DDP runs:
         # DDP all-reduces gradients from hooks in the backward pass, with buckets and
         # streams it manages itself; gloo cannot be captured at all.
         self.want_graph = cfg.cuda_graphs and device.type == "cuda" and cfg.dropout == 0 and not distributed.active()
@@ -708,11 +709,17 @@ def train(
         )
 
     gen = torch.Generator(device=device)
+    # Dropout draws from the run's own generator, never the global one that runs trained
+    # side by side in threads share.
+    drop_gen = torch.Generator(device=device)
+    for m in model.modules():
+        if isinstance(m, Dropout):
+            m.generator = drop_gen
     train_seconds = sum(r["seconds"] for r in history)
     for epoch in range(start_epoch, cfg.epochs):
-        # gen (permutation, crops, flips) is the same on every rank; the global RNG (dropout)
-        # differs per rank, or all ranks would drop the same units of their different images.
-        torch.manual_seed(_epoch_seed(cfg, epoch) + rank)
+        # gen (permutation, crops, flips) is the same on every rank; drop_gen differs per
+        # rank, or all ranks would drop the same units of their different images.
+        drop_gen.manual_seed(_epoch_seed(cfg, epoch) + rank)
         gen.manual_seed(_epoch_seed(cfg, epoch))
         model.train()
         if device.type == "cuda":
