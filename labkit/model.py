@@ -36,6 +36,8 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
+        if not 0.0 <= p < 1.0:  # p = 1 would divide by zero
+            raise ValueError(f"dropout must lie in [0, 1), got {p}")
         self.p = p
         self.generator: torch.Generator | None = None
 
@@ -106,8 +108,6 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if width < 1:
             raise ValueError(f"width must be a positive int, got {width}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         k, s, p = (3, 1, 1) if stem == "3x3" else (7, 2, 3)
         # The seed's stem conv has a bias even when BatchNorm follows; kept for fidelity.
         widths = [width * m for m in WIDTH_MULTIPLIERS]

@@ -143,6 +143,9 @@ def test_dropout_masks_are_those_of_torch_dropout_on_a_cpu():
     assert torch.equal(d(x), want)
     assert torch.equal(d.eval()(x), x)
     assert Dropout(0.4).state_dict() == {}  # no state: checkpoints keep their keys
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\)"):
+            Dropout(bad)
 
 
 def test_cutout_is_seeded_and_changes_training(synth_data, tiny_config):
