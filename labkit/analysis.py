@@ -390,7 +390,10 @@ def training_sittings(runs: Sequence[Run], gap_s: float = 600.0) -> list[tuple[d
         end, secs = s.get("finished_at"), s.get("wall_seconds", s.get("train_seconds"))
         if not end or secs is None:
             continue
-        end = datetime.fromisoformat(str(end)).astimezone(UTC)
+        try:
+            end = datetime.fromisoformat(str(end)).astimezone(UTC)
+        except ValueError:
+            raise ValueError(f"run {getattr(r, 'id', '?')}: finished_at {end!r} in its summary.json is not an ISO 8601 time") from None
         spans.append((end - timedelta(seconds=float(secs)), end))
     out: list[tuple[datetime, datetime]] = []
     for start, end in sorted(spans):

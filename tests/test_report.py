@@ -107,6 +107,9 @@ def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
     assert A.describe_sittings(sittings[:1]) == "2026-11-28 10:00-10:09 UTC (9.5 min)"
     assert A.describe_sittings([]) == "—"
     assert len(A.training_sittings(runs, gap_s=60)) == 3
+    bad = SimpleNamespace(id="final-0123456789", summary={"finished_at": "yesterday", "wall_seconds": 5})
+    with pytest.raises(ValueError, match="final-0123456789: finished_at 'yesterday'"):
+        A.training_sittings([bad])
 
 
 def test_parameter_checks():
