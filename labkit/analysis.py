@@ -393,7 +393,8 @@ def training_sittings(runs: Sequence[Run], gap_s: float = 600.0) -> list[tuple[d
         try:
             end = datetime.fromisoformat(str(end)).astimezone(UTC)
         except ValueError:
-            raise ValueError(f"run {getattr(r, 'id', '?')}: finished_at {end!r} in its summary.json is not an ISO 8601 time") from None
+            run_id = getattr(r, "id", "?")
+            raise ValueError(f"run {run_id}: finished_at {end!r} in its summary.json is not an ISO 8601 time") from None
         spans.append((end - timedelta(seconds=float(secs)), end))
     out: list[tuple[datetime, datetime]] = []
     for start, end in sorted(spans):
