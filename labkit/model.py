@@ -32,6 +32,12 @@ class Dropout(nn.Module):
     so each run's masks would depend on the others'. The arithmetic is that of torch's CPU
     dropout, so on a CPU a generator seeded like the global one gives the same masks.
     No state: the state_dict is nn.Dropout's (empty).
+
+    Under CUDA-graph capture (with a generator) the mask is not drawn inside the graph: the
+    forward pass multiplies by `static_keep`, a buffer allocated during the capture, and the
+    trainer calls `redraw()` before every replay. The draw is the eager one, from the same
+    generator, so a graphed run drops the same units as the eager run, and no random-number
+    offsets have to be replayed by the graph.
     """
 
     def __init__(self, p: float = 0.5) -> None:
@@ -40,14 +46,30 @@ class Dropout(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1), got {p}")
         self.p = p
         self.generator: torch.Generator | None = None
+        self.static_keep: Tensor | None = None
+
+    def keep_mask(self, like: Tensor) -> Tensor:
+        """A fresh mask of kept units, already scaled by 1 / (1 - p)."""
+        return self._draw(torch.empty_like(like))
+
+    def redraw(self) -> None:
+        """Draw the next mask into `static_keep` (outside the graph, before a replay)."""
+        if self.static_keep is None:
+            raise RuntimeError("redraw() needs a mask buffer: none was captured in a CUDA graph")
+        self._draw(self.static_keep)
+
+    def _draw(self, out: Tensor) -> Tensor:
+        return out.bernoulli_(1.0 - self.p, generator=self.generator).div_(1.0 - self.p)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
         if self.generator is None:
             return nn.functional.dropout(x, self.p, training=True)
-        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
-        return x * keep.div_(1.0 - self.p)
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            self.static_keep = torch.empty_like(x)  # in the graph's memory; filled by redraw()
+            return x * self.static_keep
+        return x * self.keep_mask(x)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -440,12 +440,19 @@ class _Stepper:
         self.model, self.loss_fn, self.cfg, self.device, self.amp = model, loss_fn, cfg, device, amp_dtype
         self.graph: torch.cuda.CUDAGraph | None = None
         self.mode = "eager"
-        # Dropout's RNG offsets failed to replay in a graph ("Offset increment outside graph
-        # capture", torch 2.11, H200, when dropout drew from the global generator): nets with
-        # dropout run eagerly until a graph with the run's own generator is measured. So do DDP runs:
+        # Dropout draws its masks outside the graph (labkit.model.Dropout.redraw before each
+        # replay): random-number offsets drawn inside a graph failed to replay ("Offset
+        # increment outside graph capture", torch 2.11, H200). A compiled net traces
+        # Dropout's eager branch, so with dropout it is not captured. Nor are DDP runs:
         # DDP all-reduces gradients from hooks in the backward pass, with buckets and
         # streams it manages itself; gloo cannot be captured at all.
-        self.want_graph = cfg.cuda_graphs and device.type == "cuda" and cfg.dropout == 0 and not distributed.active()
+        self.want_graph = (
+            cfg.cuda_graphs
+            and device.type == "cuda"
+            and not (cfg.dropout and cfg.compile)
+            and not distributed.active()
+        )
+        self.dropouts: list[Dropout] = []  # whose masks are redrawn before each replay
         self.graph_error = ""
 
     def eager(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
@@ -464,28 +471,42 @@ class _Stepper:
     def _capture(self, x: Tensor, y: Tensor, optimizer) -> None:
         model = self.model
         saved = {k: v.clone() for k, v in model.state_dict().items()}  # undo warm-up's BN updates
-        self.static_x, self.static_y = x.clone(), y.clone()
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm-up: cuDNN picks its algorithms outside the capture
-                optimizer.zero_grad(set_to_none=True)
+        # ... and the warm-up's dropout draws, so that the graphed run draws the eager run's masks
+        dropouts = [m for m in model.modules() if isinstance(m, Dropout) and m.p > 0 and m.generator is not None]
+        gens = list({id(m.generator): m.generator for m in dropouts}.values())
+        gen_states = [g.get_state() for g in gens]
+        for m in dropouts:
+            m.static_keep = None
+        try:
+            self.static_x, self.static_y = x.clone(), y.clone()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up: cuDNN picks its algorithms outside the capture
+                    optimizer.zero_grad(set_to_none=True)
+                    with _autocast(self.device, self.amp):
+                        loss = self.loss_fn(model(self.static_x).float(), self.static_y)
+                    loss.backward()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
+            g = torch.cuda.CUDAGraph()
+            # thread_local: runs training side by side in threads may launch work meanwhile.
+            with torch.cuda.graph(g, stream=side, capture_error_mode="thread_local"):
                 with _autocast(self.device, self.amp):
-                    loss = self.loss_fn(model(self.static_x).float(), self.static_y)
-                loss.backward()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
-        g = torch.cuda.CUDAGraph()
-        # thread_local: runs training side by side in threads may launch work meanwhile.
-        with torch.cuda.graph(g, stream=side, capture_error_mode="thread_local"):
-            with _autocast(self.device, self.amp):
-                out = model(self.static_x)
-                self.static_loss = self.loss_fn(out.float(), self.static_y)
-            self.static_loss.backward()
-            self.static_out = out.detach()
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                v.copy_(saved[k])
+                    out = model(self.static_x)
+                    self.static_loss = self.loss_fn(out.float(), self.static_y)
+                self.static_loss.backward()
+                self.static_out = out.detach()
+        finally:  # captured or not, training goes on from the state before the warm-up
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    v.copy_(saved[k])
+            for gen, state in zip(gens, gen_states, strict=True):
+                gen.set_state(state)
+        missing = [m for m in dropouts if m.static_keep is None]
+        if missing:  # its forward did not see the capture: its mask would be frozen in the graph
+            raise RuntimeError(f"{len(missing)} dropout layer(s) allocated no mask buffer during the capture")
+        self.dropouts = dropouts
         self.graph, self.mode = g, "cuda_graph"
 
     def __call__(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
@@ -501,6 +522,8 @@ class _Stepper:
         if full and self.graph is not None:
             self.static_x.copy_(x)
             self.static_y.copy_(y)
+            for m in self.dropouts:
+                m.redraw()
             self.graph.replay()
             return self.static_loss.detach(), self.static_out
         return self.eager(x, y, optimizer)

@@ -148,6 +148,36 @@ def test_dropout_masks_are_those_of_torch_dropout_on_a_cpu():
             Dropout(bad)
 
 
+def test_dropout_redraw_draws_what_the_forward_pass_would():
+    # A graphed step multiplies by a buffer that redraw() fills before each replay: it must
+    # hold the mask the eager forward pass draws from the same generator state.
+    from labkit.model import Dropout
+
+    x = torch.randn(32, 64)
+    d = Dropout(0.3).train()
+    d.generator = torch.Generator().manual_seed(5)
+    want = [d(x) for _ in range(2)]
+    d.generator.manual_seed(5)
+    d.static_keep = torch.empty_like(x)
+    for w in want:
+        d.redraw()
+        assert torch.equal(x * d.static_keep, w)
+    with pytest.raises(RuntimeError, match="needs a mask buffer"):
+        Dropout(0.3).redraw()
+
+
+def test_which_steps_are_graphed():
+    # Decided before any CUDA work, so it can be checked on a CPU.
+    def wants(**changes) -> bool:
+        cfg = TrainConfig(**changes)
+        return T._Stepper(torch.nn.Linear(2, 2), None, cfg, torch.device("cuda"), None).want_graph
+
+    assert wants() and wants(dropout=0.4) and wants(compile="default")
+    assert not wants(dropout=0.4, compile="default")  # compile traces dropout's eager branch
+    assert not wants(cuda_graphs=False)
+    assert not T._Stepper(torch.nn.Linear(2, 2), None, TrainConfig(), torch.device("cpu"), None).want_graph
+
+
 def test_cutout_is_seeded_and_changes_training(synth_data, tiny_config):
     cfg = tiny_config(epochs=1, train_subset=128, batch_size=64)
     plain = train(cfg, synth_data, progress=False, log=None)
