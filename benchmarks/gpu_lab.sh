@@ -9,7 +9,8 @@
 #   speed             the whole benchmark: seed recipe, labkit, labkit compiled, 1-3 lanes,
 #                     the step's op breakdown, and every GPU test; no training after it.
 #   time              the seed report's protocol from nothing (SEEDS=1 or 3) in a fresh
-#                     store, lanes or compile chosen from the benchmark.
+#                     store, lanes or compile chosen from the benchmark (which also times
+#                     compile and breaks the step down by op); no GPU tests. BUDGET_S=570.
 #   accuracy          the seed's recipe as the seed wrote it, 30 epochs x SEEDS (3), against
 #                     labkit's baseline runs in report/runs (validation accuracy, Welch CI).
 #   modern            modern-preset variants, VARIANTS="EPOCHS[:key=value,...] ..." (default
@@ -26,8 +27,10 @@ case $MODE in
   finish) SEEDS=${SEEDS:-3}; PROTOCOL=lab; BENCH_ARGS=(--probe-lanes 2) ;;
   speed) SEEDS=1; PROTOCOL=lab; GPU_TESTS=""
          BENCH_ARGS=(--probe-lanes 2 3 --compile "${COMPILE:-default}" --breakdown-steps 20) ;;
-  time) SEEDS=${SEEDS:-1}; PROTOCOL=seed; RUNS_DIR=${RUNS_DIR:-build/protocol-runs-$(date +%s)}
-        BENCH_ARGS=(--probe-lanes 2 --compile "${COMPILE:-default}") ;;
+  # time: no GPU tests (speed runs them), so that the protocol fits one call beside the
+  # bench; the bench's op breakdown costs seconds and says where the step's time goes.
+  time) SEEDS=${SEEDS:-1}; PROTOCOL=seed; RUNS_DIR=${RUNS_DIR:-build/protocol-runs-$(date +%s)}; GPU_TESTS=none
+        BENCH_ARGS=(--probe-lanes 2 --compile "${COMPILE:-default}" --breakdown-steps 20) ;;
   accuracy) SEEDS=${SEEDS:-3}; PROTOCOL=seed; BENCH_ARGS=() ;;
   modern) SEEDS=1; PROTOCOL=lab; RUNS_DIR=${RUNS_DIR:-build/modern-runs}; BENCH_ARGS=() ;;
   *) echo "MODE must be finish, speed, time, accuracy or modern, got $MODE"; exit 2 ;;
@@ -47,8 +50,12 @@ echo "== data: CIFAR-10 stand-in (JPEG re-encoded) into $DATA"
 t=$(date +%s.%N); $PY .device/cifar10/make_batches.py "$DATA" >/dev/null || exit 1
 echo "data ready in $(awk "BEGIN{print $(date +%s.%N) - $t}") s"
 
-echo "== GPU tests (-k '${GPU_TESTS:-all}')"
-$PY -m pytest -q -m gpu -p no:cacheprovider ${GPU_TESTS:+-k "$GPU_TESTS"} tests/test_gpu.py 2>&1 | tail -15
+if [ "$GPU_TESTS" = none ]; then
+  echo "== GPU tests: none in mode $MODE"
+else
+  echo "== GPU tests (-k '${GPU_TESTS:-all}')"
+  $PY -m pytest -q -m gpu -p no:cacheprovider ${GPU_TESTS:+-k "$GPU_TESTS"} tests/test_gpu.py 2>&1 | tail -15
+fi
 
 echo "== bench"
 BENCH=($PY -m labkit bench --out "$OUT/bench.json")
