@@ -102,7 +102,17 @@ class Estimate:
 
 
 def _clean(values: Iterable) -> list[float]:
-    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    """The measured values as floats; None and NaN (a run without that number) left out."""
+    out = []
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, (bool, str, bytes)):
+            raise TypeError(f"a measured value must be a number, got {v!r}")
+        f = float(v)
+        if not math.isnan(f):
+            out.append(f)
+    return out
 
 
 def estimate(values: Iterable, level: float = LEVEL) -> Estimate:
@@ -113,6 +123,8 @@ def estimate(values: Iterable, level: float = LEVEL) -> Estimate:
     mean = sum(v) / n
     if n < 2:
         return Estimate(1, mean, math.nan, math.nan, math.nan, level)
+    if max(v) == min(v):  # exactly 0, not the rounding residue of a mean of equal values
+        return Estimate(n, mean, 0.0, mean, mean, level)
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
     half = t_ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     return Estimate(n, mean, sd, mean - half, mean + half, level)
@@ -154,8 +166,8 @@ def welch(a: Iterable, b: Iterable, level: float = LEVEL) -> Difference:
         return Difference(diff, math.nan, math.nan, math.nan, na, nb, level)
     va, vb = ea.sd**2 / na, eb.sd**2 / nb
     se = math.sqrt(va + vb)
-    if se == 0:
-        return Difference(diff, diff, diff, math.inf, na, nb, level)
+    if se == 0:  # every run on both sides gave the same value: no spread to build a CI on
+        return Difference(diff, math.nan, math.nan, math.nan, na, nb, level)
     df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
     half = t_ppf(0.5 + level / 2, df) * se
     return Difference(diff, diff - half, diff + half, df, na, nb, level)
@@ -166,7 +178,9 @@ def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> 
     if math.isnan(d.diff):
         return "untested: runs missing"
     if not d.has_ci:
-        return f"not testable: {min(d.na, d.nb)} run on one side, no spread measured (needs seeds ≥ 2)"
+        if min(d.na, d.nb) < 2:
+            return f"not testable: {min(d.na, d.nb)} run on one side, no spread measured (needs seeds ≥ 2)"
+        return "not testable: every run on each side gave the same value, no spread measured"
     size = ""
     if claimed is not None:
         inside = d.lo <= claimed <= d.hi
@@ -175,7 +189,7 @@ def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> 
         return f"confirmed: the CI lies above 0{size}"
     if d.hi < 0:
         return f"refuted: the opposite holds (CI below 0){size}"
-    return f"not shown: the CI includes 0, the difference is within run-to-run noise{size}"
+    return f"not shown: the CI includes 0, no difference shown with these runs{size}"
 
 
 # The seed's conclusions (SPEC §4.6), per ablation group: (claim, better, worse, claimed size?).
@@ -376,13 +390,15 @@ def provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> dict[
     }
 
 
-def training_sittings(runs: Sequence[Run], gap_s: float = 600.0) -> list[tuple[datetime, datetime]]:
+def training_sittings(runs: Sequence[Run], gap_s: float = 60.0) -> list[tuple[datetime, datetime]]:
     """The spans of clock time in which the runs trained, in UTC, sorted.
 
     Each run trained from `finished_at` minus its `wall_seconds` (or `train_seconds`) until
     `finished_at`; spans that overlap or lie within `gap_s` of each other are one sitting.
     Runs trained side by side therefore count once, and a lab finished in a later session
-    shows as two sittings rather than as one long wall time.
+    shows as two sittings rather than as one long wall time. `gap_s` only bridges the
+    seconds a sweep spends between two runs: a longer pause (a benchmark, another
+    notebook's runs, another day) is not training time of these runs.
     """
     spans = []
     for r in runs:

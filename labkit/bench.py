@@ -457,10 +457,17 @@ def main_bench(args) -> int:
     from .runs import check_writable
 
     check_writable(args.out, "--out")
-    if args.accuracy_epochs < 0 or args.accuracy_seeds < 1:
+    if args.accuracy_epochs < 0 or args.accuracy_seeds < 2:
         raise ConfigError(
-            f"--accuracy-epochs must be >= 0 and --accuracy-seeds >= 1, got {args.accuracy_epochs} and {args.accuracy_seeds}"
+            f"--accuracy-epochs must be >= 0 and --accuracy-seeds >= 2 (a confidence interval needs two seeds a side), "
+            f"got {args.accuracy_epochs} and {args.accuracy_seeds}"
         )
+    if args.epochs < 2:  # the first epoch of each side is a warm-up, left out of the ratio
+        raise ConfigError(f"--epochs must be >= 2 (the first of each side is a warm-up), got {args.epochs}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (DataLoader workers of the seed recipe), got {args.workers}")
+    if any(k < 1 for k in args.probe_lanes):
+        raise ConfigError(f"--probe-lanes takes lane counts >= 1, got {args.probe_lanes}")
     if args.breakdown_steps < 0:
         raise ConfigError(f"--breakdown-steps must be >= 0 (0 = off), got {args.breakdown_steps}")
     if args.accuracy_runs and not args.accuracy_epochs:

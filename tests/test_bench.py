@@ -91,7 +91,10 @@ def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
     "extra, message",
     [
         (["--accuracy-epochs", "-1"], "--accuracy-epochs must be >= 0"),
-        (["--accuracy-epochs", "2", "--accuracy-seeds", "0"], "--accuracy-seeds >= 1"),
+        (["--accuracy-epochs", "2", "--accuracy-seeds", "1"], "--accuracy-seeds >= 2"),
+        (["--epochs", "1"], "--epochs must be >= 2"),
+        (["--workers", "-1"], "--workers must be >= 0"),
+        (["--probe-lanes", "2", "0"], "--probe-lanes takes lane counts >= 1"),
         (["--accuracy-runs", "runs"], "--accuracy-runs needs --accuracy-epochs"),
         (["--breakdown-steps", "-1"], "--breakdown-steps must be >= 0"),
     ],

@@ -405,3 +405,14 @@ def test_cutout_draws_a_centre_per_image_from_the_generator(synth_data):
     # the fill normalises to about zero: the mean colour
     z = normalize(torch.tensor([round(255 * v) for v in NORMS["seed"][0]], dtype=torch.uint8).view(1, 3, 1, 1))
     assert z.abs().max() < 0.01
+
+
+def test_channel_stats_are_population_stds():
+    from labkit.data import channel_stats
+
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    x[:, 0, :, ::2] = 255  # channel 0: half the pixels white, so mean 0.5 and std exactly 0.5
+    s = channel_stats(x)
+    assert s["mean"] == pytest.approx([0.5, 0.0, 0.0])
+    assert s["std_per_image_mean"] == pytest.approx([0.5, 0.0, 0.0], abs=1e-12)
+    assert s["std_dataset"] == pytest.approx([0.5, 0.0, 0.0], abs=1e-12)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from labkit import analysis as A
@@ -57,6 +58,15 @@ def test_welch_difference_and_verdicts():
     assert A.judge(A.welch([0.8, 0.7], [0.75, 0.76])).startswith("not shown")
     assert A.judge(A.welch([0.8], [0.7])).startswith("not testable")
     assert A.judge(A.welch([], [0.7])).startswith("untested")
+    # Equal values on every run (accuracies are discrete) give no spread, not certainty.
+    assert A.estimate([0.7, 0.7, 0.7]).sd == 0.0
+    tie = A.welch([0.7, 0.7, 0.7], [0.6, 0.6, 0.6])
+    assert tie.diff == pytest.approx(0.1) and not tie.has_ci
+    assert A.judge(tie) == "not testable: every run on each side gave the same value, no spread measured"
+    assert A.judge(A.welch([0.7, 0.7], [0.6, 0.65])).startswith("not shown")  # one side varies: a CI
+    assert A.estimate([0.5, None, float("nan"), np.float32("nan"), np.float64(0.7)]).n == 2
+    with pytest.raises(TypeError, match="must be a number"):
+        A.estimate([0.5, "0.7"])
     assert "outside" in A.judge(d, claimed=0.30) and "inside" in A.judge(d, claimed=0.11)
 
 
@@ -91,22 +101,26 @@ def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
     runs = [
         run("2026-11-28T10:01:00+00:00", 60),  # 10:00-10:01
         run("2026-11-28T10:01:30+00:00", 80),  # side by side with the first: 10:00:10-10:01:30
-        run("2026-11-28T10:09:30+00:00", 60, "train_seconds"),  # 7 min later: the same sitting
-        run("2026-11-28T12:00:00+01:00", 120),  # 10:58-11:00 UTC: a second sitting
+        run("2026-11-28T10:02:20+00:00", 30, "train_seconds"),  # 20 s after: the same sitting
+        run("2026-11-28T10:09:30+00:00", 60),  # 7 min later: not training meanwhile, a second sitting
+        run("2026-11-28T12:00:00+01:00", 120),  # 10:58-11:00 UTC: a third sitting
         run("2026-11-28T13:00:00+00:00", None),  # no duration: left out
         SimpleNamespace(summary=None),  # unfinished: left out
     ]
     sittings = A.training_sittings(runs)
     assert [(s.strftime("%H:%M:%S"), e.strftime("%H:%M:%S")) for s, e in sittings] == [
-        ("10:00:00", "10:09:30"),
+        ("10:00:00", "10:02:20"),
+        ("10:08:30", "10:09:30"),
         ("10:58:00", "11:00:00"),
     ]
     assert A.describe_sittings(sittings) == (
-        "2026-11-28 10:00-10:09 UTC (9.5 min), 2026-11-28 10:58-11:00 UTC (2.0 min); 11.5 min in 2 sittings"
+        "2026-11-28 10:00-10:02 UTC (2.3 min), 2026-11-28 10:08-10:09 UTC (1.0 min), "
+        "2026-11-28 10:58-11:00 UTC (2.0 min); 5.3 min in 3 sittings"
     )
-    assert A.describe_sittings(sittings[:1]) == "2026-11-28 10:00-10:09 UTC (9.5 min)"
+    assert A.describe_sittings(sittings[:1]) == "2026-11-28 10:00-10:02 UTC (2.3 min)"
     assert A.describe_sittings([]) == "—"
-    assert len(A.training_sittings(runs, gap_s=60)) == 3
+    assert len(A.training_sittings(runs, gap_s=600)) == 2
+    assert len(A.training_sittings(runs, gap_s=0)) == 4
     bad = SimpleNamespace(id="final-0123456789", summary={"finished_at": "yesterday", "wall_seconds": 5})
     with pytest.raises(ValueError, match="final-0123456789: finished_at 'yesterday'"):
         A.training_sittings([bad])
