@@ -402,6 +402,26 @@ def print_pdf(html_path: Path, pdf_path: Path, chromium: str, timeout: float = 3
 # ---------------------------------------------------------------------------------------
 
 
+def _store(root, runs_dir, prof: Profile):
+    from .runs import RunStore
+
+    return RunStore(Path(runs_dir) if runs_dir else Path(root) / prof.runs_dir)
+
+
+def _check_recorded_runs(profile_name: str, seeds: int, store) -> None:
+    """Rendering without training needs recorded runs: refuse a store with none of the plan's,
+    which is a mistyped --runs-dir far more often than a wish for an empty report."""
+    from .lab import plan
+
+    planned = plan(profile_name, seeds)
+    if not any((r := store.find(cfg, name)) is not None and r.finished for _, name, cfg in planned):
+        where = store.root if store.root.is_dir() else f"{store.root} (no such folder)"
+        raise LabError(
+            f"--no-train renders recorded runs, but none of the {len(planned)} runs the {profile_name} profile plans "
+            f"is finished in {where}; check --runs-dir. Nothing was written."
+        )
+
+
 def run_lab(
     profile: str = "auto",
     data_dir: str | None = None,
@@ -423,7 +443,7 @@ def run_lab(
     if profile in ("full", "quick"):  # the CPU estimate counts only the runs not yet in its store
         from .runs import RunStore
 
-        store = RunStore(Path(runs_dir) if runs_dir else Path(root) / get_profile(profile).runs_dir)
+        store = _store(root, runs_dir, get_profile(profile))
     name, reason = resolve_profile(profile, data_dir, allow_train, allow_cpu, seeds=seeds, store=store)
     prof: Profile = get_profile(name)
     n_seeds = prof.seeds if seeds is None else seeds
@@ -431,6 +451,12 @@ def run_lab(
         raise ConfigError(f"lanes must be a positive int, got {lanes!r}")
     root = Path(root).resolve()
     report_dir = Path(out).resolve() if out else root / prof.report_dir
+    if report_dir == NOTEBOOK_DIR.resolve():
+        raise LabError(f"--out {report_dir} is the notebooks' own folder: the executed copies would overwrite them")
+    if report_dir.exists() and not report_dir.is_dir():
+        raise LabError(f"--out {report_dir} is a file, not a folder")
+    if not allow_train:
+        _check_recorded_runs(name, n_seeds, store or _store(root, runs_dir, prof))
     report_dir.mkdir(parents=True, exist_ok=True)
     _check_kernel()
     log(reason)

@@ -27,6 +27,7 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -199,6 +200,27 @@ def recover_checkpoint(d: Path, log: Callable[[str], None] | None = print) -> di
     return None
 
 
+# A run's files; summary.json last, so that a retrain sets it aside only once the rest is.
+RUN_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "metrics.csv", "summary.json")
+REPLACED = ".replaced"  # where a retrain keeps the finished run until the new one finishes
+
+
+def _restore_replaced(d: Path, log: Callable[[str], None] | None) -> None:
+    """Put back a finished run that a failed (or killed) retrain set aside."""
+    keep = d / REPLACED
+    if not keep.is_dir():
+        return
+    if (keep / "summary.json").exists():  # all of the old run was set aside: d holds the failed new one
+        for f in RUN_FILES:
+            (d / f).unlink(missing_ok=True)
+    for f in RUN_FILES:
+        if (keep / f).exists():
+            os.replace(keep / f, d / f)
+    shutil.rmtree(keep, ignore_errors=True)
+    if log:
+        log(f"{d.name}: the retrain did not finish; the finished run it would have replaced is back")
+
+
 class RunStore:
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_runs_dir()
@@ -323,8 +345,6 @@ class RunStore:
         the metric rows after each epoch is stored; raising there stops the run resumably.
         Under torchrun every rank calls this (on_epoch runs on every rank); rank 0 decides.
         """
-        from .train import train
-
         rid = self.run_id(cfg, name)
         d = self.path(rid)
         if distributed.rank() != 0:
@@ -332,9 +352,12 @@ class RunStore:
         if not retrain and (d / "summary.json").is_file():
             distributed.broadcast_flag(False)  # under torchrun: tell the other ranks (else a no-op)
             return self.load(rid)
-        # Checked before the run's folder exists, so a missing parent leaves nothing behind.
+        # Checked before the run's folder exists, so a missing parent or unreadable data
+        # leaves nothing behind (and a run to retrain untouched).
         init_state = self._parent_weights(cfg.init_from) if cfg.init_from else None
+        dataset = data() if callable(data) else data
         with self._lock(d, wait, log):
+            _restore_replaced(d, log)  # a retrain killed before it could put the old run back
             if not retrain and (d / "summary.json").is_file():  # finished while we waited
                 distributed.broadcast_flag(False)
                 return self.load(rid)
@@ -342,56 +365,71 @@ class RunStore:
             for tmp in d.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
             if retrain:
-                for f in ("summary.json", "checkpoint.pt", "checkpoint.prev.pt", "metrics.csv"):
-                    (d / f).unlink(missing_ok=True)
-            cfg_path = d / "config.json"
-            if cfg_path.is_file():
-                try:
-                    old = TrainConfig.from_dict(json.loads(cfg_path.read_text())["config"])
-                except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
-                    raise RunError(f"{cfg_path}: unreadable run config ({e}); move the folder {d} aside") from None
-                if old.identity() != cfg.identity():
-                    raise RunError(f"{d}: holds a different config than asked for (hash collision?)")
-            else:
-                atomic_write_text(cfg_path, json.dumps({"name": name, "config": cfg.to_dict()}, indent=2))
-            # A checkpoint that cannot be read is set aside, never trusted: the previous good
-            # one takes its place. metrics.csv is made to match the checkpoint resumed from.
-            state = recover_checkpoint(d, log)
-            if state is not None or (d / "metrics.csv").exists():
-                _write_metrics(d / "metrics.csv", list(state["history"]) if state else [])
-            del state
-            dataset = data() if callable(data) else data
-            distributed.broadcast_flag(True)  # the folder is ready: the other ranks train too
-
-            def stored(history: list[dict]) -> None:
-                _write_metrics(d / "metrics.csv", history)
-                if on_epoch:
-                    on_epoch(history)
-
-            t0 = time.time()
-            result = train(
-                cfg,
-                dataset,
-                run_dir=d,
-                init_state=init_state,
-                checkpoint_every=checkpoint_every,
-                progress=progress,
-                log=log,
-                on_epoch=stored,
-            )
-            _write_metrics(d / "metrics.csv", result.history)
-            summary = {
-                "run": rid,
-                "name": name,
-                "config_hash": cfg.short_hash(),
-                **result.summary,
-                "wall_seconds": time.time() - t0,
-                "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "code_version": _code_version(),
-            }
-            atomic_write_text(d / "summary.json", json.dumps(summary, indent=2))
-            distributed.barrier()  # the other ranks read the run once it is written
+                # Set aside, not deleted: the finished run comes back if the new one fails.
+                (d / REPLACED).mkdir(exist_ok=True)
+                for f in RUN_FILES:
+                    if (d / f).exists():
+                        os.replace(d / f, d / REPLACED / f)
+            try:
+                self._train_here(d, rid, cfg, name, dataset, init_state, checkpoint_every, progress, log, on_epoch)
+            except BaseException:
+                if retrain:
+                    _restore_replaced(d, log)
+                raise
+            if retrain:
+                shutil.rmtree(d / REPLACED, ignore_errors=True)
         return self.load(rid)
+
+    def _train_here(self, d, rid, cfg, name, dataset, init_state, checkpoint_every, progress, log, on_epoch) -> None:
+        """RunStore.get's training, in the run's locked folder."""
+        from .train import train
+
+        cfg_path = d / "config.json"
+        if cfg_path.is_file():
+            try:
+                old = TrainConfig.from_dict(json.loads(cfg_path.read_text())["config"])
+            except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
+                raise RunError(f"{cfg_path}: unreadable run config ({e}); move the folder {d} aside") from None
+            if old.identity() != cfg.identity():
+                raise RunError(f"{d}: holds a different config than asked for (hash collision?)")
+        else:
+            atomic_write_text(cfg_path, json.dumps({"name": name, "config": cfg.to_dict()}, indent=2))
+        # A checkpoint that cannot be read is set aside, never trusted: the previous good
+        # one takes its place. metrics.csv is made to match the checkpoint resumed from.
+        state = recover_checkpoint(d, log)
+        if state is not None or (d / "metrics.csv").exists():
+            _write_metrics(d / "metrics.csv", list(state["history"]) if state else [])
+        del state
+        distributed.broadcast_flag(True)  # the folder is ready: the other ranks train too
+
+        def stored(history: list[dict]) -> None:
+            _write_metrics(d / "metrics.csv", history)
+            if on_epoch:
+                on_epoch(history)
+
+        t0 = time.time()
+        result = train(
+            cfg,
+            dataset,
+            run_dir=d,
+            init_state=init_state,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+            log=log,
+            on_epoch=stored,
+        )
+        _write_metrics(d / "metrics.csv", result.history)
+        summary = {
+            "run": rid,
+            "name": name,
+            "config_hash": cfg.short_hash(),
+            **result.summary,
+            "wall_seconds": time.time() - t0,
+            "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "code_version": _code_version(),
+        }
+        atomic_write_text(d / "summary.json", json.dumps(summary, indent=2))
+        distributed.barrier()  # the other ranks read the run once it is written
 
     def _follow(self, cfg, name, data, checkpoint_every, on_epoch) -> Run:
         """RunStore.get on a rank other than 0 under torchrun: no lock, no writes.

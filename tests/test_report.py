@@ -430,3 +430,19 @@ def test_committed_report_names_no_machine_paths():
     pattern = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users)/")
     bad = [str(f.relative_to(root)) for f in files if pattern.search(f.read_text(errors="replace"))]
     assert not bad, bad
+
+
+def test_lab_refuses_outputs_that_would_destroy_something(tmp_path):
+    # A mistyped --runs-dir with --no-train would replace a report with an empty one.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("precious")
+    with pytest.raises(R.LabError, match=r"none of the \d+ runs the smoke profile plans is finished in .*no such folder"):
+        R.run_lab("smoke", root=tmp_path, runs_dir=tmp_path / "typo", out=out, allow_train=False)
+    assert (out / "report.html").read_text() == "precious" and len(list(out.iterdir())) == 1
+    # The notebooks' own folder: executed copies would overwrite the sources.
+    with pytest.raises(R.LabError, match="notebooks' own folder"):
+        R.run_lab("smoke", root=tmp_path, out=R.NOTEBOOK_DIR, allow_train=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(R.LabError, match="is a file, not a folder"):
+        R.run_lab("smoke", root=tmp_path, out=tmp_path / "afile")

@@ -86,6 +86,44 @@ def test_retrain(tmp_path, synth_data, cfg, monkeypatch):
     assert stats["calls"] == 1 and stats["epochs"] == 3 and run.finished
 
 
+def test_failed_retrain_gives_the_finished_run_back(tmp_path, synth_data, cfg, monkeypatch):
+    store = RunStore(tmp_path)
+    old = store.get(cfg, "r", synth_data, progress=False, log=None)
+    d = old.dir
+    files = lambda: {f.name: f.read_bytes() for f in d.iterdir() if f.name != ".lock"}  # noqa: E731
+    before = files()
+    assert {"summary.json", "checkpoint.pt", "metrics.csv"} <= set(before)
+
+    def no_data():
+        raise FileNotFoundError("CIFAR-10 is not there")
+
+    with pytest.raises(FileNotFoundError):  # data that cannot be read: nothing touched
+        store.get(cfg, "r", no_data, retrain=True, progress=False, log=None)
+    assert files() == before
+
+    _counting_train(monkeypatch, crash_after=2)  # the new run fails part-way (or is interrupted)
+    logs: list[str] = []
+    with pytest.raises(_Crash):
+        store.get(cfg, "r", synth_data, retrain=True, progress=False, log=logs.append)
+    assert files() == before  # the partial new checkpoints are gone, nothing is left set aside
+    assert any("is back" in m for m in logs)
+
+
+def test_retrain_killed_hard_is_undone_at_the_next_call(tmp_path, synth_data, cfg, monkeypatch):
+    # A kill -9 mid-retrain leaves the old run set aside in .replaced and a partial new one.
+    store = RunStore(tmp_path)
+    old = store.get(cfg, "r", synth_data, progress=False, log=None)
+    d, summary = old.dir, (old.dir / "summary.json").read_bytes()
+    (d / ".replaced").mkdir()
+    for f in ("checkpoint.pt", "metrics.csv", "summary.json"):
+        (d / f).rename(d / ".replaced" / f)
+    (d / "checkpoint.pt").write_bytes(b"partial")
+    stats = _counting_train(monkeypatch)
+    again = store.get(cfg, "r", synth_data, progress=False, log=None)
+    assert stats["calls"] == 0 and again.finished
+    assert (d / "summary.json").read_bytes() == summary and (d / "checkpoint.pt").read_bytes() != b"partial"
+
+
 def test_stopped_run_resumes(tmp_path, synth_data, cfg, monkeypatch):
     store = RunStore(tmp_path)
     _counting_train(monkeypatch, crash_after=2)
