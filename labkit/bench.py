@@ -478,9 +478,9 @@ def main_bench(args) -> int:
 
         from .synthetic import make_synthetic_cifar10
 
-        tmp = tempfile.mkdtemp(prefix="labkit-bench-")
-        make_synthetic_cifar10(tmp, per_batch=128)
-        data = load_cifar10(tmp, "seed", allow_download=False)
+        with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:  # read into memory, then gone
+            make_synthetic_cifar10(tmp, per_batch=128)
+            data = load_cifar10(tmp, "seed", allow_download=False)
         cfg, device = SEED.replace(width=8, batch_size=64), torch.device("cpu")
         res = run_bench(
             data, epochs=2, device_name="cpu", workers=0, cfg=cfg, command=args.command, compile_mode=args.compile

@@ -45,9 +45,15 @@ def _data_loader(args):
     return load
 
 
+def _check_synthetic_size(args) -> None:
+    if args.synthetic and args.synthetic_size < 10:
+        raise ConfigError(f"--synthetic-size must be >= 10 (images per batch file, one per class), got {args.synthetic_size}")
+
+
 def cmd_train(args) -> int:
     from . import distributed
     from .runs import RunStore
+    from .train import resolve_device
 
     overrides = parse_overrides(args.set or [])
     if args.epochs is not None:
@@ -55,8 +61,8 @@ def cmd_train(args) -> int:
     cfg = preset(args.preset, **overrides)
     if args.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}")
-    if args.synthetic and args.synthetic_size < 1:
-        raise ConfigError(f"--synthetic-size must be >= 1 (images per batch file), got {args.synthetic_size}")
+    _check_synthetic_size(args)
+    resolve_device(cfg.device)  # before anything is written: a GPU asked for must be there
     store = RunStore(args.runs_dir)
     name = args.name or args.preset
     # Under torchrun with several processes: join them (one run, DDP); otherwise nothing.
@@ -95,9 +101,11 @@ def cmd_eval(args) -> int:
 
     from .data import DataError
     from .runs import RunError, RunStore, atomic_write_text, check_writable
-    from .train import EVAL_FIELDS, reevaluate
+    from .train import EVAL_FIELDS, reevaluate, resolve_device
 
     check_writable(args.out, "--out")
+    _check_synthetic_size(args)
+    resolve_device(args.device)
     changes = parse_overrides(args.set or [])
     if not changes:
         raise ConfigError(f"give the settings to evaluate with: --set KEY=VALUE, KEY one of {list(EVAL_FIELDS)}")
@@ -153,6 +161,16 @@ def cmd_sweep(args) -> int:
         raise ConfigError(f"--lanes must be a positive int or 'auto', got {args.lanes!r}")
     if "auto" in (args.lanes, args.compile) and not args.bench_json:
         raise ConfigError("--lanes auto and --compile auto choose from a benchmark: give --bench-json")
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}")
+    if args.budget_s is not None and not args.budget_s > 0:
+        raise ConfigError(f"--budget-s must be > 0 seconds (leave it out for no limit), got {args.budget_s}")
+    if args.rate_guess is not None and not args.rate_guess > 0:
+        raise ConfigError(f"--rate-guess must be > 0 GFLOP/s, got {args.rate_guess}")
+    if args.deadline is not None and not args.deadline > time.time():
+        raise ConfigError(f"--deadline {args.deadline:.0f} (unix time) has passed already")
+    if args.deadline is not None and args.budget_s is not None:
+        raise ConfigError("give --deadline or --budget-s, not both")
     check_writable(args.timing_json, "--timing-json")
     lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False)
     rows = plan(args.profile, args.seeds, protocol=args.protocol)
@@ -179,7 +197,7 @@ def cmd_sweep(args) -> int:
         rate_guess = rate_guess or chosen["rate_gflops"]
         print(f"sweep: {lanes} lane(s), compile {mode or 'off'}; bench says {chosen['why']} (from {args.bench_json})")
     jobs = [(name, cfg.replace(compile=mode) if mode else cfg) for _, name, cfg in rows]
-    deadline = args.deadline or (time.time() + args.budget_s if args.budget_s else None)
+    deadline = args.deadline or (time.time() + args.budget_s if args.budget_s is not None else None)
     t0 = time.time()
     done = []
     try:
@@ -237,23 +255,39 @@ def cmd_lab(args) -> int:
 def cmd_runs(args) -> int:
     import pandas as pd
 
-    from .runs import RunStore
+    from .runs import RunError, RunStore
 
     store = RunStore(args.runs_dir)
-    t = store.table()
-    if t.empty:
-        print(f"no runs in {store.root}")
-        return 0
-    cols = [c for c in ["run", "finished", "epochs", "seed", "final_loss_sum", "final_val_acc", "test_acc", "train_seconds", "device"] if c in t]
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(t[cols].to_string(index=False))
-    return 0
+    root = store.root
+    if not root.exists():
+        raise RunError(f"{root}: no such folder (a run store is the folder that holds the run folders)")
+    if not root.is_dir():
+        raise RunError(f"{root}: a file, not a run store")
+    if (root / "config.json").is_file():
+        raise RunError(f"{root}: a run folder, not a run store; its store is {root.parent}")
+    runs, bad = [], []
+    for p in sorted(root.iterdir()):
+        if (p / "config.json").is_file():
+            try:
+                runs.append(store.load(p.name))
+            except RunError as e:  # list the others, name this one
+                bad.append(str(e))
+    if not runs:
+        print(f"no runs in {root}")
+    else:
+        t = store.table(runs)
+        cols = [c for c in ["run", "finished", "epochs", "seed", "final_loss_sum", "final_val_acc", "test_acc", "train_seconds", "device"] if c in t]
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(t[cols].to_string(index=False))
+    for b in bad:
+        print(f"error: {b}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def cmd_synth(args) -> int:
     from .synthetic import make_synthetic_cifar10
 
-    folder = make_synthetic_cifar10(args.out, per_batch=args.per_batch, seed=args.seed)
+    folder = make_synthetic_cifar10(args.out, per_batch=args.per_batch, seed=args.seed, overwrite=args.force)
     print(f"wrote synthetic CIFAR-10 ({5 * args.per_batch} train images) to {folder}")
     return 0
 
@@ -297,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("make-synthetic", help="write a synthetic CIFAR-10 in the official layout")
     p.add_argument("out")
-    p.add_argument("--per-batch", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-batch", type=int, default=500, help="images per batch file (>= 10)")
+    p.add_argument("--seed", type=int, default=0, help="numpy seed (>= 0)")
+    p.add_argument("--force", action="store_true", help="overwrite CIFAR-10 files already there (never the official ones)")
     p.set_defaults(fn=cmd_synth)
 
     p = sub.add_parser("bench", help="time the seed's recipe beside labkit's path (GPU; --cpu-check for a small CPU check)")
@@ -372,5 +407,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, torch.cuda.OutOfMemoryError):  # the message names the batch size
             print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
+        if isinstance(e, OSError):  # a path that is a file, not writable, too long...: it names the path
+            print(f"error: {e}", file=sys.stderr)
             return 1
         raise

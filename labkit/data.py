@@ -165,6 +165,7 @@ def find_batches(root: str | os.PathLike) -> Path:
 def download(root: str | os.PathLike) -> Path:
     """Download and unpack the official archive into `root`, checking its md5."""
     root = Path(root)
+    made = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     archive = root / ARCHIVE
     have = md5(archive) if archive.is_file() else None
@@ -182,6 +183,8 @@ def download(root: str | os.PathLike) -> Path:
         try:
             download_url(URL, str(root), ARCHIVE, md5=ARCHIVE_MD5)
         except Exception as e:
+            if made and not any(root.iterdir()):  # leave no empty folder behind a failed download
+                root.rmdir()
             raise DataError(
                 f"CIFAR-10 is not at {root / FOLDER} and could not be downloaded from {URL} "
                 f"({type(e).__name__}: {e}).{stale} Point labkit at a local `{FOLDER}` folder with "

@@ -115,6 +115,9 @@ class Run:
         return self.dir / "checkpoint.pt"
 
 
+MAX_NAME = 200
+
+
 def _safe_name(name: str) -> bool:
     # ASCII only: no separators, no '..' escapes (a name always gets '-<hash>' appended).
     return bool(name) and all((ch.isascii() and ch.isalnum()) or ch in "._-" for ch in name)
@@ -200,6 +203,8 @@ def recover_checkpoint(d: Path, log: Callable[[str], None] | None = print) -> di
     return None
 
 
+# What every finished run's summary.json holds (older records have more keys, never fewer).
+SUMMARY_KEYS = ("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds")
 # A run's files; summary.json last, so that a retrain sets it aside only once the rest is.
 RUN_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "metrics.csv", "summary.json")
 REPLACED = ".replaced"  # where a retrain keeps the finished run until the new one finishes
@@ -231,6 +236,8 @@ class RunStore:
     def run_id(cfg: TrainConfig, name: str) -> str:
         if not _safe_name(name):
             raise ConfigError(f"run name must be letters, digits, '.', '_' or '-', got {name!r}")
+        if len(name) > MAX_NAME:  # the folder name (with '-<hash>' and temp-file prefixes) must fit 255 bytes
+            raise ConfigError(f"run name must be at most {MAX_NAME} characters, got {len(name)}")
         return f"{name}-{cfg.short_hash()}"
 
     def path(self, run_id: str) -> Path:
@@ -250,10 +257,16 @@ class RunStore:
             raise RunError(f"{cfg_path}: unreadable run config ({e})") from None
         summary = None
         if (d / "summary.json").is_file():
+            path = d / "summary.json"
             try:
-                summary = json.loads((d / "summary.json").read_text())
-            except json.JSONDecodeError as e:
-                raise RunError(f"{d / 'summary.json'}: corrupted ({e})") from None
+                summary = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RunError(f"{path}: corrupted ({e})") from None
+            if not isinstance(summary, dict):
+                raise RunError(f"{path}: corrupted (a JSON {type(summary).__name__}, not a run summary)")
+            missing = [k for k in SUMMARY_KEYS if k not in summary]
+            if missing:
+                raise RunError(f"{path}: corrupted (not a run summary: no {', '.join(missing)})")
         hist = _read_metrics(d / "metrics.csv")
         return Run(run_id, meta.get("name", run_id.rsplit("-", 1)[0]), d, cfg, summary, hist)
 

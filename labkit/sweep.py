@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import pickle
 import queue
 import threading
 import time
@@ -192,11 +193,21 @@ def _sweep_here(
     if lanes == 1:
         lane_main(0)
     else:
-        threads = [threading.Thread(target=lane_main, args=(i,), name=f"lane{i}") for i in range(lanes)]
+        errors: list[Exception] = []
+
+        def lane(i: int) -> None:
+            try:
+                lane_main(i)
+            except Exception as e:  # the data could not be read, say: raised below, as with one lane
+                errors.append(e)
+
+        threads = [threading.Thread(target=lane, args=(i,), name=f"lane{i}") for i in range(lanes)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            raise errors[0]
     return todo
 
 
@@ -218,13 +229,20 @@ def _worker_main(worker, todo, store, data, lanes, deadline, rate_guess, checkpo
     if gpu is None:
         # N CPU workers share the cores: N processes x all cores each would thrash.
         torch.set_num_threads(cpu_threads)
+    error = None
     try:
         _sweep_here(
             todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu,
             gpu=gpu, claim=functools.partial(_claim, taken), worker=worker,
         )
+    except Exception as e:  # e.g. the data cannot be read: the parent raises it, as without workers
+        error = e
+        try:
+            pickle.dumps(e)
+        except Exception:
+            error = RuntimeError(f"{type(e).__name__}: {e}")
     finally:  # whatever happened, say which jobs this worker took and how they ended
-        results.put((worker, [(i, j) for i, j in enumerate(todo) if j.worker == worker]))
+        results.put((worker, [(i, j) for i, j in enumerate(todo) if j.worker == worker], error))
 
 
 def _sweep_workers(todo, store, data, workers, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu) -> list[Job]:
@@ -247,26 +265,34 @@ def _sweep_workers(todo, store, data, workers, lanes, deadline, rate_guess, chec
     for p in procs:
         p.start()
     reports: dict[int, list] = {}
+    errors: list[Exception] = []
+
+    def receive(timeout: float) -> None:
+        w, done, error = results.get(timeout=timeout)
+        reports[w] = done
+        if error is not None:
+            errors.append(error)
+
     while len(reports) < len(procs):
         try:
-            w, done = results.get(timeout=1.0)
-            reports[w] = done
+            receive(1.0)
         except queue.Empty:
             if not any(p.is_alive() for p in procs):  # a worker died without reporting
                 try:
                     while True:
-                        w, done = results.get(timeout=0.5)
-                        reports[w] = done
+                        receive(0.5)
                 except queue.Empty:
                     break
     for p in procs:
         p.join()
+    if errors:
+        raise errors[0]
     for done in reports.values():
         for i, j in done:
             todo[i] = j
     for i, j in enumerate(todo):
-        if j.status in ("pending", "running") and taken[i]:
-            j.status, j.error = "failed", "its worker process died"
+        if j.status in ("pending", "running"):
+            j.status, j.error = "failed", "its worker process died" if taken[i] else "no worker took it: every worker process ended first"
     return todo
 
 
@@ -293,6 +319,10 @@ def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -
         plain_s, plain_first = plain["steady_epoch_seconds"], plain["epoch_seconds"][0]
     except (KeyError, IndexError, TypeError) as e:
         raise ConfigError(f"not a `labkit bench` result: missing {e}") from None
+    for key, v in (("train_images_per_epoch", n), ("train_gflop_per_image", gflop),
+                   ("labkit.steady_epoch_seconds", plain_s), ("labkit.epoch_seconds[0]", plain_first)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
+            raise ConfigError(f"not a `labkit bench` result: {key} must be a positive number, got {v!r}")
     options = [(1.0, 1, "", n / plain_s, "one lane, no compile")]
     probes = {p["lanes"]: p for p in bench.get("lanes", []) if "error" not in p and "total_images_per_s" in p}
     if 1 in probes:

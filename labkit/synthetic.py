@@ -8,13 +8,16 @@ keys), so every reader of the real data reads these unchanged.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .data import CLASSES, FOLDER
+from .data import BATCH_MD5, CLASSES, FOLDER, DataError, md5
 
 __all__ = ["make_synthetic_cifar10"]
 
@@ -50,22 +53,58 @@ def make_synthetic_cifar10(
     noise: float = 0.15,
     seed: int = 0,
     str_keys: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write `root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`.
 
     Args:
-        per_batch: images in each of the five training batches (balanced classes).
+        per_batch: images in each of the five training batches (balanced classes), >= 10.
         test_size: images in test_batch (default per_batch).
         str_keys: write str keys instead of the official byte-string keys.
-    Returns the `cifar-10-batches-py` folder.
+        overwrite: replace CIFAR-10 files already there (never the official ones); without
+            it a folder that holds any is refused, so no dataset is replaced by accident.
+    The files are written into a temporary folder first, so a new folder appears whole or
+    not at all. Returns the `cifar-10-batches-py` folder.
     """
-    if per_batch < 10:
-        raise ValueError(f"per_batch must be at least 10 (one image per class), got {per_batch}")
-    rng = np.random.default_rng(seed)
+    _check_int("per_batch", per_batch, 10, "one image per class")
+    if test_size is not None:
+        _check_int("test_size", test_size, 1, "None for per_batch")
+    _check_int("seed", seed, 0, "a numpy seed")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite number >= 0 (the pixel noise's SD), got {noise!r}")
     folder = Path(root) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    present = [n for n in BATCH_MD5 if (folder / n).exists()]
+    official = [n for n in present if md5(folder / n) == BATCH_MD5[n]]
+    if official:
+        raise DataError(f"{folder} holds the official CIFAR-10 ({', '.join(official)}); never overwritten with synthetic data")
+    if present and not overwrite:
+        raise DataError(
+            f"{folder} already holds CIFAR-10 files ({', '.join(present)}); pick another folder, "
+            "or overwrite them (overwrite=True, or --force on the command line)"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=folder.parent))
+    try:
+        _write(tmp, per_batch, test_size or per_batch, noise, seed, str_keys)
+        if folder.is_dir():
+            for n in BATCH_MD5:
+                os.replace(tmp / n, folder / n)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _check_int(name: str, v, lowest: int, hint: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lowest:
+        raise ValueError(f"{name} must be an int >= {lowest} ({hint}), got {v!r}")
+
+
+def _write(folder: Path, per_batch: int, test_size: int, noise: float, seed: int, str_keys: bool) -> None:
+    rng = np.random.default_rng(seed)
     sizes = {f"data_batch_{i}": per_batch for i in range(1, 6)}
-    sizes["test_batch"] = test_size or per_batch
+    sizes["test_batch"] = test_size
     for name, n in sizes.items():
         labels = rng.permutation(np.arange(n) % 10)
         data = _images(rng, labels, noise).reshape(n, 3072)
@@ -84,4 +123,3 @@ def make_synthetic_cifar10(
         folder / "batches.meta",
         str_keys,
     )
-    return folder

@@ -139,10 +139,12 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be one of ['auto', 'cpu', 'cuda'], got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; use device=auto or cpu")
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use device=auto or cpu")
     return torch.device(name)
 
 

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,6 +77,24 @@ def test_runs_prints_a_table(trained, capsys):
 def test_runs_on_an_empty_store(tmp_path, capsys):
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
     assert "no runs" in capsys.readouterr().out
+
+
+def test_runs_names_a_wrong_store_and_a_bad_run(trained, tmp_path, capsys):
+    tmp, _ = trained
+    (tmp_path / "afile").write_text("x")
+    (run_dir,) = (tmp / "runs").iterdir()
+    for where, why in [(tmp_path / "nope", "no such folder"), (tmp_path / "afile", "a file, not a run store"),
+                       (run_dir, "a run folder, not a run store")]:
+        assert main(["runs", "--runs-dir", str(where)]) == 1
+        assert why in capsys.readouterr().err
+    # One broken run folder: the others are still listed, the broken one named.
+    store = tmp_path / "store"
+    shutil.copytree(tmp / "runs", store)
+    (store / "broken-0123456789").mkdir()
+    (store / "broken-0123456789" / "config.json").write_text('{"name": "broken", "conf')
+    assert main(["runs", "--runs-dir", str(store)]) == 1
+    out, err = capsys.readouterr()
+    assert run_dir.name in out and "broken-0123456789" in err and "unreadable run config" in err
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from labkit import data
-from labkit.data import NORMS, DataError, augment, cutout, load_cifar10, normalize, read_batch
+from labkit.data import NORMS, DataError, augment, cutout, load_cifar10, md5, normalize, read_batch
 from labkit.synthetic import make_synthetic_cifar10
 
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -313,6 +313,7 @@ def test_download_without_network(tmp_path, monkeypatch):
     assert calls == [data.URL]
     assert str(root / "cifar-10-batches-py") in msg
     assert "Network is unreachable" in msg and "--data-dir" in msg
+    assert not root.exists()  # the folder made for the download is not left behind
     # allow_download=False never tries
     with pytest.raises(DataError, match=str(root)):
         load_cifar10(root, allow_download=False)
@@ -416,3 +417,32 @@ def test_channel_stats_are_population_stds():
     assert s["mean"] == pytest.approx([0.5, 0.0, 0.0])
     assert s["std_per_image_mean"] == pytest.approx([0.5, 0.0, 0.0], abs=1e-12)
     assert s["std_dataset"] == pytest.approx([0.5, 0.0, 0.0], abs=1e-12)
+
+
+def test_synthetic_data_never_replaces_a_dataset_by_accident(tmp_path, monkeypatch):
+    from labkit import synthetic
+
+    folder = make_synthetic_cifar10(tmp_path, per_batch=10, seed=1)
+    before = (folder / "data_batch_1").read_bytes()
+    with pytest.raises(DataError, match="already holds CIFAR-10 files"):
+        make_synthetic_cifar10(tmp_path, per_batch=20)
+    assert (folder / "data_batch_1").read_bytes() == before
+    make_synthetic_cifar10(tmp_path, per_batch=20, overwrite=True)
+    assert (folder / "data_batch_1").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py"]  # no temporary folder left
+    # Files with the official md5 are refused even with overwrite.
+    monkeypatch.setattr(synthetic, "BATCH_MD5", {**synthetic.BATCH_MD5, "test_batch": md5(folder / "test_batch")})
+    with pytest.raises(DataError, match="holds the official CIFAR-10 \\(test_batch\\)"):
+        make_synthetic_cifar10(tmp_path, per_batch=20, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"per_batch": 9}, "per_batch must be an int >= 10"), ({"per_batch": "20"}, "per_batch must be an int"),
+     ({"test_size": 0}, "test_size must be an int >= 1"), ({"seed": -1}, "seed must be an int >= 0"),
+     ({"noise": float("nan")}, "noise must be a finite number")],
+)
+def test_synthetic_data_rejects_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_synthetic_cifar10(tmp_path, **{"per_batch": 10, **kwargs})
+    assert not any(tmp_path.iterdir())

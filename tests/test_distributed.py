@@ -25,7 +25,7 @@ import torch
 import torch.multiprocessing as mp
 
 from labkit.config import ConfigError, parse_overrides, preset
-from labkit.data import load_cifar10
+from labkit.data import DataError, load_cifar10
 from labkit.runs import RunStore
 from labkit.sweep import sweep
 from labkit.train import load_checkpoint
@@ -221,6 +221,19 @@ def test_sweep_over_two_worker_processes_equals_one_after_another(tmp_path, synt
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-6, atol=1e-7)
     assert [j.status for j in sweep(jobs, two, data, log=None, workers=2)] == ["cached"] * 4
+
+
+def test_sweep_workers_raise_a_data_error_like_one_process(tmp_path, capfd):
+    base = preset("seed", width=8, lays=(1, 1, 1, 1), epochs=1, device="cpu", train_subset=64)
+    jobs = [("a", base), ("b", base.replace(seed=1))]
+    data = functools.partial(load_cifar10, tmp_path / "nodata", allow_download=False)
+    store = RunStore(tmp_path / "runs")
+    with pytest.raises(DataError, match="nodata"):
+        sweep(jobs, store, data, log=None)
+    with pytest.raises(DataError, match="nodata"):
+        sweep(jobs, store, data, log=None, workers=1)
+    assert "Traceback" not in capfd.readouterr().err  # the worker sent the error back, quietly
+    assert not any(store.root.glob("*/config.json"))  # nothing started
 
 
 def test_lab_prefetches_a_notebooks_runs_with_a_worker_per_gpu(tmp_path, monkeypatch):

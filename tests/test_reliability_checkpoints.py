@@ -305,12 +305,15 @@ def test_train_itself_refuses_a_corrupted_checkpoint_by_name(tmp_path, synth_dat
     "name, content",
     [
         ("summary.json", '{"test_acc": 0.'),
+        ("summary.json", "{}"),
+        ("summary.json", '["done"]'),
+        ("summary.json", "\xff\xfe garbage"),
         ("config.json", '{"name": "r", "conf'),
         ("config.json", '{"name": "r", "config": {"lr": "fast"}}'),
         ("metrics.csv", "epoch,lr\n1,0.1,7,8,9\n2\n\x00\x01"),
         ("metrics.csv", "\xff\xfe garbage"),
     ],
-    ids=["summary_truncated", "config_truncated", "config_bad_value", "metrics_garbled", "metrics_binary"],
+    ids=["summary_truncated", "summary_empty_object", "summary_a_list", "summary_binary", "config_truncated", "config_bad_value", "metrics_garbled", "metrics_binary"],
 )
 def test_corrupted_store_entry_is_named(tmp_path, synth_data, cfg, name, content):
     store = RunStore(tmp_path)

@@ -186,10 +186,19 @@ def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
         (["--compile", "fastest"], "compile must be one of"),
         (["--seeds", "0"], "seeds must be a positive int"),
         (["--bench-json", "missing.json"], "missing.json: cannot read it"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
+        (["--budget-s", "-100"], "--budget-s must be > 0"),
+        (["--budget-s", "0"], "--budget-s must be > 0"),
+        (["--rate-guess", "-5"], "--rate-guess must be > 0"),
+        (["--deadline", "1000"], "has passed already"),
+        (["--bench-json", "zero.json", "--lanes", "auto"], "steady_epoch_seconds must be a positive number"),
     ],
 )
 def test_sweep_rejects_bad_options_before_training(tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
+    bench = {"train_images_per_epoch": 40000, "train_gflop_per_image": 5.1,
+             "labkit": {"steady_epoch_seconds": 0, "epoch_seconds": [3.0, 0.0]}}
+    (tmp_path / "zero.json").write_text(json.dumps(bench))
     assert main(["sweep", "--profile", "smoke", *extra]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "build").exists()  # nothing trained, nothing written
