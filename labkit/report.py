@@ -441,7 +441,6 @@ def run_lab(
         raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
     store = None
     if profile in ("full", "quick"):  # the CPU estimate counts only the runs not yet in its store
-        from .runs import RunStore
 
         store = _store(root, runs_dir, get_profile(profile))
     name, reason = resolve_profile(profile, data_dir, allow_train, allow_cpu, seeds=seeds, store=store)

@@ -358,6 +358,8 @@ class RunStore:
         the metric rows after each epoch is stored; raising there stops the run resumably.
         Under torchrun every rank calls this (on_epoch runs on every rank); rank 0 decides.
         """
+        from .train import check_fits
+
         rid = self.run_id(cfg, name)
         d = self.path(rid)
         if distributed.rank() != 0:
@@ -369,6 +371,7 @@ class RunStore:
         # leaves nothing behind (and a run to retrain untouched).
         init_state = self._parent_weights(cfg.init_from) if cfg.init_from else None
         dataset = data() if callable(data) else data
+        check_fits(cfg, dataset)
         with self._lock(d, wait, log):
             _restore_replaced(d, log)  # a retrain killed before it could put the old run back
             if not retrain and (d / "summary.json").is_file():  # finished while we waited

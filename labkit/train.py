@@ -46,6 +46,7 @@ __all__ = [
     "evaluated_weights",
     "lr_at",
     "resolve_device",
+    "check_fits",
     "save_checkpoint",
     "load_checkpoint",
     "previous_checkpoint",
@@ -607,6 +608,18 @@ def _gated(fn):
     return wrapper
 
 
+def check_fits(cfg: TrainConfig, data: Dataset) -> None:
+    """Refuse a config that the data cannot give what it asks for (before anything is written):
+    train_subset beyond the data would train on all of it, under another run id than
+    train_subset=0. (A batch beyond the training set is allowed: one full-data step per epoch.)
+    """
+    have = len(data.train_y)
+    if have == 0:
+        raise ConfigError("the training set is empty")
+    if cfg.train_subset > have:
+        raise ConfigError(f"train_subset={cfg.train_subset} is more than the {have} training images of this split")
+
+
 @_gated
 def train(
     cfg: TrainConfig,
@@ -664,13 +677,12 @@ def train(
     ema = _Ema(model, cfg.ema) if cfg.ema else None
     scored = ema.module if ema else model  # the weights evaluated, selected and tested
 
+    check_fits(cfg, data)
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_subset:
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
     d = Dataset(train_x, train_y, data.val_x, data.val_y, data.test_x, data.test_y, data.source).to(device)
     n = len(d.train_y)
-    if n == 0:
-        raise ValueError("the training set is empty")
     steps_per_epoch = math.ceil(n / cfg.batch_size)
 
     history: list[dict] = []

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from labkit.config import TrainConfig
+from labkit.config import ConfigError, TrainConfig
 from labkit.train import CheckpointError, DivergenceError, load_checkpoint, lr_at, save_checkpoint, train
 
 # labkit/__init__.py exports the function `train`, which hides the submodule of that name.
@@ -453,3 +453,17 @@ def test_ema_run_is_scored_on_the_average_and_reevaluates_alike(tiny_data, tiny_
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="no moving average"):
         train(r.config, tiny_data, run_dir=tmp_path, progress=False, log=None)
+
+
+def test_config_must_fit_the_data(tmp_path, synth_data, tiny_config):
+    from labkit.runs import RunStore
+
+    n = len(synth_data.train_y)
+    store = RunStore(tmp_path / "runs")
+    for changes, message in [
+        ({"train_subset": n + 1}, f"train_subset={n + 1} is more than the {n} training images"),
+        ({"train_subset": 10 * n}, f"train_subset={10 * n} is more than the {n} training images"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            store.get(tiny_config(epochs=1, **changes), "r", synth_data, progress=False, log=None)
+    assert not store.root.exists()  # refused before any folder was made
