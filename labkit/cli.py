@@ -173,6 +173,8 @@ def cmd_sweep(args) -> int:
         raise ConfigError("give --deadline or --budget-s, not both")
     check_writable(args.timing_json, "--timing-json")
     lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False)
+    if lab.profile.synthetic and args.data_dir:
+        print(f"note: the {args.profile} profile trains on synthetic data; --data-dir {args.data_dir} is not used")
     rows = plan(args.profile, args.seeds, protocol=args.protocol)
     if args.only:
         wanted = args.only.split(",")

@@ -459,6 +459,8 @@ def run_lab(
     report_dir.mkdir(parents=True, exist_ok=True)
     _check_kernel()
     log(reason)
+    if prof.synthetic and data_dir:
+        log(f"note: the {name} profile trains on synthetic data; --data-dir {data_dir} is not used")
     common = {
         "profile": name,
         "data_dir": _rel(data_dir) if data_dir else None,

@@ -159,7 +159,7 @@ def test_seed_protocol_leaves_out_only_the_modern_runs():
 def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["sweep", "--profile", "smoke", "--seeds", "1", "--only", "03_depth_limit", "--protocol", "seed",
-            "--checkpoint-every", "0", "--timing-json", "t1.json"]
+            "--data-dir", "nowhere", "--checkpoint-every", "0", "--timing-json", "t1.json"]
     assert main(args) == 0
     rec = json.loads((tmp_path / "t1.json").read_text())
     assert rec["from_nothing"] is True and rec["counts"]["done"] == 4
@@ -173,7 +173,9 @@ def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
     assert main(args[:-1] + ["t2.json"]) == 0
     rec2 = json.loads((tmp_path / "t2.json").read_text())
     assert rec2["from_nothing"] is False and rec2["counts"]["cached"] == 4
-    assert "wrote t2.json" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote t2.json" in out
+    assert "synthetic data; --data-dir nowhere is not used" in out  # said, not silently ignored
 
 
 @pytest.mark.parametrize(
