@@ -194,6 +194,8 @@ def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 3) ->
             finally:
                 GPU_GATE.enter()
 
+    errors: list[str] = []
+
     def one(i: int) -> None:
         try:
             with torch.cuda.stream(torch.cuda.Stream()):
@@ -202,19 +204,24 @@ def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 3) ->
                 with GPU_GATE.shared():
                     torch.cuda.current_stream().synchronize()
             ends[i] = time.perf_counter()
-        except BaseException:
+        except BaseException as e:  # the others stop at the barrier; the probe reports this
+            if not isinstance(e, threading.BrokenBarrierError):
+                errors.append(f"lane {i}: {type(e).__name__}: {e}")
             barrier.abort()
-            raise
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(lanes)]
     for t in threads:
         t.start()
-    barrier.wait()  # raises BrokenBarrierError if a lane failed
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    if not all(ends):
-        raise RuntimeError("a lane failed (see its traceback above)")
+    try:
+        barrier.wait()  # raises BrokenBarrierError if a lane failed
+        t0 = time.perf_counter()
+    except threading.BrokenBarrierError:
+        t0 = None
+    finally:  # no lane left running into whatever is measured next
+        for t in threads:
+            t.join()
+    if t0 is None or not all(ends):
+        raise RuntimeError("; ".join(errors) or "a lane failed")
     wall = max(ends) - t0
     return {"lanes": lanes, "steady_epochs": epochs - 1, "wall_seconds": wall,
             "total_images_per_s": lanes * n * (epochs - 1) / wall}

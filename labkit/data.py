@@ -6,6 +6,7 @@ read with an unpickler that admits only what the official files contain.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -380,15 +381,24 @@ def cutout(
     in_rows = (r >= lo_y) & (r < lo_y + size)  # [B, H]
     in_cols = (c >= lo_x) & (c < lo_x + size)  # [B, W]
     mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B, 1, H, W]
-    colour = torch.tensor([round(255 * v) for v in fill], device=dev, dtype=x.dtype).view(1, 3, 1, 1)
+    colour = _per_channel(tuple(round(255 * v) for v in fill), dev, x.dtype)
     return torch.where(mask, colour, x)
+
+
+@functools.lru_cache(maxsize=64)
+def _per_channel(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A constant [1, C, 1, 1] tensor, made once per device and dtype and then only read.
+
+    torch.tensor(..., device="cuda") copies from pageable memory and waits for the stream:
+    made anew in every step, it would make the host wait for the GPU at every step.
+    """
+    return torch.tensor(values, device=device, dtype=dtype).view(1, len(values), 1, 1)
 
 
 def normalize(x: torch.Tensor, norm: str = "seed", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float, (x/255 - mean) / std with the chosen constants."""
     mean, std = NORMS[norm]
-    m = torch.tensor(mean, device=x.device, dtype=dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    m, s = _per_channel(mean, x.device, dtype), _per_channel(std, x.device, dtype)
     return (x.to(dtype) / 255.0 - m) / s
 
 

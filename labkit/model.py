@@ -223,7 +223,11 @@ ARCH_FIELDS = ("lays", "stem", "stem_bn", "dropout", "seed_extra_block", "softma
 
 @functools.lru_cache(maxsize=64)
 def _train_gflop_per_image(arch: tuple) -> float:
-    return flops_per_image(build_model(SimpleNamespace(**dict(zip(ARCH_FIELDS, arch, strict=True))))) / 1e9
+    # On the meta device: no memory, and no draw from torch's global generator, which a run
+    # being seeded in another lane (a thread) at this moment would otherwise share.
+    with torch.device("meta"):
+        model = build_model(SimpleNamespace(**dict(zip(ARCH_FIELDS, arch, strict=True))))
+    return flops_per_image(model) / 1e9
 
 
 def run_gflop(cfg, train_images: int, eval_images: int) -> float:

@@ -77,6 +77,9 @@ def sweep(
             (module-level functions, functools.partial, bound methods of picklable objects).
     """
     on_gpu = torch.cuda.is_available() and all(c.device in ("auto", "cuda") for _, c in jobs)
+    if lanes > 1 and any(c.compile for _, c in jobs):
+        # torch.compile is not thread-safe: lanes would compile at once (several processes may).
+        raise ConfigError("compile with lanes > 1: torch.compile is not thread-safe; use one lane, or --workers for processes")
     todo = [Job(n, c) for n, c in jobs]
     for j in todo:
         found = store.find(j.cfg, j.name)

@@ -480,9 +480,9 @@ class _Stepper:
         gen_states = [g.get_state() for g in gens]
         for m in dropouts:
             m.static_keep = None
+        side = torch.cuda.Stream(self.device)
         try:
             self.static_x, self.static_y = x.clone(), y.clone()
-            side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(3):  # warm-up: cuDNN picks its algorithms outside the capture
@@ -501,6 +501,8 @@ class _Stepper:
                 self.static_loss.backward()
                 self.static_out = out.detach()
         finally:  # captured or not, training goes on from the state before the warm-up
+            # (after the warm-up's work on `side`, which a failure may have left queued)
+            torch.cuda.current_stream(self.device).wait_stream(side)
             with torch.no_grad():
                 for k, v in model.state_dict().items():
                     v.copy_(saved[k])
@@ -852,6 +854,13 @@ def train(
             )
     if bar:
         bar.close()
+    # The gradients (and dropout's mask buffers) live in the CUDA graph's memory pool: let
+    # them go, or a caller keeping the returned model keeps that pool alive.
+    optimizer.zero_grad(set_to_none=True)
+    for m in model.modules():
+        if isinstance(m, Dropout):
+            m.static_keep = None
+    stepper.graph = None
 
     final_state = None
     if cfg.select == "best_val" and best["state"] is not None:

@@ -146,3 +146,37 @@ def test_accuracy_check_reads_the_labs_own_baseline_runs():
     planned = {RunStore.run_id(c, n) for _, n, c in plan("full", 3) if n == "ablation-baseline"}
     asked = {RunStore.run_id(SEED.replace(seed=s, epochs=30, device="cuda"), "ablation-baseline") for s in range(3)}
     assert asked == planned and len(planned) == 3
+
+
+def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, tiny_data):
+    # The probe's CUDA streams stubbed out: what is checked is its thread handling.
+    import contextlib
+    import time
+
+    from labkit import bench
+    from labkit.train import GPU_GATE
+
+    class _Stream:
+        def synchronize(self):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _Stream())
+    finished = []
+
+    def fake_train(cfg, data, on_epoch=None, **kw):
+        with GPU_GATE.shared():
+            try:
+                if cfg.seed == 1:
+                    raise MemoryError("out of memory in lane 1")
+                time.sleep(0.2)  # lane 0 is still in its warm-up epoch when lane 1 fails
+                on_epoch([{"epoch": 1}])
+            finally:
+                time.sleep(0.2)
+                finished.append(cfg.seed)
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    with pytest.raises(RuntimeError, match="lane 1: MemoryError: out of memory in lane 1"):
+        bench.lanes_probe(SEED.replace(seed=0), tiny_data, lanes=2)
+    assert sorted(finished) == [0, 1]  # both lanes ended before the probe returned

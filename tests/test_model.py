@@ -139,3 +139,16 @@ def test_invalid_arguments(kw):
     name = next(iter(kw))
     with pytest.raises(ValueError, match=name):
         ResNet(**kw)
+
+
+def test_counting_a_runs_cost_draws_no_random_numbers():
+    # Sweep lanes count a job's GFLOP while another lane seeds and builds its model from
+    # torch's global generator: counting must not draw from it.
+    from labkit.config import TrainConfig
+    from labkit.model import run_gflop
+
+    cfg = TrainConfig(width=8, lays=(1, 2, 1, 2), stem="7x7")  # an architecture not counted before
+    state = torch.get_rng_state()
+    gflop = run_gflop(cfg, 1000, 100)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert gflop == pytest.approx(cfg.epochs * (1000 + 100 / 3) * flops_per_image(ResNet(width=8, lays=(1, 2, 1, 2), stem="7x7")) / 1e9)

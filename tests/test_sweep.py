@@ -189,6 +189,7 @@ def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
         (["--seeds", "0"], "seeds must be a positive int"),
         (["--bench-json", "missing.json"], "missing.json: cannot read it"),
         (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
+        (["--lanes", "2", "--compile", "default"], "torch.compile is not thread-safe"),
         (["--budget-s", "-100"], "--budget-s must be > 0"),
         (["--budget-s", "0"], "--budget-s must be > 0"),
         (["--rate-guess", "-5"], "--rate-guess must be > 0"),

@@ -467,3 +467,22 @@ def test_config_must_fit_the_data(tmp_path, synth_data, tiny_config):
         with pytest.raises(ConfigError, match=message):
             store.get(tiny_config(epochs=1, **changes), "r", synth_data, progress=False, log=None)
     assert not store.root.exists()  # refused before any folder was made
+
+
+def test_no_tensor_is_made_from_host_values_in_every_step(synth_data, tiny_config, monkeypatch):
+    # torch.tensor(..., device="cuda") waits for the GPU; made per step, the host could never
+    # run ahead of the GPU. Checked on the CPU by counting: twice the steps, not more calls.
+    made = []
+    real = torch.tensor
+
+    def counting(*a, **kw):
+        made.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(torch, "tensor", counting)
+    counts = []
+    for subset in (128, 128, 256):  # 4, 4 and 8 steps of 32, with augmentation and cutout
+        made.clear()
+        train(tiny_config(epochs=1, train_subset=subset, batch_size=32, cutout=8), synth_data, progress=False, log=None)
+        counts.append(len(made))
+    assert counts[1] == counts[2], counts  # (the first run also makes the constants it keeps)
