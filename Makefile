@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make lab    set up, then run the whole lab into report/ (PROFILE=auto|full|quick|smoke)
+#   make lab    set up, then run the lab (PROFILE=auto: full into report/ with a GPU and CIFAR-10, else smoke into build/smoke/)
 #   make test   set up, then run the test suite
 PYTHON ?= python3.11
 VENV ?= .venv

@@ -213,7 +213,10 @@ CLAIMS: dict[str, list[tuple[str, str, str, bool]]] = {
 # ---------------------------------------------------------------------------------------
 
 
-def check_seeds(seeds) -> int:
+def check_seeds(seeds, lab: Lab | None = None) -> int:
+    """`seeds` checked; None means the profile's own number (with `lab`)."""
+    if seeds is None and lab is not None:
+        return lab.profile.seeds
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds must be a positive int (runs per configuration), got {seeds!r}")
     return seeds

@@ -25,7 +25,7 @@ from .config import (
     TrainConfig,
     seed_ablation_config,
 )
-from .data import Dataset, load_cifar10
+from .data import DataError, Dataset, load_cifar10
 from .runs import Run, RunStore
 
 __all__ = [
@@ -240,7 +240,16 @@ class Lab:
                     make_synthetic_cifar10(root, per_batch=SMOKE_PER_BATCH)
                 self._data[key] = load_cifar10(root, split, val_size, allow_download=False)
             else:
-                self._data[key] = load_cifar10(self.data_dir, split, val_size)
+                d = load_cifar10(self.data_dir, split, val_size)
+                n_train, n_test = len(d.train_y) + len(d.val_y), len(d.test_y)
+                if (n_train, n_test) != (CIFAR10_TRAIN, CIFAR10_TEST):
+                    # Its runs would take the run ids of real-data runs (ids name no data).
+                    raise DataError(
+                        f"the {self.profile.name} profile trains on CIFAR-10 ({CIFAR10_TRAIN:,} training and "
+                        f"{CIFAR10_TEST:,} test images); {d.source['folder']} under {self.data_dir or 'the default data folder'} "
+                        f"holds {n_train:,} and {n_test:,} (synthetic data? use --profile smoke)"
+                    )
+                self._data[key] = d
         return self._data[key]
 
     def run(self, name: str, cfg: TrainConfig, profiled: bool = False) -> Run:

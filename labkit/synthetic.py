@@ -72,6 +72,8 @@ def make_synthetic_cifar10(
     _check_int("seed", seed, 0, "a numpy seed")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0 (the pixel noise's SD), got {noise!r}")
+    if any((Path(root) / n).exists() for n in BATCH_MD5):  # a data folder accepts either; this writes below root
+        raise DataError(f"{root} itself holds CIFAR-10 batch files: give the folder above it, where {FOLDER} would go")
     folder = Path(root) / FOLDER
     present = [n for n in BATCH_MD5 if (folder / n).exists()]
     official = [n for n in present if md5(folder / n) == BATCH_MD5[n]]

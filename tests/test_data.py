@@ -430,6 +430,8 @@ def test_synthetic_data_never_replaces_a_dataset_by_accident(tmp_path, monkeypat
     make_synthetic_cifar10(tmp_path, per_batch=20, overwrite=True)
     assert (folder / "data_batch_1").read_bytes() != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py"]  # no temporary folder left
+    with pytest.raises(DataError, match="itself holds CIFAR-10 batch files"):  # not a nested copy inside it
+        make_synthetic_cifar10(folder, per_batch=10, overwrite=True)
     # Files with the official md5 are refused even with overwrite.
     monkeypatch.setattr(synthetic, "BATCH_MD5", {**synthetic.BATCH_MD5, "test_batch": md5(folder / "test_batch")})
     with pytest.raises(DataError, match="holds the official CIFAR-10 \\(test_batch\\)"):

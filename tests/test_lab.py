@@ -94,3 +94,14 @@ def test_recorded_runs_keep_their_ids():
     have = {p.name for p in recorded.iterdir() if (p / "summary.json").is_file()}
     planned = {RunStore.run_id(cfg, name) for _, name, cfg in plan("full")}
     assert have and have <= planned, sorted(have - planned)
+
+
+def test_full_and_quick_profiles_refuse_data_that_is_not_cifar10_sized(tmp_path, synth_root):
+    # Run ids name no data: a full-profile run on synthetic data would pass for a real one.
+    from labkit.data import DataError
+
+    for name in ("full", "quick"):
+        lab = Lab(name, data_dir=str(synth_root), runs_dir=str(tmp_path / name), progress=False, log=None)
+        with pytest.raises(DataError, match=rf"the {name} profile trains on CIFAR-10 \(50,000 training .* holds 1,000 and 200"):
+            lab.data()
+    assert not any(tmp_path.iterdir())

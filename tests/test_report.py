@@ -126,11 +126,16 @@ def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
         A.training_sittings([bad])
 
 
-def test_parameter_checks():
+def test_parameter_checks(tmp_path):
+    from labkit.lab import Lab
+
     assert A.check_seeds(2) == 2
-    for bad in (0, -1, 2.0, True, "3"):
+    for bad in (0, -1, 2.0, True, "3", None):
         with pytest.raises(ConfigError):
             A.check_seeds(bad)
+    # A notebook run on its own with seeds=None takes its profile's number, as the lab job does.
+    smoke = Lab("smoke", root=tmp_path, allow_train=False, progress=False, log=None)
+    assert A.check_seeds(None, smoke) == 2 and A.check_seeds(3, smoke) == 3
     with pytest.raises(ConfigError, match="ablation must be one of"):
         A.check_choice("ablation", "nope", ABLATION_GROUPS)
     with pytest.raises(ConfigError, match="allow_train"):
