@@ -10,7 +10,8 @@
 #                     the step's op breakdown, and every GPU test; no training after it.
 #   time              the seed report's protocol from nothing (SEEDS=1 or 3) in a fresh
 #                     store, lanes or compile chosen from the benchmark (which also times
-#                     compile and breaks the step down by op); no GPU tests. BUDGET_S=570.
+#                     compile and breaks the step down by op); of the GPU tests only the
+#                     dropout-graph ones. BUDGET_S=570.
 #   accuracy          the seed's recipe as the seed wrote it, 30 epochs x SEEDS (3), against
 #                     labkit's baseline runs in report/runs (validation accuracy, Welch CI).
 #   modern            modern-preset variants, VARIANTS="EPOCHS[:key=value,...] ..." (default
@@ -27,9 +28,10 @@ case $MODE in
   finish) SEEDS=${SEEDS:-3}; PROTOCOL=lab; BENCH_ARGS=(--probe-lanes 2) ;;
   speed) SEEDS=1; PROTOCOL=lab; GPU_TESTS=""
          BENCH_ARGS=(--probe-lanes 2 3 --compile "${COMPILE:-default}" --breakdown-steps 20) ;;
-  # time: no GPU tests (speed runs them), so that the protocol fits one call beside the
-  # bench; the bench's op breakdown costs seconds and says where the step's time goes.
-  time) SEEDS=${SEEDS:-1}; PROTOCOL=seed; RUNS_DIR=${RUNS_DIR:-build/protocol-runs-$(date +%s)}; GPU_TESTS=none
+  # time: of the GPU tests only the dropout-graph ones (seconds; the protocol's dropout runs
+  # are graphed with that code), so that the protocol fits one call beside the bench; the
+  # bench's op breakdown costs seconds and says where the step's time goes.
+  time) SEEDS=${SEEDS:-1}; PROTOCOL=seed; RUNS_DIR=${RUNS_DIR:-build/protocol-runs-$(date +%s)}; GPU_TESTS=dropout
         BENCH_ARGS=(--probe-lanes 2 --compile "${COMPILE:-default}" --breakdown-steps 20) ;;
   accuracy) SEEDS=${SEEDS:-3}; PROTOCOL=seed; BENCH_ARGS=() ;;
   modern) SEEDS=1; PROTOCOL=lab; RUNS_DIR=${RUNS_DIR:-build/modern-runs}; BENCH_ARGS=() ;;
