@@ -73,10 +73,14 @@ def cmd_train(args) -> int:
             where = f" on {distributed.world()} processes" if distributed.world() > 1 else ""
             print(f"run {store.run_id(cfg, name)} in {store.root}{where}")
         load = _data_loader(args)
+        found = store.find(cfg, name)
+        # A finished run is returned only for the data it was trained on (its id names no
+        # data), so load them to compare; otherwise `get` loads them when it trains.
+        finished = found is not None and found.finished and not args.retrain
         run = store.get(
             cfg,
             name,
-            lambda: load(cfg),
+            load(cfg) if finished else lambda: load(cfg),
             retrain=args.retrain,
             wait=not args.no_wait,
             checkpoint_every=args.checkpoint_every,
@@ -99,7 +103,7 @@ def cmd_eval(args) -> int:
     import json
     import math
 
-    from .data import DataError
+    from .data import check_same_data
     from .runs import RunError, RunStore, atomic_write_text, check_writable
     from .train import EVAL_FIELDS, reevaluate, resolve_device
 
@@ -117,13 +121,7 @@ def cmd_eval(args) -> int:
         raise RunError(f"{run.dir}: the run has not finished; nothing to evaluate yet")
     cfg = run.config
     data = _data_loader(args)(cfg)
-    trained_on = run.summary.get("data") or {}
-    key = "md5" if "md5" in trained_on else "description"  # runs recorded before the md5s: the weaker check
-    if data.source.get(key) != trained_on.get(key):
-        raise DataError(
-            f"{run.id} was trained on other data ({trained_on.get('description')}, {key} differs from the files in "
-            f"{data.source.get('folder')}): point --data-dir at the data it was trained on"
-        )
+    check_same_data(run.summary.get("data"), data.source, run.id, "point --data-dir at the data it was trained on")
     rows = [("as trained (its summary)", {k: getattr(cfg, k) for k in EVAL_FIELDS}, run.summary.get("final_val_acc"), run.summary.get("test_acc"))]
     own = reevaluate(cfg, run.checkpoint, data, device=args.device)
     other = reevaluate(cfg, run.checkpoint, data, device=args.device, **changes)

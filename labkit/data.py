@@ -33,6 +33,7 @@ __all__ = [
     "load_cifar10",
     "normalize",
     "read_batch",
+    "source_of",
 ]
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -240,6 +241,43 @@ def locate(data_dir: str | os.PathLike | None = None, allow_download: bool = Tru
     return download(root)
 
 
+def source_of(folder: Path) -> dict:
+    """What a run records about its data (Dataset.source): which copy of CIFAR-10 the batch
+    files in `folder` are, from their md5s alone (nothing unpickled)."""
+    sums = {n: md5(folder / n) for n in TRAIN_FILES + ["test_batch"]}
+    mismatched = [n for n, m in sums.items() if m != BATCH_MD5[n]]
+    return {
+        "folder": folder.name,
+        "official": not mismatched,
+        "md5_mismatch": mismatched,
+        "md5": sums,  # which copy: two stand-ins differ here even where their description is the same
+        "description": "official CIFAR-10 (md5 verified)"
+        if not mismatched
+        else f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)",
+    }
+
+
+def same_data(recorded: dict | None, source: dict) -> bool:
+    """Whether a run that recorded `recorded` (its summary's "data") was trained on the files
+    `source` describes. Runs recorded before the md5s were kept compare by description: a
+    weaker check that tells official from other files only. Nothing recorded: nothing to
+    compare, taken as the same."""
+    if not recorded:
+        return True
+    key = "md5" if "md5" in recorded and "md5" in source else "description"
+    return recorded.get(key) == source.get(key)
+
+
+def check_same_data(recorded: dict | None, source: dict, what: str, fix: str) -> None:
+    """Raise DataError when `what` (a run, a checkpoint) was trained on other files than
+    `source`: its numbers would be read, or its training continued, as if they were these."""
+    if not same_data(recorded, source):
+        raise DataError(
+            f"{what} was trained on other data ({recorded.get('description')}) than the data given here "
+            f"({source.get('description')}; the md5s of their batch files differ): {fix}"
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # Splits
 # ---------------------------------------------------------------------------------------
@@ -294,17 +332,7 @@ def load_cifar10(
             "(expected data_batch_1..5 and test_batch, as in the official cifar-10-batches-py)"
         )
     parts = {name: read_batch(folder / name) for name in TRAIN_FILES + ["test_batch"]}
-    sums = {n: md5(folder / n) for n in TRAIN_FILES + ["test_batch"]}
-    mismatched = [n for n, m in sums.items() if m != BATCH_MD5[n]]
-    source = {
-        "folder": folder.name,
-        "official": not mismatched,
-        "md5_mismatch": mismatched,
-        "md5": sums,  # which copy: two stand-ins differ here even where their description is the same
-        "description": "official CIFAR-10 (md5 verified)"
-        if not mismatched
-        else f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)",
-    }
+    source = source_of(folder)
     cat = lambda names, i: np.concatenate([parts[n][i] for n in names])  # noqa: E731
     if split == "seed":
         tx, ty = cat(TRAIN_FILES[:4], 0), cat(TRAIN_FILES[:4], 1)

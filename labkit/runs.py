@@ -38,7 +38,7 @@ import pandas as pd
 
 from . import distributed
 from .config import ConfigError, TrainConfig
-from .data import Dataset
+from .data import Dataset, check_same_data
 
 __all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint", "command_line", "check_writable"]
 
@@ -248,6 +248,8 @@ class RunStore:
     def load(self, run_id: str) -> Run:
         d = self.path(run_id)
         cfg_path = d / "config.json"
+        if not d.exists():
+            raise RunError(f"no run {run_id} in {self.root} (`python -m labkit runs --runs-dir {self.root}` lists them)")
         if not cfg_path.is_file():
             raise RunError(f"{d}: no config.json; not a run folder")
         try:
@@ -366,7 +368,7 @@ class RunStore:
             return self._follow(cfg, name, data, checkpoint_every, on_epoch)
         if not retrain and (d / "summary.json").is_file():
             distributed.broadcast_flag(False)  # under torchrun: tell the other ranks (else a no-op)
-            return self.load(rid)
+            return self._finished(rid, data)
         # Checked before the run's folder exists, so a missing parent or unreadable data
         # leaves nothing behind (and a run to retrain untouched).
         init_state = self._parent_weights(cfg.init_from) if cfg.init_from else None
@@ -376,7 +378,7 @@ class RunStore:
             _restore_replaced(d, log)  # a retrain killed before it could put the old run back
             if not retrain and (d / "summary.json").is_file():  # finished while we waited
                 distributed.broadcast_flag(False)
-                return self.load(rid)
+                return self._finished(rid, dataset)
             # Temp files of a process killed mid-write: never read, removed (we hold the lock).
             for tmp in d.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
@@ -395,6 +397,18 @@ class RunStore:
             if retrain:
                 shutil.rmtree(d / REPLACED, ignore_errors=True)
         return self.load(rid)
+
+    def _finished(self, rid: str, data: Dataset | Callable[[], Dataset]) -> Run:
+        """A finished run, refused if the data at hand are not those it was trained on (the
+        run id names no data). A loader not yet called is not called: recorded runs can be
+        read without their data."""
+        run = self.load(rid)
+        if isinstance(data, Dataset):
+            check_same_data(
+                (run.summary or {}).get("data"), data.source, f"run {rid} in {self.root}",
+                "give the data it was trained on, retrain it (--retrain, or retrain=True), or use another run store",
+            )
+        return run
 
     def _train_here(self, d, rid, cfg, name, dataset, init_state, checkpoint_every, progress, log, on_epoch) -> None:
         """RunStore.get's training, in the run's locked folder."""

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .config import ConfigError, TrainConfig
-from .data import NORMS, Dataset, augment, cutout, normalize
+from .data import NORMS, Dataset, augment, check_same_data, cutout, normalize
 from .model import Dropout, build_model
 
 __all__ = [
@@ -696,6 +696,8 @@ def train(
         if saved is not None and saved.identity() != cfg.identity():
             diff = sorted(k for k, v in cfg.identity().items() if saved.identity().get(k) != v)
             raise CheckpointError(f"{ckpt_path}: written by a run with other settings ({', '.join(diff)}); use another run folder")
+        # Checkpoints written before they recorded their data have nothing to compare.
+        check_same_data(state.get("data"), data.source, f"{ckpt_path} (an unfinished run)", "resume it on the data it began on, or use another run folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
@@ -741,6 +743,7 @@ def train(
                 "history": history,
                 "rng": _rng_states(device),
                 "config": cfg.to_dict(),
+                "data": data.source,
                 "best_state": best["state"],
                 "best_val_acc": best["val_acc"],
                 "best_epoch": best["epoch"],

@@ -209,7 +209,7 @@ def test_eval_refuses_unknown_runs_and_other_data(trained, tmp_path, capsys, mon
     monkeypatch.chdir(tmp)
     base = ["--runs-dir", "runs", "--set", "tta_flip=True"]
     assert main(["eval", "seed-0000000000", "--synthetic", "--synthetic-size", "50", "--data-dir", "data", *base]) == 1
-    assert "not a run folder" in capsys.readouterr().err
+    assert "no run seed-0000000000 in runs" in capsys.readouterr().err
     assert main(["eval", "../runs", *base]) == 2
     assert "must be a run id" in capsys.readouterr().err
     # synthetic data of the same size from another seed: same description, other files

@@ -109,6 +109,45 @@ def test_failed_retrain_gives_the_finished_run_back(tmp_path, synth_data, cfg, m
     assert any("is back" in m for m in logs)
 
 
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory):
+    """Synthetic data of the same sizes as synth_data from another seed: other files."""
+    from labkit.data import load_cifar10
+    from labkit.synthetic import make_synthetic_cifar10
+
+    root = tmp_path_factory.mktemp("other")
+    make_synthetic_cifar10(root, per_batch=200, seed=7)
+    return load_cifar10(root, split="seed", allow_download=False)
+
+
+def test_a_run_is_never_handed_back_for_other_data(tmp_path, synth_data, other_data, cfg, monkeypatch):
+    from labkit.data import DataError
+
+    assert synth_data.sizes() == other_data.sizes() and synth_data.source["md5"] != other_data.source["md5"]
+    store = RunStore(tmp_path)
+    run = store.get(cfg, "r", synth_data, progress=False, log=None)
+    stats = _counting_train(monkeypatch)
+    with pytest.raises(DataError, match=f"run {run.id} in .* was trained on other data"):
+        store.get(cfg, "r", other_data, progress=False, log=None)
+    assert store.get(cfg, "r", synth_data, progress=False, log=None).summary == run.summary
+    # A loader is not called for a finished run (recorded runs are read without their data).
+    assert store.get(cfg, "r", lambda: pytest.fail("loaded"), progress=False, log=None).finished
+    assert stats["calls"] == 0
+
+
+def test_an_unfinished_run_does_not_resume_on_other_data(tmp_path, synth_data, other_data, cfg, monkeypatch):
+    from labkit.data import DataError
+
+    store = RunStore(tmp_path)
+    _counting_train(monkeypatch, crash_after=1)
+    with pytest.raises(_Crash):
+        store.get(cfg, "r", synth_data, progress=False, log=None)
+    monkeypatch.setattr(T, "train", REAL_TRAIN)
+    with pytest.raises(DataError, match=r"checkpoint.pt \(an unfinished run\) was trained on other data"):
+        store.get(cfg, "r", other_data, progress=False, log=None)
+    assert store.get(cfg, "r", synth_data, progress=False, log=None).finished  # its own data: resumes
+
+
 def test_retrain_killed_hard_is_undone_at_the_next_call(tmp_path, synth_data, cfg, monkeypatch):
     # A kill -9 mid-retrain leaves the old run set aside in .replaced and a partial new one.
     store = RunStore(tmp_path)
@@ -264,8 +303,11 @@ def test_folder_with_another_config_is_refused(tmp_path, synth_data, cfg):
 
 def test_load_errors(tmp_path):
     store = RunStore(tmp_path)
-    with pytest.raises(RunError, match="config.json"):
+    with pytest.raises(RunError, match="no run nothing-here in .*labkit runs"):
         store.load("nothing-here")
+    (tmp_path / "empty-0000000000").mkdir()
+    with pytest.raises(RunError, match="no config.json; not a run folder"):
+        store.load("empty-0000000000")
     d = tmp_path / "junk-0000000000"
     d.mkdir()
     (d / "config.json").write_text("{not json")
