@@ -219,6 +219,17 @@ def test_eval_refuses_unknown_runs_and_other_data(trained, tmp_path, capsys, mon
     assert "trained on other data" in capsys.readouterr().err
 
 
+def test_train_hands_back_a_finished_run_only_for_its_own_data(trained, tmp_path, capsys, monkeypatch):
+    tmp, _ = trained
+    monkeypatch.chdir(tmp)
+    argv = [*TRAIN, "--set", "device=cpu", "--runs-dir", "runs"]
+    assert main([*argv, "--data-dir", "data"]) == 0  # the finished run, on its data
+    assert "done:" in capsys.readouterr().out
+    make_synthetic_cifar10(tmp_path / "other", per_batch=50, seed=7)  # same sizes, other files
+    assert main([*argv, "--data-dir", str(tmp_path / "other")]) == 1
+    assert "trained on other data" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, flag",
     [
