@@ -422,6 +422,43 @@ def _check_recorded_runs(profile_name: str, seeds: int, store) -> None:
         )
 
 
+def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, store) -> str:
+    """Full and quick: the data must be there (the runs train on them, the report's data
+    section shows them), and every finished run of the plan must have been trained on them;
+    the run ids name no data, so a report would otherwise mix copies without a word.
+    Returns a note to show when the data are not the official files and have no label."""
+    from .data import DataError, locate, same_data, source_of
+    from .lab import plan
+
+    try:
+        folder = locate(data_dir, allow_download=allow_train)  # rendering alone never downloads
+    except DataError as e:
+        if allow_train:
+            raise
+        raise LabError(
+            f"--no-train renders recorded runs, and the report also shows the data they were trained on and "
+            f"checks them against it; {str(e).rstrip('.')}. Nothing was written."
+        ) from None
+    src = source_of(folder)
+    finished = [r for _, name, cfg in plan(profile_name, seeds) if (r := store.find(cfg, name)) is not None and r.finished]
+    other = [r for r in finished if not same_data((r.summary or {}).get("data"), src)]
+    if other:
+        theirs = sorted({str(((r.summary or {}).get("data") or {}).get("description")) for r in other})
+        raise LabError(
+            f"{len(other)} of the {len(finished)} finished runs of the {profile_name} plan in {_rel(store.root)} were trained "
+            f"on other data ({'; '.join(theirs)}) than {folder} ({src['description']}; the md5s of the batch files "
+            f"differ), and a report would mix them. Point --data-dir at the data they were trained on; or, to train on "
+            f"these, move {_rel(store.root)} aside or give another store and report folder (--runs-dir DIR --out DIR). "
+            "Nothing was written."
+        )
+    if src["official"] or os.environ.get("LABKIT_DATA_LABEL"):
+        return ""
+    return (
+        f"note: {folder} does not hold the official CIFAR-10 files; the report will say only \"{src['description']}\". "
+        "Set LABKIT_DATA_LABEL to say what they are (see report/README.md)."
+    )
+
+
 def run_lab(
     profile: str = "auto",
     data_dir: str | None = None,
@@ -454,11 +491,15 @@ def run_lab(
         raise LabError(f"--out {report_dir} is the notebooks' own folder: the executed copies would overwrite them")
     if report_dir.exists() and not report_dir.is_dir():
         raise LabError(f"--out {report_dir} is a file, not a folder")
+    store = store or _store(root, runs_dir, prof)
     if not allow_train:
-        _check_recorded_runs(name, n_seeds, store or _store(root, runs_dir, prof))
+        _check_recorded_runs(name, n_seeds, store)
+    data_note = "" if prof.synthetic else _check_lab_data(name, n_seeds, data_dir, allow_train, store)
     report_dir.mkdir(parents=True, exist_ok=True)
     _check_kernel()
     log(reason)
+    if data_note:
+        log(data_note)
     if prof.synthetic and data_dir:
         log(f"note: the {name} profile trains on synthetic data; --data-dir {data_dir} is not used")
     common = {

@@ -437,6 +437,39 @@ def test_committed_report_names_no_machine_paths():
     assert not bad, bad
 
 
+def test_full_lab_refuses_runs_of_other_data_and_rendering_without_data(tmp_path, synth_root, monkeypatch):
+    # Run ids name no data: recorded runs of one copy (the committed stand-in runs, say)
+    # would otherwise be reported beside another copy's data section, or without one.
+    from labkit.data import load_cifar10
+    from labkit.lab import plan
+    from labkit.runs import RunStore
+    from labkit.synthetic import make_synthetic_cifar10
+
+    store = RunStore(tmp_path / "runs")
+    _, name, cfg = plan("full", 1)[0]
+    d = store.path(store.run_id(cfg, name))
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"name": name, "config": cfg.to_dict()}))
+    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
+    summary["data"] = load_cifar10(synth_root, allow_download=False).source
+    (d / "summary.json").write_text(json.dumps(summary))
+    monkeypatch.delenv("LABKIT_DATA_LABEL", raising=False)
+    note = R._check_lab_data("full", 1, str(synth_root), False, store)
+    assert "does not hold the official CIFAR-10 files" in note and "LABKIT_DATA_LABEL" in note
+    monkeypatch.setenv("LABKIT_DATA_LABEL", "synthetic, for a test")
+    assert R._check_lab_data("full", 1, str(synth_root), False, store) == ""
+    make_synthetic_cifar10(tmp_path / "other", per_batch=200, seed=7)
+    with pytest.raises(R.LabError, match=r"1 of the 1 finished runs of the full plan in .* were trained on other data"):
+        R._check_lab_data("full", 1, str(tmp_path / "other"), False, store)
+    with pytest.raises(R.LabError, match=r"--no-train renders recorded runs.*no CIFAR-10 batches at .*Nothing was written"):
+        R._check_lab_data("full", 1, str(tmp_path / "nothing"), False, store)
+    # The main job refuses before it writes anything.
+    out = tmp_path / "out"
+    with pytest.raises(R.LabError, match="trained on other data"):
+        R.run_lab("full", data_dir=str(tmp_path / "other"), root=tmp_path, runs_dir=store.root, out=out, allow_train=False)
+    assert not out.exists()
+
+
 def test_lab_refuses_outputs_that_would_destroy_something(tmp_path):
     # A mistyped --runs-dir with --no-train would replace a report with an empty one.
     out = tmp_path / "out"
