@@ -103,7 +103,7 @@ def cmd_eval(args) -> int:
     import json
     import math
 
-    from .data import check_same_data
+    from .data import DataError, check_same_data
     from .runs import RunError, RunStore, atomic_write_text, check_writable
     from .train import EVAL_FIELDS, reevaluate, resolve_device
 
@@ -120,7 +120,13 @@ def cmd_eval(args) -> int:
     if not run.finished:
         raise RunError(f"{run.dir}: the run has not finished; nothing to evaluate yet")
     cfg = run.config
-    data = _data_loader(args)(cfg)
+    try:
+        data = _data_loader(args)(cfg)
+    except DataError as e:
+        if args.synthetic:
+            raise
+        # A run's record does not say it was trained with --synthetic: eval must be told again.
+        raise DataError(f"{e} (a run trained with --synthetic is evaluated with --synthetic, and its --synthetic-size, again)") from None
     check_same_data(run.summary.get("data"), data.source, run.id, "point --data-dir at the data it was trained on")
     rows = [("as trained (its summary)", {k: getattr(cfg, k) for k in EVAL_FIELDS}, run.summary.get("final_val_acc"), run.summary.get("test_acc"))]
     own = reevaluate(cfg, run.checkpoint, data, device=args.device)
