@@ -29,7 +29,7 @@ from .config import (
     ablation,
     seed_ablation_config,
 )
-from .lab import Lab, RunMissing
+from .lab import Lab, RunMissing, project_root
 from .runs import Run
 
 __all__ = [
@@ -240,7 +240,7 @@ def open_lab(
     data_dir: str | None = None,
     runs_dir: str | None = None,
     allow_train: bool = True,
-    root: str = ".",
+    root: str | None = None,
 ) -> Lab:
     """Validate a notebook's common parameters and open its Lab; a bad value raises ConfigError.
 
@@ -256,8 +256,10 @@ def open_lab(
     for name, v in (("data_dir", data_dir), ("runs_dir", runs_dir)):
         if v is not None and not isinstance(v, str):
             raise ConfigError(f"{name} must be a path string or None, got {type(v).__name__} {v!r}")
+    if root is None:
+        root = str(project_root())
     if not isinstance(root, str) or not Path(root).is_dir():
-        raise ConfigError(f"root must be the project's root folder (a path string), got {root!r}")
+        raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
     lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log)
     setup_notebook(lab)
     return lab
@@ -382,8 +384,10 @@ def provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> dict[
     datas = sorted({data_label((r.summary or {}).get("data"), lab.profile.synthetic, label) for r in runs})
     devices = pd.Series([(r.summary or {}).get("device", "?") for r in runs]).value_counts()
     secs = sum(float((r.summary or {}).get("train_seconds") or 0.0) for r in runs)
+    store, root = lab.store.root.resolve(), lab.root.resolve()
     return {
         "profile": lab.profile.name + (" (synthetic data, tiny net: not comparable to the seed's numbers)" if lab.profile.synthetic else ""),
+        "run store": str(store.relative_to(root)) if store.is_relative_to(root) else str(store),
         "data": "; ".join(datas) or "no runs",
         "device": ", ".join(f"{d} ({c} runs)" for d, c in devices.items()) or "no runs",
         "training time": f"{secs:.1f} s summed over {len(runs)} runs",
@@ -636,6 +640,17 @@ def plot_estimates(est: pd.DataFrame, seed_values: dict[str, float] | None = Non
 # ---------------------------------------------------------------------------------------
 
 
+def _epochs(runs: Sequence[Run], protocol: int) -> str:
+    """The runs' epochs, as a recipe says them: quick and smoke runs train fewer than the
+    seed's protocol (`protocol`, said when there are no runs)."""
+    return "/".join(map(str, sorted({r.config.epochs for r in runs}) or [protocol])) + " epochs"
+
+
+def _images(runs: Sequence[Run]) -> str:
+    n = sorted({int(s["train_images"]) for r in runs if (s := r.summary or {}).get("train_images")})
+    return "all 50,000 training images" if n in ([], [50_000]) else "/".join(f"{k:,}" for k in n) + " training images"
+
+
 def seed_vs_ours(
     ablation_runs: Sequence[Run], final_runs: Sequence[Run], depth_runs: Sequence[Run], modern_runs: Sequence[Run]
 ) -> pd.DataFrame:
@@ -660,16 +675,17 @@ def seed_vs_ours(
     for a in SEED_ABLATIONS:
         where = f"table{'s' if len(a.tables) > 1 else ''} {', '.join(map(str, a.tables))}: {a.key}"
         rs = by.get(a.key, [])
-        add(where, "final loss (summed over the epoch)", a.seed_loss, _values(rs, "final_loss_sum"), 1, 3, "seed-faithful, 30 epochs")
-        add(where, "validation accuracy %", a.seed_val_acc, _values(rs, "final_val_acc"), 100, 2, "seed-faithful, 30 epochs")
-    add("table 11 (final)", "final loss (summed over the epoch)", SEED_NUMBERS["final_loss"], _values(final_runs, "final_loss_sum"), 1, 3, "seed-faithful, 60 epochs")
-    add("table 11 (final)", "test accuracy %", SEED_NUMBERS["final_test_acc"], _values(final_runs, "test_acc"), 100, 2, "seed-faithful, 60 epochs")
+        add(where, "final loss (summed over the epoch)", a.seed_loss, _values(rs, "final_loss_sum"), 1, 3, f"seed-faithful, {_epochs(rs, 30)}")
+        add(where, "validation accuracy %", a.seed_val_acc, _values(rs, "final_val_acc"), 100, 2, f"seed-faithful, {_epochs(rs, 30)}")
+    final = f"seed-faithful, {_epochs(final_runs, 60)}"
+    add("table 11 (final)", "final loss (summed over the epoch)", SEED_NUMBERS["final_loss"], _values(final_runs, "final_loss_sum"), 1, 3, final)
+    add("table 11 (final)", "test accuracy %", SEED_NUMBERS["final_test_acc"], _values(final_runs, "test_acc"), 100, 2, final)
     for lays, seed_acc in SEED_NUMBERS["depth_test_acc"].items():
         for recipe in ("seed", "corrected"):
             rs = [r for r in depth_runs if r.name == f"depth-{lays}-{recipe}"]
             desc = "seed-faithful net and optimiser" if recipe == "seed" else "corrected net, modern recipe"
             add(f"§4.1 depth limit, lays {lays}", "test accuracy % (selected on validation)", seed_acc, _values(rs, "test_acc"), 100, 2, desc)
-    add("§4.1 best (lays 3)", "test accuracy %: labkit's best (modern preset)", SEED_NUMBERS["depth_test_acc"][3], _values(modern_runs, "test_acc"), 100, 2, "modern preset, all 50,000 training images")
+    add("§4.1 best (lays 3)", "test accuracy %: labkit's best (modern preset)", SEED_NUMBERS["depth_test_acc"][3], _values(modern_runs, "test_acc"), 100, 2, f"modern preset, {_images(modern_runs)}")
     return pd.DataFrame(rows)
 
 
@@ -1110,9 +1126,10 @@ def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
             }
         )
 
-    add("table 11: seed-faithful, 60 epochs", final, "test_acc", SEED_NUMBERS["final_test_acc"], 100, 2)
-    add("table 11: seed-faithful, 60 epochs", final, "final_loss_sum", SEED_NUMBERS["final_loss"], 1, 3)
-    add("table 11: seed-faithful, 60 epochs", final, "final_val_acc", None, 100, 2)
+    what = f"table 11: seed-faithful, {_epochs(final, 60)}"
+    add(what, final, "test_acc", SEED_NUMBERS["final_test_acc"], 100, 2)
+    add(what, final, "final_loss_sum", SEED_NUMBERS["final_loss"], 1, 3)
+    add(what, final, "final_val_acc", None, 100, 2)
     add("labkit's best: modern preset", modern, "test_acc", SEED_NUMBERS["depth_test_acc"][3], 100, 2)
     return pd.DataFrame(rows)
 

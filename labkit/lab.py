@@ -197,12 +197,25 @@ def plan_gflop(profile_name: str, seeds: int | None = None, skip: Callable[[str,
 # ---------------------------------------------------------------------------------------
 
 
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The lab's folder, which the profiles' relative paths hang from: the nearest of `start`
+    (default: the working directory) and its parents that holds notebooks/00_summary.ipynb,
+    else `start` itself. JupyterLab runs a notebook in notebooks/, the lab job in the root:
+    both find the same run store."""
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "notebooks" / "00_summary.ipynb").is_file():
+            return d
+    return here
+
+
 class Lab:
     """A profile's data, run store and training policy, for notebooks and scripts.
 
     Args:
         profile_name: full | quick | smoke.
-        data_dir: folder with cifar-10-batches-py (ignored by smoke, which makes its own).
+        data_dir: folder with cifar-10-batches-py (ignored by smoke, which makes its own);
+            None: $LABKIT_DATA, else `root`/data.
         runs_dir: override the profile's run store.
         allow_train: False = only use finished runs (a missing run raises RunMissing).
         root: the project root that relative profile paths hang from.
@@ -220,7 +233,7 @@ class Lab:
     ) -> None:
         self.profile = profile(profile_name)
         self.root = Path(root)
-        self.data_dir = Path(data_dir) if data_dir else None
+        self.data_dir = Path(data_dir) if data_dir else None if os.environ.get("LABKIT_DATA") else self.root / "data"
         self.store = RunStore(Path(runs_dir) if runs_dir else self.root / self.profile.runs_dir)
         self.allow_train = allow_train
         self.progress, self.log = progress, log

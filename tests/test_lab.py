@@ -105,3 +105,21 @@ def test_full_and_quick_profiles_refuse_data_that_is_not_cifar10_sized(tmp_path,
         with pytest.raises(DataError, match=rf"the {name} profile trains on CIFAR-10 \(50,000 training .* holds 1,000 and 200"):
             lab.data()
     assert not any(tmp_path.iterdir())
+
+
+def test_notebooks_find_the_project_root_from_their_own_folder(tmp_path, monkeypatch):
+    # JupyterLab runs a notebook in notebooks/, the lab job in the root: one run store for both.
+    from pathlib import Path
+
+    from labkit.analysis import open_lab
+    from labkit.lab import project_root
+
+    repo = Path(__file__).resolve().parent.parent
+    assert project_root(repo / "notebooks") == repo and project_root(repo) == repo
+    assert project_root(tmp_path) == tmp_path.resolve()  # a folder of the user's own: itself
+    monkeypatch.delenv("LABKIT_DATA", raising=False)
+    monkeypatch.chdir(repo / "notebooks")
+    lab = open_lab("smoke", allow_train=False)
+    assert lab.store.root == repo / "build" / "smoke" / "runs" and lab.data_dir == repo / "data"
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
+    assert Lab("full", root=repo).data_dir is None  # $LABKIT_DATA, read where the data are loaded

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["00_summary", "01_data", "02_model", "03_depth_limit", "04_ablations", "05_final"]
-COMMON = {"profile": "full", "data_dir": None, "allow_train": True, "root": ".", "runs_dir": None, "data_label": None}
+COMMON = {"profile": "full", "data_dir": None, "allow_train": True, "root": None, "runs_dir": None, "data_label": None}
 # None: the profile's own number (3 for full, the default profile), as the lab job passes it.
 SEEDS = {"00_summary": None, "03_depth_limit": 1, "04_ablations": None, "05_final": None}
 
