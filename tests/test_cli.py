@@ -159,6 +159,17 @@ def test_make_synthetic(tmp_path, capsys):
     assert (tmp_path / "cifar-10-batches-py" / "data_batch_5").is_file()
 
 
+def test_a_file_as_data_folder_is_refused_by_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    batch = make_synthetic_cifar10(tmp_path / "data", per_batch=10) / "data_batch_1"
+    for argv in (["train", "--set", "width=8", "--data-dir", str(batch)], ["make-synthetic", str(batch)],
+                 [*TRAIN, "--data-dir", str(batch)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"{batch} is a file, not a folder" in err and "Errno" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no run store made
+
+
 def test_recorded_commands_name_no_machine_folder():
     from labkit.runs import command_line
 
