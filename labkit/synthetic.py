@@ -12,7 +12,7 @@ import math
 import os
 import pickle
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +90,10 @@ def make_synthetic_cifar10(
             "or overwrite them (overwrite=True, or --force on the command line)"
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=folder.parent))
+    # Not tempfile.mkdtemp: its folder is 0700 whatever the umask, and renamed into place it
+    # would keep that mode, so the data would be unreadable to anyone else a plain mkdir admits.
+    tmp = folder.parent / f".synthetic-{uuid.uuid4().hex}"
+    tmp.mkdir()
     try:
         _write(tmp, per_batch, test_size or per_batch, noise, seed, str_keys)
         if folder.is_dir():

@@ -462,6 +462,20 @@ def test_synthetic_data_never_replaces_a_dataset_by_accident(tmp_path, monkeypat
         make_synthetic_cifar10(tmp_path, per_batch=20, overwrite=True)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_synthetic_folder_has_the_mode_a_plain_mkdir_gives(tmp_path, umask):
+    # It is written through a temporary folder renamed into place: a tempfile.mkdtemp one
+    # (0700) made the data unreadable to everyone else whatever the umask.
+    old = os.umask(umask)
+    try:
+        folder = make_synthetic_cifar10(tmp_path / "data", per_batch=10)
+    finally:
+        os.umask(old)
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    assert oct(folder.parent.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    assert {oct(f.stat().st_mode & 0o777) for f in folder.iterdir()} == {oct(0o666 & ~umask)}
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"per_batch": 9}, "per_batch must be an int >= 10"), ({"per_batch": "20"}, "per_batch must be an int"),
