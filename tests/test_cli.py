@@ -237,13 +237,18 @@ def test_eval_refuses_unknown_runs_and_other_data(trained, tmp_path, capsys, mon
         (["bench", "--cpu-check", "--out", "{f}/b.json"], "--out"),
         (["bench", "--cpu-check", "--out", "{d}"], "is a folder"),
         (["eval", "seed-0123456789", "--set", "tta_flip=True", "--out", "{f}/e.json"], "--out"),
+        (["eval", "seed-0123456789", "--set", "tta_flip=True", "--out", "{f}/sub/e.json"], "a_file is a file"),
+        # a folder that does not exist is refused, not made (`--out /nonexist/x.json` made /nonexist)
+        (["sweep", "--profile", "smoke", "--timing-json", "{m}/t.json"], "missing/deeper does not exist"),
+        (["bench", "--cpu-check", "--out", "{m}/b.json"], "missing/deeper does not exist"),
+        (["eval", "seed-0123456789", "--set", "tta_flip=True", "--out", "{m}/e.json"], "missing/deeper does not exist"),
     ],
 )
 def test_result_files_that_cannot_be_written_fail_before_any_work(tmp_path, capsys, monkeypatch, argv, flag):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "a_dir").mkdir()
-    argv = [a.format(f="a_file", d="a_dir") for a in argv]
+    argv = [a.format(f="a_file", d="a_dir", m="missing/deeper") for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert flag in err and ("cannot write there" in err or "is a folder" in err)
