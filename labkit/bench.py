@@ -479,6 +479,14 @@ def main_bench(args) -> int:
         raise ConfigError(f"--breakdown-steps must be >= 0 (0 = off), got {args.breakdown_steps}")
     if args.accuracy_runs and not args.accuracy_epochs:
         raise ConfigError("--accuracy-runs needs --accuracy-epochs (the accuracy check is off without it)")
+    if not (args.cpu_check or args.allow_cpu or torch.cuda.is_available()):
+        # The benchmark is the seed's width-64 network over 40,000 images, several epochs a
+        # side: on a CPU, hours of work that measure nothing the report uses.
+        raise ConfigError(
+            "torch sees no CUDA GPU: the benchmark times the seed's full network and data on a GPU, and on a "
+            "CPU it would run for hours. Use --cpu-check for the small CPU check of the benchmark code, or "
+            "--allow-cpu if you really mean to time the full benchmark on this CPU (--workers to fit its cores)"
+        )
     cfg, device = SEED, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.cpu_check:
         import tempfile

@@ -105,6 +105,29 @@ def test_bench_cli_rejects_bad_accuracy_options_at_once(tmp_path, capsys, extra,
     assert not (tmp_path / "b.json").exists()  # refused before any work
 
 
+class _Started(Exception):
+    pass
+
+
+def test_bench_without_a_gpu_refuses_the_full_benchmark_unless_allowed(tmp_path, capsys, monkeypatch):
+    # Without --cpu-check it would time the width-64 net on all 40,000 images: hours on a CPU.
+    from labkit import bench
+
+    def started(*a, **kw):
+        raise _Started
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "load_cifar10", started)
+    monkeypatch.setattr(bench, "run_bench", started)
+    argv = ["bench", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "b.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "--cpu-check" in err and "--allow-cpu" in err
+    assert not any(tmp_path.iterdir())  # refused before any work
+    with pytest.raises(_Started):  # asked for: it goes ahead
+        main([*argv, "--allow-cpu"])
+
+
 def test_step_breakdown_sums_op_time_by_kind(tiny_data):
     k = step_breakdown(_cfg(), tiny_data, steps=2, warmup=1)
     kinds = k["kinds"]
