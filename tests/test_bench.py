@@ -84,7 +84,11 @@ def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
     assert res["accuracy"]["seeds"] == 2 and res["accuracy"]["epochs"] == 1
     assert res["command"].startswith("python -m labkit bench --cpu-check")
     assert "not a speed figure" in res["note"]
-    assert "val acc after 1 epochs, 2 seed(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "val acc after 1 epochs, 2 seed(s)" in out
+    # data it generated itself, not a suspect copy of CIFAR-10 ("md5 differs for 6 of 6 batches")
+    assert res["data"].startswith("labkit's synthetic CIFAR-10, generated") and "md5" not in res["data"]
+    assert f"data: {res['data']}" in out
 
 
 @pytest.mark.parametrize(
