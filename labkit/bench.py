@@ -479,6 +479,14 @@ def main_bench(args) -> int:
         raise ConfigError(f"--breakdown-steps must be >= 0 (0 = off), got {args.breakdown_steps}")
     if args.accuracy_runs and not args.accuracy_epochs:
         raise ConfigError("--accuracy-runs needs --accuracy-epochs (the accuracy check is off without it)")
+    if not (args.cpu_check or args.allow_cpu or torch.cuda.is_available()):
+        # The benchmark is the seed's width-64 network over 40,000 images, several epochs a
+        # side: on a CPU, hours of work that measure nothing the report uses.
+        raise ConfigError(
+            "torch sees no CUDA GPU: the benchmark times the seed's full network and data on a GPU, and on a "
+            "CPU it would run for hours. Use --cpu-check for the small CPU check of the benchmark code, or "
+            "--allow-cpu if you really mean to time the full benchmark on this CPU (--workers to fit its cores)"
+        )
     cfg, device = SEED, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.cpu_check:
         import tempfile
@@ -488,6 +496,8 @@ def main_bench(args) -> int:
         with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:  # read into memory, then gone
             make_synthetic_cifar10(tmp, per_batch=128)
             data = load_cifar10(tmp, "seed", allow_download=False)
+        # Its md5s differ from the official ones, which alone would read as a suspect copy.
+        data.source["description"] = "labkit's synthetic CIFAR-10, generated for this check (not the official files)"
         cfg, device = SEED.replace(width=8, batch_size=64), torch.device("cpu")
         res = run_bench(
             data, epochs=2, device_name="cpu", workers=0, cfg=cfg, command=args.command, compile_mode=args.compile

@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs per side; the first is a warm-up")
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers for the seed recipe")
     p.add_argument("--cpu-check", action="store_true", help="tiny synthetic run on the CPU (checks the code, not speed)")
+    p.add_argument("--allow-cpu", action="store_true", help="let the full benchmark run on a CPU when there is no GPU (hours)")
     p.add_argument("--compile", default="", help="also time labkit's path under torch.compile with this mode, e.g. default")
     p.add_argument("--probe-lanes", type=int, nargs="*", default=[], help="also time N runs side by side, e.g. 2 3")
     p.add_argument("--breakdown-steps", type=int, default=0,

@@ -151,9 +151,33 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("LABKIT_DATA", "data"))
 
 
+def file_in_the_way(root: str | os.PathLike) -> Path | None:
+    """The file at `root` or at the first of its parents that exists, if that is not a folder.
+
+    A data folder there could neither be read nor made (mkdir would fail with a bare
+    "File exists" or "Not a directory"), so callers refuse such a path by name first.
+    """
+    p = Path(root)
+    for cand in (p, *p.parents):
+        if cand.exists():
+            return None if cand.is_dir() else cand
+    return None
+
+
+def _check_folder(root: Path) -> None:
+    f = file_in_the_way(root)
+    if f is not None:
+        where = f"{root} is a file" if f == root else f"{root}: {f} is a file"
+        raise DataError(
+            f"{where}, not a folder: give --data-dir (or LABKIT_DATA) the folder holding {FOLDER}, "
+            "or that folder itself"
+        )
+
+
 def find_batches(root: str | os.PathLike) -> Path:
     """Return the `cifar-10-batches-py` folder under or at `root`."""
     root = Path(root)
+    _check_folder(root)
     for cand in (root, root / FOLDER):
         if (cand / "test_batch").is_file() or (cand / "data_batch_1").is_file():
             return cand
@@ -233,6 +257,7 @@ def extract(archive: Path, root: Path) -> None:
 
 def locate(data_dir: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
     root = Path(data_dir) if data_dir is not None else default_data_dir()
+    _check_folder(root)  # a file there is no missing dataset: downloading would only fail on it
     try:
         return find_batches(root)
     except DataError:

@@ -38,7 +38,7 @@ import pandas as pd
 
 from . import distributed
 from .config import ConfigError, TrainConfig
-from .data import Dataset, check_same_data
+from .data import Dataset, check_same_data, file_in_the_way
 
 __all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint", "command_line", "check_writable"]
 
@@ -60,19 +60,31 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def check_writable(path: str | None, flag: str) -> None:
-    """Fail before any work when a result file could not be written at the end."""
+    """Fail before any work when a result file could not be written at the end.
+
+    Makes no folder: a mistyped path (`/nonexist/x.json`) would otherwise leave folders
+    wherever it points, at the filesystem's root too, and a refused command would leave
+    them behind. The folder the file goes into must exist.
+    """
     if not path:
         return
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
+    blocker = file_in_the_way(p.parent)
+    if blocker is not None:
+        raise ConfigError(f"{flag} {path}: cannot write there: {blocker} is a file, not a folder")
+    if not p.parent.is_dir():
+        raise ConfigError(
+            f"{flag} {path}: cannot write there: the folder {p.parent} does not exist; "
+            f"make it first (mkdir -p {p.parent}) or give a file in a folder that exists"
+        )
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
         probe = p.with_name(f".{p.name}.probe")
         probe.write_text("")
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
-    if p.is_dir():
-        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
 
 
 def command_line(args: list[str] | None = None) -> str:

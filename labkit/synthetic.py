@@ -12,12 +12,12 @@ import math
 import os
 import pickle
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
 
-from .data import BATCH_MD5, CLASSES, FOLDER, DataError, md5
+from .data import BATCH_MD5, CLASSES, FOLDER, DataError, file_in_the_way, md5
 
 __all__ = ["make_synthetic_cifar10"]
 
@@ -72,6 +72,11 @@ def make_synthetic_cifar10(
     _check_int("seed", seed, 0, "a numpy seed")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0 (the pixel noise's SD), got {noise!r}")
+    in_the_way = file_in_the_way(Path(root) / FOLDER)
+    if in_the_way is not None:  # before any folder is made
+        raise DataError(
+            f"{in_the_way} is a file, not a folder: give the folder to write {FOLDER} into (made if missing)"
+        )
     if any((Path(root) / n).exists() for n in BATCH_MD5):  # a data folder accepts either; this writes below root
         raise DataError(f"{root} itself holds CIFAR-10 batch files: give the folder above it, where {FOLDER} would go")
     folder = Path(root) / FOLDER
@@ -85,7 +90,10 @@ def make_synthetic_cifar10(
             "or overwrite them (overwrite=True, or --force on the command line)"
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=folder.parent))
+    # Not tempfile.mkdtemp: its folder is 0700 whatever the umask, and renamed into place it
+    # would keep that mode, so the data would be unreadable to anyone else a plain mkdir admits.
+    tmp = folder.parent / f".synthetic-{uuid.uuid4().hex}"
+    tmp.mkdir()
     try:
         _write(tmp, per_batch, test_size or per_batch, noise, seed, str_keys)
         if folder.is_dir():

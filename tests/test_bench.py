@@ -84,7 +84,11 @@ def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
     assert res["accuracy"]["seeds"] == 2 and res["accuracy"]["epochs"] == 1
     assert res["command"].startswith("python -m labkit bench --cpu-check")
     assert "not a speed figure" in res["note"]
-    assert "val acc after 1 epochs, 2 seed(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "val acc after 1 epochs, 2 seed(s)" in out
+    # data it generated itself, not a suspect copy of CIFAR-10 ("md5 differs for 6 of 6 batches")
+    assert res["data"].startswith("labkit's synthetic CIFAR-10, generated") and "md5" not in res["data"]
+    assert f"data: {res['data']}" in out
 
 
 @pytest.mark.parametrize(
@@ -103,6 +107,29 @@ def test_bench_cli_rejects_bad_accuracy_options_at_once(tmp_path, capsys, extra,
     assert main(["bench", "--cpu-check", "--out", str(tmp_path / "b.json"), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()  # refused before any work
+
+
+class _Started(Exception):
+    pass
+
+
+def test_bench_without_a_gpu_refuses_the_full_benchmark_unless_allowed(tmp_path, capsys, monkeypatch):
+    # Without --cpu-check it would time the width-64 net on all 40,000 images: hours on a CPU.
+    from labkit import bench
+
+    def started(*a, **kw):
+        raise _Started
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "load_cifar10", started)
+    monkeypatch.setattr(bench, "run_bench", started)
+    argv = ["bench", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "b.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "--cpu-check" in err and "--allow-cpu" in err
+    assert not any(tmp_path.iterdir())  # refused before any work
+    with pytest.raises(_Started):  # asked for: it goes ahead
+        main([*argv, "--allow-cpu"])
 
 
 def test_step_breakdown_sums_op_time_by_kind(tiny_data):

@@ -159,6 +159,17 @@ def test_make_synthetic(tmp_path, capsys):
     assert (tmp_path / "cifar-10-batches-py" / "data_batch_5").is_file()
 
 
+def test_a_file_as_data_folder_is_refused_by_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    batch = make_synthetic_cifar10(tmp_path / "data", per_batch=10) / "data_batch_1"
+    for argv in (["train", "--set", "width=8", "--data-dir", str(batch)], ["make-synthetic", str(batch)],
+                 [*TRAIN, "--data-dir", str(batch)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"{batch} is a file, not a folder" in err and "Errno" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no run store made
+
+
 def test_recorded_commands_name_no_machine_folder():
     from labkit.runs import command_line
 
@@ -242,13 +253,18 @@ def test_train_hands_back_a_finished_run_only_for_its_own_data(trained, tmp_path
         (["bench", "--cpu-check", "--out", "{f}/b.json"], "--out"),
         (["bench", "--cpu-check", "--out", "{d}"], "is a folder"),
         (["eval", "seed-0123456789", "--set", "tta_flip=True", "--out", "{f}/e.json"], "--out"),
+        (["eval", "seed-0123456789", "--set", "tta_flip=True", "--out", "{f}/sub/e.json"], "a_file is a file"),
+        # a folder that does not exist is refused, not made (`--out /nonexist/x.json` made /nonexist)
+        (["sweep", "--profile", "smoke", "--timing-json", "{m}/t.json"], "missing/deeper does not exist"),
+        (["bench", "--cpu-check", "--out", "{m}/b.json"], "missing/deeper does not exist"),
+        (["eval", "seed-0123456789", "--set", "tta_flip=True", "--out", "{m}/e.json"], "missing/deeper does not exist"),
     ],
 )
 def test_result_files_that_cannot_be_written_fail_before_any_work(tmp_path, capsys, monkeypatch, argv, flag):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "a_dir").mkdir()
-    argv = [a.format(f="a_file", d="a_dir") for a in argv]
+    argv = [a.format(f="a_file", d="a_dir", m="missing/deeper") for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert flag in err and ("cannot write there" in err or "is a folder" in err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -173,6 +174,29 @@ def test_empty_folder_says_how_to_fix(tmp_path):
     with pytest.raises(DataError) as e:
         load_cifar10(tmp_path, allow_download=False)
     assert str(tmp_path) in str(e.value) and "--data-dir" in str(e.value)
+
+
+def test_a_file_given_as_the_data_folder_is_named(tmp_path, monkeypatch):
+    # e.g. --data-dir .../cifar-10-batches-py/data_batch_1: once a bare "[Errno 17] File exists"
+    folder = make_synthetic_cifar10(tmp_path, per_batch=10)
+    a_file = folder / "data_batch_1"
+
+    def no_download(root):
+        raise AssertionError(f"tried to download into {root}")
+
+    monkeypatch.setattr(data, "download", no_download)
+    for root in (a_file, a_file / "sub"):
+        for call in (lambda r: data.locate(r), data.find_batches, lambda r: load_cifar10(r)):
+            with pytest.raises(DataError, match=re.escape(f"{a_file} is a file, not a folder") + ".*--data-dir") as e:
+                call(root)
+            assert str(root) in str(e.value)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "cifar-10-batches-py").write_text("")  # where the data folder would go
+    for root in (a_file, a_file / "sub", tmp_path / "x"):
+        with pytest.raises(DataError, match="is a file, not a folder: give the folder to write cifar-10-batches-py"):
+            make_synthetic_cifar10(root, per_batch=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py", "x"]  # nothing made
+    assert [p.name for p in (tmp_path / "x").iterdir()] == ["cifar-10-batches-py"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -436,6 +460,20 @@ def test_synthetic_data_never_replaces_a_dataset_by_accident(tmp_path, monkeypat
     monkeypatch.setattr(synthetic, "BATCH_MD5", {**synthetic.BATCH_MD5, "test_batch": md5(folder / "test_batch")})
     with pytest.raises(DataError, match="holds the official CIFAR-10 \\(test_batch\\)"):
         make_synthetic_cifar10(tmp_path, per_batch=20, overwrite=True)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_synthetic_folder_has_the_mode_a_plain_mkdir_gives(tmp_path, umask):
+    # It is written through a temporary folder renamed into place: a tempfile.mkdtemp one
+    # (0700) made the data unreadable to everyone else whatever the umask.
+    old = os.umask(umask)
+    try:
+        folder = make_synthetic_cifar10(tmp_path / "data", per_batch=10)
+    finally:
+        os.umask(old)
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    assert oct(folder.parent.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    assert {oct(f.stat().st_mode & 0o777) for f in folder.iterdir()} == {oct(0o666 & ~umask)}
 
 
 @pytest.mark.parametrize(

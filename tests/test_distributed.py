@@ -42,11 +42,18 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _log_dir(runs: Path) -> Path:
+    return runs.parent / "torchelastic"
+
+
 def _train_args(runs: Path, data: Path, procs: int) -> list[str]:
     launch = [sys.executable, "-m", "labkit"]
     if procs > 1:
+        # --log-dir: by default torchrun keeps its logs in a new /tmp/torchelastic_* that it
+        # never removes (three more after every run of this file); here pytest's tmp holds them.
         launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(procs),
-                  "--master_addr", "127.0.0.1", "--master_port", str(_port()), "-m", "labkit"]
+                  "--master_addr", "127.0.0.1", "--master_port", str(_port()), "--log-dir", str(_log_dir(runs)),
+                  "-m", "labkit"]
     args = launch + ["train", "--preset", "seed", "--epochs", str(EPOCHS), "--synthetic", "--synthetic-size", str(R.PER_BATCH)]
     args += ["--runs-dir", str(runs), "--data-dir", str(data)]
     for s in SETS:
@@ -125,6 +132,7 @@ def test_two_processes_train_what_one_process_trains(lab):
     assert summary["world_size"] == 2 and summary["batch_norm"] == "global batch"
     _assert_close_runs(_run_dir(lab / "two"), _run_dir(lab / "one"))
     assert not list(_run_dir(lab / "two").glob(".*.tmp"))
+    assert list(_log_dir(lab / "two").glob("*/attempt_0")), "torchrun's logs are not in the test's folder"
 
 
 def test_two_processes_killed_then_resumed(lab, tmp_path):
@@ -139,6 +147,7 @@ def test_two_processes_killed_then_resumed(lab, tmp_path):
     assert "resumed from" in log and 0 < len(R.epoch_lines(log)) < EPOCHS, log
     _assert_close_runs(d, _run_dir(lab / "two"), exact=True)  # the uninterrupted 2-process run, bit for bit
     _assert_close_runs(d, _run_dir(lab / "one"))
+    assert len(list(_log_dir(tmp_path / "runs").glob("*/attempt_0"))) == 2  # both torchruns logged here
 
 
 # -- finer checks, in processes made with torch.multiprocessing.spawn ----------------------
