@@ -282,6 +282,8 @@ def cmd_runs(args) -> int:
         print(f"no runs in {root}")
     else:
         t = store.table(runs)
+        # an unfinished run: the epochs it has done of those planned
+        t["epochs"] = [r.config.epochs if r.finished else f"{len(r.history)}/{r.config.epochs}" for r in runs]
         cols = [c for c in ["run", "finished", "epochs", "seed", "final_loss_sum", "final_val_acc", "test_acc", "train_seconds", "device"] if c in t]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(t[cols].to_string(index=False))
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             help="folder holding cifar-10-batches-py (default $LABKIT_DATA or ./data; "
             "with --synthetic, ./data/synthetic/per-batch-N)",
         )
-        p.add_argument("--synthetic", action="store_true", help="train on generated CIFAR-format data")
+        p.add_argument("--synthetic", action="store_true", help="use generated CIFAR-format data (made on first use)")
         p.add_argument("--synthetic-size", type=int, default=500, help="images per synthetic batch file")
         p.add_argument("--runs-dir", help="run store (default $LABKIT_RUNS or ./runs)")
 

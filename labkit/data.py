@@ -183,7 +183,7 @@ def find_batches(root: str | os.PathLike) -> Path:
             return cand
     raise DataError(
         f"no CIFAR-10 batches at {root} (looked for {root / FOLDER}/data_batch_1..5 and test_batch). "
-        f"Point labkit at a local copy with --data-dir DIR or LABKIT_DATA=DIR, or let it download "
+        f"Point labkit at a local copy with --data-dir DIR (in Python, data_dir=DIR) or LABKIT_DATA=DIR, or let it download "
         f"(needs network access to {URL})."
     )
 

@@ -502,6 +502,8 @@ def run_lab(
         log(data_note)
     if prof.synthetic and data_dir:
         log(f"note: the {name} profile trains on synthetic data; --data-dir {data_dir} is not used")
+    if lanes > 1 and allow_train and not torch.cuda.is_available():
+        log(f"note: lanes ({lanes}) share a GPU; without one, runs train one at a time")
     common = {
         "profile": name,
         "data_dir": _rel(data_dir) if data_dir else None,

@@ -87,7 +87,7 @@ def make_synthetic_cifar10(
     if present and not overwrite:
         raise DataError(
             f"{folder} already holds CIFAR-10 files ({', '.join(present)}); pick another folder, "
-            "or overwrite them (overwrite=True, or --force on the command line)"
+            "or replace them (--force; in Python, overwrite=True)"
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its folder is 0700 whatever the umask, and renamed into place it

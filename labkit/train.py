@@ -850,7 +850,7 @@ def train(
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss_sum']:.2f}", val=f"{val_acc:.4f}")
-        if log:
+        elif log:  # the bar shows the epoch; metrics.csv keeps every row either way
             log(
                 f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {lr0:.3g}  loss_sum {loss_total:9.4f}  "
                 f"train_acc {row['train_acc']:.4f}  val_acc {val_acc:.4f}  {seconds:6.2f}s  {n / seconds:8.0f} img/s"

@@ -74,6 +74,17 @@ def test_runs_prints_a_table(trained, capsys):
     assert len(out) == 2 and out[1].split()[0] == run_dir.name and "True" in out[1]
 
 
+def test_runs_says_how_far_an_unfinished_run_got(trained, tmp_path, capsys):
+    import shutil
+
+    tmp, _ = trained
+    (run_dir,) = (tmp / "runs").iterdir()
+    shutil.copytree(run_dir, tmp_path / run_dir.name)
+    (tmp_path / run_dir.name / "summary.json").unlink()  # as if stopped after its 2 epochs of 2
+    assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1:3] == ["False", "2/2"]
+
+
 def test_runs_on_an_empty_store(tmp_path, capsys):
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
     assert "no runs" in capsys.readouterr().out

@@ -500,3 +500,11 @@ def test_no_tensor_is_made_from_host_values_in_every_step(synth_data, tiny_confi
         train(tiny_config(epochs=1, train_subset=subset, batch_size=32, cutout=8), synth_data, progress=False, log=None)
         counts.append(len(made))
     assert counts[1] == counts[2], counts  # (the first run also makes the constants it keeps)
+
+
+def test_epoch_lines_or_a_bar_not_both(synth_data, tiny_config):
+    cfg = tiny_config(epochs=2, train_subset=64, batch_size=32)
+    for progress, want in ((True, 0), (False, 2)):
+        lines: list[str] = []
+        train(cfg, synth_data, progress=progress, log=lines.append)
+        assert sum(m.startswith("epoch ") for m in lines) == want
