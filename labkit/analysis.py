@@ -371,9 +371,9 @@ def data_label(source: dict | None, synthetic: bool = False, label: str | None =
     if not source:
         return "unknown (no data record)"
     desc = source.get("description") or ("official CIFAR-10 (md5 verified)" if source.get("official") else "not the official CIFAR-10 files")
-    if source.get("official"):
+    if source.get("official") or source.get("synthetic"):
         return desc
-    if synthetic:
+    if synthetic:  # made before the synthetic data said so themselves
         return f"synthetic CIFAR-format data made by labkit.synthetic (smoke profile): {desc}"
     label = label or os.environ.get("LABKIT_DATA_LABEL")
     return f"{label}: {desc}" if label else desc

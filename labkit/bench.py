@@ -496,8 +496,6 @@ def main_bench(args) -> int:
         with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:  # read into memory, then gone
             make_synthetic_cifar10(tmp, per_batch=128)
             data = load_cifar10(tmp, "seed", allow_download=False)
-        # Its md5s differ from the official ones, which alone would read as a suspect copy.
-        data.source["description"] = "labkit's synthetic CIFAR-10, generated for this check (not the official files)"
         cfg, device = SEED.replace(width=8, batch_size=64), torch.device("cpu")
         res = run_bench(
             data, epochs=2, device_name="cpu", workers=0, cfg=cfg, command=args.command, compile_mode=args.compile

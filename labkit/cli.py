@@ -125,8 +125,10 @@ def cmd_eval(args) -> int:
     except DataError as e:
         if args.synthetic:
             raise
-        # A run's record does not say it was trained with --synthetic: eval must be told again.
-        raise DataError(f"{e} (a run trained with --synthetic is evaluated with --synthetic, and its --synthetic-size, again)") from None
+        # eval is told --synthetic again; runs on labkit's synthetic data record it (older ones do not)
+        trained_on = run.summary.get("data") or {}
+        hint = f"{run.id} was trained on {trained_on['description']}" if trained_on.get("synthetic") else "a run trained with --synthetic"
+        raise DataError(f"{e} ({hint}: it is evaluated with --synthetic, and its --synthetic-size, again)") from None
     check_same_data(run.summary.get("data"), data.source, run.id, "point --data-dir at the data it was trained on")
     rows = [("as trained (its summary)", {k: getattr(cfg, k) for k in EVAL_FIELDS}, run.summary.get("final_val_acc"), run.summary.get("test_acc"))]
     own = reevaluate(cfg, run.checkpoint, data, device=args.device)

@@ -50,6 +50,7 @@ BATCH_MD5 = {
     "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+SYNTHETIC_KEY = "labkit_synthetic"  # in batches.meta of labkit's synthetic data: how it was made
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # Per-channel constants. "seed": the seed report's (its std is the mean of per-image stds);
@@ -268,10 +269,11 @@ def locate(data_dir: str | os.PathLike | None = None, allow_download: bool = Tru
 
 def source_of(folder: Path) -> dict:
     """What a run records about its data (Dataset.source): which copy of CIFAR-10 the batch
-    files in `folder` are, from their md5s alone (nothing unpickled)."""
+    files in `folder` are, from their md5s (and, for labkit's synthetic data, the note in
+    batches.meta that says so)."""
     sums = {n: md5(folder / n) for n in TRAIN_FILES + ["test_batch"]}
     mismatched = [n for n, m in sums.items() if m != BATCH_MD5[n]]
-    return {
+    source = {
         "folder": folder.name,
         "official": not mismatched,
         "md5_mismatch": mismatched,
@@ -280,6 +282,20 @@ def source_of(folder: Path) -> dict:
         if not mismatched
         else f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)",
     }
+    made = _synthetic_note(folder) if mismatched else None
+    if made:
+        source.update(synthetic=True, description=f"labkit's synthetic CIFAR-format data ({made}); not the official CIFAR-10 files")
+    return source
+
+
+def _synthetic_note(folder: Path) -> str | None:
+    """The note labkit.synthetic leaves in batches.meta; None for any other data."""
+    try:
+        note = _safe_load(folder / "batches.meta").get(SYNTHETIC_KEY)
+    except (OSError, DataError):  # no or unreadable meta file: the batches are what counts
+        return None
+    note = note.decode("utf-8", "replace") if isinstance(note, bytes) else note
+    return note if isinstance(note, str) and note else None
 
 
 def same_data(recorded: dict | None, source: dict) -> bool:

@@ -476,16 +476,17 @@ def run_lab(
     t0 = time.time()
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
+    root = Path(root).resolve()
+    # Where the notebooks' Lab looks for the data: checked there, not in the working directory.
+    data_at = data_dir or (None if os.environ.get("LABKIT_DATA") else root / "data")
     store = None
     if profile in ("full", "quick"):  # the CPU estimate counts only the runs not yet in its store
-
         store = _store(root, runs_dir, get_profile(profile))
-    name, reason = resolve_profile(profile, data_dir, allow_train, allow_cpu, seeds=seeds, store=store)
+    name, reason = resolve_profile(profile, data_at, allow_train, allow_cpu, seeds=seeds, store=store)
     prof: Profile = get_profile(name)
     n_seeds = prof.seeds if seeds is None else seeds
     if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
         raise ConfigError(f"lanes must be a positive int, got {lanes!r}")
-    root = Path(root).resolve()
     report_dir = Path(out).resolve() if out else root / prof.report_dir
     if report_dir == NOTEBOOK_DIR.resolve():
         raise LabError(f"--out {report_dir} is the notebooks' own folder: the executed copies would overwrite them")
@@ -494,7 +495,7 @@ def run_lab(
     store = store or _store(root, runs_dir, prof)
     if not allow_train:
         _check_recorded_runs(name, n_seeds, store)
-    data_note = "" if prof.synthetic else _check_lab_data(name, n_seeds, data_dir, allow_train, store)
+    data_note = "" if prof.synthetic else _check_lab_data(name, n_seeds, data_at, allow_train, store)
     report_dir.mkdir(parents=True, exist_ok=True)
     _check_kernel()
     log(reason)

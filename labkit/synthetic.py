@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import BATCH_MD5, CLASSES, FOLDER, DataError, file_in_the_way, md5
+from .data import BATCH_MD5, CLASSES, FOLDER, SYNTHETIC_KEY, DataError, file_in_the_way, md5
 
 __all__ = ["make_synthetic_cifar10"]
 
@@ -128,8 +128,14 @@ def _write(folder: Path, per_batch: int, test_size: int, noise: float, seed: int
             folder / name,
             str_keys,
         )
+    made = f"seed {seed}, {per_batch} images per training batch, {test_size} test images"
     _dump(
-        {b"num_cases_per_batch": per_batch, b"label_names": [c.encode() for c in CLASSES], b"num_vis": 3072},
+        {
+            b"num_cases_per_batch": per_batch,
+            b"label_names": [c.encode() for c in CLASSES],
+            b"num_vis": 3072,
+            SYNTHETIC_KEY.encode(): made.encode(),  # read by labkit.data.source_of: runs say what their data were
+        },
         folder / "batches.meta",
         str_keys,
     )

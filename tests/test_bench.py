@@ -87,7 +87,7 @@ def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "val acc after 1 epochs, 2 seed(s)" in out
     # data it generated itself, not a suspect copy of CIFAR-10 ("md5 differs for 6 of 6 batches")
-    assert res["data"].startswith("labkit's synthetic CIFAR-10, generated") and "md5" not in res["data"]
+    assert res["data"].startswith("labkit's synthetic CIFAR-format data (seed 0, 128 images") and "md5" not in res["data"]
     assert f"data: {res['data']}" in out
 
 

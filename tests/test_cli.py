@@ -243,7 +243,7 @@ def test_eval_refuses_unknown_runs_and_other_data(trained, tmp_path, capsys, mon
     (tmp_path / "partial" / "cifar-10-batches-py").mkdir(parents=True)
     (tmp_path / "partial" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
     assert main(["eval", run_dir.name, "--data-dir", str(tmp_path / "partial"), *base]) == 1
-    assert "trained with --synthetic is evaluated with --synthetic" in capsys.readouterr().err
+    assert f"{run_dir.name} was trained on labkit's synthetic CIFAR-format data" in capsys.readouterr().err
 
 
 def test_train_hands_back_a_finished_run_only_for_its_own_data(trained, tmp_path, capsys, monkeypatch):

@@ -486,3 +486,20 @@ def test_synthetic_data_rejects_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_synthetic_cifar10(tmp_path, **{"per_batch": 10, **kwargs})
     assert not any(tmp_path.iterdir())
+
+
+def test_labkit_synthetic_data_say_what_they_are(tmp_path):
+    # Their md5s differ from the official ones, which alone reads as a suspect copy of CIFAR-10.
+    from labkit.data import source_of
+
+    folder = make_synthetic_cifar10(tmp_path / "a", per_batch=20, test_size=10, seed=3)
+    src = source_of(folder)
+    assert src["synthetic"] and not src["official"]
+    assert src["description"] == (
+        "labkit's synthetic CIFAR-format data (seed 3, 20 images per training batch, 10 test images); "
+        "not the official CIFAR-10 files"
+    )
+    assert load_cifar10(tmp_path / "a", allow_download=False).source == src
+    (folder / "batches.meta").unlink()  # another copy, without labkit's note: only what the md5s say
+    assert source_of(folder)["description"] == "not the official CIFAR-10 files (md5 differs for 6 of 6 batches)"
+    assert "synthetic" not in source_of(folder)
