@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", help="run store (default: the profile's)")
     p.add_argument("--allow-cpu", action="store_true", help="let the full profile train on a CPU (days)")
     p.add_argument("--no-pdf", action="store_true", help="export the HTML only")
-    p.add_argument("--lanes", type=int, default=2, help="on a GPU: runs trained side by side before the notebooks render")
+    p.add_argument("--lanes", type=int, help="on a GPU: runs trained side by side before the notebooks render (default 2)")
     p.set_defaults(fn=cmd_lab)
 
     args = ap.parse_args(argv)
