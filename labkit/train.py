@@ -849,7 +849,8 @@ def train(
             on_epoch(history)
         if bar:
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss_sum']:.2f}", val=f"{val_acc:.4f}")
+            # no validation set (split "full", val_size 0): nothing to show, not "nan"
+            bar.set_postfix(loss=f"{row['loss_sum']:.2f}", **({"val": f"{val_acc:.4f}"} if len(d.val_y) else {}))
         elif log:  # the bar shows the epoch; metrics.csv keeps every row either way
             log(
                 f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {lr0:.3g}  loss_sum {loss_total:9.4f}  "
