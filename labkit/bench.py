@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .config import SEED, TrainConfig
-from .data import NORMS, Dataset, load_cifar10
+from .data import NORMS, DataError, Dataset, load_cifar10
 from .model import build_model, flops_per_image
 from .runs import command_line
 from .train import train
@@ -503,6 +503,16 @@ def main_bench(args) -> int:
         res["note"] = "CPU check of the benchmark code on synthetic data and a width-8 net; not a speed figure"
     else:
         data = load_cifar10(args.data_dir, "seed")
+        if args.accuracy_runs:  # before minutes of benchmark: its baseline runs must be of these data
+            from .runs import RunStore
+
+            other = RunStore(args.accuracy_runs).on_other_data(data.source)
+            if other:
+                raise DataError(
+                    f"{len(other)} finished run(s) in {args.accuracy_runs} were trained on other data than "
+                    f"{args.data_dir or 'the default data folder'} ({data.source['description']}): give "
+                    "--data-dir the data they were trained on, or another --accuracy-runs store"
+                )
         res = run_bench(
             data, epochs=args.epochs, workers=args.workers, command=args.command, compile_mode=args.compile
         )

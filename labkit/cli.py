@@ -32,7 +32,7 @@ def _synthetic_data(root: Path, per_batch: int, split: str, val_size: int):
     return data
 
 
-def _data_loader(args):
+def _data_loader(args, allow_download: bool = True):
     from .data import load_cifar10
 
     def load(cfg):
@@ -40,7 +40,7 @@ def _data_loader(args):
             n = args.synthetic_size
             root = Path(args.data_dir) if args.data_dir else SYNTHETIC_DIR / f"per-batch-{n}"
             return _synthetic_data(root, n, cfg.split, cfg.val_size)
-        return load_cifar10(args.data_dir, cfg.split, cfg.val_size)
+        return load_cifar10(args.data_dir, cfg.split, cfg.val_size, allow_download=allow_download)
 
     return load
 
@@ -52,6 +52,7 @@ def _check_synthetic_size(args) -> None:
 
 def cmd_train(args) -> int:
     from . import distributed
+    from .data import DataError
     from .runs import RunStore
     from .train import resolve_device
 
@@ -74,13 +75,19 @@ def cmd_train(args) -> int:
             print(f"run {store.run_id(cfg, name)} in {store.root}{where}")
         load = _data_loader(args)
         found = store.find(cfg, name)
-        # A finished run is returned only for the data it was trained on (its id names no
-        # data), so load them to compare; otherwise `get` loads them when it trains.
-        finished = found is not None and found.finished and not args.retrain
+        data = lambda: load(cfg)  # noqa: E731  (loaded by `get` when it trains)
+        if found is not None and found.finished and not args.retrain:
+            # A finished run is handed back only for the data it was trained on (its id names
+            # no data): the data here are loaded to compare, never downloaded for it.
+            try:
+                data = _data_loader(args, allow_download=False)(cfg)
+            except DataError as e:
+                if main:
+                    print(f"note: the data were not found here, so the finished run was not compared with them ({e})")
         run = store.get(
             cfg,
             name,
-            load(cfg) if finished else lambda: load(cfg),
+            data,
             retrain=args.retrain,
             wait=not args.no_wait,
             checkpoint_every=args.checkpoint_every,
@@ -125,10 +132,14 @@ def cmd_eval(args) -> int:
     except DataError as e:
         if args.synthetic:
             raise
-        # eval is told --synthetic again; runs on labkit's synthetic data record it (older ones do not)
         trained_on = run.summary.get("data") or {}
-        hint = f"{run.id} was trained on {trained_on['description']}" if trained_on.get("synthetic") else "a run trained with --synthetic"
-        raise DataError(f"{e} ({hint}: it is evaluated with --synthetic, and its --synthetic-size, again)") from None
+        if not trained_on.get("synthetic"):
+            raise
+        # eval is told --synthetic again; runs on labkit's synthetic data record it
+        raise DataError(
+            f"{e} ({run.id} was trained on {trained_on['description']}: it is evaluated with --synthetic, "
+            "and its --synthetic-size, again)"
+        ) from None
     check_same_data(run.summary.get("data"), data.source, run.id, "point --data-dir at the data it was trained on")
     rows = [("as trained (its summary)", {k: getattr(cfg, k) for k in EVAL_FIELDS}, run.summary.get("final_val_acc"), run.summary.get("test_acc"))]
     own = reevaluate(cfg, run.checkpoint, data, device=args.device)
@@ -205,6 +216,8 @@ def cmd_sweep(args) -> int:
         rate_guess = rate_guess or chosen["rate_gflops"]
         print(f"sweep: {lanes} lane(s), compile {mode or 'off'}; bench says {chosen['why']} (from {args.bench_json})")
     jobs = [(name, cfg.replace(compile=mode) if mode else cfg) for _, name, cfg in rows]
+    if not lab.profile.synthetic and any(not ((r := lab.store.find(c, n)) and r.finished) for n, c in jobs):
+        lab.data()  # the data, and the store's runs checked against them, before any run starts
     deadline = args.deadline or (time.time() + args.budget_s if args.budget_s is not None else None)
     t0 = time.time()
     done = []

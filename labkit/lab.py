@@ -262,6 +262,14 @@ class Lab:
                         f"{CIFAR10_TEST:,} test images); {d.source['folder']} under {self.data_dir or 'the default data folder'} "
                         f"holds {n_train:,} and {n_test:,} (synthetic data? use --profile smoke)"
                     )
+                other = self.store.on_other_data(d.source)
+                if other:  # a run trained here now would sit beside them under the same kind of id
+                    theirs = sorted({str(((r.summary or {}).get("data") or {}).get("description")) for r in other})
+                    raise DataError(
+                        f"{len(other)} finished run(s) in {self.store.root} were trained on other data ({'; '.join(theirs)}) "
+                        f"than {self.data_dir or 'the default data folder'} ({d.source['description']}): give the data "
+                        "they were trained on, or another run store"
+                    )
                 self._data[key] = d
         return self._data[key]
 

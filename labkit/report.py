@@ -439,8 +439,9 @@ def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, 
         if allow_train:
             raise
         raise LabError(
-            f"--no-train renders recorded runs, and the report also shows the data they were trained on and "
-            f"checks them against it; {str(e).rstrip('.')}. Nothing was written."
+            f"--no-train renders recorded runs beside the data they were trained on (shown, and checked against "
+            f"them), and none were found: {str(e).split(' Point labkit', 1)[0].rstrip('.')}. Give --data-dir "
+            "(for the committed report: report/README.md). Nothing was written."
         ) from None
     src = source_of(folder)
     finished = [r for _, name, cfg in plan(profile_name, seeds) if (r := store.find(cfg, name)) is not None and r.finished]
@@ -449,8 +450,7 @@ def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, 
         theirs = sorted({str(((r.summary or {}).get("data") or {}).get("description")) for r in other})
         raise LabError(
             f"{len(other)} of the {len(finished)} finished runs of the {profile_name} plan in {_rel(store.root)} were trained "
-            f"on other data ({'; '.join(theirs)}) than {folder} ({src['description']}; the md5s of the batch files "
-            f"differ), and a report would mix them. Point --data-dir at the data they were trained on; or, to train on "
+            f"on other data ({'; '.join(theirs)}) than {folder} ({src['description']}), and a report would mix them. Point --data-dir at the data they were trained on; or, to train on "
             f"these, move {_rel(store.root)} aside or give another store and report folder (--runs-dir DIR --out DIR). "
             "Nothing was written."
         )
@@ -480,8 +480,10 @@ def run_lab(
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
     root = Path(root).resolve()
-    # Where the notebooks' Lab looks for the data: checked there, not in the working directory.
-    data_at = data_dir or (None if os.environ.get("LABKIT_DATA") else root / "data")
+    # Where the notebooks' Lab is to look for the data: checked there, not in the working
+    # directory; a relative --data-dir or $LABKIT_DATA means from here.
+    env = os.environ.get("LABKIT_DATA")
+    data_at = Path(data_dir).resolve() if data_dir else Path(env).resolve() if env else root / "data"
     store = None
     if profile in ("full", "quick"):  # the CPU estimate counts only the runs not yet in its store
         store = _store(root, runs_dir, get_profile(profile))
@@ -511,9 +513,11 @@ def run_lab(
     lanes = lanes or 2  # on a GPU, two runs side by side: about 1.3x the throughput of one
     common = {
         "profile": name,
-        "data_dir": _rel(data_dir) if data_dir else None,
+        # None where a notebook finds the same by itself: an executed copy opened in report/
+        # then still finds the project's root, store and data.
+        "data_dir": None if prof.synthetic or data_at == root / "data" else _rel(data_at),
         "allow_train": allow_train,
-        "root": _rel(root),
+        "root": None if root == PROJECT_ROOT.resolve() else _rel(root),
         "runs_dir": _rel(runs_dir) if runs_dir else None,
     }
     todo = jobs(common, n_seeds, lab_started=t0)
@@ -525,7 +529,7 @@ def run_lab(
         from .lab import Lab, plan
         from .sweep import sweep
 
-        lab = Lab(name, data_dir=data_dir, runs_dir=runs_dir, root=root, progress=False)
+        lab = Lab(name, data_dir=data_at, runs_dir=runs_dir, root=root, progress=False)
         log(f"training the plan's runs first, {lanes} side by side per GPU")
         gpus = torch.cuda.device_count()
         done_jobs = sweep(

@@ -38,7 +38,7 @@ import pandas as pd
 
 from . import distributed
 from .config import ConfigError, TrainConfig
-from .data import Dataset, check_same_data, file_in_the_way
+from .data import Dataset, check_same_data, file_in_the_way, same_data
 
 __all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint", "command_line", "check_writable"]
 
@@ -287,6 +287,20 @@ class RunStore:
     def find(self, cfg: TrainConfig, name: str) -> Run | None:
         rid = self.run_id(cfg, name)
         return self.load(rid) if (self.path(rid) / "config.json").is_file() else None
+
+    def on_other_data(self, source: dict) -> list[Run]:
+        """The finished runs of this store trained on other files than `source` describes
+        (a run that cannot be read is left to whoever reads it)."""
+        out = []
+        for p in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if (p / "summary.json").is_file():
+                try:
+                    r = self.load(p.name)
+                except RunError:
+                    continue
+                if not same_data((r.summary or {}).get("data"), source):
+                    out.append(r)
+        return out
 
     def all(self) -> list[Run]:
         if not self.root.is_dir():

@@ -255,6 +255,10 @@ def test_train_hands_back_a_finished_run_only_for_its_own_data(trained, tmp_path
     make_synthetic_cifar10(tmp_path / "other", per_batch=50, seed=7)  # same sizes, other files
     assert main([*argv, "--data-dir", str(tmp_path / "other")]) == 1
     assert "trained on other data" in capsys.readouterr().err
+    # No data here at all: the finished run is handed back, said to be unchecked, nothing downloaded
+    real = [a for a in argv if a != "--synthetic"]
+    assert main([*real, "--data-dir", str(tmp_path / "none")]) == 0
+    assert "note: the data were not found here, so the finished run was not compared" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -503,3 +503,14 @@ def test_labkit_synthetic_data_say_what_they_are(tmp_path):
     (folder / "batches.meta").unlink()  # another copy, without labkit's note: only what the md5s say
     assert source_of(folder)["description"] == "not the official CIFAR-10 files (md5 differs for 6 of 6 batches)"
     assert "synthetic" not in source_of(folder)
+
+
+def test_runs_recorded_before_md5s_compare_by_description(tmp_path):
+    from labkit.data import same_data, source_of
+
+    src = source_of(make_synthetic_cifar10(tmp_path, per_batch=20, seed=3))
+    plain = {"description": "not the official CIFAR-10 files (md5 differs for 6 of 6 batches)"}
+    assert same_data(plain, src)  # labkit's synthetic data, described before they said so
+    assert not same_data({"description": "official CIFAR-10 (md5 verified)"}, src)
+    assert same_data(None, src) and same_data({**src}, src)
+    assert not same_data({**src, "md5": {**src["md5"], "test_batch": "0" * 32}}, src)

@@ -123,3 +123,31 @@ def test_notebooks_find_the_project_root_from_their_own_folder(tmp_path, monkeyp
     assert lab.store.root == repo / "build" / "smoke" / "runs" and lab.data_dir == repo / "data"
     monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
     assert Lab("full", root=repo).data_dir is None  # $LABKIT_DATA, read where the data are loaded
+
+
+def test_a_store_of_runs_on_other_data_gets_no_more_runs_from_these(tmp_path, synth_root, monkeypatch):
+    # Lab.data (what notebooks and sweeps train from) refuses to add runs to such a store.
+    import json
+
+    from labkit.data import DataError, load_cifar10
+    from labkit.runs import RunStore
+    from labkit.synthetic import make_synthetic_cifar10
+
+    store = RunStore(tmp_path / "runs")
+    d = store.root / "x-0000000000"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"name": "x", "config": TrainConfig().to_dict()}))
+    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
+    summary["data"] = load_cifar10(synth_root, allow_download=False).source
+    (d / "summary.json").write_text(json.dumps(summary))
+    other = make_synthetic_cifar10(tmp_path / "other", per_batch=200, seed=7).parent
+    assert [r.id for r in store.on_other_data(load_cifar10(other, allow_download=False).source)] == ["x-0000000000"]
+    assert store.on_other_data(summary["data"]) == []
+    import labkit.lab as L
+
+    monkeypatch.setattr(L, "CIFAR10_TRAIN", 1000)  # the synthetic sets pass for CIFAR-10-sized here
+    monkeypatch.setattr(L, "CIFAR10_TEST", 200)
+    lab = Lab("full", data_dir=str(other), runs_dir=str(store.root), progress=False, log=None)
+    with pytest.raises(DataError, match=r"1 finished run\(s\) in .* were trained on other data"):
+        lab.data()
+    assert Lab("full", data_dir=str(synth_root), runs_dir=str(store.root), progress=False, log=None).data().sizes()["train"] == 800
