@@ -256,8 +256,8 @@ def open_lab(
     for name, v in (("data_dir", data_dir), ("runs_dir", runs_dir)):
         if v is not None and not isinstance(v, str):
             raise ConfigError(f"{name} must be a path string or None, got {type(v).__name__} {v!r}")
-    if root is None:
-        root = str(project_root())
+    if root is None:  # relative, as "." was: no machine's folders in an executed notebook
+        root = os.path.relpath(project_root())
     if not isinstance(root, str) or not Path(root).is_dir():
         raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
     lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log)

@@ -120,7 +120,8 @@ def test_notebooks_find_the_project_root_from_their_own_folder(tmp_path, monkeyp
     monkeypatch.delenv("LABKIT_DATA", raising=False)
     monkeypatch.chdir(repo / "notebooks")
     lab = open_lab("smoke", allow_train=False)
-    assert lab.store.root == repo / "build" / "smoke" / "runs" and lab.data_dir == repo / "data"
+    assert lab.store.root.resolve() == repo / "build" / "smoke" / "runs" and lab.data_dir.resolve() == repo / "data"
+    assert not lab.root.is_absolute()  # as "." was: no machine's folders in an executed notebook
     monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
     assert Lab("full", root=repo).data_dir is None  # $LABKIT_DATA, read where the data are loaded
 
