@@ -509,8 +509,9 @@ def main_bench(args) -> int:
             other = RunStore(args.accuracy_runs).on_other_data(data.source)
             if other:
                 raise DataError(
-                    f"{len(other)} finished run(s) in {args.accuracy_runs} were trained on other data than "
-                    f"{args.data_dir or 'the default data folder'} ({data.source['description']}): give "
+                    f"{len(other)} finished run(s) in {args.accuracy_runs} were trained on other data "
+                    f"({RunStore.data_of(other)}) than {args.data_dir or 'the default data folder'} "
+                    f"({data.source['description']}): give "
                     "--data-dir the data they were trained on, or another --accuracy-runs store"
                 )
         res = run_bench(

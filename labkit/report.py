@@ -430,7 +430,7 @@ def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, 
     section shows them), and every finished run of the plan must have been trained on them;
     the run ids name no data, so a report would otherwise mix copies without a word.
     Returns a note to show when the data are not the official files and have no label."""
-    from .data import DataError, locate, same_data, source_of
+    from .data import DataError, locate, source_of
     from .lab import plan
 
     try:
@@ -445,12 +445,11 @@ def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, 
         ) from None
     src = source_of(folder)
     finished = [r for _, name, cfg in plan(profile_name, seeds) if (r := store.find(cfg, name)) is not None and r.finished]
-    other = [r for r in finished if not same_data((r.summary or {}).get("data"), src)]
+    other = [r for r in store.on_other_data(src) if r.id in {f.id for f in finished}]
     if other:
-        theirs = sorted({str(((r.summary or {}).get("data") or {}).get("description")) for r in other})
         raise LabError(
             f"{len(other)} of the {len(finished)} finished runs of the {profile_name} plan in {_rel(store.root)} were trained "
-            f"on other data ({'; '.join(theirs)}) than {folder} ({src['description']}), and a report would mix them. Point --data-dir at the data they were trained on; or, to train on "
+            f"on other data ({store.data_of(other)}) than {folder} ({src['description']}), and a report would mix them. Point --data-dir at the data they were trained on; or, to train on "
             f"these, move {_rel(store.root)} aside or give another store and report folder (--runs-dir DIR --out DIR). "
             "Nothing was written."
         )

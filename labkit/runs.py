@@ -302,6 +302,11 @@ class RunStore:
                     out.append(r)
         return out
 
+    @staticmethod
+    def data_of(runs: Iterable[Run]) -> str:
+        """The data the runs recorded, in words (for a message about them)."""
+        return "; ".join(sorted({str(((r.summary or {}).get("data") or {}).get("description")) for r in runs}))
+
     def all(self) -> list[Run]:
         if not self.root.is_dir():
             return []
