@@ -509,7 +509,7 @@ def main_bench(args) -> int:
             other = RunStore(args.accuracy_runs).on_other_data(data.source)
             if other:
                 raise DataError(
-                    f"{len(other)} finished run(s) in {args.accuracy_runs} were trained on other data "
+                    f"{len(other)} run(s) in {args.accuracy_runs} (finished, or begun) were trained on other data "
                     f"({RunStore.data_of(other)}) than {args.data_dir or 'the default data folder'} "
                     f"({data.source['description']}): give "
                     "--data-dir the data they were trained on, or another --accuracy-runs store"

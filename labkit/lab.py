@@ -265,7 +265,7 @@ class Lab:
                 other = self.store.on_other_data(d.source)
                 if other:  # a run trained here now would sit beside them under the same kind of id
                     raise DataError(
-                        f"{len(other)} finished run(s) in {self.store.root} were trained on other data ({self.store.data_of(other)}) "
+                        f"{len(other)} run(s) in {self.store.root} (finished, or begun) were trained on other data ({self.store.data_of(other)}) "
                         f"than {self.data_dir or 'the default data folder'} ({d.source['description']}): give the data "
                         "they were trained on, or another run store"
                     )

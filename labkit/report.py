@@ -444,11 +444,11 @@ def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, 
             "(for the committed report: report/README.md). Nothing was written."
         ) from None
     src = source_of(folder)
-    finished = [r for _, name, cfg in plan(profile_name, seeds) if (r := store.find(cfg, name)) is not None and r.finished]
-    other = [r for r in store.on_other_data(src) if r.id in {f.id for f in finished}]
+    planned = {store.run_id(cfg, name) for _, name, cfg in plan(profile_name, seeds)}
+    other = [r for r in store.on_other_data(src) if r.id in planned]
     if other:
         raise LabError(
-            f"{len(other)} of the {len(finished)} finished runs of the {profile_name} plan in {_rel(store.root)} were trained "
+            f"{len(other)} of the {profile_name} plan's runs in {_rel(store.root)} (finished, or begun) were trained "
             f"on other data ({store.data_of(other)}) than {folder} ({src['description']}), and a report would mix them. Point --data-dir at the data they were trained on; or, to train on "
             f"these, move {_rel(store.root)} aside or give another store and report folder (--runs-dir DIR --out DIR). "
             "Nothing was written."

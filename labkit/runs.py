@@ -238,6 +238,19 @@ def _restore_replaced(d: Path, log: Callable[[str], None] | None) -> None:
         log(f"{d.name}: the retrain did not finish; the finished run it would have replaced is back")
 
 
+def recorded_data(run: Run) -> dict | None:
+    """What a run recorded of its data: a finished run in its summary, an unfinished one in
+    its checkpoint (read lazily, tensors left on disk); None where nothing says."""
+    if run.finished:
+        return (run.summary or {}).get("data")
+    import torch
+
+    try:
+        return torch.load(run.dir / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True).get("data")
+    except Exception:  # none yet, or damaged: its resume says which
+        return None
+
+
 class RunStore:
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_runs_dir()
@@ -289,23 +302,24 @@ class RunStore:
         return self.load(rid) if (self.path(rid) / "config.json").is_file() else None
 
     def on_other_data(self, source: dict) -> list[Run]:
-        """The finished runs of this store trained on other files than `source` describes
-        (a run that cannot be read is left to whoever reads it)."""
+        """The runs of this store trained on other files than `source` describes: finished
+        ones by their summary, unfinished ones by their checkpoint (a run that cannot be read
+        is left to whoever reads it)."""
         out = []
         for p in sorted(self.root.iterdir()) if self.root.is_dir() else []:
-            if (p / "summary.json").is_file():
+            if (p / "config.json").is_file():
                 try:
                     r = self.load(p.name)
                 except RunError:
                     continue
-                if not same_data((r.summary or {}).get("data"), source):
+                if not same_data(recorded_data(r), source):
                     out.append(r)
         return out
 
     @staticmethod
     def data_of(runs: Iterable[Run]) -> str:
         """The data the runs recorded, in words (for a message about them)."""
-        return "; ".join(sorted({str(((r.summary or {}).get("data") or {}).get("description")) for r in runs}))
+        return "; ".join(sorted({str((recorded_data(r) or {}).get("description")) for r in runs}))
 
     def all(self) -> list[Run]:
         if not self.root.is_dir():

@@ -149,6 +149,6 @@ def test_a_store_of_runs_on_other_data_gets_no_more_runs_from_these(tmp_path, sy
     monkeypatch.setattr(L, "CIFAR10_TRAIN", 1000)  # the synthetic sets pass for CIFAR-10-sized here
     monkeypatch.setattr(L, "CIFAR10_TEST", 200)
     lab = Lab("full", data_dir=str(other), runs_dir=str(store.root), progress=False, log=None)
-    with pytest.raises(DataError, match=r"1 finished run\(s\) in .* were trained on other data"):
+    with pytest.raises(DataError, match=r"1 run\(s\) in .* \(finished, or begun\) were trained on other data"):
         lab.data()
     assert Lab("full", data_dir=str(synth_root), runs_dir=str(store.root), progress=False, log=None).data().sizes()["train"] == 800

@@ -459,7 +459,7 @@ def test_full_lab_refuses_runs_of_other_data_and_rendering_without_data(tmp_path
     monkeypatch.setenv("LABKIT_DATA_LABEL", "synthetic, for a test")
     assert R._check_lab_data("full", 1, str(synth_root), False, store) == ""
     make_synthetic_cifar10(tmp_path / "other", per_batch=200, seed=7)
-    with pytest.raises(R.LabError, match=r"1 of the 1 finished runs of the full plan in .* were trained on other data"):
+    with pytest.raises(R.LabError, match=r"1 of the full plan's runs in .* \(finished, or begun\) were trained on other data"):
         R._check_lab_data("full", 1, str(tmp_path / "other"), False, store)
     with pytest.raises(R.LabError, match=r"--no-train renders recorded runs.*no CIFAR-10 batches at .*Nothing was written"):
         R._check_lab_data("full", 1, str(tmp_path / "nothing"), False, store)

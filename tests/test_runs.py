@@ -143,6 +143,10 @@ def test_an_unfinished_run_does_not_resume_on_other_data(tmp_path, synth_data, o
     with pytest.raises(_Crash):
         store.get(cfg, "r", synth_data, progress=False, log=None)
     monkeypatch.setattr(T, "train", REAL_TRAIN)
+    # what a store's check (lab, sweeps, notebooks) sees of it before any resume
+    assert [r.id for r in store.on_other_data(other_data.source)] == [store.run_id(cfg, "r")]
+    assert store.on_other_data(synth_data.source) == []
+    assert "synthetic" in store.data_of(store.on_other_data(other_data.source))
     with pytest.raises(DataError, match=r"checkpoint.pt \(an unfinished run\) was trained on other data"):
         store.get(cfg, "r", other_data, progress=False, log=None)
     assert store.get(cfg, "r", synth_data, progress=False, log=None).finished  # its own data: resumes
