@@ -73,17 +73,18 @@ def cmd_train(args) -> int:
         if main:
             where = f" on {distributed.world()} processes" if distributed.world() > 1 else ""
             print(f"run {store.run_id(cfg, name)} in {store.root}{where}")
-        load = _data_loader(args)
-        found = store.find(cfg, name)
-        data = lambda: load(cfg)  # noqa: E731  (loaded by `get` when it trains)
-        if found is not None and found.finished and not args.retrain:
-            # A finished run is handed back only for the data it was trained on (its id names
-            # no data): the data here are loaded to compare, never downloaded for it.
-            try:
-                data = _data_loader(args, allow_download=False)(cfg)
-            except DataError as e:
-                if main:
-                    print(f"note: the data were not found here, so the finished run was not compared with them ({e})")
+        # The data are loaded before the store is asked, without downloading, so that `get`
+        # compares them with any finished run it hands back (a run's id names no data), also
+        # one another process finishes meanwhile. Only data not here yet wait for `get`'s
+        # loader, which downloads them if it has to train.
+        try:
+            data = _data_loader(args, allow_download=False)(cfg)
+        except DataError as e:
+            load = _data_loader(args)
+            data = lambda: load(cfg)  # noqa: E731
+            found = store.find(cfg, name)
+            if main and found is not None and found.finished and not args.retrain:
+                print(f"note: the data were not found here, so the finished run was not compared with them ({e})")
         run = store.get(
             cfg,
             name,

@@ -261,6 +261,20 @@ def test_train_hands_back_a_finished_run_only_for_its_own_data(trained, tmp_path
     assert "note: the data were not found here, so the finished run was not compared" in capsys.readouterr().out
 
 
+def test_train_compares_a_run_that_another_process_finished_meanwhile(trained, tmp_path, capsys, monkeypatch):
+    """The store's first look saw no finished run; by the time `get` reads it, another process
+    has finished it on other data: it is still compared, not handed back unchecked."""
+    from labkit.runs import RunStore
+
+    tmp, _ = trained
+    monkeypatch.chdir(tmp)
+    monkeypatch.setattr(RunStore, "find", lambda self, cfg, name: None)
+    make_synthetic_cifar10(tmp_path / "other", per_batch=50, seed=7)
+    argv = [*TRAIN, "--set", "device=cpu", "--runs-dir", "runs", "--data-dir", str(tmp_path / "other")]
+    assert main(argv) == 1
+    assert "trained on other data" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, flag",
     [
