@@ -38,6 +38,7 @@ __all__ = [
     "Estimate",
     "ablation_claims",
     "ablation_table",
+    "bounds_of",
     "check_bool",
     "check_choice",
     "check_seeds",
@@ -115,9 +116,19 @@ def _clean(values: Iterable) -> list[float]:
     return out
 
 
-def estimate(values: Iterable, level: float = LEVEL) -> Estimate:
+def estimate(values: Iterable, level: float = LEVEL, bounds: tuple[float, float] | None = None) -> Estimate:
+    """Mean, SD and t-interval of `values`. With `bounds` (the range the measure can take,
+    e.g. (0, 1) for an accuracy) the interval is cut to that range: the true mean lies in it,
+    so the cut interval covers it at least as often, and two seeds far apart no longer give
+    an accuracy CI reaching past 100%."""
     v = _clean(values)
     n = len(v)
+    if bounds is not None:
+        low, high = bounds
+        if not low < high:
+            raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
+        if v and not low <= min(v) <= max(v) <= high:
+            raise ValueError(f"values {v} lie outside their bounds {bounds}")
     if n == 0:
         return Estimate(0, math.nan, math.nan, math.nan, math.nan, level)
     mean = sum(v) / n
@@ -127,7 +138,19 @@ def estimate(values: Iterable, level: float = LEVEL) -> Estimate:
         return Estimate(n, mean, 0.0, mean, mean, level)
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
     half = t_ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return Estimate(n, mean, sd, mean - half, mean + half, level)
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return Estimate(n, mean, sd, lo, hi, level)
+
+
+def bounds_of(field: str) -> tuple[float, float] | None:
+    """The range a run's summary field can take: accuracies [0, 1], losses [0, inf)."""
+    if field.endswith("_acc"):
+        return (0.0, 1.0)
+    if "loss" in field:
+        return (0.0, math.inf)
+    return None
 
 
 @dataclass(frozen=True)
@@ -461,6 +484,10 @@ def _values(runs: Sequence[Run], field: str) -> list[float]:
     return [(r.summary or {}).get(field) for r in runs]
 
 
+def _estimate(runs: Sequence[Run], field: str) -> Estimate:
+    return estimate(_values(runs, field), bounds=bounds_of(field))
+
+
 def _by_key(runs: Sequence[Run]) -> dict[str, list[Run]]:
     out: dict[str, list[Run]] = {}
     for r in runs:
@@ -478,7 +505,7 @@ def ablation_table(group: str, runs: Sequence[Run]) -> pd.DataFrame:
         a = ablation(key)
         rs = by.get(key, [])
         cfg = rs[0].config if rs else seed_ablation_config(key)
-        loss, acc = estimate(_values(rs, "final_loss_sum")), estimate(_values(rs, "final_val_acc"))
+        loss, acc = _estimate(rs, "final_loss_sum"), _estimate(rs, "final_val_acc")
         rows.append(
             {
                 "row": key,
@@ -555,7 +582,7 @@ def estimates_frame(runs: Sequence[Run], field: str, label_of=None) -> pd.DataFr
         groups.setdefault(label_of(r), []).append(r)
     rows = []
     for label, rs in groups.items():
-        e = estimate(_values(rs, field))
+        e = _estimate(rs, field)
         rows.append({"label": label, "n": e.n, "mean": e.mean, "sd": e.sd, "lo": e.lo, "hi": e.hi, "values": _clean(_values(rs, field))})
     return pd.DataFrame(rows, columns=["label", "n", "mean", "sd", "lo", "hi", "values"])
 
@@ -656,8 +683,8 @@ def seed_vs_ours(
 ) -> pd.DataFrame:
     rows = []
 
-    def add(where, what, seed_value, values, scale, digits, recipe):
-        e = estimate(values)
+    def add(where, what, seed_value, runs, field, scale, digits, recipe):
+        e = _estimate(runs, field)
         rows.append(
             {
                 "seed report": where,
@@ -675,17 +702,17 @@ def seed_vs_ours(
     for a in SEED_ABLATIONS:
         where = f"table{'s' if len(a.tables) > 1 else ''} {', '.join(map(str, a.tables))}: {a.key}"
         rs = by.get(a.key, [])
-        add(where, "final loss (summed over the epoch)", a.seed_loss, _values(rs, "final_loss_sum"), 1, 3, f"seed-faithful, {_epochs(rs, 30)}")
-        add(where, "validation accuracy %", a.seed_val_acc, _values(rs, "final_val_acc"), 100, 2, f"seed-faithful, {_epochs(rs, 30)}")
+        add(where, "final loss (summed over the epoch)", a.seed_loss, rs, "final_loss_sum", 1, 3, f"seed-faithful, {_epochs(rs, 30)}")
+        add(where, "validation accuracy %", a.seed_val_acc, rs, "final_val_acc", 100, 2, f"seed-faithful, {_epochs(rs, 30)}")
     final = f"seed-faithful, {_epochs(final_runs, 60)}"
-    add("table 11 (final)", "final loss (summed over the epoch)", SEED_NUMBERS["final_loss"], _values(final_runs, "final_loss_sum"), 1, 3, final)
-    add("table 11 (final)", "test accuracy %", SEED_NUMBERS["final_test_acc"], _values(final_runs, "test_acc"), 100, 2, final)
+    add("table 11 (final)", "final loss (summed over the epoch)", SEED_NUMBERS["final_loss"], final_runs, "final_loss_sum", 1, 3, final)
+    add("table 11 (final)", "test accuracy %", SEED_NUMBERS["final_test_acc"], final_runs, "test_acc", 100, 2, final)
     for lays, seed_acc in SEED_NUMBERS["depth_test_acc"].items():
         for recipe in ("seed", "corrected"):
             rs = [r for r in depth_runs if r.name == f"depth-{lays}-{recipe}"]
             desc = "seed-faithful net and optimiser" if recipe == "seed" else "corrected net, modern recipe"
-            add(f"§4.1 depth limit, lays {lays}", "test accuracy % (selected on validation)", seed_acc, _values(rs, "test_acc"), 100, 2, desc)
-    add("§4.1 best (lays 3)", "test accuracy %: labkit's best (modern preset)", SEED_NUMBERS["depth_test_acc"][3], _values(modern_runs, "test_acc"), 100, 2, f"modern preset, {_images(modern_runs)}")
+            add(f"§4.1 depth limit, lays {lays}", "test accuracy % (selected on validation)", seed_acc, rs, "test_acc", 100, 2, desc)
+    add("§4.1 best (lays 3)", "test accuracy %: labkit's best (modern preset)", SEED_NUMBERS["depth_test_acc"][3], modern_runs, "test_acc", 100, 2, f"modern preset, {_images(modern_runs)}")
     return pd.DataFrame(rows)
 
 
@@ -989,7 +1016,7 @@ def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
         for recipe in ("seed", "corrected"):
             rs = [r for r in runs if r.name == f"depth-{lays}-{recipe}"]
             cfg = rs[0].config if rs else None
-            e = estimate(_values(rs, "test_acc"))
+            e = _estimate(rs, "test_acc")
             rows.append(
                 {
                     "lays": lays,
@@ -997,7 +1024,7 @@ def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
                     "blocks/stage": cfg.lays[0] + int(cfg.seed_extra_block) if cfg else None,
                     "epochs": cfg.epochs if cfg else None,
                     "selected epoch (best val)": ", ".join(str((r.summary or {}).get("selected_epoch")) for r in rs) or "—",
-                    "best val acc %": estimate(_values(rs, "best_val_acc")).fmt(scale=100),
+                    "best val acc %": _estimate(rs, "best_val_acc").fmt(scale=100),
                     "test acc % (once)": e.fmt(scale=100),
                     "95% CI": e.fmt_ci(scale=100),
                     "seed: test acc % (tuned on test)": seed_acc * 100,
@@ -1113,7 +1140,7 @@ def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
 
     def add(what, runs, field, seed_value, scale, digits):
         measure = names[field]
-        e = estimate(_values(runs, field))
+        e = _estimate(runs, field)
         rows.append(
             {
                 "run": what,
@@ -1136,7 +1163,7 @@ def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
 
 def best_vs_seed(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
     d = welch(_values(modern, "test_acc"), _values(final, "test_acc"))
-    m = estimate(_values(modern, "test_acc"))
+    m = _estimate(modern, "test_acc")
     seed_best = SEED_NUMBERS["depth_test_acc"][3]
     if m.n >= 2:
         vs = "above" if m.lo > seed_best else "below" if m.hi < seed_best else "inside"

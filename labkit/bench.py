@@ -149,7 +149,7 @@ def accuracy_check(
         else:
             r = train(c, data, progress=False, log=None)
             ours.append(r.summary["final_val_acc"])
-    a, b, d = estimate(ours), estimate(theirs), welch(ours, theirs)
+    a, b, d = estimate(ours, bounds=(0.0, 1.0)), estimate(theirs, bounds=(0.0, 1.0)), welch(ours, theirs)
     shown = d.lo == d.lo and not (d.lo <= 0.0 <= d.hi)
     return {
         "epochs": epochs,

@@ -12,6 +12,7 @@ import math
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import numpy as np
@@ -43,6 +44,25 @@ def test_estimate_mean_sd_and_t_interval():
     one = A.estimate([0.5])
     assert one.n == 1 and math.isnan(one.sd) and one.fmt_ci() == "—"
     assert A.estimate([]).fmt() == "no runs"
+
+
+def test_accuracy_intervals_stay_inside_0_to_100_percent():
+    # two seeds far apart: t(1) = 12.7 makes the plain interval run past 100%
+    raw = A.estimate([0.90, 0.99])
+    assert raw.hi > 1.0
+    e = A.estimate([0.90, 0.99], bounds=A.bounds_of("test_acc"))
+    assert (e.mean, e.sd, e.lo) == (raw.mean, raw.sd, raw.lo) and e.hi == 1.0
+    assert A.estimate([0.01, 0.10], bounds=(0.0, 1.0)).lo == 0.0
+    assert A.bounds_of("final_val_acc") == (0.0, 1.0) and A.bounds_of("final_loss_sum") == (0.0, math.inf)
+    assert A.bounds_of("train_seconds") is None
+    with pytest.raises(ValueError, match="outside their bounds"):
+        A.estimate([0.5, 1.2], bounds=(0.0, 1.0))
+    with pytest.raises(ValueError, match="low < high"):
+        A.estimate([0.5], bounds=(1.0, 0.0))
+    # the report's tables cut them too
+    runs = [SimpleNamespace(name="depth-3-seed", config=None, summary={"test_acc": v, "best_val_acc": v, "selected_epoch": 1}) for v in (0.90, 0.99)]
+    row = A.depth_table(runs).iloc[2]
+    assert row["95% CI"].endswith(", 100.00]"), row["95% CI"]
 
 
 def test_welch_difference_and_verdicts():
