@@ -149,15 +149,21 @@ def cmd_eval(args) -> int:
              ("with " + " ".join(f"{k}={v}" for k, v in changes.items()), other["settings"], other["val_acc"], other["test_acc"])]
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
     print(f"run {run.id} ({other['precision']})")
-    print(f"{'':34s} {'settings':36s} {'val_acc':>8s} {'test_acc':>8s}")
+    # Test numbers beside each setting invite choosing the setting by them; they are shown
+    # only when asked for (--test), e.g. for the setting already chosen on validation.
+    print(f"{'':34s} {'settings':36s} {'val_acc':>8s}" + (f" {'test_acc':>8s}" if args.test else ""))
     for label, st, va, te in rows:
-        print(f"{label:34s} {' '.join(f'{k}={v}' for k, v in st.items()):36s} {fmt(va):>8s} {fmt(te):>8s}")
+        print(f"{label:34s} {' '.join(f'{k}={v}' for k, v in st.items()):36s} {fmt(va):>8s}" + (f" {fmt(te):>8s}" if args.test else ""))
     if math.isnan(own["val_acc"]):
-        print("note: this run has no validation set; its test numbers cannot choose between settings without "
-              "selecting on the test set (train with split 'seed', or 'full' with val_size > 0)")
-    else:
+        print("note: this run has no validation set, so nothing here can choose between settings; its test numbers "
+              "(--test) cannot either without selecting on the test set (train with split 'seed', or 'full' with val_size > 0)")
+    elif args.test:
         print("note: choose between settings by val_acc; choosing by test_acc selects on the test set")
+    else:
+        print("note: choose between settings by val_acc; test numbers are left out (--test shows them)")
     if args.out:
+        if not args.test:
+            own, other = ({k: v for k, v in r.items() if not k.startswith("test_")} for r in (own, other))
         rec = {"run": run.id, "command": args.command, "as_trained": own, "with": other, "changes": changes}
         rec = json.loads(json.dumps(rec), parse_constant=lambda c: None)  # NaN -> null: strict JSON
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -346,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="tta_flip / tta_translate (repeatable)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", help="also write the numbers here (JSON)")
+    p.add_argument("--test", action="store_true",
+                   help="also show test accuracy per setting (left out by default: choosing a setting by it selects on the test set)")
     data_args(p)
     p.set_defaults(fn=cmd_eval)
 

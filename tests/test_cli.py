@@ -194,10 +194,17 @@ def test_eval_scores_a_finished_run_again_with_other_tta(trained, capsys, monkey
     summary = json.loads((run_dir / "summary.json").read_text())
     data = ["--synthetic", "--synthetic-size", "50", "--data-dir", "data", "--runs-dir", "runs", "--device", "cpu"]
     args = ["eval", run_dir.name, *data, "--set", "tta_flip=True", "--set", "tta_translate=2", "--out", "e.json"]
+    # by default no test number is shown or written: they would invite choosing a setting by them
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "as trained, evaluated now" in out and "tta_flip=True tta_translate=2" in out
-    assert "choose between settings by val_acc" in out
+    assert "test_acc" not in out and "test numbers are left out (--test shows them)" in out
+    rec = json.loads((tmp / "e.json").read_text())
+    assert not [k for part in ("as_trained", "with") for k in rec[part] if k.startswith("test")]
+    assert rec["as_trained"]["val_acc"] == summary["final_val_acc"]
+    assert main([*args, "--test"]) == 0
+    out = capsys.readouterr().out
+    assert "test_acc" in out and "choosing by test_acc selects on the test set" in out
     rec = json.loads((tmp / "e.json").read_text())
     # the run's own settings give back its recorded numbers: the weights it kept are the ones read
     assert rec["as_trained"]["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-4)
