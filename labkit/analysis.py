@@ -4,7 +4,8 @@ Every number shown comes from a run in the store or from a computation here; the
 numbers come from labkit.config (SEED_ABLATIONS, SEED_NUMBERS).
 
 Spread is always named: "±" is the sample SD over seeds; intervals are Student-t 95%
-confidence intervals for a mean, or Welch intervals for a difference of two means (with
+confidence intervals for a mean (cut to the range the measure can take: an accuracy's at
+0 and 100%), or Welch intervals for a difference of two means (with
 3-5 seeds a bootstrap has too few distinct resamples to be honest).
 """
 
@@ -592,12 +593,27 @@ def estimates_frame(runs: Sequence[Run], field: str, label_of=None) -> pd.DataFr
 # ---------------------------------------------------------------------------------------
 
 
-def plot_loss_curves(runs: Sequence[Run], y: str = "loss_sum", title: str = "", label_of=None, ax=None):
-    """One line per run (colour: configuration, one line per seed), `y` against epoch."""
+def plot_loss_curves(
+    runs: Sequence[Run],
+    y: str = "loss_sum",
+    title: str = "",
+    label_of=None,
+    ax=None,
+    seed_final: dict[str, float] | None = None,
+    seed_epoch: int | None = None,
+):
+    """One line per run (colour: configuration, one line per seed), `y` against epoch.
+
+    `seed_final` (label -> the seed's final summed loss, reached at `seed_epoch`) marks the
+    seed's own number as an x in its configuration's colour, so each of the seed's loss
+    figures can be read against ours. Runs that stop before `seed_epoch` (quick and smoke
+    profiles) get no marks, and the title says so, rather than a stretched axis."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     from matplotlib.ticker import MaxNLocator
 
+    if seed_final and (y != "loss_sum" or seed_epoch is None):
+        raise ValueError("seed_final marks the seed's summed loss: it needs y='loss_sum' and seed_epoch")
     label_of = label_of or _key_of
     frames = []
     for r in runs:
@@ -611,6 +627,15 @@ def plot_loss_curves(runs: Sequence[Run], y: str = "loss_sum", title: str = "", 
     if frames:
         df = pd.concat(frames, ignore_index=True)
         sns.lineplot(data=df, x="epoch", y=y, hue="config", units="run", estimator=None, marker="o", ax=ax, lw=1.4, ms=4)
+        marks = {k: v for k, v in (seed_final or {}).items() if k in set(df["config"])}
+        if marks and df["epoch"].max() >= seed_epoch:
+            colours = {label: h.get_color() for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+            for label, v in marks.items():
+                ax.plot(seed_epoch, v, "x", color=colours[label], ms=10, mew=2.5, zorder=5)
+            # in grey in the legend: each mark takes its configuration's colour
+            ax.plot([], [], "x", color="0.3", ms=8, mew=2, label="the seed's final loss (x)")
+        elif marks:
+            title += f"\n(the seed's final losses, at epoch {seed_epoch}, are not marked: these runs are shorter)"
         ax.legend(title=None, fontsize=8)
     else:
         ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
@@ -711,8 +736,18 @@ def seed_vs_ours(
         for recipe in ("seed", "corrected"):
             rs = [r for r in depth_runs if r.name == f"depth-{lays}-{recipe}"]
             desc = "seed-faithful net and optimiser" if recipe == "seed" else "corrected net, modern recipe"
-            add(f"§4.1 depth limit, lays {lays}", "test accuracy % (selected on validation)", seed_acc, rs, "test_acc", 100, 2, desc)
-    add("§4.1 best (lays 3)", "test accuracy %: labkit's best (modern preset)", SEED_NUMBERS["depth_test_acc"][3], modern_runs, "test_acc", 100, 2, f"modern preset, {_images(modern_runs)}")
+            add(f"§4.1 depth limit, lays {lays}", "test accuracy % (ours selected on validation; the seed's tuned on test)", seed_acc, rs, "test_acc", 100, 2, desc)
+    blocks = "/".join(str(n) for n in sorted({r.config.lays[0] + int(r.config.seed_extra_block) for r in modern_runs})) or "2"
+    add(
+        "§4.1 best (lays 3, 3 blocks per stage)",
+        "test accuracy %: labkit's best (modern preset; the seed's tuned on test)",
+        SEED_NUMBERS["depth_test_acc"][3],
+        modern_runs,
+        "test_acc",
+        100,
+        2,
+        f"modern preset, {blocks} blocks per stage, {_images(modern_runs)}",
+    )
     return pd.DataFrame(rows)
 
 

@@ -65,6 +65,39 @@ def test_accuracy_intervals_stay_inside_0_to_100_percent():
     assert row["95% CI"].endswith(", 100.00]"), row["95% CI"]
 
 
+def test_loss_figures_mark_the_seed_s_final_loss_in_each_configuration_s_colour():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+    from matplotlib.colors import to_hex
+
+    from labkit.config import TrainConfig
+
+    def run(name, seed, losses):
+        h = pd.DataFrame({"epoch": range(1, len(losses) + 1), "loss_sum": losses})
+        return SimpleNamespace(id=f"{name}-{seed}", name=name, history=h, config=TrainConfig(seed=seed))
+
+    runs = [run("ablation-baseline", s, [150.0 - e for e in range(30)]) for s in (0, 1)]
+    runs.append(run("ablation-decay_1.0", 0, [155.0 - e for e in range(30)]))
+    seed = {"baseline": 130.229, "decay_1.0": 132.086, "stem_7x7": 138.715}  # no stem_7x7 runs: no mark
+    fig = A.plot_loss_curves(runs, seed_final=seed, seed_epoch=30)
+    ax = fig.axes[0]
+    marks = [ln for ln in ax.get_lines() if ln.get_marker() == "x" and len(ln.get_xdata())]
+    assert sorted((ln.get_xdata()[0], ln.get_ydata()[0]) for ln in marks) == [(30, 130.229), (30, 132.086)]
+    curve = {ln.get_label(): to_hex(ln.get_color()) for ln in ax.get_legend().get_lines()}
+    by_y = {ln.get_ydata()[0]: to_hex(ln.get_color()) for ln in marks}
+    assert by_y[130.229] == curve["baseline"] and by_y[132.086] == curve["decay_1.0"] != curve["baseline"]
+    assert "the seed's final loss (x)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    # runs shorter than the seed's 30 epochs: no marks, and the title says why
+    short = [run("ablation-baseline", 0, [150.0, 149.0])]
+    ax = A.plot_loss_curves(short, title="t", seed_final=seed, seed_epoch=30).axes[0]
+    assert not [ln for ln in ax.get_lines() if ln.get_marker() == "x" and len(ln.get_xdata())]
+    assert "not marked: these runs are shorter" in ax.get_title()
+    with pytest.raises(ValueError, match="loss_sum"):
+        A.plot_loss_curves(short, y="loss_mean", seed_final=seed, seed_epoch=30)
+
+
 def test_welch_difference_and_verdicts():
     a, b = [0.80, 0.82, 0.84], [0.70, 0.71, 0.72]
     d = A.welch(a, b)
