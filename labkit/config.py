@@ -10,8 +10,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import typing
 from dataclasses import dataclass, field
+
+import numpy as np
 
 __all__ = [
     "ConfigError",
@@ -49,6 +52,16 @@ EXECUTION_FIELDS = ("device", "precision", "channels_last", "cuda_graphs", "sync
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything one run computes, as plain data (frozen; validated when made).
+
+    Start from a preset (`preset("seed")`, `preset("modern")`) and change fields with
+    `preset(name, key=value)` or `cfg.replace(key=value)`: both refuse unknown keys, wrong
+    types and values out of range with a ConfigError naming the field. Each field's meaning
+    is in its comment in labkit/config.py. Fields in EXECUTION_FIELDS (device, precision,
+    channels_last, cuda_graphs, sync_bn, compile) change how fast a run goes, not what it
+    computes: they are not part of its identity (`short_hash`, the run id).
+    """
+
     # network (labkit.model.ResNet)
     lays: tuple[int, int, int, int] = (2, 2, 2, 2)  # blocks per stage
     stem: str = "3x3"  # "3x3" stride 1 | "7x7" stride 2
@@ -206,24 +219,27 @@ def _positive(name: str, value) -> None:
 
 
 def _check_types(cfg: TrainConfig) -> None:
+    # numpy scalars (a seed from np.arange, an lr from np.linspace) count as the Python
+    # numbers they hold and are stored as those, so the run's id and config.json are the same.
     hints = typing.get_type_hints(TrainConfig)
+    is_bool = lambda v: isinstance(v, (bool, np.bool_))  # noqa: E731
+    is_int = lambda v: isinstance(v, numbers.Integral) and not is_bool(v)  # noqa: E731
     for f in dataclasses.fields(cfg):
         v, t = getattr(cfg, f.name), hints[f.name]
         if t is bool:
-            ok = isinstance(v, bool)
+            ok, cast = is_bool(v), bool
         elif t is int:
-            ok = isinstance(v, int) and not isinstance(v, bool)
+            ok, cast = is_int(v), int
         elif t is float:
             # NaN and inf slip through every range check below (`nan < 0` is False): refuse here.
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if ok and isinstance(v, int):
-                object.__setattr__(cfg, f.name, float(v))
+            ok, cast = isinstance(v, numbers.Real) and not is_bool(v) and math.isfinite(v), float
         elif t is str:
-            ok = isinstance(v, str)
+            ok, cast = isinstance(v, str), str
         else:  # the lays tuple
-            ok = isinstance(v, (tuple, list)) and all(isinstance(n, int) and not isinstance(n, bool) for n in v)
-            if ok:
-                object.__setattr__(cfg, f.name, tuple(v))
+            ok = isinstance(v, (tuple, list)) and all(is_int(n) for n in v)
+            cast = lambda v: tuple(int(n) for n in v)  # noqa: E731
+        if ok:
+            object.__setattr__(cfg, f.name, cast(v))
         if not ok:
             tname = getattr(t, "__name__", str(t))
             finite = "a finite " if t is float else ""
@@ -319,7 +335,9 @@ MODERN = TrainConfig(
 PRESETS: dict[str, TrainConfig] = {"seed": SEED, "modern": MODERN}
 
 
-def preset(name: str, **overrides) -> TrainConfig:
+def preset(name: str, **overrides: object) -> TrainConfig:
+    """The preset `name` ("seed": the seed's protocol exactly; "modern": labkit's recipe),
+    with `overrides` applied, e.g. preset("seed", dropout=0.4, seed=1)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

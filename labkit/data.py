@@ -339,10 +339,14 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     source: dict  # where the data came from: folder, official or not, md5 mismatches
+    # The split that made it (load_cifar10 sets both): training checks them against the
+    # config, whose run id names them. None for a Dataset built by hand: not checked.
+    split: str | None = None
+    val_size: int = 0
 
     def to(self, device: torch.device | str) -> Dataset:
         f = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        return Dataset(**f, source=self.source)
+        return Dataset(**f, source=self.source, split=self.split, val_size=self.val_size)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
@@ -365,10 +369,13 @@ def load_cifar10(
         split: "seed" = train on batches 1-4, validate on batch 5 (the seed's code);
             "full" = train on all five batches, with `val_size` images held out of them
             (the last ones of batch 5) for validation.
-        val_size: only for split "full".
+        val_size: only for split "full" (split "seed" validates on batch 5: 0 there).
+        allow_download: False = never download; a missing copy raises DataError.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "seed" and val_size:
+        raise ValueError(f"val_size is only for split 'full' (split 'seed' validates on data_batch_5), got val_size={val_size}")
     folder = locate(data_dir, allow_download)
     missing = [n for n in TRAIN_FILES + ["test_batch"] if not (folder / n).is_file()]
     if missing:
@@ -389,7 +396,9 @@ def load_cifar10(
         n = len(y) - val_size
         tx, ty, vx, vy = x[:n], y[:n], x[n:], y[n:]
     t = torch.from_numpy
-    return Dataset(t(tx), t(ty), t(np.ascontiguousarray(vx)), t(vy), *map(t, parts["test_batch"]), source=source)
+    return Dataset(
+        t(tx), t(ty), t(np.ascontiguousarray(vx)), t(vy), *map(t, parts["test_batch"]), source=source, split=split, val_size=val_size
+    )
 
 
 # ---------------------------------------------------------------------------------------

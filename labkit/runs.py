@@ -109,7 +109,7 @@ def _code_version() -> str:
         return "unknown"
 
 
-@dataclass
+@dataclass(eq=False)
 class Run:
     id: str
     name: str
@@ -117,6 +117,19 @@ class Run:
     config: TrainConfig
     summary: dict | None  # None while unfinished
     history: pd.DataFrame
+
+    def __eq__(self, other: object) -> bool:
+        # The same run record, in the same state (a DataFrame field has no truth value, and
+        # NaN in a summary is not equal to itself, so neither is compared directly).
+        if not isinstance(other, Run):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple:
+        return (self.id, str(self.dir), self.finished, (self.summary or {}).get("finished_at"), len(self.history))
 
     @property
     def finished(self) -> bool:
@@ -252,13 +265,27 @@ def recorded_data(run: Run) -> dict | None:
 
 
 class RunStore:
+    """A folder of runs, one subfolder per run: `<name>-<hash of the config>` holding
+    config.json, metrics.csv, checkpoint.pt and, once finished, summary.json.
+
+    `get(cfg, name, data)` returns the finished run or trains it (resuming a stopped one);
+    `find`/`load` read without training; `all()`, `table()` and `history()` list what is
+    there. Default folder: $LABKIT_RUNS, else ./runs.
+    """
+
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_runs_dir()
+        if self.root.exists() and not self.root.is_dir():
+            raise RunError(f"{self.root} is a file, not a run store folder: give a folder (it is made when a run is trained)")
 
     # -- naming -------------------------------------------------------------------------
 
     @staticmethod
     def run_id(cfg: TrainConfig, name: str) -> str:
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"cfg must be a TrainConfig (e.g. labkit.preset('seed')), got {type(cfg).__name__} {cfg!r:.80}")
+        if not isinstance(name, str):
+            raise TypeError(f"run name must be a string, got {type(name).__name__} {name!r:.80}")
         if not _safe_name(name):
             raise ConfigError(f"run name must be letters, digits, '.', '_' or '-', got {name!r}")
         if len(name) > MAX_NAME:  # the folder name (with '-<hash>' and temp-file prefixes) must fit 255 bytes
@@ -370,7 +397,10 @@ class RunStore:
 
     @contextlib.contextmanager
     def _lock(self, d: Path, wait: bool, log):
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot make the run folder {d} ({e.strerror}): give a run store you can write to") from None
         f = open(d / ".lock", "w")
         try:
             try:
@@ -447,8 +477,11 @@ class RunStore:
         """A finished run, refused if the data at hand are not those it was trained on (the
         run id names no data). A loader not yet called is not called: recorded runs can be
         read without their data."""
+        from .train import check_fits
+
         run = self.load(rid)
         if isinstance(data, Dataset):
+            check_fits(run.config, data)  # the split it names
             check_same_data(
                 (run.summary or {}).get("data"), data.source, f"run {rid} in {self.root}",
                 "give the data it was trained on, retrain it (--retrain, or retrain=True), or use another run store",
@@ -503,7 +536,9 @@ class RunStore:
             "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "code_version": _code_version(),
         }
-        atomic_write_text(d / "summary.json", json.dumps(summary, indent=2))
+        # NaN (no validation set) as null: strict JSON, readable by any tool (older runs hold NaN)
+        summary = json.loads(json.dumps(summary), parse_constant=lambda c: None)
+        atomic_write_text(d / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
         distributed.barrier()  # the other ranks read the run once it is written
 
     def _follow(self, cfg, name, data, checkpoint_every, on_epoch) -> Run:

@@ -615,6 +615,14 @@ def check_fits(cfg: TrainConfig, data: Dataset) -> None:
     train_subset beyond the data would train on all of it, under another run id than
     train_subset=0. (A batch beyond the training set is allowed: one full-data step per epoch.)
     """
+    if not isinstance(data, Dataset):
+        raise TypeError(f"data must be a labkit Dataset (from load_cifar10), got {type(data).__name__} {data!r:.80}")
+    if data.split is not None and (data.split, data.val_size) != (cfg.split, cfg.val_size):
+        # The run id names the config's split: a run trained on another would be filed under it.
+        raise ConfigError(
+            f"the data were loaded with split={data.split!r}, val_size={data.val_size}, but the config asks for "
+            f"split={cfg.split!r}, val_size={cfg.val_size}: load them with load_cifar10(data_dir, cfg.split, cfg.val_size)"
+        )
     have = len(data.train_y)
     if have == 0:
         raise ConfigError("the training set is empty")
@@ -683,7 +691,7 @@ def train(
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_subset:
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
-    d = Dataset(train_x, train_y, data.val_x, data.val_y, data.test_x, data.test_y, data.source).to(device)
+    d = Dataset(train_x, train_y, data.val_x, data.val_y, data.test_x, data.test_y, data.source, data.split, data.val_size).to(device)
     n = len(d.train_y)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
 

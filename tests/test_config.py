@@ -232,3 +232,18 @@ def test_seed_ablations():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().lr = 0.1  # type: ignore[misc]
+
+
+def test_numpy_scalars_count_as_the_numbers_they_hold():
+    import numpy as np
+
+    c = preset("seed", epochs=np.int64(3), lr=np.float32(0.5), seed=np.arange(3)[2], stem_bn=np.bool_(False), lays=[np.int32(1)] * 4)
+    assert (type(c.epochs), type(c.lr), type(c.seed), type(c.stem_bn), type(c.lays[0])) == (int, float, int, bool, int)
+    plain = preset("seed", epochs=3, lr=0.5, seed=2, stem_bn=False, lays=(1, 1, 1, 1))
+    assert c.short_hash() == plain.short_hash() and c.to_dict() == plain.to_dict()
+    with pytest.raises(ConfigError, match="epochs must be int, got float64"):
+        preset("seed", epochs=np.float64(3))
+    with pytest.raises(ConfigError, match="stem_bn must be bool, got int64"):
+        preset("seed", stem_bn=np.int64(1))
+    with pytest.raises(ConfigError, match="lr must be a finite float"):
+        preset("seed", lr=np.float64("nan"))

@@ -317,3 +317,57 @@ def test_load_errors(tmp_path):
     (d / "config.json").write_text("{not json")
     with pytest.raises(RunError, match="config.json"):
         store.load(d.name)
+
+
+def test_data_of_another_split_is_refused_before_anything_is_written(tmp_path, synth_root, synth_data, cfg, monkeypatch):
+    """The run id names the config's split: data loaded with another would be filed under it
+    (a seed-split id over a run with no validation set, its best_val selecting nothing)."""
+    from labkit.data import load_cifar10
+
+    store = RunStore(tmp_path / "runs")
+    full = load_cifar10(synth_root, "full", allow_download=False)
+    held = load_cifar10(synth_root, "full", 100, allow_download=False)
+    stats = _counting_train(monkeypatch)
+    with pytest.raises(ConfigError, match=r"loaded with split='full', val_size=0, but the config asks for split='seed'"):
+        store.get(cfg, "r", full, progress=False, log=None)
+    with pytest.raises(ConfigError, match=r"split='full', val_size=100, but the config asks for split='full', val_size=0"):
+        store.get(cfg.replace(split="full"), "r", held, progress=False, log=None)
+    assert stats["calls"] == 0 and not (tmp_path / "runs").exists()
+    # a finished run asked for with data of another split: refused too, not handed back
+    run = store.get(cfg, "r", synth_data, progress=False, log=None)
+    with pytest.raises(ConfigError, match="loaded with split='full'"):
+        store.get(cfg, "r", full, progress=False, log=None)
+    assert store.get(cfg, "r", synth_data, progress=False, log=None) == run
+    with pytest.raises(ValueError, match="val_size is only for split 'full'"):
+        load_cifar10(synth_root, "seed", 10, allow_download=False)
+
+
+def test_runs_compare_as_records_and_summaries_are_strict_json(tmp_path, synth_root, cfg):
+    """Run == Run raised (a DataFrame has no truth value); a summary held NaN, not JSON."""
+    from labkit.data import load_cifar10
+
+    store = RunStore(tmp_path)
+    full = load_cifar10(synth_root, "full", allow_download=False)
+    c = cfg.replace(split="full", epochs=1)
+    run = store.get(c, "r", full, progress=False, log=None)
+    again = store.load(run.id)
+    assert run == again and hash(run) == hash(again) and [run].index(again) == 0 and again in {run}
+    assert run != store.get(c.replace(seed=1), "r", full, progress=False, log=None)
+    text = (run.dir / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    assert summary["final_val_acc"] is None and summary["best_val_acc"] is None  # no validation set
+
+
+def test_api_misuse_gets_errors_that_name_it(tmp_path, synth_data, cfg):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(RunError, match="a_file is a file, not a run store folder"):
+        RunStore(a_file)
+    with pytest.raises(RunError, match=r"cannot make the run folder .*a_file/runs/r-.* give a run store you can write to"):
+        RunStore(a_file / "runs").get(cfg, "r", synth_data, progress=False, log=None)
+    store = RunStore(tmp_path / "runs")
+    with pytest.raises(TypeError, match="data must be a labkit Dataset .* got str 'data'"):
+        store.get(cfg, "r", "data", progress=False, log=None)
+    with pytest.raises(TypeError, match="cfg must be a TrainConfig .* got str 'r'"):
+        store.get("r", cfg, synth_data, progress=False, log=None)
+    assert not (tmp_path / "runs").exists()
