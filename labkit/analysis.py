@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -45,11 +45,13 @@ __all__ = [
     "check_seeds",
     "data_label",
     "estimate",
+    "estimates_frame",
     "get_runs",
     "judge",
     "open_lab",
     "plot_estimates",
     "plot_loss_curves",
+    "plot_val_curves",
     "provenance",
     "seed_vs_ours",
     "setup_notebook",
@@ -171,6 +173,8 @@ class Difference:
         return not math.isnan(self.lo)
 
     def fmt(self, scale: float = 100.0, digits: int = 2, unit: str = " pts") -> str:
+        """"+d [lo, hi]" with unit; the defaults suit accuracies (fractions shown as
+        percentage points): for a loss or seconds give scale=1, unit=""."""
         if math.isnan(self.diff):
             return "—"
         s = f"{self.diff * scale:+.{digits}f}{unit}"
@@ -180,6 +184,10 @@ class Difference:
 
 
 def welch(a: Iterable, b: Iterable, level: float = LEVEL) -> Difference:
+    """mean(a) - mean(b), with a Welch `level` interval (Student t, Welch-Satterthwaite
+    degrees of freedom); None/NaN values are left out. judge(welch(a, b)) says whether
+    "a beats b" is shown. Print it with .fmt() (accuracies, in points) or
+    .fmt(scale=1, unit="") (anything else)."""
     a, b = _clean(a), _clean(b)
     na, nb = len(a), len(b)
     if na == 0 or nb == 0:
@@ -496,8 +504,20 @@ def _by_key(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return out
 
 
+def _seed_group(group: str) -> str:
+    if group not in ABLATION_GROUPS:
+        raise ConfigError(
+            f"{group!r} is not one of the seed's ablation groups {list(ABLATION_GROUPS)}: these tables set the "
+            "seed's numbers beside ours. For your own variants use estimates_frame(runs, field, label_of) with "
+            "plot_estimates, and welch(a, b) with judge"
+        )
+    return group
+
+
 def ablation_table(group: str, runs: Sequence[Run]) -> pd.DataFrame:
-    """The seed's table for one ablation group, its numbers beside ours (mean ± SD over seeds)."""
+    """The seed's table for one of its ablation groups (ABLATION_GROUPS), its numbers beside
+    ours (mean ± SD over seeds). Runs are matched to rows by name ("ablation-<row key>")."""
+    _seed_group(group)
     by = _by_key(runs)
     base_acc = _values(by.get("baseline", []), "final_val_acc")
     base_seed = ablation("baseline").seed_val_acc
@@ -556,6 +576,9 @@ def ablation_view(table: pd.DataFrame, formats: dict | None = None) -> pd.DataFr
 
 
 def ablation_claims(group: str, runs: Sequence[Run], field: str = "final_val_acc") -> pd.DataFrame:
+    """Each of the seed's conclusions (CLAIMS) about one of its ablation groups, tested on our
+    runs with a Welch interval and a verdict."""
+    _seed_group(group)
     """Each of the seed's conclusions for `group`, tested on our runs."""
     by = _by_key(runs)
     rows = []
@@ -575,8 +598,10 @@ def ablation_claims(group: str, runs: Sequence[Run], field: str = "final_val_acc
     return pd.DataFrame(rows)
 
 
-def estimates_frame(runs: Sequence[Run], field: str, label_of=None) -> pd.DataFrame:
-    """One row per label: mean, SD, CI and n of `field`, and each run's value."""
+def estimates_frame(runs: Sequence[Run], field: str, label_of: Callable[[Run], str] | None = None) -> pd.DataFrame:
+    """One row per label: mean, SD, CI and n of the summary `field`, and each run's value:
+    what plot_estimates draws. `label_of(run)` groups the runs (default: the run's name
+    without "ablation-"), e.g. `lambda r: f"dropout {r.config.dropout}"`."""
     label_of = label_of or _key_of
     groups: dict[str, list[Run]] = {}
     for r in runs:
@@ -646,7 +671,10 @@ def plot_loss_curves(
 
 
 def plot_estimates(est: pd.DataFrame, seed_values: dict[str, float] | None = None, xlabel: str = "", title: str = "", scale: float = 100.0):
-    """Mean with 95% CI error bars per label, each run as a dot, the seed's number as a red x."""
+    """Mean with 95% CI error bars per label, each run as a dot, the seed's number as a red x.
+
+    `est` is an estimates_frame(...); `seed_values` maps some of its labels to a number to
+    mark (the seed's); `scale` 100 shows fractions as percent (1 for anything else)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * max(len(est), 2) + 1.4))

@@ -234,10 +234,16 @@ class Lab:
         self.profile = profile(profile_name)
         self.root = Path(root)
         self.data_dir = Path(data_dir) if data_dir else None if os.environ.get("LABKIT_DATA") else self.root / "data"
+        if data_dir and self.profile.synthetic and log:
+            log(f"note: the smoke profile trains on its own synthetic data ({self.smoke_data_dir()}); data_dir {data_dir} is not used")
         self.store = RunStore(Path(runs_dir) if runs_dir else self.root / self.profile.runs_dir)
         self.allow_train = allow_train
         self.progress, self.log = progress, log
         self._data: dict[tuple[str, int], Dataset] = {}
+
+    def smoke_data_dir(self) -> Path:
+        """Where the smoke profile keeps its synthetic data: beside its default run store."""
+        return (self.root / self.profile.runs_dir).parent / "data"
 
     def config(self, cfg: TrainConfig) -> TrainConfig:
         return self.profile.apply(cfg)
@@ -248,7 +254,7 @@ class Lab:
             if self.profile.synthetic:
                 from .synthetic import make_synthetic_cifar10
 
-                root = self.root / self.profile.runs_dir / ".." / "data"
+                root = self.smoke_data_dir()
                 if not (root / "cifar-10-batches-py" / "test_batch").is_file():
                     make_synthetic_cifar10(root, per_batch=SMOKE_PER_BATCH)
                 self._data[key] = load_cifar10(root, split, val_size, allow_download=False)

@@ -152,3 +152,25 @@ def test_a_store_of_runs_on_other_data_gets_no_more_runs_from_these(tmp_path, sy
     with pytest.raises(DataError, match=r"1 run\(s\) in .* \(finished, or begun\) were trained on other data"):
         lab.data()
     assert Lab("full", data_dir=str(synth_root), runs_dir=str(store.root), progress=False, log=None).data().sizes()["train"] == 800
+
+
+def test_smoke_keeps_its_data_beside_its_store_and_says_it_ignores_data_dir(tmp_path):
+    """A given runs_dir left an empty build/smoke/runs behind (the data were made at
+    runs/../data), and a data_dir given to smoke was ignored without a word."""
+    notes: list[str] = []
+    lab = Lab("smoke", data_dir=tmp_path / "mine", runs_dir=tmp_path / "store", root=tmp_path, progress=False, log=notes.append)
+    assert notes == [f"note: the smoke profile trains on its own synthetic data ({tmp_path / 'build/smoke/data'}); data_dir {tmp_path / 'mine'} is not used"]
+    assert len(lab.data().train_y) > 0
+    assert sorted(p.name for p in (tmp_path / "build" / "smoke").iterdir()) == ["data"]
+    assert not (tmp_path / "mine").exists()
+    quiet: list[str] = []
+    Lab("smoke", runs_dir=tmp_path / "store", root=tmp_path, log=quiet.append)
+    assert quiet == []
+
+
+def test_the_seed_s_tables_name_their_groups_and_point_to_the_general_helpers():
+    from labkit import analysis as A
+
+    for fn in (A.ablation_table, A.ablation_claims):
+        with pytest.raises(ConfigError, match=r"'width' is not one of the seed's ablation groups .* estimates_frame"):
+            fn("width", [])
