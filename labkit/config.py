@@ -136,7 +136,10 @@ class TrainConfig:
         if not 0.0 <= c.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must lie in [0, 1), got {c.label_smoothing}")
         if not 0.0 <= c.warmup_epochs <= c.epochs:
-            raise ConfigError(f"warmup_epochs must lie in [0, epochs={c.epochs}], got {c.warmup_epochs}")
+            raise ConfigError(
+                f"warmup_epochs must lie in [0, epochs={c.epochs}], got {c.warmup_epochs}"
+                + (" (a preset shortened below its warm-up: set warmup_epochs too)" if c.warmup_epochs > c.epochs else "")
+            )
         if c.val_size < 0 or (c.val_size and c.split != "full"):
             raise ConfigError(f"val_size must be >= 0 and is for split 'full' only, got {c.val_size}")
         if not 0 <= c.cutout <= 32:

@@ -247,3 +247,11 @@ def test_numpy_scalars_count_as_the_numbers_they_hold():
         preset("seed", stem_bn=np.int64(1))
     with pytest.raises(ConfigError, match="lr must be a finite float"):
         preset("seed", lr=np.float64("nan"))
+
+
+def test_a_preset_shortened_below_its_warm_up_says_what_to_set():
+    with pytest.raises(ConfigError, match=r"warmup_epochs must lie in \[0, epochs=1\], got 2.0 \(a preset shortened .* set warmup_epochs too\)"):
+        preset("modern", epochs=1)
+    assert preset("modern", epochs=1, warmup_epochs=0.5).warmup_epochs == 0.5
+    with pytest.raises(ConfigError, match=r"got -1.0$"):
+        preset("modern", warmup_epochs=-1)
