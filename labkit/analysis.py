@@ -504,14 +504,13 @@ def _by_key(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return out
 
 
-def _seed_group(group: str) -> str:
+def _seed_group(group: str) -> None:
     if group not in ABLATION_GROUPS:
         raise ConfigError(
             f"{group!r} is not one of the seed's ablation groups {list(ABLATION_GROUPS)}: these tables set the "
             "seed's numbers beside ours. For your own variants use estimates_frame(runs, field, label_of) with "
             "plot_estimates, and welch(a, b) with judge"
         )
-    return group
 
 
 def ablation_table(group: str, runs: Sequence[Run]) -> pd.DataFrame:
@@ -579,7 +578,6 @@ def ablation_claims(group: str, runs: Sequence[Run], field: str = "final_val_acc
     """Each of the seed's conclusions (CLAIMS) about one of its ablation groups, tested on our
     runs with a Welch interval and a verdict."""
     _seed_group(group)
-    """Each of the seed's conclusions for `group`, tested on our runs."""
     by = _by_key(runs)
     rows = []
     for claim, better, worse, sized in CLAIMS[group]:

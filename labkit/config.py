@@ -241,12 +241,11 @@ def _check_types(cfg: TrainConfig) -> None:
         else:  # the lays tuple
             ok = isinstance(v, (tuple, list)) and all(is_int(n) for n in v)
             cast = lambda v: tuple(int(n) for n in v)  # noqa: E731
-        if ok:
-            object.__setattr__(cfg, f.name, cast(v))
         if not ok:
             tname = getattr(t, "__name__", str(t))
             finite = "a finite " if t is float else ""
             raise ConfigError(f"{f.name} must be {finite}{tname}, got {type(v).__name__} {v!r}")
+        object.__setattr__(cfg, f.name, cast(v))
 
 
 def _assigned_names(source: str) -> set[str] | None:
