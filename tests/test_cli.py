@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -199,6 +200,8 @@ def test_eval_scores_a_finished_run_again_with_other_tta(trained, capsys, monkey
     out = capsys.readouterr().out
     assert "as trained, evaluated now" in out and "tta_flip=True tta_translate=2" in out
     assert "test_acc" not in out and "test numbers are left out (--test shows them)" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith(("as trained", "with "))]
+    assert len(rows) == 3 and all(len(re.findall(r" (\d\.\d{4}|-)(?=\s|$)", ln)) == 1 for ln in rows), rows  # val_acc only
     rec = json.loads((tmp / "e.json").read_text())
     assert not [k for part in ("as_trained", "with") for k in rec[part] if k.startswith("test")]
     assert rec["as_trained"]["val_acc"] == summary["final_val_acc"]

@@ -247,6 +247,14 @@ def test_numpy_scalars_count_as_the_numbers_they_hold():
         preset("seed", stem_bn=np.int64(1))
     with pytest.raises(ConfigError, match="lr must be a finite float"):
         preset("seed", lr=np.float64("nan"))
+    # a bool is an int to Python, not to a config: True epochs is a mistake, not 1
+    for key in ("batch_size", "epochs", "seed"):
+        with pytest.raises(ConfigError, match=f"{key} must be int, got bool True"):
+            preset("seed", **{key: True})
+        with pytest.raises(ConfigError, match=f"{key} must be int, got bool_"):
+            preset("seed", **{key: np.bool_(True)})
+    with pytest.raises(ConfigError, match="lr must be a finite float, got bool"):
+        preset("seed", lr=False)
 
 
 def test_a_preset_shortened_below_its_warm_up_says_what_to_set():

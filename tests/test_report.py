@@ -98,6 +98,45 @@ def test_loss_figures_mark_the_seed_s_final_loss_in_each_configuration_s_colour(
         A.plot_loss_curves(short, y="loss_mean", seed_final=seed, seed_epoch=30)
 
 
+def test_welch_with_unequal_run_counts_and_the_verdicts_word_for_word():
+    a, b = [0.80, 0.82, 0.84, 0.86, 0.88], [0.70, 0.75]
+    d = A.welch(a, b)
+    va, vb = A.estimate(a).sd ** 2 / 5, A.estimate(b).sd ** 2 / 2  # each side's variance over its own n
+    df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 1)
+    assert (d.na, d.nb) == (5, 2) and d.df == pytest.approx(df)
+    assert d.hi - d.diff == pytest.approx(A.t_ppf(0.975, df) * math.sqrt(va + vb))
+    assert A.judge(A.welch([0.8], [0.7])) == "not testable: 1 run on one side, no spread measured (needs seeds ≥ 2)"
+    assert A.judge(A.welch([0.8, 0.8], [0.7, 0.7])) == "not testable: every run on each side gave the same value, no spread measured"
+    d = A.welch([0.80, 0.82, 0.84], [0.70, 0.71, 0.72])
+    assert A.judge(d, claimed=0.11) == "confirmed: the CI lies above 0; the seed's 11.0-point size is inside the CI"
+    assert A.judge(d, claimed=0.30).endswith("; the seed's 30.0-point size is outside the CI")
+
+
+def _stub_runs(key_values: dict[str, list[float]], field: str, prefix: str = "ablation-") -> list:
+    """Finished-run stand-ins: one per value, named prefix + key, with the seed's config."""
+    from labkit.config import TrainConfig, seed_ablation_config
+
+    out = []
+    for key, values in key_values.items():
+        cfg = seed_ablation_config(key) if prefix == "ablation-" else TrainConfig()
+        for seed, v in enumerate(values):
+            out.append(SimpleNamespace(id=f"{prefix}{key}-{seed}", name=f"{prefix}{key}", config=cfg.replace(seed=seed), summary={field: v, "final_loss_sum": 130.0}))
+    return out
+
+
+def test_the_seed_s_tables_take_differences_the_right_way_round():
+    runs = _stub_runs({"baseline": [0.78, 0.79, 0.80], "decay_1.0": [0.70, 0.71, 0.72], "decay_0.45": [0.50, 0.51, 0.52]}, "final_val_acc")
+    table = A.ablation_table("lr_decay", runs).set_index("row")
+    assert table.loc["decay_1.0", "Δ vs baseline, pts: ours [95% CI]"].startswith("-8.00 [")  # ablation − baseline
+    assert table.loc["decay_1.0", "Δ vs baseline, pts: seed"] == pytest.approx((0.7645 - 0.7871) * 100)
+    runs = _stub_runs({"baseline": [0.78, 0.79, 0.80], "no_stem_bn": [0.70, 0.71, 0.72]}, "final_val_acc")
+    (claim,) = A.ablation_claims("stem_bn", runs).to_dict("records")
+    assert "confirmed" in claim["verdict"] and "the seed's 2.6-point size is outside the CI" in claim["verdict"]
+    final = _stub_runs({"final": [0.85, 0.86, 0.87]}, "test_acc", prefix="")
+    row = A.seed_vs_ours([], final, [], []).set_index("measure").loc["test accuracy %"]
+    assert row["Δ ours − seed"] == f"{(0.86 - 0.8336) * 100:+.2f}"  # ours above the seed's 83.36%: positive
+
+
 def test_welch_difference_and_verdicts():
     a, b = [0.80, 0.82, 0.84], [0.70, 0.71, 0.72]
     d = A.welch(a, b)
@@ -155,6 +194,7 @@ def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
         run("2026-11-28T10:01:00+00:00", 60),  # 10:00-10:01
         run("2026-11-28T10:01:30+00:00", 80),  # side by side with the first: 10:00:10-10:01:30
         run("2026-11-28T10:02:20+00:00", 30, "train_seconds"),  # 20 s after: the same sitting
+        run("2026-11-28T10:02:10+00:00", 5),  # inside the sitting: it does not end it earlier
         run("2026-11-28T10:09:30+00:00", 60),  # 7 min later: not training meanwhile, a second sitting
         run("2026-11-28T12:00:00+01:00", 120),  # 10:58-11:00 UTC: a third sitting
         run("2026-11-28T13:00:00+00:00", None),  # no duration: left out

@@ -371,3 +371,42 @@ def test_api_misuse_gets_errors_that_name_it(tmp_path, synth_data, cfg):
     with pytest.raises(TypeError, match="cfg must be a TrainConfig .* got str 'r'"):
         store.get("r", cfg, synth_data, progress=False, log=None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_finished_while_the_lock_was_awaited_is_compared_with_the_data(tmp_path, synth_data, other_data, cfg, monkeypatch):
+    """The run was not finished when `get` first looked; another process finished it on other
+    data while this one waited for the lock: the recheck inside the lock compares too."""
+    import contextlib
+    import shutil
+
+    from labkit.data import DataError
+
+    store = RunStore(tmp_path)
+    run = store.get(cfg, "r", synth_data, progress=False, log=None)
+    aside = tmp_path / "summary.json"
+    shutil.move(run.dir / "summary.json", aside)  # as it was before the other process finished
+    real_lock = RunStore._lock
+
+    @contextlib.contextmanager
+    def lock_after_the_other_finished(self, d, wait, log):
+        shutil.move(aside, d / "summary.json")
+        with real_lock(self, d, wait, log):
+            yield
+
+    monkeypatch.setattr(RunStore, "_lock", lock_after_the_other_finished)
+    stats = _counting_train(monkeypatch)
+    with pytest.raises(DataError, match="was trained on other data"):
+        store.get(cfg, "r", other_data, progress=False, log=None)
+    assert stats["calls"] == 0
+
+
+def test_run_equality_is_the_record_and_its_state(tmp_path, synth_data, cfg):
+    import shutil
+
+    a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
+    done = a.get(cfg, "r", synth_data, progress=False, log=None)
+    other_store = b.get(cfg, "r", synth_data, progress=False, log=None)
+    assert other_store.id == done.id and other_store != done  # the same id in another store
+    shutil.move(done.dir / "summary.json", tmp_path / "s.json")
+    unfinished = a.load(done.id)
+    assert not unfinished.finished and unfinished != done

@@ -508,3 +508,10 @@ def test_epoch_lines_or_a_bar_not_both(synth_data, tiny_config):
         lines: list[str] = []
         train(cfg, synth_data, progress=progress, log=lines.append)
         assert sum(m.startswith("epoch ") for m in lines) == want
+
+
+def test_best_val_keeps_the_first_of_equally_good_epochs(synth_data, tiny_config, monkeypatch):
+    """A later epoch replaces the selected weights only when its validation accuracy is higher."""
+    monkeypatch.setattr(T, "evaluate", lambda *a, **kw: (0.5, 1.0))
+    r = T.train(tiny_config(epochs=3, train_subset=64, select="best_val"), synth_data, progress=False, log=None)
+    assert r.summary["selected_epoch"] == 1 and r.summary["best_val_acc"] == 0.5
