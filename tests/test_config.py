@@ -251,7 +251,7 @@ def test_numpy_scalars_count_as_the_numbers_they_hold():
     for key in ("batch_size", "epochs", "seed"):
         with pytest.raises(ConfigError, match=f"{key} must be int, got bool True"):
             preset("seed", **{key: True})
-        with pytest.raises(ConfigError, match=f"{key} must be int, got bool_"):
+        with pytest.raises(ConfigError, match=f"{key} must be int, got bool"):
             preset("seed", **{key: np.bool_(True)})
     with pytest.raises(ConfigError, match="lr must be a finite float, got bool"):
         preset("seed", lr=False)
