@@ -36,6 +36,7 @@ import torch
 from .config import ABLATION_GROUPS, ConfigError
 from .lab import Profile
 from .lab import profile as get_profile
+from .train import duration as _duration
 
 __all__ = ["Job", "LabError", "LabReport", "export_html", "find_chromium", "jobs", "merge", "print_pdf", "resolve_profile", "run_lab"]
 
@@ -142,13 +143,6 @@ def report_order(js: list[Job]) -> list[Job]:
 
 # On a CPU, a real-data profile whose estimated training time passes this needs --allow-cpu.
 CPU_LIMIT_S = 3600.0
-
-
-def _duration(seconds: float) -> str:
-    for unit, size, limit in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172800)):
-        if seconds < limit:
-            return f"{seconds / size:.0f} {unit}"
-    return f"{seconds / 86400:.0f} days"
 
 
 def _cpu_gflops(profile_name: str) -> float:

@@ -55,6 +55,27 @@ __all__ = [
 
 _INIT_LOCK = threading.Lock()
 
+# A run on the CPU projected to take longer than this gets a note saying how long, from
+# its first steps: a notebook cell that would otherwise sit silent for hours.
+CPU_NOTE_S = 600.0
+
+
+def _kept_if_interrupted(ckpt_path: Path | None, checkpoint_every: int) -> str:
+    if ckpt_path is None:
+        return "nothing is kept if it is interrupted (no run folder)"
+    if checkpoint_every == 0:
+        return "nothing is kept if it is interrupted before the end (checkpoint_every=0)"
+    every = "every epoch" if checkpoint_every == 1 else f"every {checkpoint_every} epochs"
+    return f"interrupted, it resumes from its last checkpoint (written {every}) when asked for again"
+
+
+def duration(seconds: float) -> str:
+    """`seconds` in the unit a reader would say it in: "45 s", "12 min", "11 h", "14 days"."""
+    for unit, size, limit in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172800)):
+        if seconds < limit:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds / 86400:.0f} days"
+
 
 class _GpuGate:
     """Lets runs train side by side in threads yet capture CUDA graphs safely.
@@ -766,6 +787,25 @@ def train(
         if isinstance(m, Dropout):
             m.generator = drop_gen
     train_seconds = sum(r["seconds"] for r in history)
+    # On the CPU, time steps 1..k of the first epoch trained here (step 0 warms up) and say
+    # how long the run will take when that passes CPU_NOTE_S; one step per epoch: the epoch.
+    note_k = min(4, steps_per_epoch - 1) if device.type == "cpu" and log and start_epoch < cfg.epochs else -1
+    t_note = 0.0
+
+    def note_cpu_time(per_step: float, steps_left: int) -> None:
+        # Evaluation: the validation set every epoch and the test set once, each image about a
+        # third of a training image's cost (a forward pass only).
+        epochs_left = cfg.epochs - start_epoch
+        evals = (len(d.val_y) * epochs_left + len(d.test_y)) / (3 * n * epochs_left)
+        est = per_step * steps_left * (1 + evals)
+        if est <= CPU_NOTE_S:
+            return
+        log(
+            f"note: on the CPU this run needs about {duration(est)} more ({cfg.epochs - start_epoch} epochs of "
+            f"{steps_per_epoch} steps at {per_step:.2f} s a step, timed on its first steps, evaluation included); "
+            f"a CUDA GPU, fewer epochs or train_subset make it shorter; {_kept_if_interrupted(ckpt_path, checkpoint_every)}"
+        )
+
     for epoch in range(start_epoch, cfg.epochs):
         # gen (permutation, crops, flips) is the same on every rank; drop_gen differs per
         # rank, or all ranks would drop the same units of their different images.
@@ -808,9 +848,17 @@ def train(
                 ) from None
             loss_sum += loss
             correct += (out.argmax(1) == yb).sum()
+            if epoch == start_epoch and note_k > 0:
+                if step == 0:
+                    t_note = time.perf_counter()
+                elif step == note_k:
+                    per_step = (time.perf_counter() - t_note) / note_k
+                    note_cpu_time(per_step, steps_per_epoch * (cfg.epochs - epoch) - step - 1)
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()  # this run's stream only
         seconds = time.perf_counter() - t0
+        if epoch == start_epoch and note_k == 0:
+            note_cpu_time(seconds, cfg.epochs - epoch - 1)
         totals = torch.stack([loss_sum.double(), correct.double()])
         distributed.all_reduce_sum(totals)  # under DDP, the epoch's one all-reduce of metrics
         loss_total, n_correct = totals.tolist()  # the one host sync of the epoch

@@ -515,3 +515,69 @@ def test_best_val_keeps_the_first_of_equally_good_epochs(synth_data, tiny_config
     monkeypatch.setattr(T, "evaluate", lambda *a, **kw: (0.5, 1.0))
     r = T.train(tiny_config(epochs=3, train_subset=64, select="best_val"), synth_data, progress=False, log=None)
     assert r.summary["selected_epoch"] == 1 and r.summary["best_val_acc"] == 0.5
+
+
+class _Clock:
+    """A perf_counter that moves one second a call: the note's arithmetic, not the machine's speed."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
+def test_cpu_run_says_how_long_it_will_take(synth_data, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "CPU_NOTE_S", 0.0)
+    monkeypatch.setattr(T, "time", _Clock())
+    logs: list[str] = []
+    train(tiny_config(epochs=2), synth_data, run_dir=tmp_path, progress=False, log=logs.append)
+    notes = [m for m in logs if m.startswith("note: on the CPU")]
+    # Steps 1-4 of 25 timed (step 0 warms up): 1 s / 4 = 0.25 s a step; 45 steps left;
+    # evaluation (200 val x 2 epochs + 200 test) / (3 x 800 x 2) = 0.125 on top: 12.66 s.
+    assert notes == [
+        "note: on the CPU this run needs about 13 s more (2 epochs of 25 steps at 0.25 s a step, timed on its "
+        "first steps, evaluation included); a CUDA GPU, fewer epochs or train_subset make it shorter; "
+        "interrupted, it resumes from its last checkpoint (written every epoch) when asked for again"
+    ]
+
+
+def test_cpu_note_with_one_step_an_epoch_times_the_epoch(synth_data, tiny_config, monkeypatch):
+    monkeypatch.setattr(T, "CPU_NOTE_S", 0.0)
+    monkeypatch.setattr(T, "time", _Clock())
+    logs: list[str] = []
+    train(tiny_config(epochs=3, batch_size=1024), synth_data, progress=False, log=logs.append)
+    notes = [m for m in logs if m.startswith("note:")]
+    # the first epoch (one step) took 1 s; 2 left; evaluation (200 x 3 + 200) / (3 x 800 x 3)
+    assert len(notes) == 1 and "about 2 s more (3 epochs of 1 steps at 1.00 s a step" in notes[0]
+    assert notes[0].endswith("nothing is kept if it is interrupted (no run folder)")
+
+
+def test_cpu_note_only_past_its_threshold_and_only_with_a_log(synth_data, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "time", _Clock())
+    monkeypatch.setattr(T, "CPU_NOTE_S", 13.0)  # the projection above is 12.66 s
+    logs: list[str] = []
+    train(tiny_config(epochs=2), synth_data, progress=False, log=logs.append)
+    assert not [m for m in logs if m.startswith("note:")]
+    monkeypatch.setattr(T, "CPU_NOTE_S", 12.0)
+    logs.clear()
+    train(tiny_config(epochs=2), synth_data, run_dir=tmp_path, checkpoint_every=0, progress=False, log=logs.append)
+    notes = [m for m in logs if m.startswith("note:")]
+    assert len(notes) == 1 and notes[0].endswith("before the end (checkpoint_every=0)")
+    train(tiny_config(epochs=2, seed=1), synth_data, progress=False, log=None)  # nowhere to say it: no error
+
+
+def test_cpu_note_counts_only_what_a_resumed_run_has_left(synth_data, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "CPU_NOTE_S", 0.0)
+    train(tiny_config(epochs=1), synth_data, run_dir=tmp_path, progress=False, log=None)
+    # the same run with more epochs cannot resume that checkpoint (other settings); make one that stopped
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    state["config"] = tiny_config(epochs=3).to_dict()
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    monkeypatch.setattr(T, "time", _Clock())
+    logs: list[str] = []
+    train(tiny_config(epochs=3), synth_data, run_dir=tmp_path, progress=False, log=logs.append)
+    notes = [m for m in logs if m.startswith("note:")]
+    # 2 epochs left: 50 - 5 = 45 steps at 0.25 s, evaluation (200 x 2 + 200) / (3 x 800 x 2)
+    assert len(notes) == 1 and "about 13 s more (2 epochs of 25 steps" in notes[0]
