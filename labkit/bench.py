@@ -20,6 +20,7 @@ import json
 import platform
 import statistics
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,10 @@ def accuracy_check(
             else ("labkit differs from the seed recipe" if shown else "no difference shown (95% CI holds 0)")
         ),
     }
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e)[:500]}"
 
 
 def labkit_epoch_times(cfg: TrainConfig, data: Dataset, epochs: int) -> tuple[list[float], dict]:
@@ -403,7 +408,13 @@ def run_bench(
         "speedup": a_s / b_s,
     }
     if compile_mode:
-        c_times, c_summary = labkit_epoch_times(cfg.replace(compile=compile_mode), data, epochs)
+        try:
+            c_times, c_summary = labkit_epoch_times(cfg.replace(compile=compile_mode), data, epochs)
+        except Exception as e:  # never tried on this GPU yet: report it, keep both sides' numbers
+            traceback.print_exc()
+            c_times = None
+            res["labkit_compiled"] = {"compile": compile_mode, "error": _error_text(e)}
+    if compile_mode and c_times is not None:
         c_s = steady(c_times)
         res["labkit_compiled"] = {
             "compile": compile_mode,
@@ -415,7 +426,7 @@ def run_bench(
             "graph_fallback": c_summary["graph_fallback"],
         }
         res["speedup_compiled"] = a_s / c_s
-    for side in [k for k in ("seed_recipe", "labkit", "labkit_compiled") if k in res]:
+    for side in [k for k in ("seed_recipe", "labkit", "labkit_compiled") if k in res and "error" not in res[k]]:
         tflops = flops * res[side]["images_per_s"] / 1e12
         res[side]["achieved_tflops"] = tflops
         res[side]["share_of_bf16_peak"] = tflops / peak if peak else None
@@ -429,7 +440,7 @@ def format_bench(res: dict) -> str:
         f"{'':12s} {'s/epoch':>9s} {'img/s':>9s} {'TFLOP/s':>9s} {'of peak':>8s}",
     ]
     sides = [("seed recipe", a), ("labkit", b)]
-    if "labkit_compiled" in res:
+    if "labkit_compiled" in res and "error" not in res["labkit_compiled"]:
         sides.append(("+compile", res["labkit_compiled"]))
     for name, s in sides:
         share = f"{100 * s['share_of_bf16_peak']:.1f}%" if s["share_of_bf16_peak"] else "-"
@@ -441,7 +452,12 @@ def format_bench(res: dict) -> str:
             f"speedup labkit+compile({c['compile']}) / seed recipe: {res['speedup_compiled']:.2f}x  "
             f"(first epoch with compiling: {c['epoch_seconds'][0]:.1f}s)"
         )
-    if "breakdown" in res:
+    if "error" in res.get("labkit_compiled", {}):
+        c = res["labkit_compiled"]
+        lines.append(f"labkit+compile({c['compile']}) failed: {c['error']}")
+    if "error" in res.get("breakdown", {}):
+        lines.append(f"step breakdown failed: {res['breakdown']['error']}")
+    elif "breakdown" in res:
         k = res["breakdown"]
         lines.append(f"labkit step, eager, by kind of op ({k['time']}, {k['op_ms_per_step']:.2f} ms per step of {k['batch_size']}):")
         lines += [f"  {name:38s} {v['ms_per_step']:8.2f} ms  {100 * v['share']:5.1f}%" for name, v in k["kinds"].items()]
@@ -527,10 +543,15 @@ def main_bench(args) -> int:
             try:
                 res["lanes"].append(lanes_probe(SEED.replace(device="cuda"), data, k))
             except Exception as e:  # report, never lose the rest of the benchmark
-                res["lanes"].append({"lanes": k, "error": f"{type(e).__name__}: {e}"})
+                traceback.print_exc()
+                res["lanes"].append({"lanes": k, "error": _error_text(e)})
             save()
     if args.breakdown_steps:
-        res["breakdown"] = step_breakdown(cfg.replace(device=device.type), data, steps=args.breakdown_steps)
+        try:
+            res["breakdown"] = step_breakdown(cfg.replace(device=device.type), data, steps=args.breakdown_steps)
+        except Exception as e:  # the profiler is not the benchmark: report, never lose the rest
+            traceback.print_exc()
+            res["breakdown"] = {"error": _error_text(e)}
         save()
     if args.accuracy_epochs:
         from .runs import RunStore

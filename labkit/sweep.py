@@ -335,7 +335,7 @@ def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -
                 per_lane = n / plain_s * gain / k
                 options.append((gain, k, "", per_lane, f"{k} lanes: {gain:.2f}x one lane (bench lanes probe)"))
     c = bench.get("labkit_compiled")
-    if c and c.get("step_mode") == plain.get("step_mode"):
+    if c and "error" not in c and c.get("step_mode") == plain.get("step_mode"):  # compiled, and graphed alike
         extra_warmup = max(0.0, (c["epoch_seconds"][0] - c["steady_epoch_seconds"]) - (plain_first - plain_s))
         per_epoch = c["steady_epoch_seconds"] + extra_warmup / epochs
         gain = plain_s / per_epoch

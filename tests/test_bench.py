@@ -33,6 +33,38 @@ def test_speed_record_has_both_sides_and_their_ratio(tiny_data):
     assert "speedup labkit / seed recipe" in format_bench(res)
 
 
+def test_a_compile_that_fails_is_reported_beside_both_sides(tiny_data, monkeypatch, capsys):
+    from labkit import bench
+
+    real = bench.labkit_epoch_times
+
+    def times(cfg, data, epochs):
+        if cfg.compile:
+            raise RuntimeError("inductor: no C++ compiler")
+        return real(cfg, data, epochs)
+
+    monkeypatch.setattr(bench, "labkit_epoch_times", times)
+    res = run_bench(tiny_data, epochs=2, device_name="cpu", workers=0, cfg=_cfg(), compile_mode="default")
+    assert res["labkit_compiled"] == {"compile": "default", "error": "RuntimeError: inductor: no C++ compiler"}
+    assert "speedup_compiled" not in res and res["speedup"] > 0  # the uncompiled comparison stands
+    assert "labkit+compile(default) failed: RuntimeError: inductor: no C++ compiler" in format_bench(res)
+    assert "inductor: no C++ compiler" in capsys.readouterr().err  # its traceback, for whoever reads the log
+
+
+def test_bench_cli_keeps_its_numbers_when_the_step_breakdown_fails(tmp_path, monkeypatch, capsys):
+    from labkit import bench
+
+    def broken(*a, **k):
+        raise RuntimeError("profiler unavailable")
+
+    monkeypatch.setattr(bench, "step_breakdown", broken)
+    out = tmp_path / "b.json"
+    assert main(["bench", "--cpu-check", "--breakdown-steps", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["breakdown"] == {"error": "RuntimeError: profiler unavailable"} and res["speedup"] > 0
+    assert "step breakdown failed: RuntimeError: profiler unavailable" in capsys.readouterr().out
+
+
 def test_seed_recipe_is_reproducible_and_follows_the_decay(tiny_data):
     from labkit.train import evaluate
 

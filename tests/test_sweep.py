@@ -136,6 +136,9 @@ def test_small_gains_and_other_step_modes_are_not_taken():
     e = execution_from_bench({**_bench(probes=[(1, 1000.0)]), "lanes": [{"lanes": 1, "total_images_per_s": 1.0},
                                                                          {"lanes": 2, "error": "boom"}]})
     assert e["lanes"] == 1
+    # a compile that failed in the bench (its record holds the error, no times) is not chosen
+    e = execution_from_bench({**_bench(), "labkit_compiled": {"compile": "default", "error": "BackendCompilerFailed: x"}})
+    assert (e["lanes"], e["compile"]) == (1, "")
 
 
 def test_a_file_that_is_not_a_bench_result_is_named():
