@@ -23,7 +23,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check labkit tests
+	$(VENV)/bin/ruff check labkit tests notebooks
 
 clean:
 	rm -rf build .pytest_cache
