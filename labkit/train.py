@@ -848,7 +848,7 @@ def train(
                 ) from None
             loss_sum += loss
             correct += (out.argmax(1) == yb).sum()
-            if epoch == start_epoch and note_k > 0:
+            if note_k > 0 and epoch == start_epoch:  # on a GPU note_k is -1: one comparison a step
                 if step == 0:
                     t_note = time.perf_counter()
                 elif step == note_k:
@@ -857,7 +857,7 @@ def train(
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()  # this run's stream only
         seconds = time.perf_counter() - t0
-        if epoch == start_epoch and note_k == 0:
+        if note_k == 0 and epoch == start_epoch:
             note_cpu_time(seconds, cfg.epochs - epoch - 1)
         totals = torch.stack([loss_sum.double(), correct.double()])
         distributed.all_reduce_sum(totals)  # under DDP, the epoch's one all-reduce of metrics
