@@ -16,6 +16,9 @@
 #                     labkit's baseline runs in report/runs (validation accuracy, Welch CI).
 #   modern            modern-preset variants, VARIANTS="EPOCHS[:key=value,...] ..." (default
 #                     "100:cutout=12,ema=0.999 80 80:cutout=12 80:ema=0.999 60"), into a scratch store (the >= 92% in <= 2 min target).
+#   confirm           the variant MODE=modern chose on validation, WINNER="EPOCHS[:key=value,...]",
+#                     trained on all 50,000 images for SEEDS (3) seeds and tested once each:
+#                     test accuracy and training seconds, mean and 95% CI, in confirm.json.
 #   PROFILE=smoke runs the same steps on a CPU in minutes (to check this script).
 set -u
 OUT=${OUT:-build/gpu_out}
@@ -36,8 +39,15 @@ case $MODE in
   accuracy) SEEDS=${SEEDS:-3}; PROTOCOL=seed; BENCH_ARGS=() ;;
   # modern: no benchmark and no GPU tests (the other modes run them): the lease is for the variants
   modern) SEEDS=1; PROTOCOL=lab; RUNS_DIR=${RUNS_DIR:-build/modern-runs}; BENCH_ARGS=(); GPU_TESTS=none ;;
-  *) echo "MODE must be finish, speed, time, accuracy or modern, got $MODE"; exit 2 ;;
+  confirm) SEEDS=${SEEDS:-3}; PROTOCOL=lab; RUNS_DIR=${RUNS_DIR:-build/modern-final-runs}; BENCH_ARGS=(); GPU_TESTS=none
+           [ -n "${WINNER:-}" ] || { echo "MODE=confirm needs WINNER, the variant MODE=modern chose, e.g. WINNER=100:cutout=12,ema=0.999"; exit 2; } ;;
+  *) echo "MODE must be finish, speed, time, accuracy, modern or confirm, got $MODE"; exit 2 ;;
 esac
+# "EPOCHS:key=value,key=value" -> $epochs and the array sets=(--set key=value ...)
+variant() {
+  epochs=${1%%:*}; sets=()
+  if [[ $1 == *:* ]]; then IFS=, read -ra kv <<< "${1#*:}"; for x in "${kv[@]}"; do sets+=(--set "$x"); done; fi
+}
 mkdir -p "$OUT"
 deadline=$(( $(date +%s) + BUDGET_S ))
 export PYTHONUNBUFFERED=1
@@ -60,8 +70,8 @@ else
   $PY -m pytest -q -m gpu -p no:cacheprovider ${GPU_TESTS:+-k "$GPU_TESTS"} tests/test_gpu.py 2>&1 | tail -15
 fi
 
-if [ "$MODE" = modern ]; then
-  echo "== bench: none in mode modern"
+if [ "$MODE" = modern ] || [ "$MODE" = confirm ]; then
+  echo "== bench: none in mode $MODE"
 else
 echo "== bench"
 BENCH=($PY -m labkit bench --out "$OUT/bench.json")
@@ -96,12 +106,11 @@ elif [ "$MODE" = modern ]; then
     variants=${VARIANTS:-3:cutout=12,ema=0.999 3 3:cutout=12 3:ema=0.999 2}  # the same steps, minutes on a CPU
   fi
   for v in $variants; do
-    e=${v%%:*}; sets=()
-    if [[ $v == *:* ]]; then IFS=, read -ra kv <<< "${v#*:}"; for x in "${kv[@]}"; do sets+=(--set "$x"); done; fi
+    variant "$v"
     left=$(( deadline - $(date +%s) ))
     [ $left -gt 10 ] || { echo "no time left for $v"; break; }
     echo "== modern $v (at most ${left}s)"
-    timeout "$left" $PY -m labkit train "${MODERN[@]}" --epochs "$e" "${sets[@]}" --name "modern-$(echo "$v" | tr ':,=' '---')" | tail -3
+    timeout "$left" $PY -m labkit train "${MODERN[@]}" --epochs "$epochs" "${sets[@]}" --name "modern-$(echo "$v" | tr ':,=' '---')" | tail -3
     rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || echo "modern $v did not finish (exit $rc; 124: stopped at the deadline, the run stays unfinished)"
   done
@@ -110,6 +119,31 @@ elif [ "$MODE" = modern ]; then
     [ -f "$d/summary.json" ] || continue
     $PY -m labkit eval "$(basename "$d")" "${EVAL[@]}" --set tta_translate=2 --out "$OUT/eval-$(basename "$d").json"
   done
+elif [ "$MODE" = confirm ]; then
+  # All 50,000 training images, no validation: the choice was made on validation before.
+  CONFIRM=(--preset modern --data-dir "$DATA" --runs-dir "$RUNS" --checkpoint-every 0)
+  [ "$PROFILE" = smoke ] && CONFIRM+=(--synthetic --data-dir build/smoke-synthetic --set width=8)
+  variant "$WINNER"
+  for s in $(seq 0 $(( SEEDS - 1 ))); do
+    left=$(( deadline - $(date +%s) ))
+    [ $left -gt 10 ] || { echo "no time left for seed $s"; break; }
+    echo "== $WINNER, seed $s, all training images (at most ${left}s)"
+    timeout "$left" $PY -m labkit train "${CONFIRM[@]}" --epochs "$epochs" "${sets[@]}" --set seed="$s" \
+      --name "modern-final-$(echo "$WINNER" | tr ':,=' '---')" | tail -3
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || echo "seed $s did not finish (exit $rc; 124: stopped at the deadline)"
+  done
+  name="modern-final-$(echo "$WINNER" | tr ':,=' '---')"
+  $PY -c "
+import sys
+import pandas as pd
+from labkit.analysis import estimates_frame
+from labkit.runs import RunStore
+runs = [r for r in RunStore(sys.argv[1]).all() if r.finished and r.name == sys.argv[2]]
+est = pd.concat([estimates_frame(runs, k, label_of=lambda r, k=k: k) for k in ('test_acc', 'train_seconds')])
+print(est.to_string(index=False))
+est.to_json(sys.argv[3], orient='records', indent=2)
+" "$RUNS" "$name" "$OUT/confirm.json"
 fi
 if [ "$MODE" != speed ] && [ -d "$RUNS" ]; then
   $PY -m labkit runs --runs-dir "$RUNS" > "$OUT/runs.txt"

@@ -100,8 +100,10 @@ def cmd_train(args) -> int:
     if not main:
         return 0
     s = run.summary or {}
+    v = s.get("final_val_acc")
+    val = "no validation set" if v is None or v != v else f"val_acc {v:.4f}"  # null, or NaN in older runs
     print(
-        f"done: {run.id}  final loss_sum {s.get('final_loss_sum'):.4f}  val_acc {s.get('final_val_acc')}  "
+        f"done: {run.id}  final loss_sum {s.get('final_loss_sum'):.4f}  {val}  "
         f"test_acc {s.get('test_acc'):.4f} (epoch {s.get('selected_epoch')})  {s.get('train_seconds'):.1f}s training"
     )
     return 0

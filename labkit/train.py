@@ -910,7 +910,8 @@ def train(
         elif log:  # the bar shows the epoch; metrics.csv keeps every row either way
             log(
                 f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {lr0:.3g}  loss_sum {loss_total:9.4f}  "
-                f"train_acc {row['train_acc']:.4f}  val_acc {val_acc:.4f}  {seconds:6.2f}s  {n / seconds:8.0f} img/s"
+                f"train_acc {row['train_acc']:.4f}  " + (f"val_acc {val_acc:.4f}  " if len(d.val_y) else "")
+                + f"{seconds:6.2f}s  {n / seconds:8.0f} img/s"
             )
     if bar:
         bar.close()

@@ -66,6 +66,22 @@ def test_second_train_returns_the_finished_run(trained, capsys, monkeypatch):
     assert not [ln for ln in out.splitlines() if ln.lstrip().startswith("epoch")]
 
 
+def test_train_without_a_validation_set_prints_no_nan(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--synthetic", "--synthetic-size", "64", "--runs-dir", "runs", "--epochs", "1"]
+    args += ["--set", "device=cpu", "--set", "width=8", "--set", "batch_size=64", "--set", "split=full"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (epoch,) = [ln for ln in lines if ln.lstrip().startswith("epoch")]
+    assert "val_acc" not in epoch and "nan" not in epoch, epoch
+    assert "no validation set" in lines[-1] and "None" not in lines[-1], lines[-1]
+    # with one, its accuracy shows, to four places
+    assert main([*args[:-2], "--set", "split=seed"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.search(r"val_acc \d\.\d{4}  ", [ln for ln in lines if ln.lstrip().startswith("epoch")][0])
+    assert re.search(r"val_acc \d\.\d{4}  test_acc", lines[-1]), lines[-1]
+
+
 def test_runs_prints_a_table(trained, capsys):
     tmp, _ = trained
     assert main(["runs", "--runs-dir", str(tmp / "runs")]) == 0
