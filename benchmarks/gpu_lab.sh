@@ -55,13 +55,18 @@ PY=${PY:-python3}
 RUNS=${RUNS_DIR:-$($PY -c "from labkit.lab import profile; print(profile('$PROFILE').runs_dir)")}
 
 main() {
+fail=0  # set by a step whose failure leaves nothing to report: the script's exit status
 echo "== $(date -u +%FT%TZ) mode $MODE, profile $PROFILE, protocol $PROTOCOL, $SEEDS seed(s), budget ${BUDGET_S}s, code ${LABKIT_CODE_VERSION:-?}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-echo "== data: CIFAR-10 stand-in (JPEG re-encoded) into $DATA"
-t=$(date +%s.%N); $PY .device/cifar10/make_batches.py "$DATA" >/dev/null || exit 1
-echo "data ready in $(awk "BEGIN{print $(date +%s.%N) - $t}") s"
+if [ "$PROFILE" = smoke ] && [ ! -f .device/cifar10/make_batches.py ]; then
+  echo "== data: none needed (PROFILE=smoke trains on labkit's synthetic data)"
+else
+  echo "== data: CIFAR-10 stand-in (JPEG re-encoded) into $DATA"
+  t=$(date +%s.%N); $PY .device/cifar10/make_batches.py "$DATA" >/dev/null || exit 1
+  echo "data ready in $(awk "BEGIN{print $(date +%s.%N) - $t}") s"
+fi
 
 if [ "$GPU_TESTS" = none ]; then
   echo "== GPU tests: none in mode $MODE"
@@ -140,21 +145,26 @@ import pandas as pd
 from labkit.analysis import estimates_frame
 from labkit.runs import RunStore
 runs = [r for r in RunStore(sys.argv[1]).all() if r.finished and r.name == sys.argv[2]]
+if not runs:
+    sys.exit(f'no finished run named {sys.argv[2]} in {sys.argv[1]}: nothing to confirm')
 est = pd.concat([estimates_frame(runs, k, label_of=lambda r, k=k: k) for k in ('test_acc', 'train_seconds')])
 print(est.to_string(index=False))
 est.to_json(sys.argv[3], orient='records', indent=2)
-" "$RUNS" "$name" "$OUT/confirm.json"
+" "$RUNS" "$name" "$OUT/confirm.json" || fail=1
 fi
 if [ "$MODE" != speed ] && [ -d "$RUNS" ]; then
   $PY -m labkit runs --runs-dir "$RUNS" > "$OUT/runs.txt"
   tar czf "$OUT/runs.tar.gz" --exclude='*.pt' --exclude='.lock' "$RUNS"
 fi
 echo "== end $(date -u +%FT%TZ)"
+return $fail
 }
 
 main 2>&1 | tee "$OUT/log.txt"
+rc=${PIPESTATUS[0]}
 # What comes back is committed: name no folder of the machine it ran on.
 for f in "$OUT"/*.txt "$OUT"/*.json; do
   [ -f "$f" ] && sed -i "s#$(pwd)/##g; s#$(cd "$OUT" && pwd)/#\$OUT/#g; s#$HOME/#~/#g; s#[^ ]*/site-packages/#<site-packages>/#g" "$f"
 done
 ls -la "$OUT"
+exit "$rc"

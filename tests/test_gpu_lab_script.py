@@ -1,0 +1,62 @@
+"""benchmarks/gpu_lab.sh, the one prepared command of a GPU lease, checked on the CPU: a
+mistake in it would cost a lease its measurements (PROFILE=smoke: synthetic data, tiny nets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_lab.sh"
+
+
+def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "OUT": str(tmp_path / "out"), "PROFILE": "smoke", "PY": sys.executable, "BUDGET_S": "300",
+            "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=full, capture_output=True, text=True, timeout=600)
+
+
+def test_script_parses():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"MODE": "fast"}, "MODE must be finish, speed, time, accuracy, modern or confirm, got fast"),
+        ({"MODE": "confirm"}, "MODE=confirm needs WINNER"),
+    ],
+)
+def test_bad_modes_stop_before_anything_runs(tmp_path, env, message):
+    out = _run(tmp_path, **env)
+    assert out.returncode == 2 and message in out.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_confirm_trains_the_winner_per_seed_and_writes_its_estimates(tmp_path):
+    runs = tmp_path / "runs"
+    out = _run(tmp_path, MODE="confirm", WINNER="2:cutout=4,tta_translate=2", SEEDS="2", RUNS_DIR=str(runs))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    est = {row["label"]: row for row in json.loads((tmp_path / "out" / "confirm.json").read_text())}
+    assert est["test_acc"]["n"] == 2 and 0 <= est["test_acc"]["lo"] <= est["test_acc"]["hi"] <= 1
+    assert est["train_seconds"]["n"] == 2
+    finished = sorted(p.name for p in runs.iterdir() if (p / "summary.json").is_file())
+    assert len(finished) == 2 and all(n.startswith("modern-final-2-cutout-4-tta_translate-2-") for n in finished)
+    cfgs = [json.loads((runs / n / "config.json").read_text())["config"] for n in finished]
+    assert sorted(c["seed"] for c in cfgs) == [0, 1]
+    assert all((c["cutout"], c["tta_translate"], c["val_size"], c["split"]) == (4, 2, 0, "full") for c in cfgs)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert str(tmp_path) not in log and str(ROOT) not in log  # what comes back is committed
+    assert (tmp_path / "out" / "runs.tar.gz").is_file()
+
+
+def test_confirm_fails_when_no_seed_finished(tmp_path):
+    # one epoch is shorter than the modern preset's warm-up: every seed is refused
+    out = _run(tmp_path, MODE="confirm", WINNER="1", SEEDS="1", RUNS_DIR=str(tmp_path / "runs"))
+    assert out.returncode == 1
+    assert "warmup_epochs must lie in [0, epochs=1]" in out.stdout and "nothing to confirm" in out.stdout
