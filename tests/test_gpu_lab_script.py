@@ -60,3 +60,15 @@ def test_confirm_fails_when_no_seed_finished(tmp_path):
     out = _run(tmp_path, MODE="confirm", WINNER="1", SEEDS="1", RUNS_DIR=str(tmp_path / "runs"))
     assert out.returncode == 1
     assert "warmup_epochs must lie in [0, epochs=1]" in out.stdout and "nothing to confirm" in out.stdout
+
+
+def test_time_times_the_seed_protocol_from_nothing(tmp_path):
+    # the next lease's first call: benchmark, then the seed protocol's 12 runs into a fresh store
+    out = _run(tmp_path, MODE="time", RUNS_DIR=str(tmp_path / "out" / "protocol-runs"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rec = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert rec["from_nothing"] is True and rec["protocol"] == "seed" and rec["seeds"] == 1
+    assert rec["counts"] == {"done": 12, "cached": 0, "skipped": 0, "stopped": 0, "failed": 0}
+    bench = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert "not a speed figure" in bench["note"]  # a CPU check, never presented as a GPU result
+    assert str(tmp_path) not in (tmp_path / "out" / "sweep.json").read_text()
