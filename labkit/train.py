@@ -793,10 +793,11 @@ def train(
     t_note = 0.0
 
     def note_cpu_time(per_step: float, steps_left: int) -> None:
-        # Evaluation: the validation set every epoch and the test set once, each image about a
-        # third of a training image's cost (a forward pass only).
+        # Evaluation: the validation set every epoch and the test set once, each view of an
+        # image about a third of a training image's cost (a forward pass only).
         epochs_left = cfg.epochs - start_epoch
-        evals = (len(d.val_y) * epochs_left + len(d.test_y)) / (3 * n * epochs_left)
+        views = (1 + cfg.tta_flip) * (3 if cfg.tta_translate else 1)
+        evals = views * (len(d.val_y) * epochs_left + len(d.test_y)) / (3 * n * epochs_left)
         est = per_step * steps_left * (1 + evals)
         if est <= CPU_NOTE_S:
             return

@@ -543,6 +543,15 @@ def test_cpu_run_says_how_long_it_will_take(synth_data, tiny_config, tmp_path, m
     ]
 
 
+def test_cpu_note_counts_the_test_time_views(synth_data, tiny_config, monkeypatch):
+    monkeypatch.setattr(T, "CPU_NOTE_S", 0.0)
+    monkeypatch.setattr(T, "time", _Clock())
+    logs: list[str] = []
+    train(tiny_config(epochs=2, tta_flip=True, tta_translate=2), synth_data, progress=False, log=logs.append)
+    # 6 views (mirror x three positions) of every evaluated image: 45 x 0.25 x (1 + 6 x 0.125) = 19.7 s
+    assert [m for m in logs if m.startswith("note:")][0].startswith("note: on the CPU this run needs about 20 s more")
+
+
 def test_cpu_note_with_one_step_an_epoch_times_the_epoch(synth_data, tiny_config, monkeypatch):
     monkeypatch.setattr(T, "CPU_NOTE_S", 0.0)
     monkeypatch.setattr(T, "time", _Clock())
