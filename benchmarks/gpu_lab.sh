@@ -129,16 +129,15 @@ elif [ "$MODE" = confirm ]; then
   CONFIRM=(--preset modern --data-dir "$DATA" --runs-dir "$RUNS" --checkpoint-every 0)
   [ "$PROFILE" = smoke ] && CONFIRM+=(--synthetic --data-dir build/smoke-synthetic --set width=8)
   variant "$WINNER"
+  name="modern-final-$(echo "$WINNER" | tr ':,=' '---')"
   for s in $(seq 0 $(( SEEDS - 1 ))); do
     left=$(( deadline - $(date +%s) ))
     [ $left -gt 10 ] || { echo "no time left for seed $s"; break; }
     echo "== $WINNER, seed $s, all training images (at most ${left}s)"
-    timeout "$left" $PY -m labkit train "${CONFIRM[@]}" --epochs "$epochs" "${sets[@]}" --set seed="$s" \
-      --name "modern-final-$(echo "$WINNER" | tr ':,=' '---')" | tail -3
+    timeout "$left" $PY -m labkit train "${CONFIRM[@]}" --epochs "$epochs" "${sets[@]}" --set seed="$s" --name "$name" | tail -3
     rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || echo "seed $s did not finish (exit $rc; 124: stopped at the deadline)"
   done
-  name="modern-final-$(echo "$WINNER" | tr ':,=' '---')"
   $PY -c "
 import sys
 import pandas as pd
