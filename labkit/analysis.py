@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import scipy.stats
@@ -46,6 +47,7 @@ __all__ = [
     "data_label",
     "estimate",
     "estimates_frame",
+    "from_project",
     "get_runs",
     "judge",
     "open_lab",
@@ -277,10 +279,9 @@ def open_lab(
     """Validate a notebook's common parameters and open its Lab; a bad value raises ConfigError.
 
     Called in the cell after `parameters`: it also refuses a papermill `-p` name the
-    notebook does not declare (papermill itself only warns).
+    notebook does not declare (papermill itself only warns). Relative paths are taken from
+    the project's folder, wherever the kernel runs (from_project).
     """
-    from pathlib import Path
-
     from .config import check_notebook_parameters
 
     check_notebook_parameters()
@@ -288,13 +289,26 @@ def open_lab(
     for name, v in (("data_dir", data_dir), ("runs_dir", runs_dir)):
         if v is not None and not isinstance(v, str):
             raise ConfigError(f"{name} must be a path string or None, got {type(v).__name__} {v!r}")
+    if root is not None and not isinstance(root, str):
+        raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
+    data_dir, runs_dir, root = (from_project(v) for v in (data_dir, runs_dir, root))
     if root is None:  # relative, as "." was: no machine's folders in an executed notebook
         root = os.path.relpath(project_root())
-    if not isinstance(root, str) or not Path(root).is_dir():
+    if not Path(root).is_dir():
         raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
     lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log)
     setup_notebook(lab)
     return lab
+
+
+def from_project(path: str | None) -> str | None:
+    """A path given in a notebook's parameters, relative ones taken from the project's folder
+    (the one holding notebooks/): the lab job runs the notebooks there and gives its paths
+    relative to it, while JupyterLab runs them in notebooks/, where the same path would name
+    another folder (a second run store, trained all over again)."""
+    if path is None or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(os.path.relpath(project_root()), path))
 
 
 def stderr_log(msg: str) -> None:
