@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import scipy.stats
@@ -44,8 +45,10 @@ __all__ = [
     "check_choice",
     "check_seeds",
     "data_label",
+    "depth_checkpoints_dir",
     "estimate",
     "estimates_frame",
+    "from_project",
     "get_runs",
     "judge",
     "open_lab",
@@ -277,24 +280,63 @@ def open_lab(
     """Validate a notebook's common parameters and open its Lab; a bad value raises ConfigError.
 
     Called in the cell after `parameters`: it also refuses a papermill `-p` name the
-    notebook does not declare (papermill itself only warns).
+    notebook does not declare (papermill itself only warns). Relative paths are taken from
+    the project's folder, wherever the kernel runs (from_project).
     """
-    from pathlib import Path
-
     from .config import check_notebook_parameters
+    from .data import file_in_the_way
+    from .lab import profile as get_profile
 
     check_notebook_parameters()
     check_bool("allow_train", allow_train)
     for name, v in (("data_dir", data_dir), ("runs_dir", runs_dir)):
         if v is not None and not isinstance(v, str):
             raise ConfigError(f"{name} must be a path string or None, got {type(v).__name__} {v!r}")
+    if root is not None and not isinstance(root, str):
+        raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
+    data_dir, runs_dir, root = (from_project(v) for v in (data_dir, runs_dir, root))
     if root is None:  # relative, as "." was: no machine's folders in an executed notebook
         root = os.path.relpath(project_root())
-    if not isinstance(root, str) or not Path(root).is_dir():
+    if not Path(root).is_dir():
         raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
+    prof = get_profile(profile)
+    store = Path(runs_dir) if runs_dir else Path(root) / prof.runs_dir
+    blocker = file_in_the_way(store)
+    if blocker is not None:  # else found only when the first run is trained, after its data are loaded
+        where = f"runs_dir {runs_dir!r}" if runs_dir else f"the {prof.name} profile's run store {store}"
+        raise ConfigError(f"{where}: {blocker} is a file, not a folder; give a folder for the runs (made when a run is trained)")
     lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log)
     setup_notebook(lab)
     return lab
+
+
+def from_project(path: str | None) -> str | None:
+    """A path given in a notebook's parameters, relative ones taken from the project's folder
+    (the one holding notebooks/): the lab job runs the notebooks there and gives its paths
+    relative to it, while JupyterLab runs them in notebooks/, where the same path would name
+    another folder (a second run store, trained all over again)."""
+    if path is None or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(os.path.relpath(project_root()), path))
+
+
+def depth_checkpoints_dir(lab: Lab, checkpoints_dir: str | Path | None) -> Path:
+    """Notebook 03's `checkpoints_dir`, checked in its set-up cell: the checkpoints are
+    written in its last cell, after the runs have trained. None: check_points/ beside the
+    profile's report folder (the project's own for the full profile)."""
+    from .data import file_in_the_way
+
+    if checkpoints_dir is None:
+        return lab.root / Path(lab.profile.report_dir).parent / "check_points"
+    if isinstance(checkpoints_dir, Path):  # this cell run again: the folder it gave the first time
+        return checkpoints_dir
+    if not isinstance(checkpoints_dir, str):
+        raise ConfigError(f"checkpoints_dir must be a path string or None, got {type(checkpoints_dir).__name__} {checkpoints_dir!r}")
+    path = Path(from_project(checkpoints_dir))
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise ConfigError(f"checkpoints_dir {checkpoints_dir!r}: {blocker} is a file, not a folder; give a folder for the checkpoints")
+    return path
 
 
 def stderr_log(msg: str) -> None:

@@ -752,11 +752,6 @@ def train(
         # a large share of the step); compiled on the first step, evaluation stays eager.
         net = torch.compile(net, mode=cfg.compile, dynamic=False)
     stepper = _Stepper(net, loss_fn, cfg, device, amp_dtype)
-    bar = None
-    if progress and start_epoch < cfg.epochs:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.short_hash()}", unit="ep", leave=False)
 
     def checkpoint(epoch: int) -> None:
         if ckpt_path is None or rank != 0:  # under DDP rank 0 writes; the others resume from it
@@ -807,115 +802,123 @@ def train(
             f"a CUDA GPU, fewer epochs or train_subset make it shorter; {_kept_if_interrupted(ckpt_path, checkpoint_every)}"
         )
 
-    for epoch in range(start_epoch, cfg.epochs):
-        # gen (permutation, crops, flips) is the same on every rank; drop_gen differs per
-        # rank, or all ranks would drop the same units of their different images.
-        drop_gen.manual_seed(_epoch_seed(cfg, epoch) + rank)
-        gen.manual_seed(_epoch_seed(cfg, epoch))
-        model.train()
-        if device.type == "cuda":
-            torch.cuda.current_stream(device).synchronize()  # this run's stream only
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, device=device, generator=gen)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        lr0 = lr_at(cfg, epoch, 0, steps_per_epoch)
-        for step in range(steps_per_epoch):
-            GPU_GATE.pause_point()
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            xb = d.train_x[idx]
-            if cfg.augment:
-                xb = augment(xb, generator=gen)
-            if cfg.cutout:  # before a DDP rank takes its slice: every rank cuts the global batch alike
-                xb = cutout(xb, cfg.cutout, NORMS[cfg.norm][0], generator=gen)
-            yb = d.train_y[idx]
-            if ddp:  # this rank's contiguous slice of the global batch every rank drew
-                lo, hi = len(idx) * rank // world, len(idx) * (rank + 1) // world
-                xb, yb = xb[lo:hi], yb[lo:hi]
-                loss_fn.global_batch = len(idx)
-            xb = _prep(xb, cfg)
-            lr = lr_at(cfg, epoch, step, steps_per_epoch)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            try:
-                loss, out = stepper(xb, yb, optimizer)
-                optimizer.step()  # its state is allocated at the first step: it can run out too
-                if ema is not None:
-                    ema.update()
-            except torch.cuda.OutOfMemoryError:
-                raise torch.cuda.OutOfMemoryError(
-                    f"CUDA out of memory at batch_size={cfg.batch_size} (lays={list(cfg.lays)}); "
-                    "lower batch_size or free the GPU"
-                ) from None
-            loss_sum += loss
-            correct += (out.argmax(1) == yb).sum()
-            if note_k > 0 and epoch == start_epoch:  # on a GPU note_k is -1: one comparison a step
-                if step == 0:
-                    t_note = time.perf_counter()
-                elif step == note_k:
-                    per_step = (time.perf_counter() - t_note) / note_k
-                    note_cpu_time(per_step, steps_per_epoch * (cfg.epochs - epoch) - step - 1)
-        if device.type == "cuda":
-            torch.cuda.current_stream(device).synchronize()  # this run's stream only
-        seconds = time.perf_counter() - t0
-        if note_k == 0 and epoch == start_epoch:
-            note_cpu_time(seconds, cfg.epochs - epoch - 1)
-        totals = torch.stack([loss_sum.double(), correct.double()])
-        distributed.all_reduce_sum(totals)  # under DDP, the epoch's one all-reduce of metrics
-        loss_total, n_correct = totals.tolist()  # the one host sync of the epoch
-        loss_total /= world  # each rank's loss was world x its share of the global mean
-        if not math.isfinite(loss_total):
+    bar = None
+    if progress and start_epoch < cfg.epochs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.short_hash()}", unit="ep", leave=False)
+    # Closed however the loop ends (an interrupted cell too): an open bar would stay in tqdm's
+    # list of bars (the kernel's last traceback keeps it alive), and every later bar in that
+    # kernel would be drawn a line lower, one new line per update.
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            # gen (permutation, crops, flips) is the same on every rank; drop_gen differs per
+            # rank, or all ranks would drop the same units of their different images.
+            drop_gen.manual_seed(_epoch_seed(cfg, epoch) + rank)
+            gen.manual_seed(_epoch_seed(cfg, epoch))
+            model.train()
+            if device.type == "cuda":
+                torch.cuda.current_stream(device).synchronize()  # this run's stream only
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, device=device, generator=gen)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            lr0 = lr_at(cfg, epoch, 0, steps_per_epoch)
+            for step in range(steps_per_epoch):
+                GPU_GATE.pause_point()
+                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                xb = d.train_x[idx]
+                if cfg.augment:
+                    xb = augment(xb, generator=gen)
+                if cfg.cutout:  # before a DDP rank takes its slice: every rank cuts the global batch alike
+                    xb = cutout(xb, cfg.cutout, NORMS[cfg.norm][0], generator=gen)
+                yb = d.train_y[idx]
+                if ddp:  # this rank's contiguous slice of the global batch every rank drew
+                    lo, hi = len(idx) * rank // world, len(idx) * (rank + 1) // world
+                    xb, yb = xb[lo:hi], yb[lo:hi]
+                    loss_fn.global_batch = len(idx)
+                xb = _prep(xb, cfg)
+                lr = lr_at(cfg, epoch, step, steps_per_epoch)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                try:
+                    loss, out = stepper(xb, yb, optimizer)
+                    optimizer.step()  # its state is allocated at the first step: it can run out too
+                    if ema is not None:
+                        ema.update()
+                except torch.cuda.OutOfMemoryError:
+                    raise torch.cuda.OutOfMemoryError(
+                        f"CUDA out of memory at batch_size={cfg.batch_size} (lays={list(cfg.lays)}); "
+                        "lower batch_size or free the GPU"
+                    ) from None
+                loss_sum += loss
+                correct += (out.argmax(1) == yb).sum()
+                if note_k > 0 and epoch == start_epoch:  # on a GPU note_k is -1: one comparison a step
+                    if step == 0:
+                        t_note = time.perf_counter()
+                    elif step == note_k:
+                        per_step = (time.perf_counter() - t_note) / note_k
+                        note_cpu_time(per_step, steps_per_epoch * (cfg.epochs - epoch) - step - 1)
+            if device.type == "cuda":
+                torch.cuda.current_stream(device).synchronize()  # this run's stream only
+            seconds = time.perf_counter() - t0
+            if note_k == 0 and epoch == start_epoch:
+                note_cpu_time(seconds, cfg.epochs - epoch - 1)
+            totals = torch.stack([loss_sum.double(), correct.double()])
+            distributed.all_reduce_sum(totals)  # under DDP, the epoch's one all-reduce of metrics
+            loss_total, n_correct = totals.tolist()  # the one host sync of the epoch
+            loss_total /= world  # each rank's loss was world x its share of the global mean
+            if not math.isfinite(loss_total):
+                kept = "; nothing diverged was saved"
+                if ckpt_path is not None and ckpt_path.exists():
+                    good = int(load_checkpoint(ckpt_path)["epoch"]) + 1
+                    kept = f"; the last good checkpoint (after epoch {good}) is kept at {ckpt_path}"
+                elif ckpt_path is not None:
+                    kept = "; no checkpoint was written before it (nothing diverged was saved)"
+                raise DivergenceError(
+                    f"training loss became {loss_total} in epoch {epoch + 1} (lr {lr0:g}){kept}. "
+                    "Lower the learning rate or check the data"
+                )
+            if ddp:
+                # Every rank evaluates the whole validation set with rank 0's model: DDP keeps the
+                # weights equal; BatchNorm's running statistics are made rank 0's (they differ per
+                # rank with sync_bn off). Rank 0's numbers are the ones recorded.
+                for b in [*model.buffers(), *(ema.module.buffers() if ema else [])]:
+                    distributed.broadcast_(b)
+            val_acc, val_loss = evaluate(scored, d.val_x, d.val_y, cfg, amp_dtype=amp_dtype)
+            row = {
+                "epoch": epoch + 1,
+                "lr": lr0,
+                "loss_sum": loss_total,  # the seed's figure: sum of per-batch mean losses
+                "loss_mean": loss_total / steps_per_epoch,
+                "train_acc": n_correct / n,
+                "val_acc": val_acc,
+                "val_loss": val_loss,
+                "seconds": seconds,
+                "images_per_s": n / seconds,
+            }
+            history.append(row)
+            train_seconds += seconds
+            if cfg.select == "best_val" and val_acc > best["val_acc"]:
+                best = {"val_acc": val_acc, "epoch": epoch + 1, "state": copy.deepcopy(scored.state_dict())}
+            last = epoch + 1 == cfg.epochs
+            if last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0):
+                checkpoint(epoch)
+            if on_epoch:
+                on_epoch(history)
             if bar:
-                bar.close()
-            kept = "; nothing diverged was saved"
-            if ckpt_path is not None and ckpt_path.exists():
-                good = int(load_checkpoint(ckpt_path)["epoch"]) + 1
-                kept = f"; the last good checkpoint (after epoch {good}) is kept at {ckpt_path}"
-            elif ckpt_path is not None:
-                kept = "; no checkpoint was written before it (nothing diverged was saved)"
-            raise DivergenceError(
-                f"training loss became {loss_total} in epoch {epoch + 1} (lr {lr0:g}){kept}. "
-                "Lower the learning rate or check the data"
-            )
-        if ddp:
-            # Every rank evaluates the whole validation set with rank 0's model: DDP keeps the
-            # weights equal; BatchNorm's running statistics are made rank 0's (they differ per
-            # rank with sync_bn off). Rank 0's numbers are the ones recorded.
-            for b in [*model.buffers(), *(ema.module.buffers() if ema else [])]:
-                distributed.broadcast_(b)
-        val_acc, val_loss = evaluate(scored, d.val_x, d.val_y, cfg, amp_dtype=amp_dtype)
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr0,
-            "loss_sum": loss_total,  # the seed's figure: sum of per-batch mean losses
-            "loss_mean": loss_total / steps_per_epoch,
-            "train_acc": n_correct / n,
-            "val_acc": val_acc,
-            "val_loss": val_loss,
-            "seconds": seconds,
-            "images_per_s": n / seconds,
-        }
-        history.append(row)
-        train_seconds += seconds
-        if cfg.select == "best_val" and val_acc > best["val_acc"]:
-            best = {"val_acc": val_acc, "epoch": epoch + 1, "state": copy.deepcopy(scored.state_dict())}
-        last = epoch + 1 == cfg.epochs
-        if last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0):
-            checkpoint(epoch)
-        if on_epoch:
-            on_epoch(history)
+                bar.update(1)
+                # no validation set (split "full", val_size 0): nothing to show, not "nan"
+                bar.set_postfix(loss=f"{row['loss_sum']:.2f}", **({"val": f"{val_acc:.4f}"} if len(d.val_y) else {}))
+            elif log:  # the bar shows the epoch; metrics.csv keeps every row either way
+                log(
+                    f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {lr0:.3g}  loss_sum {loss_total:9.4f}  "
+                    f"train_acc {row['train_acc']:.4f}  " + (f"val_acc {val_acc:.4f}  " if len(d.val_y) else "")
+                    + f"{seconds:6.2f}s  {n / seconds:8.0f} img/s"
+                )
+    finally:
         if bar:
-            bar.update(1)
-            # no validation set (split "full", val_size 0): nothing to show, not "nan"
-            bar.set_postfix(loss=f"{row['loss_sum']:.2f}", **({"val": f"{val_acc:.4f}"} if len(d.val_y) else {}))
-        elif log:  # the bar shows the epoch; metrics.csv keeps every row either way
-            log(
-                f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {lr0:.3g}  loss_sum {loss_total:9.4f}  "
-                f"train_acc {row['train_acc']:.4f}  " + (f"val_acc {val_acc:.4f}  " if len(d.val_y) else "")
-                + f"{seconds:6.2f}s  {n / seconds:8.0f} img/s"
-            )
-    if bar:
-        bar.close()
+            bar.close()
     # The gradients (and dropout's mask buffers) live in the CUDA graph's memory pool: let
     # them go, or a caller keeping the returned model keeps that pool alive.
     optimizer.zero_grad(set_to_none=True)

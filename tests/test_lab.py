@@ -174,3 +174,27 @@ def test_the_seed_s_tables_name_their_groups_and_point_to_the_general_helpers():
     for fn in (A.ablation_table, A.ablation_claims):
         with pytest.raises(ConfigError, match=r"'width' is not one of the seed's ablation groups .* estimates_frame"):
             fn("width", [])
+
+
+def test_relative_notebook_paths_start_at_the_project_root(tmp_path, monkeypatch):
+    # The lab job runs the notebooks in the project's folder and gives paths relative to it
+    # (its log says "runs in build/smoke/runs"); JupyterLab runs them in notebooks/, where the
+    # same runs_dir named notebooks/build/smoke/runs: a second store, trained all over again.
+    from labkit.analysis import depth_checkpoints_dir, open_lab
+
+    proj = tmp_path / "proj"
+    (proj / "notebooks").mkdir(parents=True)
+    (proj / "notebooks" / "00_summary.ipynb").write_text("{}")
+    (proj / "elsewhere").mkdir()
+    monkeypatch.chdir(proj / "notebooks")
+    lab = open_lab("smoke", data_dir="data", runs_dir="build/smoke/runs", allow_train=False)
+    assert lab.store.root.resolve() == proj / "build" / "smoke" / "runs"
+    assert lab.data_dir.resolve() == proj / "data"
+    assert lab.store.root == open_lab("smoke", allow_train=False).store.root  # the default store
+    assert depth_checkpoints_dir(lab, "ckpts").resolve() == proj / "ckpts"
+    assert open_lab("smoke", root="elsewhere", allow_train=False).root.resolve() == proj / "elsewhere"
+    # Absolute paths as given; run in the project's folder (the lab job), relative ones as given.
+    assert open_lab("smoke", runs_dir=str(tmp_path / "r"), allow_train=False).store.root == tmp_path / "r"
+    monkeypatch.chdir(proj)
+    assert str(open_lab("smoke", runs_dir="build/x", allow_train=False).store.root) == "build/x"
+    assert not (proj / "build").exists() and not (proj / "notebooks" / "build").exists()

@@ -112,3 +112,33 @@ def test_bad_parameters_fail_in_the_validation_cell(tmp_path, params, message):
     assert message in e.value.evalue
     # Nothing trained: the run store was never created.
     assert not (tmp_path / "build").exists()
+
+
+@pytest.mark.parametrize(
+    "notebook, params, message",
+    [
+        # notebook 03 writes its checkpoints in its last cell, after every run has trained
+        ("03_depth_limit", {"checkpoints_dir": "{tmp}/a_file"}, "checkpoints_dir '{tmp}/a_file': {tmp}/a_file is a file"),
+        ("03_depth_limit", {"checkpoints_dir": "{tmp}/a_file/ckpts"}, "checkpoints_dir '{tmp}/a_file/ckpts': {tmp}/a_file is a file"),
+        ("03_depth_limit", {"checkpoints_dir": 5}, "checkpoints_dir must be a path string or None, got int 5"),
+        # a run store below a file: found only when the first run was trained, its data loaded
+        ("04_ablations", {"runs_dir": "{tmp}/a_file/runs"}, "runs_dir '{tmp}/a_file/runs': {tmp}/a_file is a file"),
+    ],
+)
+def test_paths_that_cannot_be_written_fail_in_the_validation_cell(tmp_path, notebook, params, message):
+    """A folder the notebook writes into is checked before anything trains, its parameter named."""
+    papermill = pytest.importorskip("papermill")
+    (tmp_path / "a_file").write_text("x")
+    params = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in params.items()}
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        papermill.execute_notebook(
+            str(NOTEBOOKS / f"{notebook}.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"profile": "smoke", "root": str(tmp_path), "seeds": 1, **params},
+            kernel_name="python3",
+            cwd=str(ROOT),
+            progress_bar=False,
+        )
+    assert e.value.ename == "ConfigError" and "A.open_lab(" in e.value.source  # the set-up cell
+    assert message.format(tmp=tmp_path) in e.value.evalue
+    assert not (tmp_path / "build").exists()  # nothing made: no data, no run store

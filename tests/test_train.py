@@ -590,3 +590,22 @@ def test_cpu_note_counts_only_what_a_resumed_run_has_left(synth_data, tiny_confi
     notes = [m for m in logs if m.startswith("note:")]
     # 2 epochs left: 50 - 5 = 45 steps at 0.25 s, evaluation (200 x 2 + 200) / (3 x 800 x 2)
     assert len(notes) == 1 and "about 13 s more (2 epochs of 25 steps" in notes[0]
+
+
+def test_an_interrupted_run_closes_its_bar(synth_data, tiny_config, capsys):
+    """Interrupted in a notebook cell (KeyboardInterrupt), a run closes its progress bar: the
+    kernel keeps the traceback, so an open bar stayed registered with tqdm and every later
+    bar in that kernel was drawn a line lower (a newline and a cursor-up per update)."""
+    cfg = tiny_config(epochs=2)
+
+    def interrupt(history):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as kept:  # held, as IPython holds its last traceback
+        train(cfg, synth_data, progress=True, log=None, on_epoch=interrupt)
+    capsys.readouterr()
+    train(cfg.replace(epochs=1), synth_data, progress=True, log=None)
+    err = capsys.readouterr().err
+    assert "train " in err  # the second run's bar
+    assert "\x1b[A" not in err and "\n" not in err.rstrip("\n"), repr(err)
+    assert kept.value is not None
