@@ -12,6 +12,7 @@ confidence intervals for a mean (cut to the range the measure can take: an accur
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "bounds_of",
     "check_bool",
     "check_choice",
+    "check_number",
     "check_seeds",
     "data_label",
     "depth_checkpoints_dir",
@@ -270,12 +272,19 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
+def check_number(name: str, value, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= minimum:
+        raise ConfigError(f"{name} must be a number >= {minimum:g}, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
 def open_lab(
     profile: str,
     data_dir: str | None = None,
     runs_dir: str | None = None,
     allow_train: bool = True,
     root: str | None = None,
+    data_label: str | None = None,
 ) -> Lab:
     """Validate a notebook's common parameters and open its Lab; a bad value raises ConfigError.
 
@@ -292,6 +301,8 @@ def open_lab(
     for name, v in (("data_dir", data_dir), ("runs_dir", runs_dir)):
         if v is not None and not isinstance(v, str):
             raise ConfigError(f"{name} must be a path string or None, got {type(v).__name__} {v!r}")
+    if data_label is not None and not isinstance(data_label, str):
+        raise ConfigError(f"data_label must be a string or None, got {type(data_label).__name__} {data_label!r}")
     if root is not None and not isinstance(root, str):
         raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
     data_dir, runs_dir, root = (from_project(v) for v in (data_dir, runs_dir, root))

@@ -93,6 +93,7 @@ def test_papermill_sees_the_parameters():
         ({"profile": "huge"}, "profile must be one of"),
         ({"seeds": 0}, "seeds must be a positive int"),
         ({"allow_train": "no"}, "allow_train must be True or False"),
+        ({"data_label": 5}, "data_label must be a string or None, got int 5"),
     ],
 )
 def test_bad_parameters_fail_in_the_validation_cell(tmp_path, params, message):
@@ -142,3 +143,18 @@ def test_paths_that_cannot_be_written_fail_in_the_validation_cell(tmp_path, note
     assert e.value.ename == "ConfigError" and "A.open_lab(" in e.value.source  # the set-up cell
     assert message.format(tmp=tmp_path) in e.value.evalue
     assert not (tmp_path / "build").exists()  # nothing made: no data, no run store
+
+
+def test_summary_refuses_a_lab_start_that_is_not_a_time(tmp_path):
+    # before: a bare TypeError in the summary's last cell
+    papermill = pytest.importorskip("papermill")
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        papermill.execute_notebook(
+            str(NOTEBOOKS / "00_summary.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"profile": "smoke", "root": str(tmp_path), "lab_started": "now"},
+            kernel_name="python3",
+            cwd=str(ROOT),
+            progress_bar=False,
+        )
+    assert e.value.ename == "ConfigError" and "lab_started must be a number >= 0, got str 'now'" in e.value.evalue
