@@ -403,6 +403,7 @@ class RunStore:
             raise RunError(f"cannot make the run folder {d} ({e.strerror}): give a run store you can write to") from None
         f = open(d / ".lock", "w")
         try:
+            waited = False
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -411,7 +412,8 @@ class RunStore:
                 if log:
                     log(f"waiting: another process is training {d.name}")
                 fcntl.flock(f, fcntl.LOCK_EX)
-            yield
+                waited = True
+            yield waited
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
@@ -449,9 +451,11 @@ class RunStore:
         init_state = self._parent_weights(cfg.init_from) if cfg.init_from else None
         dataset = data() if callable(data) else data
         check_fits(cfg, dataset)
-        with self._lock(d, wait, log):
+        with self._lock(d, wait, log) as waited:
             _restore_replaced(d, log)  # a retrain killed before it could put the old run back
             if not retrain and (d / "summary.json").is_file():  # finished while we waited
+                if waited and log:
+                    log(f"{rid}: the other process finished it; its result is used, nothing trained here")
                 distributed.broadcast_flag(False)
                 return self._finished(rid, dataset)
             # Temp files of a process killed mid-write: never read, removed (we hold the lock).

@@ -410,3 +410,37 @@ def test_run_equality_is_the_record_and_its_state(tmp_path, synth_data, cfg):
     shutil.move(done.dir / "summary.json", tmp_path / "s.json")
     unfinished = a.load(done.id)
     assert not unfinished.finished and unfinished != done
+
+
+def test_a_waiter_says_the_other_process_finished_the_run(tmp_path, cfg, synth_data):
+    import fcntl
+    import shutil
+    import threading
+    import time
+
+    done = RunStore(tmp_path / "elsewhere").get(cfg, "seed", synth_data, progress=False, log=None)
+    store = RunStore(tmp_path / "runs")
+    d = store.path(done.id)
+    d.mkdir(parents=True)
+    held = open(d / ".lock", "w")  # noqa: SIM115 (closed below): as the other process holds it
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    logs: list[str] = []
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(store.get(cfg, "seed", synth_data, progress=False, log=logs.append)))
+    waiter.start()
+    try:
+        for _ in range(500):
+            if any(m.startswith("waiting: another process is training") for m in logs):
+                break
+            time.sleep(0.01)
+        for f in ("config.json", "metrics.csv", "checkpoint.pt", "summary.json"):  # "the other process" finishes
+            shutil.copy2(done.dir / f, d / f)
+    finally:
+        fcntl.flock(held, fcntl.LOCK_UN)
+        held.close()
+    waiter.join(60)
+    assert logs == [
+        f"waiting: another process is training {done.id}",
+        f"{done.id}: the other process finished it; its result is used, nothing trained here",
+    ]
+    assert got[0].finished and got[0].summary == done.summary
