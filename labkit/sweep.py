@@ -143,8 +143,9 @@ def _sweep_here(
                 return j
         return None
 
-    def stop_at_deadline(history: list[dict]) -> None:
-        if deadline is not None and time.time() > deadline:
+    def stop_at_deadline(history: list[dict], epochs: int) -> None:
+        # Not after the last epoch: its weights are trained, only the test and summary remain.
+        if deadline is not None and len(history) < epochs and time.time() > deadline:
             raise Deadline(f"time budget ran out after epoch {len(history)}")
 
     def lane_main(lane: int) -> None:
@@ -164,7 +165,7 @@ def _sweep_here(
                         checkpoint_every=checkpoint_every,
                         progress=False,
                         log=None,
-                        on_epoch=stop_at_deadline,
+                        on_epoch=functools.partial(stop_at_deadline, epochs=j.cfg.epochs),
                     )
                     j.status = "done"
                 except Deadline as e:

@@ -87,6 +87,19 @@ def test_sweep_skips_what_cannot_finish_by_the_deadline(tmp_path, tiny_data):
     assert store.find(cfg, "slow") is None or not store.find(cfg, "slow").finished
 
 
+def test_a_run_past_the_deadline_stops_between_epochs_but_keeps_its_last(tmp_path, tiny_data):
+    # No rate known yet, so both start although the deadline has passed: the two-epoch run
+    # stops after its first epoch, unfinished; the one-epoch run's only epoch is its last, and
+    # throwing that away (no test, no summary) would only lose a trained run.
+    store = RunStore(tmp_path / "runs")
+    base = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, seed_extra_block=False)
+    jobs = [("two", base.replace(epochs=2)), ("one", base.replace(epochs=1))]
+    done = sweep(jobs, store, lambda split, val: tiny_data, deadline=time.time() - 1, log=None)
+    assert [j.status for j in done] == ["stopped", "done"]
+    assert done[0].error == "time budget ran out after epoch 1"
+    assert store.find(jobs[1][1], "one").finished and not store.find(jobs[0][1], "two").finished
+
+
 # -- choosing lanes / compile from a benchmark ----------------------------------------------
 
 
