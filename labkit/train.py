@@ -453,6 +453,17 @@ def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes)
 # ---------------------------------------------------------------------------------------
 
 
+def _capture_error(e: BaseException) -> str:
+    """Why a capture failed. An op that breaks a capture often surfaces as capture_end()'s
+    generic "operation failed due to a previous error during capture", raised while the
+    op's own error was handled: that one (its __context__) says what went wrong."""
+    text = f"{type(e).__name__}: {e}"
+    first = e.__context__
+    if first is not None and e.__cause__ is None and not e.__suppress_context__:
+        text += f" (while handling {type(first).__name__}: {str(first)[:300]})"
+    return text
+
+
 class _Stepper:
     """Forward + backward of one batch; returns the (detached) loss and logits.
 
@@ -502,6 +513,7 @@ class _Stepper:
         for m in dropouts:
             m.static_keep = None
         side = torch.cuda.Stream(self.device)
+        prev = torch.cuda.current_stream(self.device)
         try:
             self.static_x, self.static_y = x.clone(), y.clone()
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -521,7 +533,13 @@ class _Stepper:
                     self.static_loss = self.loss_fn(out.float(), self.static_y)
                 self.static_loss.backward()
                 self.static_out = out.detach()
+            # The graph replays the backward; keeping its autograd nodes would only tie later
+            # eager steps' gradient accumulation to `side` ("AccumulateGrad node's stream").
+            self.static_loss = self.static_loss.detach()
         finally:  # captured or not, training goes on from the state before the warm-up
+            # A capture that fails in capture_end() leaves `side` current (torch.cuda.graph
+            # exits its stream context only after capture_end succeeds): back to this run's.
+            torch.cuda.set_stream(prev)
             # (after the warm-up's work on `side`, which a failure may have left queued)
             torch.cuda.current_stream(self.device).wait_stream(side)
             with torch.no_grad():
@@ -542,7 +560,7 @@ class _Stepper:
                 with GPU_GATE.exclusive():  # no other run's CUDA work during a capture
                     self._capture(x, y, optimizer)
             except Exception as e:  # an op that cannot be captured: fall back, say why
-                self.want_graph, self.graph, self.graph_error = False, None, f"{type(e).__name__}: {e}"
+                self.want_graph, self.graph, self.graph_error = False, None, _capture_error(e)
                 torch.cuda.current_stream(self.device).synchronize()
                 optimizer.zero_grad(set_to_none=True)
         if full and self.graph is not None:

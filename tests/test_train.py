@@ -609,3 +609,18 @@ def test_an_interrupted_run_closes_its_bar(synth_data, tiny_config, capsys):
     assert "train " in err  # the second run's bar
     assert "\x1b[A" not in err and "\n" not in err.rstrip("\n"), repr(err)
     assert kept.value is not None
+
+
+def test_a_failed_capture_names_the_error_that_broke_it():
+    with pytest.raises(RuntimeError) as e:
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        except RuntimeError:
+            raise RuntimeError("operation failed due to a previous error during capture")  # noqa: B904 (as torch does)
+    assert T._capture_error(e.value) == (
+        "RuntimeError: operation failed due to a previous error during capture "
+        "(while handling RuntimeError: operation not permitted when stream is capturing)"
+    )
+    with pytest.raises(ValueError) as plain:
+        raise ValueError("a plain failure")
+    assert T._capture_error(plain.value) == "ValueError: a plain failure"
