@@ -9,9 +9,9 @@
 #   speed             the whole benchmark: seed recipe, labkit, labkit compiled, 1-3 lanes,
 #                     the step's op breakdown, and every GPU test; no training after it.
 #   time              the seed report's protocol from nothing (SEEDS=1 or 3) in a fresh
-#                     store, lanes or compile chosen from the benchmark (which also times
-#                     compile and breaks the step down by op); of the GPU tests only the
-#                     dropout-graph ones. BUDGET_S=570.
+#                     store, lanes chosen from the benchmark (which also breaks the step down
+#                     by op; compile=COMPILE times compile too, at the cost of the sweep's
+#                     budget); of the GPU tests only the dropout-graph ones. BUDGET_S=570.
 #   accuracy          the seed's recipe as the seed wrote it, 30 epochs x SEEDS (3), against
 #                     labkit's baseline runs in report/runs (validation accuracy, Welch CI).
 #   modern            modern-preset variants, VARIANTS="EPOCHS[:key=value,...] ..." (default
@@ -33,9 +33,11 @@ case $MODE in
          BENCH_ARGS=(--probe-lanes 2 3 --compile "${COMPILE:-default}" --breakdown-steps 20) ;;
   # time: of the GPU tests only the dropout-graph ones (seconds; the protocol's dropout runs
   # are graphed with that code), so that the protocol fits one call beside the bench; the
-  # bench's op breakdown costs seconds and says where the step's time goes.
+  # bench's op breakdown costs seconds and says where the step's time goes. No compile by
+  # default: a cold compile of forward and backward, twice (the last batch is smaller), would
+  # take the minute or two the 12 runs need (about 720 lane-seconds in the first lease).
   time) SEEDS=${SEEDS:-1}; PROTOCOL=seed; RUNS_DIR=${RUNS_DIR:-build/protocol-runs-$(date +%s)}; GPU_TESTS=dropout
-        BENCH_ARGS=(--probe-lanes 2 --compile "${COMPILE:-default}" --breakdown-steps 20) ;;
+        BENCH_ARGS=(--probe-lanes 2 --breakdown-steps 20 ${COMPILE:+--compile "$COMPILE"}) ;;
   accuracy) SEEDS=${SEEDS:-3}; PROTOCOL=seed; BENCH_ARGS=() ;;
   # modern: no benchmark and no GPU tests (the other modes run them): the lease is for the variants
   modern) SEEDS=1; PROTOCOL=lab; RUNS_DIR=${RUNS_DIR:-build/modern-runs}; BENCH_ARGS=(); GPU_TESTS=none ;;
@@ -90,7 +92,10 @@ if [ "$MODE" = accuracy ]; then
   [ "$PROFILE" = smoke ] && BENCH+=(--accuracy-epochs 1) || BENCH+=(--accuracy-epochs 30 --accuracy-runs "$RUNS")
   BENCH+=(--accuracy-seeds "$SEEDS")
 fi
-"${BENCH[@]}"
+# Where runs follow, a bench that hangs must not take their time: it saves after each
+# part, so what it measured by then stays in bench.json.
+case $MODE in finish|time) limit=${BENCH_LIMIT_S:-180} ;; *) limit=$BUDGET_S ;; esac
+timeout "$limit" "${BENCH[@]}" || echo "== bench ended with exit $? (124: stopped at its ${limit}s limit); bench.json keeps what it saved"
 fi
 
 if [ "$MODE" = finish ] || [ "$MODE" = time ]; then

@@ -65,6 +65,33 @@ def test_bench_cli_keeps_its_numbers_when_the_step_breakdown_fails(tmp_path, mon
     assert "step breakdown failed: RuntimeError: profiler unavailable" in capsys.readouterr().out
 
 
+def test_bench_cli_times_compile_last_with_everything_else_saved(tmp_path, monkeypatch):
+    from labkit import bench
+
+    out = tmp_path / "b.json"
+    seen = {}
+    real = bench.add_compiled
+
+    def spy(res, *a, **k):
+        seen["saved before"] = sorted(json.loads(out.read_text()))
+        real(res, *a, **k)
+
+    monkeypatch.setattr(bench, "add_compiled", spy)
+    real_times = bench.labkit_epoch_times
+
+    def times(cfg, data, epochs):
+        if cfg.compile:
+            raise RuntimeError("inductor crashed")
+        return real_times(cfg, data, epochs)
+
+    monkeypatch.setattr(bench, "labkit_epoch_times", times)
+    assert main(["bench", "--cpu-check", "--breakdown-steps", "2", "--compile", "default", "--out", str(out)]) == 0
+    assert {"seed_recipe", "labkit", "speedup", "breakdown"} <= set(seen["saved before"])
+    assert "labkit_compiled" not in seen["saved before"]
+    res = json.loads(out.read_text())
+    assert res["labkit_compiled"] == {"compile": "default", "error": "RuntimeError: inductor crashed"}
+
+
 def test_seed_recipe_is_reproducible_and_follows_the_decay(tiny_data):
     from labkit.train import evaluate
 
@@ -133,6 +160,7 @@ def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
         (["--probe-lanes", "2", "0"], "--probe-lanes takes lane counts >= 1"),
         (["--accuracy-runs", "runs"], "--accuracy-runs needs --accuracy-epochs"),
         (["--breakdown-steps", "-1"], "--breakdown-steps must be >= 0"),
+        (["--compile", "turbo"], "compile must be one of"),
     ],
 )
 def test_bench_cli_rejects_bad_accuracy_options_at_once(tmp_path, capsys, extra, message):
