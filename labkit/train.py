@@ -58,6 +58,7 @@ _INIT_LOCK = threading.Lock()
 # A run on the CPU projected to take longer than this gets a note saying how long, from
 # its first steps: a notebook cell that would otherwise sit silent for hours.
 CPU_NOTE_S = 600.0
+COMPILE_RECOMPILE_LIMIT = 64
 
 
 def _kept_if_interrupted(ckpt_path: Path | None, checkpoint_every: int) -> str:
@@ -769,6 +770,12 @@ def train(
         # Fuses BatchNorm, ReLU and the residual add into fewer kernels (BN is memory-bound and
         # a large share of the step); compiled on the first step, evaluation stays eager.
         net = torch.compile(net, mode=cfg.compile, dynamic=False)
+        # Each architecture and batch size a process trains recompiles the same forward code;
+        # past dynamo's limit (8 a code object) it would quietly run eagerly instead. A sweep
+        # of the seed's protocol has about 16 of them.
+        dyn = torch._dynamo.config
+        name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"  # before torch 2.7
+        setattr(dyn, name, max(getattr(dyn, name), COMPILE_RECOMPILE_LIMIT))
     stepper = _Stepper(net, loss_fn, cfg, device, amp_dtype)
 
     def checkpoint(epoch: int) -> None:

@@ -196,6 +196,8 @@ def test_compiled_step_computes_what_the_eager_step_does(synth_data, tiny_config
     counters.clear()
     compiled = train(cfg.replace(compile="default"), synth_data, progress=False, log=None)
     assert counters["stats"]["unique_graphs"] > 0  # dynamo did trace the net
+    # a sweep's architectures and batch sizes must not run out of recompiles (dynamo's default: 8)
+    assert importlib.import_module("torch._dynamo.config").recompile_limit >= T.COMPILE_RECOMPILE_LIMIT
     assert compiled.summary["compile"] == "default" and eager.summary["compile"] == "off"
     assert compiled.config.short_hash() == eager.config.short_hash()  # an execution setting
     (e1, e2), (c1, c2) = ([r["loss_sum"] for r in r.history] for r in (eager, compiled))
