@@ -179,7 +179,7 @@ def cmd_sweep(args) -> int:
 
     from .lab import Lab, plan
     from .runs import atomic_write_text, check_writable
-    from .sweep import execution_from_bench, sweep, sweep_record
+    from .sweep import execution_from_bench, sweep, sweep_record, with_compile
 
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0 = this process), got {args.workers}")
@@ -224,7 +224,9 @@ def cmd_sweep(args) -> int:
             mode = chosen["compile"]
         rate_guess = rate_guess or chosen["rate_gflops"]
         print(f"sweep: {lanes} lane(s), compile {mode or 'off'}; bench says {chosen['why']} (from {args.bench_json})")
-    jobs = [(name, cfg.replace(compile=mode) if mode else cfg) for _, name, cfg in rows]
+    jobs, plain = with_compile([(name, cfg) for _, name, cfg in rows], mode, chosen=args.compile == "auto")
+    if plain:
+        print(f"sweep: {plain} dropout run(s) left uncompiled: compiled, their step is not graphed, and the bench timed compile without dropout")
     if not lab.profile.synthetic and any(not ((r := lab.store.find(c, n)) and r.finished) for n, c in jobs):
         lab.data()  # the data, and the store's runs checked against them, before any run starts
     deadline = args.deadline or (time.time() + args.budget_s if args.budget_s is not None else None)

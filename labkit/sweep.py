@@ -36,7 +36,7 @@ from .data import Dataset
 from .model import run_gflop
 from .runs import RunStore
 
-__all__ = ["Job", "sweep", "Deadline", "execution_from_bench", "sweep_record"]
+__all__ = ["Job", "sweep", "Deadline", "execution_from_bench", "sweep_record", "with_compile"]
 
 
 class Deadline(Exception):
@@ -352,6 +352,17 @@ def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -
         best = options[0][:4] + (why,)
     gain, lanes, mode, images_per_s, why = best
     return {"lanes": lanes, "compile": mode, "rate_gflops": images_per_s * gflop, "why": why}
+
+
+def with_compile(jobs: list[tuple[str, TrainConfig]], mode: str, chosen: bool) -> tuple[list[tuple[str, TrainConfig]], int]:
+    """`jobs` with compile `mode` set; when it was chosen from a benchmark (`chosen`), not for
+    runs with dropout, whose compiled step is not graphed (labkit.train._Stepper): the bench's
+    gain, measured on the network without dropout, does not hold for them. Returns the jobs
+    and how many were left uncompiled for that reason."""
+    if not mode:
+        return jobs, 0
+    out = [(n, c if chosen and c.dropout else c.replace(compile=mode)) for n, c in jobs]
+    return out, sum(1 for _, c in jobs if chosen and c.dropout)
 
 
 def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) -> dict:

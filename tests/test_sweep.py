@@ -14,7 +14,7 @@ from labkit.cli import main
 from labkit.config import ConfigError, preset
 from labkit.lab import plan
 from labkit.runs import RunStore
-from labkit.sweep import execution_from_bench, sweep
+from labkit.sweep import execution_from_bench, sweep, with_compile
 from labkit.train import _GpuGate
 
 
@@ -139,6 +139,16 @@ def test_compile_wins_when_its_warm_up_is_repaid():
     e = execution_from_bench(_bench(compiled=(6.6, 0.6), probes=[(1, 1000.0), (2, 1200.0)]), epochs=30)
     assert (e["lanes"], e["compile"]) == (1, "default")
     assert e["rate_gflops"] == pytest.approx(40000 / 0.6 * 5.0)
+
+
+def test_compile_chosen_from_a_bench_leaves_dropout_runs_graphed():
+    base = preset("seed", width=8)
+    jobs = [("a", base), ("d", base.replace(dropout=0.4))]
+    out, plain = with_compile(jobs, "default", chosen=True)
+    assert [c.compile for _, c in out] == ["default", ""] and plain == 1
+    out, plain = with_compile(jobs, "default", chosen=False)  # asked for by name: every run
+    assert [c.compile for _, c in out] == ["default", "default"] and plain == 0
+    assert with_compile(jobs, "", chosen=True) == (jobs, 0)
 
 
 def test_small_gains_and_other_step_modes_are_not_taken():
