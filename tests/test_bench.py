@@ -33,17 +33,22 @@ def test_speed_record_has_both_sides_and_their_ratio(tiny_data):
     assert "speedup labkit / seed recipe" in format_bench(res)
 
 
-def test_a_compile_that_fails_is_reported_beside_both_sides(tiny_data, monkeypatch, capsys):
+def _compile_fails(monkeypatch, message: str) -> None:
+    """labkit's path under compile raises `message`; uncompiled, it is timed as usual."""
     from labkit import bench
 
     real = bench.labkit_epoch_times
 
     def times(cfg, data, epochs):
         if cfg.compile:
-            raise RuntimeError("inductor: no C++ compiler")
+            raise RuntimeError(message)
         return real(cfg, data, epochs)
 
     monkeypatch.setattr(bench, "labkit_epoch_times", times)
+
+
+def test_a_compile_that_fails_is_reported_beside_both_sides(tiny_data, monkeypatch, capsys):
+    _compile_fails(monkeypatch, "inductor: no C++ compiler")
     res = run_bench(tiny_data, epochs=2, device_name="cpu", workers=0, cfg=_cfg(), compile_mode="default")
     assert res["labkit_compiled"] == {"compile": "default", "error": "RuntimeError: inductor: no C++ compiler"}
     assert "speedup_compiled" not in res and res["speedup"] > 0  # the uncompiled comparison stands
@@ -77,14 +82,7 @@ def test_bench_cli_times_compile_last_with_everything_else_saved(tmp_path, monke
         real(res, *a, **k)
 
     monkeypatch.setattr(bench, "add_compiled", spy)
-    real_times = bench.labkit_epoch_times
-
-    def times(cfg, data, epochs):
-        if cfg.compile:
-            raise RuntimeError("inductor crashed")
-        return real_times(cfg, data, epochs)
-
-    monkeypatch.setattr(bench, "labkit_epoch_times", times)
+    _compile_fails(monkeypatch, "inductor crashed")
     assert main(["bench", "--cpu-check", "--breakdown-steps", "2", "--compile", "default", "--out", str(out)]) == 0
     assert {"seed_recipe", "labkit", "speedup", "breakdown"} <= set(seen["saved before"])
     assert "labkit_compiled" not in seen["saved before"]
