@@ -293,7 +293,6 @@ def open_lab(
     the project's folder, wherever the kernel runs (from_project).
     """
     from .config import check_notebook_parameters
-    from .data import file_in_the_way
     from .lab import profile as get_profile
 
     check_notebook_parameters()
@@ -312,10 +311,9 @@ def open_lab(
         raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
     prof = get_profile(profile)
     store = Path(runs_dir) if runs_dir else Path(root) / prof.runs_dir
-    blocker = file_in_the_way(store)
-    if blocker is not None:  # else found only when the first run is trained, after its data are loaded
-        where = f"runs_dir {runs_dir!r}" if runs_dir else f"the {prof.name} profile's run store {store}"
-        raise ConfigError(f"{where}: {blocker} is a file, not a folder; give a folder for the runs (made when a run is trained)")
+    # else found only when the first run is trained, after its data are loaded
+    where = f"runs_dir {runs_dir!r}" if runs_dir else f"the {prof.name} profile's run store {store}"
+    _refuse_file_in_the_way(store, where, "the runs (made when a run is trained)")
     lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log)
     setup_notebook(lab)
     return lab
@@ -335,8 +333,6 @@ def depth_checkpoints_dir(lab: Lab, checkpoints_dir: str | Path | None) -> Path:
     """Notebook 03's `checkpoints_dir`, checked in its set-up cell: the checkpoints are
     written in its last cell, after the runs have trained. None: check_points/ beside the
     profile's report folder (the project's own for the full profile)."""
-    from .data import file_in_the_way
-
     if checkpoints_dir is None:
         return lab.root / Path(lab.profile.report_dir).parent / "check_points"
     if isinstance(checkpoints_dir, Path):  # this cell run again: the folder it gave the first time
@@ -344,10 +340,17 @@ def depth_checkpoints_dir(lab: Lab, checkpoints_dir: str | Path | None) -> Path:
     if not isinstance(checkpoints_dir, str):
         raise ConfigError(f"checkpoints_dir must be a path string or None, got {type(checkpoints_dir).__name__} {checkpoints_dir!r}")
     path = Path(from_project(checkpoints_dir))
-    blocker = file_in_the_way(path)
-    if blocker is not None:
-        raise ConfigError(f"checkpoints_dir {checkpoints_dir!r}: {blocker} is a file, not a folder; give a folder for the checkpoints")
+    _refuse_file_in_the_way(path, f"checkpoints_dir {checkpoints_dir!r}", "the checkpoints")
     return path
+
+
+def _refuse_file_in_the_way(folder: Path, where: str, what: str) -> None:
+    """A folder parameter that a file sits at (or above) could never be made: say so by name."""
+    from .data import file_in_the_way
+
+    blocker = file_in_the_way(folder)
+    if blocker is not None:
+        raise ConfigError(f"{where}: {blocker} is a file, not a folder; give a folder for {what}")
 
 
 def stderr_log(msg: str) -> None:
