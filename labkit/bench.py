@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import platform
 import statistics
 import time
@@ -34,7 +35,7 @@ from .runs import command_line
 from .train import train
 
 __all__ = [
-    "seed_recipe", "seed_recipe_epoch_times", "labkit_epoch_times", "accuracy_check", "step_breakdown", "bf16_peak_tflops", "run_bench",
+    "seed_recipe", "seed_recipe_epoch_times", "labkit_epoch_times", "accuracy_check", "compare_accuracies", "step_breakdown", "bf16_peak_tflops", "run_bench",
 ]
 
 
@@ -128,7 +129,6 @@ def accuracy_check(
     labkit side. A CI that holds 0 shows no difference, which at a few seeds is weak evidence
     of equality; the verdict says which.
     """
-    from .analysis import estimate, welch
     from .train import evaluate
 
     if epochs < 1 or seeds < 1:
@@ -150,17 +150,30 @@ def accuracy_check(
         else:
             r = train(c, data, progress=False, log=None)
             ours.append(r.summary["final_val_acc"])
+    return {"epochs": epochs, "seeds": seeds, "labkit_runs": sources, **compare_accuracies(ours, theirs)}
+
+
+def compare_accuracies(ours: list[float], theirs: list[float]) -> dict:
+    """labkit's and the seed recipe's accuracies side by side: each side's mean and SD, the
+    Welch 95% CI of the difference, and the difference beside the run-to-run noise (the
+    pooled SD of one run), which is what "the same accuracy within run-to-run noise" asks.
+    A CI that holds 0 is weak evidence of equality at a few seeds; its width says how large
+    a difference could still hide."""
+    from .analysis import estimate, welch
+
     a, b, d = estimate(ours, bounds=(0.0, 1.0)), estimate(theirs, bounds=(0.0, 1.0)), welch(ours, theirs)
     shown = d.lo == d.lo and not (d.lo <= 0.0 <= d.hi)
+    pooled = math.nan
+    if a.n >= 2 and b.n >= 2:
+        pooled = math.sqrt(((a.n - 1) * a.sd**2 + (b.n - 1) * b.sd**2) / (a.n + b.n - 2))
+    within = bool(abs(d.diff) <= pooled) if pooled == pooled else None
     return {
-        "epochs": epochs,
-        "seeds": seeds,
-        "labkit_val_acc": ours,
-        "seed_recipe_val_acc": theirs,
-        "labkit_runs": sources,
+        "labkit_val_acc": list(ours),
+        "seed_recipe_val_acc": list(theirs),
         "labkit": {"mean": a.mean, "sd": a.sd},
         "seed_recipe": {"mean": b.mean, "sd": b.sd},
         "difference": {"labkit_minus_seed": d.diff, "ci95": [d.lo, d.hi]},
+        "noise": {"pooled_sd": pooled, "difference_within_it": within},
         "verdict": (
             "too few seeds for an interval" if d.lo != d.lo
             else ("labkit differs from the seed recipe" if shown else "no difference shown (95% CI holds 0)")
@@ -482,6 +495,15 @@ def format_bench(res: dict) -> str:
             f" (SD {100 * a['seed_recipe']['sd']:.2f}); difference {100 * d['labkit_minus_seed']:+.2f} points,"
             f" 95% CI [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]: {a['verdict']}"
         )
+        z = a.get("noise", {})
+        if z.get("difference_within_it") is not None:
+            lines.append(
+                f"  |difference| {100 * abs(d['labkit_minus_seed']):.2f} points "
+                + ("<=" if z["difference_within_it"] else ">")
+                + f" the run-to-run SD of one run (pooled, {100 * z['pooled_sd']:.2f} points): "
+                + ("within" if z["difference_within_it"] else "beyond")
+                + " run-to-run noise"
+            )
     for p in res.get("lanes", []):
         lines.append(f"  {p['lanes']} lane(s) side by side: " + (f"{p['total_images_per_s']:.0f} img/s in total" if "error" not in p else p["error"]))
     return "\n".join(lines)

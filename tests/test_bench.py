@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from labkit.bench import accuracy_check, format_bench, op_kind, run_bench, seed_recipe, step_breakdown
+from labkit.bench import (
+    accuracy_check,
+    compare_accuracies,
+    format_bench,
+    op_kind,
+    run_bench,
+    seed_recipe,
+    step_breakdown,
+)
 from labkit.cli import main
 from labkit.config import SEED
 from labkit.runs import RunStore
@@ -132,6 +141,24 @@ def test_accuracy_check_with_one_seed_gives_no_interval(tiny_data):
     assert math.isnan(res["difference"]["ci95"][0]) and res["verdict"] == "too few seeds for an interval"
     with pytest.raises(ValueError, match="seeds >= 1"):
         accuracy_check(_cfg(), tiny_data, epochs=1, seeds=0, device=CPU)
+
+
+def test_compare_accuracies_puts_the_difference_beside_run_to_run_noise():
+    # The H200 lease of 2026-11-28 (benchmarks/results/h200-2026-11-28T2158-accuracy-bench.json).
+    res = compare_accuracies([0.7720, 0.7750], [0.7684, 0.7827])
+    assert res["difference"]["labkit_minus_seed"] == pytest.approx(-0.00205)
+    assert res["difference"]["ci95"] == pytest.approx([-0.0789079, 0.0748079])  # as that lease recorded
+    assert res["verdict"] == "no difference shown (95% CI holds 0)"
+    # pooled SD of one run: sqrt((0.0015^2*2 + 0.00715^2*2) / 2), about 0.73 points
+    assert res["noise"]["pooled_sd"] == pytest.approx(0.00731, abs=1e-5)
+    assert res["noise"]["difference_within_it"] is True
+    far = compare_accuracies([0.80, 0.801, 0.802], [0.77, 0.771, 0.772])
+    assert far["verdict"] == "labkit differs from the seed recipe" and far["noise"]["difference_within_it"] is False
+    one = compare_accuracies([0.8], [0.79])
+    assert one["verdict"] == "too few seeds for an interval" and one["noise"]["difference_within_it"] is None
+    lease = json.loads((Path(__file__).parents[1] / "benchmarks/results/h200-2026-11-28T2158-accuracy-bench.json").read_text())
+    text = format_bench({**lease, "accuracy": {"epochs": 30, "seeds": 2, **res}})
+    assert "|difference| 0.20 points <= the run-to-run SD of one run (pooled, 0.73 points): within run-to-run noise" in text
 
 
 def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
