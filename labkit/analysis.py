@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from html import escape as html_escape
 from pathlib import Path
 
 import pandas as pd
@@ -46,10 +47,14 @@ __all__ = [
     "check_choice",
     "check_number",
     "check_seeds",
+    "code_versions",
+    "data_caveat",
     "data_label",
+    "describe_recipe",
     "depth_checkpoints_dir",
     "estimate",
     "estimates_frame",
+    "findings",
     "from_project",
     "get_runs",
     "judge",
@@ -62,9 +67,11 @@ __all__ = [
     "setup_notebook",
     "show_figure",
     "show_note",
+    "show_recipes",
     "show_table",
     "stderr_log",
     "t_ppf",
+    "test_views",
     "welch",
 ]
 
@@ -216,7 +223,8 @@ def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> 
         return "untested: runs missing"
     if not d.has_ci:
         if min(d.na, d.nb) < 2:
-            return f"not testable: {min(d.na, d.nb)} run on one side, no spread measured (needs seeds ≥ 2)"
+            side = "each side" if d.na == d.nb else "one side"
+            return f"not testable: {min(d.na, d.nb)} run on {side}, no spread measured (needs seeds ≥ 2)"
         return "not testable: every run on each side gave the same value, no spread measured"
     size = ""
     if claimed is not None:
@@ -464,7 +472,7 @@ def data_label(source: dict | None, synthetic: bool = False, label: str | None =
     if synthetic:  # made before the synthetic data said so themselves
         return f"synthetic CIFAR-format data made by labkit.synthetic (smoke profile): {desc}"
     label = label or os.environ.get("LABKIT_DATA_LABEL")
-    return f"{label}: {desc}" if label else desc
+    return f"{label}; {desc}" if label else desc
 
 
 def provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> dict[str, str]:
@@ -481,8 +489,18 @@ def provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> dict[
         "training time": f"{secs:.1f} s summed over {len(runs)} runs",
         "trained": " to ".join(dict.fromkeys([dates[0], dates[-1]])) if (dates := _dates(runs)) else "—",
         "training wall time": describe_sittings(training_sittings(runs)),
-        "code version": ", ".join(sorted({str((r.summary or {}).get("code_version", "?")) for r in runs})) or "—",
+        "code version": code_versions(runs),
     }
+
+
+def code_versions(runs: Sequence[Run]) -> str:
+    """'abc1234 (12 runs), abc1234+name (4 runs)': the commits the runs were trained with;
+    "+name" marks a commit with an uncommitted change (LABKIT_CODE_VERSION named it)."""
+    counts = pd.Series([str((r.summary or {}).get("code_version", "?")) for r in runs]).value_counts().sort_index()
+    text = ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in counts.items())
+    if any("+" in v for v in counts.index):
+        text += "; a version with + is that commit with an uncommitted change of that name"
+    return text or "—"
 
 
 def training_sittings(runs: Sequence[Run], gap_s: float = 60.0) -> list[tuple[datetime, datetime]]:
@@ -785,6 +803,59 @@ def _images(runs: Sequence[Run]) -> str:
     return "all 50,000 training images" if n in ([], [50_000]) else "/".join(f"{k:,}" for k in n) + " training images"
 
 
+def test_views(runs: Sequence[Run]) -> str:
+    """', test-time flip' (and shifts) when the runs' test numbers average several views of
+    each image: the seed's numbers never do, so a comparison must say so. '' when none do."""
+    views = {_views_words(r.config) for r in runs if r.config is not None}
+    if not views or views == {""}:
+        return ""
+    return f", {views.pop()}" if len(views) == 1 else ", test-time views differ between runs"
+
+
+def _views_words(c: TrainConfig) -> str:
+    words = (["test-time flip"] if c.tta_flip else []) + ([f"{c.tta_translate}-pixel shifts"] if c.tta_translate else [])
+    return " + ".join(words)
+
+
+def describe_recipe(c: TrainConfig) -> str:
+    """Everything a run's numbers depend on, in one line of words (identity fields only)."""
+    defects = [d for d, on in (("n+1 blocks per stage", c.seed_extra_block), ("softmax before the loss", c.softmax_head)) if on]
+    net = (
+        f"lays {list(c.lays)} ({c.lays[0] + int(c.seed_extra_block)} blocks per stage), width {c.width}, {c.stem} stem "
+        f"{'with' if c.stem_bn else 'without'} BN, dropout {c.dropout:g}"
+        + (f"; the seed's defects: {', '.join(defects)}" if defects else "; corrected network")
+    )
+    opt = f"Adam lr {c.lr:g}" if c.optimizer == "adam" else f"SGD{' Nesterov' if c.nesterov else ''} lr {c.lr:g}, momentum {c.momentum:g}"
+    if c.weight_decay:
+        opt += f", weight decay {c.weight_decay:g}"
+    opt += f", lr × {c.decay_rate:g} per epoch" if c.schedule == "exp" else f", {c.warmup_epochs:g}-epoch warm-up then {c.schedule} decay"
+    if c.label_smoothing:
+        opt += f", label smoothing {c.label_smoothing:g}"
+    opt += f", batch {c.batch_size}, {c.epochs} epochs"
+    data = "train on batches 1-4, validate on batch 5" if c.split == "seed" else "all 50,000 training images"
+    if c.split == "full" and c.val_size:
+        data = f"batches 1-5 less {c.val_size:,} held out for validation"
+    if c.train_subset:
+        data += f" (the first {c.train_subset:,} training images only)"
+    data += f", {c.norm} normalisation, " + ("random crop (pad 4) and flip" if c.augment else "no augmentation")
+    if c.cutout:
+        data += f", cutout {c.cutout}"
+    ev = "the last epoch's weights" if c.select == "last" else "the weights of the epoch with the best validation accuracy"
+    if c.ema:
+        ev += f" (moving average, decay {c.ema:g} per step)"
+    ev += ", tested once" + (f" with {_views_words(c)}" if _views_words(c) else ", one view per image")
+    return f"<b>network:</b> {net}. <b>training:</b> {opt}. <b>data:</b> {data}. <b>test number:</b> {ev}."
+
+
+def show_recipes(runs: Sequence[Run]) -> None:
+    """Each configuration's recipe in words, one line per run name (seeds left out)."""
+    seen: dict[str, str] = {}
+    for r in runs:
+        seen.setdefault(r.name.removeprefix("ablation-"), describe_recipe(r.config))
+    if seen:
+        show_note("<br>".join(f"<b><code>{k}</code></b>: {v}" for k, v in seen.items()), "provenance")
+
+
 def seed_vs_ours(
     ablation_runs: Sequence[Run], final_runs: Sequence[Run], depth_runs: Sequence[Run], modern_runs: Sequence[Run]
 ) -> pd.DataFrame:
@@ -818,19 +889,58 @@ def seed_vs_ours(
         for recipe in ("seed", "corrected"):
             rs = [r for r in depth_runs if r.name == f"depth-{lays}-{recipe}"]
             desc = "seed-faithful net and optimiser" if recipe == "seed" else "corrected net, modern recipe"
+            desc += test_views(rs)
             add(f"§4.1 depth limit, lays {lays}", "test accuracy % (ours selected on validation; the seed's tuned on test)", seed_acc, rs, "test_acc", 100, 2, desc)
     blocks = "/".join(str(n) for n in sorted({r.config.lays[0] + int(r.config.seed_extra_block) for r in modern_runs})) or "2"
     add(
-        "§4.1 best (lays 3, 3 blocks per stage)",
+        "§4.1 best (lays 3: 4 blocks per stage in its code)",
         "test accuracy %: labkit's best (modern preset; the seed's tuned on test)",
         SEED_NUMBERS["depth_test_acc"][3],
         modern_runs,
         "test_acc",
         100,
         2,
-        f"modern preset, {blocks} blocks per stage, {_images(modern_runs)}",
+        f"modern preset, {_epochs(modern_runs, 40)}, {blocks} blocks per stage, {_images(modern_runs)}{test_views(modern_runs)}",
     )
     return pd.DataFrame(rows)
+
+
+def findings(ablation_runs: Sequence[Run], final_runs: Sequence[Run], depth_runs: Sequence[Run], modern_runs: Sequence[Run]) -> pd.DataFrame:
+    """Every conclusion of the seed (§4.6), then labkit's two claims (its modern preset
+    beats the seed's final recipe, and the seed's best number), each with the verdict of
+    our runs: the report's findings in one table (the sections show each one)."""
+    rows = []
+    for group in CLAIMS:
+        for r in ablation_claims(group, [r for r in ablation_runs if _key_of(r) in ABLATION_GROUPS[group]]).to_dict("records"):
+            rows.append({"section": f"4 ({group})", "claim": r["seed's conclusion (§4.6)"], "comparison": r["comparison"] + ", val acc",
+                         "seed: Δ, pts": f"{r['seed: Δ val acc, pts']:+.2f}", "ours: Δ, pts [95% Welch CI]": r["ours: Δ val acc, pts [95% Welch CI]"],
+                         "runs": r["runs"], "verdict": r["verdict"]})
+    for r in depth_claim(depth_runs).to_dict("records"):
+        rows.append({"section": "3 (depth)", "claim": r["seed's conclusion (§4.6)"] + f" ({r['recipe']} recipe)", "comparison": r["comparison"],
+                     "seed: Δ, pts": f"{r['seed: Δ, pts']:+.2f}", "ours: Δ, pts [95% Welch CI]": r["ours: Δ, pts [95% Welch CI]"], "runs": r["runs"], "verdict": r["verdict"]})
+    best = best_vs_seed(final_runs, modern_runs).to_dict("records")
+    rows.append({"section": "5", "claim": "labkit: the modern preset beats the seed's final recipe", "comparison": best[0]["comparison"],
+                 "seed: Δ, pts": "—", "ours: Δ, pts [95% Welch CI]": best[0]["Δ, pts [95% Welch CI]"], "runs": best[0]["runs"], "verdict": best[0]["note"]})
+    rows.append({"section": "5", "claim": f"labkit: the modern preset beats the seed's best, {SEED_NUMBERS['depth_test_acc'][3] * 100:.2f}% (tuned on test)",
+                 "comparison": f"modern preset{test_views(modern_runs)}, test acc", "seed: Δ, pts": "—", "ours: Δ, pts [95% Welch CI]": best[1]["Δ, pts [95% Welch CI]"],
+                 "runs": best[1]["runs"], "verdict": best[1]["note"]})
+    return pd.DataFrame(rows)
+
+
+def data_caveat(runs: Sequence[Run], label: str | None = None) -> str | None:
+    """What a comparison with the seed's numbers must say when our data are not the
+    official files (the seed's were): None when every run was on the official files."""
+    sources = [(r.summary or {}).get("data") or {} for r in runs]
+    if not sources or all(s.get("official") for s in sources):
+        return None
+    if any(s.get("synthetic") for s in sources):
+        return "These runs trained on synthetic data: a check of the pipeline, not a result to set beside the seed's numbers."
+    what = label or os.environ.get("LABKIT_DATA_LABEL") or "a copy that is not the official CIFAR-10 files"
+    return (
+        f"Our runs trained and were tested on {html_escape(what)}; the seed's numbers come from the official files. "
+        "Each Δ ours − seed therefore holds the recipe's effect and the data's: a stand-in such as a JPEG re-encoding "
+        "costs a few points of accuracy by itself. Differences between our own runs share the data and are not affected."
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -1093,7 +1203,7 @@ def loss_floor(classes: int = 10) -> dict[str, float]:
 def loss_floor_table(floor: float, train_images: int = 40000, batch: int = 512) -> pd.DataFrame:
     """The seed's reported final summed losses per batch, against the floor."""
     batches = math.ceil(train_images / batch)
-    rows = [(f"tables {', '.join(map(str, a.tables))}: {a.key}", a.seed_loss) for a in SEED_ABLATIONS]
+    rows = [(f"table{'s' if len(a.tables) > 1 else ''} {', '.join(map(str, a.tables))}: {a.key}", a.seed_loss) for a in SEED_ABLATIONS]
     rows.append(("table 11: final (60 epochs)", SEED_NUMBERS["final_loss"]))
     return pd.DataFrame(
         [
@@ -1137,7 +1247,7 @@ def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
             rows.append(
                 {
                     "lays": lays,
-                    "recipe": "seed-faithful (both defects, Adam, exp decay)" if recipe == "seed" else "corrected net, modern recipe",
+                    "recipe": ("seed-faithful (both defects, Adam, exp decay)" if recipe == "seed" else "corrected net, modern recipe") + test_views(rs),
                     "blocks/stage": cfg.lays[0] + int(cfg.seed_extra_block) if cfg else None,
                     "epochs": cfg.epochs if cfg else None,
                     "selected epoch (best val)": ", ".join(str((r.summary or {}).get("selected_epoch")) for r in rs) or "—",
@@ -1219,7 +1329,8 @@ def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
             continue
         best = max(rs, key=lambda r: (r.summary or {}).get("best_val_acc") or -1)
         if not best.checkpoint.is_file():
-            rows.append({"file": str(target), "run": best.id, "status": "not written: the run is rendered from its records and has no checkpoint.pt"})
+            rows.append({"file": str(target), "run": best.id, "status": "not written here: this report was rendered from the runs' records, which "
+                         "keep no weights (checkpoints stay out of git); the lab job that trains the run writes this file"})
             continue
         try:
             state = load_checkpoint(best.checkpoint)
@@ -1274,7 +1385,7 @@ def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
     add(what, final, "test_acc", SEED_NUMBERS["final_test_acc"], 100, 2)
     add(what, final, "final_loss_sum", SEED_NUMBERS["final_loss"], 1, 3)
     add(what, final, "final_val_acc", None, 100, 2)
-    add("labkit's best: modern preset", modern, "test_acc", SEED_NUMBERS["depth_test_acc"][3], 100, 2)
+    add(f"labkit's best: modern preset{test_views(modern)}", modern, "test_acc", SEED_NUMBERS["depth_test_acc"][3], 100, 2)
     return pd.DataFrame(rows)
 
 

@@ -329,7 +329,7 @@ def export_html(nb, path: Path, title: str) -> Path:
     exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     exporter.log.setLevel(logging.ERROR)  # its "alternative text is missing" warning: _figure_alt_text adds it
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
-    body = _figure_alt_text(body)
+    body = _tidy_html(body)
     body = body.replace(f'<script src="{exporter.require_js_url}"></script>', "")
     body = re.sub(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", "", body, flags=re.DOTALL)
     body = body.replace("</head>", CSS + "</head>", 1)
@@ -337,20 +337,46 @@ def export_html(nb, path: Path, title: str) -> Path:
     return path
 
 
-def _figure_alt_text(body: str) -> str:
-    """Give every figure image its caption as alternative text (screen readers, and what a
-    reader sees where an image does not load); nbconvert's own is a placeholder."""
+def _tidy_html(body: str) -> str:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(body, features="html.parser")
-    changed = False
+    _figure_alt_text(soup)
+    _unique_heading_ids(soup)
+    return str(soup)
+
+
+def _figure_alt_text(soup) -> None:
+    """Give every figure image its caption as alternative text (screen readers, and what a
+    reader sees where an image does not load); nbconvert's own is a placeholder."""
     for img in soup.select("div.jp-OutputArea-output img"):
         cell = img.find_parent("div", class_="jp-Cell")
         caption = img.find_next("p", class_="lk-caption")
         if caption is not None and caption.find_parent("div", class_="jp-Cell") is cell:
             img["alt"] = re.sub(r"^Figure\.\s*", "", " ".join(caption.get_text().split()))
-            changed = True
-    return str(soup) if changed else body
+
+
+def _unique_heading_ids(soup) -> None:
+    """nbconvert makes a heading's id from its text, and the four ablation sections share
+    their headings: a repeated id gets its section's id in front, so each link (the
+    heading's own anchor too) leads to its own section."""
+    seen: set[str] = set()
+    section = "report"
+    for h in soup.find_all(re.compile(r"^h[1-6]$")):
+        if "lk-section" in (h.get("class") or []):
+            section = h.get("id", section)
+        hid = h.get("id")
+        if not hid:
+            continue
+        if hid in seen:
+            new, k = f"{section}-{hid}", 2
+            while new in seen:
+                new, k = f"{section}-{hid}-{k}", k + 1
+            h["id"] = new
+            anchor = h.find("a", class_="anchor-link")
+            if anchor is not None:
+                anchor["href"] = f"#{new}"
+        seen.add(h["id"])
 
 
 def find_chromium() -> str | None:
@@ -550,7 +576,8 @@ def run_lab(
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     intro = (
         f'<div class="lk-note"><p>{html.escape(reason.rstrip("."))}.<br>Generated {when} by <code>python -m labkit lab</code>; '
-        f"{n_seeds} seed(s) per configuration; runs from <code>{html.escape(str(runs_where))}</code>. Every number comes "
+        f"{n_seeds} seed{'s' if n_seeds > 1 else ''} per ablation, final and modern configuration, one per depth configuration "
+        f"(as the seed ran each); runs from <code>{html.escape(str(runs_where))}</code>. Every number comes "
         "from a run record or a computation; the seed's numbers from <code>labkit.config</code>.</p></div>"
     )
     t = time.time()

@@ -105,7 +105,8 @@ def test_welch_with_unequal_run_counts_and_the_verdicts_word_for_word():
     df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 1)
     assert (d.na, d.nb) == (5, 2) and d.df == pytest.approx(df)
     assert d.hi - d.diff == pytest.approx(A.t_ppf(0.975, df) * math.sqrt(va + vb))
-    assert A.judge(A.welch([0.8], [0.7])) == "not testable: 1 run on one side, no spread measured (needs seeds ≥ 2)"
+    assert A.judge(A.welch([0.8], [0.7])) == "not testable: 1 run on each side, no spread measured (needs seeds ≥ 2)"
+    assert A.judge(A.welch([0.8, 0.9], [0.7])) == "not testable: 1 run on one side, no spread measured (needs seeds ≥ 2)"
     assert A.judge(A.welch([0.8, 0.8], [0.7, 0.7])) == "not testable: every run on each side gave the same value, no spread measured"
     d = A.welch([0.80, 0.82, 0.84], [0.70, 0.71, 0.72])
     assert A.judge(d, claimed=0.11) == "confirmed: the CI lies above 0; the seed's 11.0-point size is inside the CI"
@@ -135,6 +136,58 @@ def test_the_seed_s_tables_take_differences_the_right_way_round():
     final = _stub_runs({"final": [0.85, 0.86, 0.87]}, "test_acc", prefix="")
     row = A.seed_vs_ours([], final, [], []).set_index("measure").loc["test accuracy %"]
     assert row["Δ ours − seed"] == f"{(0.86 - 0.8336) * 100:+.2f}"  # ours above the seed's 83.36%: positive
+
+
+def test_findings_gather_every_claim_with_its_verdict():
+    from labkit.config import MODERN
+
+    vals = {"baseline": [0.78, 0.79, 0.80], "decay_1.0": [0.70, 0.71, 0.72], "decay_0.45": [0.50, 0.51, 0.52],
+            "dropout_0.4": [0.78, 0.80, 0.79], "dropout_0.8": [0.75, 0.74, 0.76], "no_stem_bn": [0.70, 0.71, 0.72], "stem_7x7": [0.70, 0.72, 0.71]}  # fmt: skip
+    abl = _stub_runs(vals, "final_val_acc")
+    final = _stub_runs({"final": [0.80, 0.81, 0.82]}, "test_acc", prefix="")
+    modern = [SimpleNamespace(id=f"modern-{s}", name="modern", config=MODERN.replace(seed=s), summary={"test_acc": v}) for s, v in enumerate((0.91, 0.915, 0.92))]
+    depth = [SimpleNamespace(id=n, name=n, config=None, summary={"test_acc": v}) for n, v in
+             (("depth-2-seed", 0.8), ("depth-3-seed", 0.7), ("depth-2-corrected", 0.9), ("depth-3-corrected", 0.91))]  # fmt: skip
+    f = A.findings(abl, final, depth, modern)
+    assert len(f) == sum(len(c) for c in A.CLAIMS.values()) + 2 + 2
+    by = f.set_index("claim")["verdict"]
+    assert by["decay 1.0 beats 0.45"].startswith("confirmed") and by["dropout 0.4 hurts at 30 epochs"].startswith("not shown")
+    assert by["deeper is better (seed recipe)"].startswith("not testable: 1 run on each side")
+    assert by["labkit: the modern preset beats the seed's final recipe"].startswith("confirmed")
+    assert by["labkit: the modern preset beats the seed's best, 89.27% (tuned on test)"] == "the seed's 89.27% lies below our 95% CI"
+    # the comparison says that the modern number averages two views; the seed's never do
+    assert "modern preset, test-time flip, test acc" in set(f["comparison"])
+
+
+def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
+    from labkit.config import MODERN, SEED
+
+    seed, modern = A.describe_recipe(SEED), A.describe_recipe(MODERN)
+    assert "(3 blocks per stage)" in seed and "the seed's defects: n+1 blocks per stage, softmax before the loss" in seed
+    assert "Adam lr 0.001, lr × 0.9 per epoch, batch 512, 30 epochs" in seed and "one view per image" in seed
+    assert "corrected network" in modern and "SGD Nesterov lr 0.2" in modern and "tested once with test-time flip" in modern
+    assert "all 50,000 training images" in modern and f"{MODERN.epochs} epochs" in modern
+    assert "cutout 12" in A.describe_recipe(MODERN.replace(cutout=12)) and "2-pixel shifts" in A.describe_recipe(MODERN.replace(tta_translate=2))
+    run = lambda c: SimpleNamespace(config=c)  # noqa: E731
+    assert A.test_views([run(SEED)]) == "" and A.test_views([]) == ""
+    assert A.test_views([run(MODERN)] * 2) == ", test-time flip"
+    assert A.test_views([run(MODERN), run(SEED)]) == ", test-time views differ between runs"
+
+
+def test_code_versions_and_the_data_caveat(monkeypatch):
+    runs = [SimpleNamespace(summary={"code_version": v}) for v in ("8721feb", "3887dc1", "8721feb", "3887dc1+dropout-eager")]
+    assert A.code_versions(runs) == (
+        "3887dc1 (1 run), 3887dc1+dropout-eager (1 run), 8721feb (2 runs); a version with + is that commit with an uncommitted change of that name"
+    )
+    assert A.code_versions(runs[:1]) == "8721feb (1 run)" and A.code_versions([]) == "—"
+    monkeypatch.delenv("LABKIT_DATA_LABEL", raising=False)
+    official = SimpleNamespace(summary={"data": {"official": True}})
+    stand_in = SimpleNamespace(summary={"data": {"official": False}})
+    assert A.data_caveat([official, official]) is None and A.data_caveat([]) is None
+    assert A.data_caveat([SimpleNamespace(summary={"data": {"official": False, "synthetic": True}})]).startswith("These runs trained on synthetic data")
+    note = A.data_caveat([official, stand_in], label="JPEG <q75> copy")
+    assert "Our runs trained and were tested on JPEG &lt;q75&gt; copy; the seed's numbers come from the official files" in note
+    assert "a copy that is not the official CIFAR-10 files" in A.data_caveat([stand_in])
 
 
 def test_welch_difference_and_verdicts():
@@ -178,8 +231,8 @@ def test_data_label(monkeypatch):
     monkeypatch.delenv("LABKIT_DATA_LABEL", raising=False)
     assert A.data_label(other).startswith("not the official")
     monkeypatch.setenv("LABKIT_DATA_LABEL", "CIFAR-10 re-encoded as JPEG")
-    assert A.data_label(other).startswith("CIFAR-10 re-encoded as JPEG: not the official")
-    assert A.data_label(other, label="stand-in").startswith("stand-in:")
+    assert A.data_label(other).startswith("CIFAR-10 re-encoded as JPEG; not the official")
+    assert A.data_label(other, label="stand-in").startswith("stand-in; not the official")
     assert A.data_label(official, label="stand-in") == "official CIFAR-10 (md5 verified)"  # never relabels official data
     assert "synthetic" in A.data_label(other, synthetic=True)
 
@@ -391,9 +444,28 @@ def test_figure_alt_text_is_the_caption_of_its_own_cell():
         f'<div class="jp-Cell">{img}</div>'  # no caption in this cell: the next cell's is not its own
         '<div class="jp-Cell"><p class="lk-caption" id="fig-b"><b>Figure.</b> Something else.</p></div>'
     )
-    out = R._figure_alt_text(body)
+    out = R._tidy_html(body)
     assert 'alt="Loss per epoch."' in out
     assert out.count('alt="No description has been provided for this image"') == 1 and "Something else.\"" not in out
+
+
+def test_repeated_headings_get_ids_of_their_own_section():
+    def heading(tag, hid, cls=""):
+        c = f' class="{cls}"' if cls else ""
+        return f'<{tag}{c} id="{hid}">T<a class="anchor-link" href="#{hid}">¶</a></{tag}>'
+
+    body = "".join(
+        heading("h1", f"sec-04_ablations-{g}", "lk-section") + heading("h2", "Figures") + heading("h2", "The-seed's-table")
+        for g in ("lr_decay", "dropout")
+    ) + heading("h1", "sec-05_final", "lk-section") + heading("h2", "Figures")
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(R._tidy_html(body), features="html.parser")
+    ids = [h["id"] for h in soup.find_all(["h1", "h2"])]
+    assert len(ids) == len(set(ids)) == 8
+    assert ids[1] == "Figures" and ids[4] == "sec-04_ablations-dropout-Figures" and ids[7] == "sec-05_final-Figures"
+    for h in soup.find_all(["h1", "h2"]):
+        assert h.find("a", class_="anchor-link")["href"] == f"#{h['id']}"  # each ¶ link leads to its own heading
 
 
 def test_find_chromium(monkeypatch, tmp_path):
@@ -411,7 +483,7 @@ def test_find_chromium(monkeypatch, tmp_path):
 # ---------------------------------------------------------------------------------------
 
 TABLES = [
-    "summary", "facts",
+    "summary", "findings", "facts",
     "data-source", "class-counts", "channel-stats",
     "architecture", "variants", "shape-check", "block-counts", "loss-floor-value", "loss-floor",
     "depth", "depth-claim", "checkpoints",
