@@ -5,7 +5,9 @@
 #   store without checkpoints), runs.txt
 # Usage (repo root): OUT=dir BUDGET_S=530 MODE=... bash benchmarks/gpu_lab.sh
 #   finish (default)  the full profile's missing runs into report/runs; a lean benchmark
-#                     (lanes probe only) leaves the lease to the runs.
+#                     (lanes probe only) leaves the lease to the runs. RETRAIN="CODE ..."
+#                     first sets aside the runs those code versions trained (to
+#                     build/set-aside-runs), so the sweep trains them again with this code.
 #   speed             the whole benchmark: seed recipe, labkit, labkit compiled, 1-3 lanes,
 #                     the step's op breakdown, and every GPU test; no training after it.
 #   time              the seed report's protocol from nothing (SEEDS=1 or 3) in a fresh
@@ -45,6 +47,9 @@ case $MODE in
            [ -n "${WINNER:-}" ] || { echo "MODE=confirm needs WINNER, the variant MODE=modern chose, e.g. WINNER=100:cutout=12,ema=0.999"; exit 2; } ;;
   *) echo "MODE must be finish, speed, time, accuracy, modern or confirm, got $MODE"; exit 2 ;;
 esac
+if [ -n "${RETRAIN:-}" ] && [ "$MODE" != finish ]; then
+  echo "RETRAIN goes with MODE=finish (it retrains runs of report/runs), got MODE=$MODE"; exit 2
+fi
 # "EPOCHS:key=value,key=value" -> $epochs and the array sets=(--set key=value ...)
 variant() {
   epochs=${1%%:*}; sets=()
@@ -98,6 +103,12 @@ case $MODE in finish|time) limit=${BENCH_LIMIT_S:-180} ;; *) limit=$BUDGET_S ;; 
 timeout "$limit" "${BENCH[@]}" || echo "== bench ended with exit $? (124: stopped at its ${limit}s limit); bench.json keeps what it saved"
 fi
 
+if [ "$MODE" = finish ] && [ -n "${RETRAIN:-}" ]; then
+  echo "== set aside the runs of code $RETRAIN in $RUNS: the sweep trains them again"
+  # shellcheck disable=SC2086  # RETRAIN is a list of versions
+  $PY -m labkit runs --runs-dir "$RUNS" --set-aside $RETRAIN --to build/set-aside-runs \
+    || echo "== set-aside failed (exit $?): nothing moved, the sweep trains only missing runs"
+fi
 if [ "$MODE" = finish ] || [ "$MODE" = time ]; then
   echo "== sweep until $(date -u -d @$deadline +%TZ) into $RUNS"
   SWEEP=($PY -m labkit sweep --profile "$PROFILE" --protocol "$PROTOCOL" --seeds "$SEEDS" --data-dir "$DATA" --runs-dir "$RUNS"

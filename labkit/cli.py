@@ -297,6 +297,17 @@ def cmd_runs(args) -> int:
         raise RunError(f"{root}: a file, not a run store")
     if (root / "config.json").is_file():
         raise RunError(f"{root}: a run folder, not a run store; its store is {root.parent}")
+    if args.set_aside:
+        if not args.to:
+            raise RunError("--set-aside needs --to DIR, the folder the runs move to (outside the store)")
+        moved = store.set_aside_code(args.set_aside, args.to)
+        print(f"moved {len(moved)} finished run(s) of code {' '.join(args.set_aside)} to {args.to}: "
+              + ("a sweep of their profile trains them again" if moved else "none matched"))
+        for rid in moved:
+            print(f"  {rid}")
+        return 0
+    if args.to:
+        raise RunError("--to goes with --set-aside")
     runs, bad = [], []
     for p in sorted(root.iterdir()):
         if (p / "config.json").is_file():
@@ -361,8 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     data_args(p)
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("runs", help="print the table of runs")
+    p = sub.add_parser("runs", help="print the table of runs; or set aside the runs of a code version, to train them again")
     p.add_argument("--runs-dir")
+    p.add_argument("--set-aside", nargs="+", metavar="CODE",
+                   help="move the finished runs trained by these code versions (a commit also matches commit+change) out of the store")
+    p.add_argument("--to", metavar="DIR", help="where --set-aside moves them (outside the store; never overwritten)")
     p.set_defaults(fn=cmd_runs)
 
     p = sub.add_parser("make-synthetic", help="write a synthetic CIFAR-10 in the official layout")

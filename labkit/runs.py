@@ -353,6 +353,34 @@ class RunStore:
             return []
         return [self.load(p.name) for p in sorted(self.root.iterdir()) if (p / "config.json").is_file()]
 
+    def set_aside_code(self, versions: Iterable[str], dest: str | os.PathLike) -> list[str]:
+        """Move the finished runs trained by code `versions` (a commit, which also matches that
+        commit with an uncommitted change, "abc1234+name") out of the store into `dest`, so that
+        a sweep trains them again with the code of now; their ids stay, so the new runs take
+        their place. A run being trained (its lock held) stops the move before anything moved,
+        and so does a folder of the same name in `dest`: nothing is overwritten or lost."""
+        versions = [v for v in versions if v]
+        if not versions:
+            raise RunError("set aside: name at least one code version (e.g. 3887dc1)")
+        dest = Path(dest)
+        if dest.resolve() == self.root.resolve() or dest.resolve().is_relative_to(self.root.resolve()):
+            raise RunError(f"set aside: {dest} lies in the run store {self.root}; give a folder outside it")
+        picked = []
+        for r in self.all():
+            v = str((r.summary or {}).get("code_version", ""))
+            if r.finished and (v in versions or v.split("+")[0] in versions):
+                picked.append(r)
+        clash = [r.id for r in picked if (dest / r.id).exists()]
+        if clash:
+            raise RunError(f"set aside: {dest} already holds {', '.join(clash)}; nothing moved")
+        with contextlib.ExitStack() as held:
+            for r in picked:  # every lock first: a run in training stops the whole move
+                held.enter_context(self._lock(self.path(r.id), wait=False, log=None))
+            dest.mkdir(parents=True, exist_ok=True)
+            for r in picked:
+                shutil.move(str(self.path(r.id)), str(dest / r.id))
+        return [r.id for r in picked]
+
     def table(self, runs: Iterable[Run] | None = None) -> pd.DataFrame:
         """One row per run: id, name, every config field, and the summary's numbers."""
         rows = []

@@ -102,6 +102,44 @@ def test_runs_says_how_far_an_unfinished_run_got(trained, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1].split()[1:3] == ["False", "2/2"]
 
 
+def test_runs_set_aside_moves_only_the_named_code_and_never_overwrites(trained, tmp_path, capsys):
+    import fcntl
+    import shutil
+
+    tmp, _ = trained
+    (run_dir,) = (tmp / "runs").iterdir()
+    store = tmp_path / "store"
+    for name, version in (("a-1", "3887dc1"), ("b-2", "3887dc1+dropout-eager"), ("c-3", "8721feb"), ("d-4", "3887dc12")):
+        shutil.copytree(run_dir, store / name)
+        summary = json.loads((store / name / "summary.json").read_text())
+        (store / name / "summary.json").write_text(json.dumps({**summary, "code_version": version}))
+    shutil.copytree(run_dir, store / "e-5")
+    (store / "e-5" / "summary.json").unlink()  # unfinished: stays, its own checkpoint resumes it
+    aside = tmp_path / "aside"
+
+    def refused(args: list[str], why: str) -> None:
+        assert main(["runs", "--runs-dir", str(store), *args]) == 1
+        assert why in capsys.readouterr().err
+    assert main(["runs", "--runs-dir", str(store), "--set-aside", "3887dc1", "--to", str(aside)]) == 0
+    assert "moved 2 finished run(s) of code 3887dc1" in capsys.readouterr().out
+    assert sorted(p.name for p in aside.iterdir()) == ["a-1", "b-2"]
+    assert sorted(p.name for p in store.iterdir()) == ["c-3", "d-4", "e-5"]
+    # again: a name already in the destination stops the move, before anything moved
+    shutil.copytree(aside / "a-1", store / "a-1")
+    shutil.copytree(aside / "a-1", store / "f-6")
+    refused(["--set-aside", "3887dc1", "--to", str(aside)], "already holds a-1; nothing moved")
+    assert (store / "a-1" / "summary.json").is_file() and (store / "f-6").is_dir()
+    # a run in training (its lock held) stops it too
+    shutil.rmtree(store / "a-1")
+    with open(store / "f-6" / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        refused(["--set-aside", "3887dc1", "--to", str(tmp_path / "other")], "another process is training this run")
+    assert (store / "f-6" / "summary.json").is_file() and not (tmp_path / "other").exists()
+    refused(["--set-aside", "8721feb", "--to", str(store / "old")], "lies in the run store")
+    refused(["--set-aside", "8721feb"], "needs --to")
+    refused(["--to", str(aside)], "--to goes with --set-aside")
+
+
 def test_runs_on_an_empty_store(tmp_path, capsys):
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
     assert "no runs" in capsys.readouterr().out

@@ -30,6 +30,7 @@ def test_script_parses():
     [
         ({"MODE": "fast"}, "MODE must be finish, speed, time, accuracy, modern or confirm, got fast"),
         ({"MODE": "confirm"}, "MODE=confirm needs WINNER"),
+        ({"MODE": "time", "RETRAIN": "3887dc1"}, "RETRAIN goes with MODE=finish"),
     ],
 )
 def test_bad_modes_stop_before_anything_runs(tmp_path, env, message):
