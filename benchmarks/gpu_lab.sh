@@ -115,6 +115,19 @@ if [ "$MODE" = finish ] || [ "$MODE" = time ]; then
          --deadline "$deadline" --checkpoint-every 0 --timing-json "$OUT/sweep.json")
   "${SWEEP[@]}" --lanes auto --compile auto --bench-json "$OUT/bench.json" \
     || { echo "== sweep failed; once more with one lane, no compile"; "${SWEEP[@]}" --lanes 1 --timing-json "$OUT/sweep-retry.json"; }
+  if [ "$MODE" = time ]; then
+    # The fresh store's runs beside the same runs (same ids) in the profile's store: does the
+    # code of now, on this GPU, reproduce them (benchmarks/README.md, "An open question")?
+    $PY -c "
+import sys
+from labkit.analysis import compare_runs
+from labkit.runs import RunStore
+t = compare_runs(RunStore(sys.argv[1]).all(), RunStore(sys.argv[2]).all())
+print(t.to_string(index=False) if len(t) else f'no finished run of {sys.argv[1]} is in {sys.argv[2]}')
+" "$RUNS" "$($PY -c "from labkit.lab import profile; print(profile('$PROFILE').runs_dir)")" > "$OUT/compare.txt" \
+      && echo "== the new runs beside the profile's store: $OUT/compare.txt" && cat "$OUT/compare.txt" \
+      || echo "== comparison with the profile's store failed (exit $?)"
+  fi
 elif [ "$MODE" = modern ]; then
   # 5,000 training images held out: the variants (and test-time views) are compared on
   # validation accuracy; the winner is then trained on all 50,000 and tested once.

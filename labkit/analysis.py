@@ -48,6 +48,7 @@ __all__ = [
     "check_number",
     "check_seeds",
     "code_versions",
+    "compare_runs",
     "data_caveat",
     "data_label",
     "describe_recipe",
@@ -501,6 +502,23 @@ def code_versions(runs: Sequence[Run]) -> str:
     if any("+" in v for v in counts.index):
         text += "; a version with + is that commit with an uncommitted change of that name"
     return text or "—"
+
+
+def compare_runs(new: Sequence[Run], old: Sequence[Run]) -> pd.DataFrame:
+    """The finished runs present in both sets (same id: same configuration and seed), their
+    results side by side with the code that trained each: does another code version, or
+    another sitting, reproduce a run within the GPU's run-to-run noise?"""
+    before = {r.id: r for r in old if r.finished}
+    rows = []
+    for r in sorted((r for r in new if r.finished and r.id in before), key=lambda r: r.id):
+        a, b = r.summary or {}, before[r.id].summary or {}
+        row = {"run": r.id, "code (new)": a.get("code_version", "?"), "code (old)": b.get("code_version", "?")}
+        for field in ("final_val_acc", "test_acc"):
+            x, y = a.get(field), b.get(field)
+            row[f"{field} new"], row[f"{field} old"] = x, y
+            row[f"{field} new − old, pts"] = None if x is None or y is None else round((x - y) * 100, 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def training_sittings(runs: Sequence[Run], gap_s: float = 60.0) -> list[tuple[datetime, datetime]]:

@@ -73,3 +73,5 @@ def test_time_times_the_seed_protocol_from_nothing(tmp_path):
     bench = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert "not a speed figure" in bench["note"]  # a CPU check, never presented as a GPU result
     assert str(tmp_path) not in (tmp_path / "out" / "sweep.json").read_text()
+    compare = (tmp_path / "out" / "compare.txt").read_text()
+    assert compare.startswith("no finished run of") or compare.split()[:3] == ["run", "code", "(new)"], compare

@@ -190,6 +190,22 @@ def test_code_versions_and_the_data_caveat(monkeypatch):
     assert "a copy that is not the official CIFAR-10 files" in A.data_caveat([stand_in])
 
 
+def test_compare_runs_sets_the_same_runs_of_two_stores_side_by_side():
+    def run(rid, version, val, test, finished=True):
+        return SimpleNamespace(id=rid, finished=finished, summary={"code_version": version, "final_val_acc": val, "test_acc": test})
+
+    old = [run("final-1", "3887dc1", 0.719, 0.7108), run("baseline-2", "3887dc1", 0.772, None), run("x-3", "3887dc1", 0.5, 0.5)]
+    new = [run("final-1", "abc1234", 0.781, 0.7790), run("baseline-2", "abc1234", 0.770, 0.76), run("y-4", "abc1234", 0.5, 0.5),
+           run("x-3", "abc1234", 0.5, 0.5, finished=False)]  # fmt: skip
+    t = A.compare_runs(new, old)
+    assert list(t["run"]) == ["baseline-2", "final-1"]  # only finished runs present in both
+    row = t.set_index("run").loc["final-1"]
+    assert row["code (new)"] == "abc1234" and row["code (old)"] == "3887dc1"
+    assert row["final_val_acc new − old, pts"] == pytest.approx(6.2) and row["test_acc new − old, pts"] == pytest.approx(6.82)
+    assert math.isnan(t.set_index("run").loc["baseline-2", "test_acc new − old, pts"])  # no test number on one side
+    assert A.compare_runs([], old).empty
+
+
 def test_welch_difference_and_verdicts():
     a, b = [0.80, 0.82, 0.84], [0.70, 0.71, 0.72]
     d = A.welch(a, b)
