@@ -3,8 +3,9 @@
 Each lane is a thread with its own CUDA stream (and its own GPU, round-robin, where
 several are visible). Small nets leave a GPU partly idle, so two or three lanes can
 raise total throughput; `labkit.bench` measures whether they do. A job that cannot
-finish before the deadline (by the rate measured so far) is skipped, and one that
-overruns is stopped at an epoch boundary; both stay out of the store's finished runs.
+finish before the deadline (by the rate measured so far, or `rate_guess`) is skipped, as
+is every job once the deadline has passed; one that overruns is stopped at an epoch
+boundary (its last epoch excepted); both stay out of the store's finished runs.
 
 With `workers` the jobs are shared by that many processes instead, each bound to one GPU
 (round-robin over the visible ones) or to the CPU, each running its own lanes: one
@@ -70,7 +71,7 @@ def sweep(
 
     Args:
         data: (split, val_size) -> Dataset, called once per distinct split (in each worker).
-        deadline: time.time() by which every run must have ended (None: no limit).
+        deadline: time.time() by which every run must have ended (None: no limit); no run starts after it.
         rate_guess: GFLOP/s one lane achieves (beside the others), used to skip jobs until a run has measured it.
         workers: 0 = this process; N = N worker processes (GPU i % GPUs each, or the CPU), each
             with `lanes` lanes. `data` and `log` then go to the workers, so they must pickle
@@ -130,6 +131,13 @@ def _sweep_here(
                 if j.status != "pending" or (claim is not None and not claim(i)):
                     continue
                 j.worker = worker
+                if deadline is not None and time.time() >= deadline:
+                    # Past the deadline no run starts, estimate or none: it could only stop
+                    # after its first epoch, unfinished.
+                    j.status = "skipped"
+                    if log:
+                        log(f"skip {j.name} seed {j.cfg.seed}: the time budget has run out")
+                    continue
                 d = dataset(j.cfg)
                 n = min(j.cfg.train_subset or len(d.train_y), len(d.train_y))
                 j.work = run_gflop(j.cfg, n, len(d.val_y) + len(d.test_y) // j.cfg.epochs)

@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import time
+import types
 
 import pytest
 
@@ -87,17 +88,51 @@ def test_sweep_skips_what_cannot_finish_by_the_deadline(tmp_path, tiny_data):
     assert store.find(cfg, "slow") is None or not store.find(cfg, "slow").finished
 
 
-def test_a_run_past_the_deadline_stops_between_epochs_but_keeps_its_last(tmp_path, tiny_data):
-    # No rate known yet, so both start although the deadline has passed: the two-epoch run
-    # stops after its first epoch, unfinished; the one-epoch run's only epoch is its last, and
-    # throwing that away (no test, no summary) would only lose a trained run.
+def test_no_run_starts_once_the_deadline_has_passed(tmp_path, tiny_data):
+    # No rate known (no rate_guess, no run measured): the passed deadline alone says no run
+    # can finish; starting one would only train an epoch to throw away.
     store = RunStore(tmp_path / "runs")
     base = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, seed_extra_block=False)
     jobs = [("two", base.replace(epochs=2)), ("one", base.replace(epochs=1))]
-    done = sweep(jobs, store, lambda split, val: tiny_data, deadline=time.time() - 1, log=None)
-    assert [j.status for j in done] == ["stopped", "done"]
+    asked = []
+
+    def data(split, val):
+        asked.append(split)
+        return tiny_data
+
+    logged = []
+    done = sweep(jobs, store, data, deadline=time.time() - 1, log=logged.append)
+    assert [j.status for j in done] == ["skipped", "skipped"]
+    assert all(store.find(c, n) is None for n, c in jobs)  # nothing trained, not even begun
+    assert asked == []  # nor the data read for them
+    assert logged == ["skip two seed 0: the time budget has run out", "skip one seed 0: the time budget has run out"]
+
+
+def test_a_run_past_the_deadline_stops_between_epochs_but_keeps_its_last(tmp_path, tiny_data, monkeypatch):
+    # The deadline passes once a run has started (a fake clock, moved on as training begins):
+    # the two-epoch run stops after its first epoch, unfinished, and the job after it does
+    # not start; a one-epoch run's only epoch is its last, and throwing that away (no test,
+    # no summary) would only lose a trained run.
+    clock = {"now": 1000.0}
+    monkeypatch.setattr("labkit.sweep.time", types.SimpleNamespace(time=lambda: clock["now"]))
+    deadline = 1010.0
+
+    class DeadlinePassesInTraining(RunStore):
+        def get(self, *args, **kwargs):
+            clock["now"] = deadline + 1
+            return super().get(*args, **kwargs)
+
+    store = DeadlinePassesInTraining(tmp_path / "runs")
+    base = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, seed_extra_block=False)
+    two, one = base.replace(epochs=2), base.replace(epochs=1)
+    done = sweep([("two", two), ("one", one)], store, lambda split, val: tiny_data, deadline=deadline, log=None)
+    assert [j.status for j in done] == ["stopped", "skipped"]
     assert done[0].error == "time budget ran out after epoch 1"
-    assert store.find(jobs[1][1], "one").finished and not store.find(jobs[0][1], "two").finished
+    assert not store.find(two, "two").finished and store.find(one, "one") is None
+    clock["now"] = 1000.0
+    done = sweep([("one", one)], store, lambda split, val: tiny_data, deadline=deadline, log=None)
+    assert [j.status for j in done] == ["done"]
+    assert store.find(one, "one").finished
 
 
 # -- choosing lanes / compile from a benchmark ----------------------------------------------
