@@ -198,7 +198,8 @@ def cmd_sweep(args) -> int:
     if args.deadline is not None and args.budget_s is not None:
         raise ConfigError("give --deadline or --budget-s, not both")
     check_writable(args.timing_json, "--timing-json")
-    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False)
+    # log=None: the Lab's own note on an unused data_dir would repeat the one below
+    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False, log=None)
     if lab.profile.synthetic and args.data_dir:
         print(f"note: the {args.profile} profile trains on synthetic data; --data-dir {args.data_dir} is not used")
     rows = plan(args.profile, args.seeds, protocol=args.protocol)

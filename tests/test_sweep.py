@@ -266,3 +266,27 @@ def test_sweep_rejects_bad_options_before_training(tmp_path, capsys, monkeypatch
     assert main(["sweep", "--profile", "smoke", *extra]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "build").exists()  # nothing trained, nothing written
+
+
+@pytest.fixture
+def fake_sweep(monkeypatch):
+    """labkit.sweep.sweep, as the CLI calls it, replaced by one that trains nothing: it
+    records what it was given and reports every job cached. Returns the record."""
+    from labkit import sweep as sweep_module
+
+    seen = {}
+
+    def fake(jobs, store, data, **kwargs):
+        seen.update(jobs=jobs, store=store, data=data, **kwargs)
+        return [sweep_module.Job(n, c, status="cached") for n, c in jobs]
+
+    monkeypatch.setattr(sweep_module, "sweep", fake)
+    return seen
+
+
+def test_sweep_says_once_that_a_data_dir_is_not_used(tmp_path, capsys, monkeypatch, fake_sweep):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--profile", "smoke", "--only", "05_final", "--data-dir", "nowhere"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("is not used") == 1
+    assert "note: the smoke profile trains on synthetic data; --data-dir nowhere is not used" in out
