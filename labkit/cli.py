@@ -179,7 +179,7 @@ def cmd_sweep(args) -> int:
 
     from .lab import Lab, plan
     from .runs import atomic_write_text, check_writable
-    from .sweep import execution_from_bench, sweep, sweep_record, with_compile
+    from .sweep import execution_from_bench, lanes_used, sweep, sweep_record, with_compile
 
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0 = this process), got {args.workers}")
@@ -224,8 +224,13 @@ def cmd_sweep(args) -> int:
         if args.compile == "auto":
             mode = chosen["compile"]
         rate_guess = rate_guess or chosen["rate_gflops"]
-        print(f"sweep: {lanes} lane(s), compile {mode or 'off'}; bench says {chosen['why']} (from {args.bench_json})")
     jobs, plain = with_compile([(name, cfg) for _, name, cfg in rows], mode, chosen=args.compile == "auto")
+    used, fewer = lanes_used(jobs, lanes)  # what runs, and what the record says: not what was asked
+    if args.bench_json:
+        print(f"sweep: {used} lane(s), compile {mode or 'off'}; bench says {chosen['why']} (from {args.bench_json})")
+    if fewer:
+        asked = "the bench chose" if args.lanes == "auto" else "--lanes asks for"
+        print(f"sweep: 1 lane, not the {lanes} {asked}: {fewer}")
     if plain:
         print(f"sweep: {plain} dropout run(s) left uncompiled: compiled, their step is not graphed, and the bench timed compile without dropout")
     if not lab.profile.synthetic and any(not ((r := lab.store.find(c, n)) and r.finished) for n, c in jobs):
@@ -249,7 +254,7 @@ def cmd_sweep(args) -> int:
         if args.timing_json and done:
             rec = sweep_record(
                 done, lab.store, wall, command=args.command, profile=args.profile, protocol=args.protocol,
-                seeds=args.seeds or lab.profile.seeds, lanes=lanes, workers=args.workers, compile=mode or "off",
+                seeds=args.seeds or lab.profile.seeds, lanes=used, workers=args.workers, compile=mode or "off",
                 data_dir=args.data_dir,
             )
             Path(args.timing_json).parent.mkdir(parents=True, exist_ok=True)
@@ -412,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated notebooks to include, e.g. 04_ablations,05_final")
     p.add_argument("--protocol", default="lab", choices=["lab", "seed"],
                    help="lab: every planned run; seed: the seed report's protocol only (ablations, final, depths; no modern)")
-    p.add_argument("--lanes", default="1", help="runs side by side on each GPU, or 'auto' (from --bench-json)")
+    p.add_argument("--lanes", default="1", help="runs side by side on each GPU, or 'auto' (from --bench-json); without a GPU, one")
     p.add_argument("--bench-json", help="a `labkit bench` result: gives --rate-guess, --lanes auto and --compile auto")
     p.add_argument("--deadline", type=float, help="unix time by which every run must end")
     p.add_argument("--budget-s", type=float, help="seconds from now by which every run must end")

@@ -37,7 +37,7 @@ from .data import Dataset
 from .model import run_gflop
 from .runs import RunStore
 
-__all__ = ["Job", "sweep", "Deadline", "execution_from_bench", "sweep_record", "with_compile"]
+__all__ = ["Job", "sweep", "Deadline", "execution_from_bench", "lanes_used", "sweep_record", "with_compile"]
 
 
 class Deadline(Exception):
@@ -77,7 +77,7 @@ def sweep(
             with `lanes` lanes. `data` and `log` then go to the workers, so they must pickle
             (module-level functions, functools.partial, bound methods of picklable objects).
     """
-    on_gpu = torch.cuda.is_available() and all(c.device in ("auto", "cuda") for _, c in jobs)
+    on_gpu = _on_gpu(jobs)
     if lanes > 1 and any(c.compile for _, c in jobs):
         # torch.compile is not thread-safe: lanes would compile at once (several processes may).
         raise ConfigError("compile with lanes > 1: torch.compile is not thread-safe; use one lane, or --workers for processes")
@@ -89,6 +89,20 @@ def sweep(
     if workers:
         return _sweep_workers(todo, store, data, workers, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu)
     return _sweep_here(todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu)
+
+
+def _on_gpu(jobs: list[tuple[str, TrainConfig]]) -> bool:
+    return torch.cuda.is_available() and all(c.device in ("auto", "cuda") for _, c in jobs)
+
+
+def lanes_used(jobs: list[tuple[str, TrainConfig]], lanes: int) -> tuple[int, str]:
+    """The lanes `sweep` runs (in each process) when asked for `lanes`: lanes share a GPU, so
+    without one, or with a run set to the CPU, runs train one at a time. Returns the lanes
+    and, when fewer than asked, why ('' otherwise)."""
+    if lanes <= 1 or _on_gpu(jobs):
+        return max(1, lanes), ""
+    why = "no CUDA GPU here" if not torch.cuda.is_available() else "a run is set to device cpu"
+    return 1, f"{why}, and lanes share a GPU: runs train one at a time"
 
 
 def _sweep_here(
@@ -107,7 +121,7 @@ def _sweep_here(
 ) -> list[Job]:
     """The lanes of one process. gpu: every lane's GPU (else lane i % GPUs). claim(i): True
     if this process may take job i (another worker process has not)."""
-    lanes = max(1, lanes if on_gpu else 1)
+    lanes = max(1, lanes if on_gpu else 1)  # as lanes_used says
     n_gpus = torch.cuda.device_count() if on_gpu else 0
     cache: dict[tuple[str, int], Dataset] = {}
     lock = threading.RLock()

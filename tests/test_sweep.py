@@ -290,3 +290,44 @@ def test_sweep_says_once_that_a_data_dir_is_not_used(tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     assert out.count("is not used") == 1
     assert "note: the smoke profile trains on synthetic data; --data-dir nowhere is not used" in out
+
+
+def test_sweep_says_and_records_the_lanes_it_runs_not_those_asked(tmp_path, capsys, monkeypatch, fake_sweep):
+    # On a CPU lanes run one at a time: the record and the output say 1, and why, in one line.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", "--profile", "smoke", "--only", "05_final"]
+    assert main([*args, "--lanes", "3", "--timing-json", "t.json"]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["lanes"] == 1
+    assert fake_sweep["lanes"] == 3  # sweep is told what was asked (it checks compile against it)
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if "lane" in line]) == 1  # one line says it
+    assert "sweep: 1 lane, not the 3 --lanes asks for: no CUDA GPU here, and lanes share a GPU: runs train one at a time" in out
+    # --lanes auto: the bench chooses 2, one runs
+    (tmp_path / "b.json").write_text(json.dumps(_bench(probes=[(1, 1000.0), (2, 1300.0)])))
+    assert main([*args, "--lanes", "auto", "--bench-json", "b.json", "--timing-json", "t2.json"]) == 0
+    assert json.loads((tmp_path / "t2.json").read_text())["lanes"] == 1
+    out = capsys.readouterr().out
+    assert "sweep: 1 lane(s), compile off; bench says 2 lanes: 1.30x one lane" in out
+    assert "sweep: 1 lane, not the 2 the bench chose: no CUDA GPU here" in out
+    # one lane asked, one run: nothing to explain
+    assert main([*args, "--lanes", "1", "--timing-json", "t3.json"]) == 0
+    assert json.loads((tmp_path / "t3.json").read_text())["lanes"] == 1
+    assert "not the" not in capsys.readouterr().out
+
+
+def test_lanes_used_on_a_gpu_only_when_every_run_may_use_it(monkeypatch):
+    import torch
+
+    from labkit.sweep import lanes_used
+
+    base = preset("seed", width=8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert lanes_used([("a", base), ("b", base.replace(device="cuda"))], 3) == (3, "")
+    n, why = lanes_used([("a", base), ("c", base.replace(device="cpu"))], 3)
+    assert n == 1 and why.startswith("a run is set to device cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert lanes_used([("a", base)], 1) == (1, "")
+    assert lanes_used([("a", base)], 2)[0] == 1
