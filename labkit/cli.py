@@ -177,7 +177,7 @@ def cmd_sweep(args) -> int:
     import json
     import time
 
-    from .lab import Lab, plan
+    from .lab import Lab, plan, project_root
     from .runs import atomic_write_text, check_writable
     from .sweep import execution_from_bench, lanes_used, sweep, sweep_record, with_compile
 
@@ -198,8 +198,11 @@ def cmd_sweep(args) -> int:
     if args.deadline is not None and args.budget_s is not None:
         raise ConfigError("give --deadline or --budget-s, not both")
     check_writable(args.timing_json, "--timing-json")
-    # log=None: the Lab's own note on an unused data_dir would repeat the one below
-    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, progress=False, log=None)
+    # The profile's folders (run store, data/) hang from the project root, as for `lab` and the
+    # notebooks, wherever in the project this runs; a --data-dir or --runs-dir typed here (and
+    # $LABKIT_DATA) means from here, as for `lab`. log=None: the Lab's own note on an unused
+    # data_dir would repeat the one below.
+    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, root=project_root(), progress=False, log=None)
     if lab.profile.synthetic and args.data_dir:
         print(f"note: the {args.profile} profile trains on synthetic data; --data-dir {args.data_dir} is not used")
     rows = plan(args.profile, args.seeds, protocol=args.protocol)
@@ -235,6 +238,7 @@ def cmd_sweep(args) -> int:
         print(f"sweep: {plain} dropout run(s) left uncompiled: compiled, their step is not graphed, and the bench timed compile without dropout")
     if not lab.profile.synthetic and any(not ((r := lab.store.find(c, n)) and r.finished) for n, c in jobs):
         lab.data()  # the data, and the store's runs checked against them, before any run starts
+    print(f"sweep: {len(jobs)} planned runs, run store {lab.store.root}")
     deadline = args.deadline or (time.time() + args.budget_s if args.budget_s is not None else None)
     t0 = time.time()
     done = []
@@ -411,8 +415,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("sweep", help="train a profile's planned runs in priority order, side by side, in a time budget")
     p.add_argument("--profile", default="full", help="full | quick | smoke")
-    p.add_argument("--data-dir")
-    p.add_argument("--runs-dir", help="default: the profile's run store")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default $LABKIT_DATA or data/ in the project root; "
+                   "the smoke profile makes its own); a relative path is taken from here")
+    p.add_argument("--runs-dir", help="run store (default: the profile's, in the project root: the nearest folder from here "
+                   "up that holds notebooks/, else here); a relative path is taken from here")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: the profile's)")
     p.add_argument("--only", help="comma-separated notebooks to include, e.g. 04_ablations,05_final")
     p.add_argument("--protocol", default="lab", choices=["lab", "seed"],

@@ -16,6 +16,7 @@ from labkit.config import ConfigError, preset
 from labkit.lab import plan
 from labkit.runs import RunStore
 from labkit.sweep import execution_from_bench, sweep, with_compile
+from labkit.synthetic import make_synthetic_cifar10
 from labkit.train import _GpuGate
 
 
@@ -331,3 +332,39 @@ def test_lanes_used_on_a_gpu_only_when_every_run_may_use_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert lanes_used([("a", base)], 1) == (1, "")
     assert lanes_used([("a", base)], 2)[0] == 1
+
+
+def test_sweep_finds_the_profile_folders_from_the_project_root(tmp_path, capsys, monkeypatch, fake_sweep):
+    # Run from notebooks/ (where JupyterLab's terminal opens), the same command as from the
+    # project root: the profile's run store and data/ are the root's, as for `lab` and the
+    # notebooks; paths typed on the command line are taken from here, as for `lab`.
+    import labkit.data
+
+    def no_download(root):
+        raise labkit.data.DataError(f"{root}: not found, and tests do not download")
+
+    monkeypatch.setattr(labkit.data, "download", no_download)
+    monkeypatch.delenv("LABKIT_DATA", raising=False)
+    proj = tmp_path / "proj"
+    (proj / "notebooks").mkdir(parents=True)
+    (proj / "notebooks" / "00_summary.ipynb").write_text("{}")
+    monkeypatch.chdir(proj / "notebooks")
+    args = ["sweep", "--only", "05_final", "--protocol", "seed", "--seeds", "1"]
+    assert main([*args, "--profile", "smoke"]) == 0
+    assert fake_sweep["store"].root.resolve() == proj / "build" / "smoke" / "runs"
+    fake_sweep["data"]("seed", 0)  # the smoke profile's synthetic data: made beside its store
+    assert (proj / "build" / "smoke" / "data" / "cifar-10-batches-py" / "test_batch").is_file()
+    assert f"run store {proj / 'build' / 'smoke' / 'runs'}" in capsys.readouterr().out
+    assert main([*args, "--profile", "smoke", "--runs-dir", "mine"]) == 0
+    assert fake_sweep["store"].root.resolve() == proj / "notebooks" / "mine"
+    assert not (proj / "notebooks" / "build").exists()
+    # a real-data profile looks in the root's data/ (here a synthetic copy, which it refuses by size)
+    make_synthetic_cifar10(proj / "data", per_batch=10)
+    capsys.readouterr()
+    assert main([*args, "--profile", "quick"]) == 1
+    err = capsys.readouterr().err
+    assert f"under {proj / 'data'} holds 50 and 10" in err
+    # --data-dir typed here: from here
+    make_synthetic_cifar10(proj / "notebooks" / "here", per_batch=20)
+    assert main([*args, "--profile", "quick", "--data-dir", "here"]) == 1
+    assert "under here holds 100 and 20" in capsys.readouterr().err
