@@ -175,6 +175,7 @@ def cmd_eval(args) -> int:
 
 def cmd_sweep(args) -> int:
     import json
+    import os
     import time
 
     from .lab import Lab, plan, project_root
@@ -201,8 +202,10 @@ def cmd_sweep(args) -> int:
     # The profile's folders (run store, data/) hang from the project root, as for `lab` and the
     # notebooks, wherever in the project this runs; a --data-dir or --runs-dir typed here (and
     # $LABKIT_DATA) means from here, as for `lab`. log=None: the Lab's own note on an unused
-    # data_dir would repeat the one below.
-    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, root=project_root(), progress=False, log=None)
+    # data_dir would repeat the one below. The root relative to here, as the notebooks give it:
+    # no machine's folder names in what the sweep prints.
+    root = os.path.relpath(project_root())
+    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, root=root, progress=False, log=None)
     if lab.profile.synthetic and args.data_dir:
         print(f"note: the {args.profile} profile trains on synthetic data; --data-dir {args.data_dir} is not used")
     rows = plan(args.profile, args.seeds, protocol=args.protocol)

@@ -354,7 +354,7 @@ def test_sweep_finds_the_profile_folders_from_the_project_root(tmp_path, capsys,
     assert fake_sweep["store"].root.resolve() == proj / "build" / "smoke" / "runs"
     fake_sweep["data"]("seed", 0)  # the smoke profile's synthetic data: made beside its store
     assert (proj / "build" / "smoke" / "data" / "cifar-10-batches-py" / "test_batch").is_file()
-    assert f"run store {proj / 'build' / 'smoke' / 'runs'}" in capsys.readouterr().out
+    assert "run store ../build/smoke/runs" in capsys.readouterr().out  # no machine's folder names
     assert main([*args, "--profile", "smoke", "--runs-dir", "mine"]) == 0
     assert fake_sweep["store"].root.resolve() == proj / "notebooks" / "mine"
     assert not (proj / "notebooks" / "build").exists()
@@ -362,8 +362,7 @@ def test_sweep_finds_the_profile_folders_from_the_project_root(tmp_path, capsys,
     make_synthetic_cifar10(proj / "data", per_batch=10)
     capsys.readouterr()
     assert main([*args, "--profile", "quick"]) == 1
-    err = capsys.readouterr().err
-    assert f"under {proj / 'data'} holds 50 and 10" in err
+    assert "under ../data holds 50 and 10" in capsys.readouterr().err
     # --data-dir typed here: from here
     make_synthetic_cifar10(proj / "notebooks" / "here", per_batch=20)
     assert main([*args, "--profile", "quick", "--data-dir", "here"]) == 1
