@@ -548,7 +548,7 @@ def run_lab(
         from .lab import Lab, plan
         from .sweep import sweep
 
-        lab = Lab(name, data_dir=data_at, runs_dir=runs_dir, root=root, progress=False)
+        lab = Lab(name, data_dir=None if prof.synthetic else data_at, runs_dir=runs_dir, root=root, progress=False)
         log(f"training the plan's runs first, {lanes} side by side per GPU")
         gpus = torch.cuda.device_count()
         done_jobs = sweep(

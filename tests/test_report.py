@@ -665,3 +665,25 @@ def test_lab_refuses_outputs_that_would_destroy_something(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(R.LabError, match="is a file, not a folder"):
         R.run_lab("smoke", root=tmp_path, out=tmp_path / "afile")
+
+
+def test_lab_on_a_gpu_says_nothing_of_a_data_dir_nobody_gave(tmp_path, monkeypatch):
+    """Before the notebooks, the lab trains the plan on the GPU; the smoke profile's Lab there
+    was given the default data folder and said it was not used, with no --data-dir asked."""
+    import torch
+
+    import labkit.sweep
+
+    class Reached(Exception):
+        pass
+
+    def fake_sweep(*a, **k):
+        raise Reached
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(labkit.sweep, "sweep", fake_sweep)
+    seen: list[str] = []
+    with pytest.raises(Reached):
+        R.run_lab("smoke", root=tmp_path, out=tmp_path / "out", log=seen.append)
+    assert seen and not any("is not used" in m for m in seen), seen
