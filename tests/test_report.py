@@ -667,7 +667,7 @@ def test_lab_refuses_outputs_that_would_destroy_something(tmp_path):
         R.run_lab("smoke", root=tmp_path, out=tmp_path / "afile")
 
 
-def test_lab_on_a_gpu_says_nothing_of_a_data_dir_nobody_gave(tmp_path, monkeypatch):
+def test_lab_on_a_gpu_says_nothing_of_a_data_dir_nobody_gave(tmp_path, monkeypatch, capsys):
     """Before the notebooks, the lab trains the plan on the GPU; the smoke profile's Lab there
     was given the default data folder and said it was not used, with no --data-dir asked."""
     import torch
@@ -686,4 +686,5 @@ def test_lab_on_a_gpu_says_nothing_of_a_data_dir_nobody_gave(tmp_path, monkeypat
     seen: list[str] = []
     with pytest.raises(Reached):
         R.run_lab("smoke", root=tmp_path, out=tmp_path / "out", log=seen.append)
-    assert seen and not any("is not used" in m for m in seen), seen
+    said = seen + capsys.readouterr().out.splitlines()
+    assert seen and not any("is not used" in m for m in said), said
