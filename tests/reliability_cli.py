@@ -40,12 +40,14 @@ SETS = [
 ]
 # Columns of metrics.csv that are timings, not results.
 TIMING = {"seconds", "images_per_s"}
+# Taken out of the processes' environment: the tests name their folders themselves.
+CLEARED_ENV = ("LABKIT_DATA", "LABKIT_RUNS")
 
 
 def env() -> dict:
     e = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for k in ("LABKIT_DATA", "LABKIT_RUNS"):
+    for k in CLEARED_ENV:
         e.pop(k, None)
     return e
 

@@ -1,8 +1,10 @@
 """The main job (labkit.report, `python -m labkit lab`) and the statistics behind the report.
 
-The end-to-end test runs the smoke profile as CI does: papermill executes every notebook,
+The end-to-end tests run the smoke profile as CI does: papermill executes every notebook,
 nbconvert exports one HTML, headless Chromium prints the PDF (that assertion is skipped when
-no chromium is on PATH). Everything is written under pytest's temporary folders.
+no chromium is on PATH). Everything is written under pytest's temporary folders. The lab is
+conftest.py's session fixture smoke_lab, which test_reliability_lab.py shares: a first
+attempt killed after two runs, then the whole lab run again in this process.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -513,18 +514,14 @@ FIGURES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def smoke_lab(tmp_path_factory):
-    """The smoke profile end to end, under a temporary project root (never report/)."""
-    root = tmp_path_factory.mktemp("lab")
-    t0 = time.time()
-    rep = R.run_lab("smoke", root=root, out=root / "out")
-    return rep, root, time.time() - t0
+# smoke_lab (conftest.py): the smoke profile end to end under a temporary project root (never
+# report/), finished by run_lab("smoke", root=root, out=root / "out") in this process after a
+# first attempt was killed (test_reliability_lab.py checks that part).
 
 
 @pytest.mark.slow
 def test_smoke_lab_runs_every_notebook(smoke_lab):
-    rep, root, seconds = smoke_lab
+    rep, root, seconds = smoke_lab.report, smoke_lab.root, smoke_lab.seconds
     assert rep.profile == "smoke"
     keys = sorted(p.stem for p in rep.notebooks)
     assert keys == sorted(["00_summary", "01_data", "02_model", "03_depth_limit", "05_final", *[f"04_ablations-{a}" for a in ABLATION_GROUPS]])
@@ -541,7 +538,7 @@ def test_smoke_lab_runs_every_notebook(smoke_lab):
 
 @pytest.mark.slow
 def test_smoke_report_has_every_table_and_figure(smoke_lab):
-    rep = smoke_lab[0]
+    rep = smoke_lab.report
     html = rep.html.read_text()
     missing_t = [t for t in TABLES if f'id="T_tbl-{t}"' not in html]
     missing_f = [f for f in FIGURES if f'id="fig-{f}"' not in html]
@@ -558,7 +555,7 @@ def test_smoke_report_has_every_table_and_figure(smoke_lab):
         assert n in html
     assert "synthetic CIFAR-format data" in html and "not the official CIFAR-10 files" in html
     assert "smoke profile" in html
-    days = sorted({json.loads(f.read_text())["finished_at"][:10] for f in (smoke_lab[1] / "build/smoke/runs").glob("*/summary.json")})
+    days = sorted({json.loads(f.read_text())["finished_at"][:10] for f in (smoke_lab.root / "build/smoke/runs").glob("*/summary.json")})
     assert days and f"<b>trained:</b> {' to '.join(dict.fromkeys([days[0], days[-1]]))}" in html  # from the runs' summaries
     # Every figure carries its caption as alternative text (nbconvert's own is a placeholder).
     from bs4 import BeautifulSoup
@@ -572,7 +569,7 @@ def test_smoke_report_has_every_table_and_figure(smoke_lab):
 
 @pytest.mark.slow
 def test_smoke_report_pdf(smoke_lab):
-    rep = smoke_lab[0]
+    rep = smoke_lab.report
     if R.find_chromium() is None:
         pytest.skip("no chromium on PATH: PDF not printed")
     assert rep.pdf is not None and rep.pdf.is_file()
@@ -584,7 +581,7 @@ def test_smoke_report_pdf(smoke_lab):
 @pytest.mark.slow
 def test_export_again_retrains_nothing(smoke_lab, monkeypatch, capsys):
     """--no-train renders from the store: no new runs, no run touched; without Chromium, HTML only."""
-    _, root, _ = smoke_lab
+    root = smoke_lab.root
     runs = root / "build" / "smoke" / "runs"
     before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
     monkeypatch.setattr(R, "find_chromium", lambda: None)
