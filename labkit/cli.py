@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
     from . import distributed
     from .data import DataError
     from .runs import RunStore
-    from .train import resolve_device
+    from .train import _kept_if_interrupted, resolve_device
 
     overrides = parse_overrides(args.set or [])
     if args.epochs is not None:
@@ -73,6 +73,9 @@ def cmd_train(args) -> int:
         if main:
             where = f" on {distributed.world()} processes" if distributed.world() > 1 else ""
             print(f"run {store.run_id(cfg, name)} in {store.root}{where}")
+        # What main() says if Ctrl-C stops it: where a rerun of the same command goes on from.
+        kept = _kept_if_interrupted(store.path(store.run_id(cfg, name)) / "checkpoint.pt", args.checkpoint_every)
+        args.interrupted = f"run {store.run_id(cfg, name)} in {store.root} stopped before it finished; {kept} (the same command)"
         # The data are loaded before the store is asked, without downloading, so that `get`
         # compares them with any finished run it hands back (a run's id names no data), also
         # one another process finishes meanwhile. Only data not here yet wait for `get`'s
@@ -458,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     args.command = command_line(argv)  # recorded with results
     try:
         return args.fn(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; 130 as a shell reports SIGINT
+        note = getattr(args, "interrupted", None)
+        print(f"interrupted (SIGINT): {note}" if note else "interrupted (SIGINT)", file=sys.stderr)
+        return 130
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

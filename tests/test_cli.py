@@ -362,3 +362,14 @@ def test_result_files_that_cannot_be_written_fail_before_any_work(tmp_path, caps
     err = capsys.readouterr().err
     assert flag in err and ("cannot write there" in err or "is a folder" in err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]  # nothing trained or made
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import labkit.synthetic
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(labkit.synthetic, "make_synthetic_cifar10", interrupted)
+    assert main(["make-synthetic", str(tmp_path / "d")]) == 130
+    assert capsys.readouterr().err == "interrupted (SIGINT)\n"

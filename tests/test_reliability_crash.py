@@ -116,3 +116,32 @@ def test_sigkill_inside_each_write_never_leaves_a_bad_file(lab):
                 load_checkpoint(leftovers[0])  # the half-written file is refused, by name
         resumed_at = ckpt_epochs
     _rerun_and_compare(lab, resumed_at)
+
+
+# `python -m labkit` as a shell runs it, SIGINT raising KeyboardInterrupt (a child started
+# from a shell without job control would inherit SIGINT ignored).
+CTRL_C = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from labkit.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def test_ctrl_c_says_in_one_line_what_a_rerun_resumes_from(lab):
+    import os
+    import signal
+
+    d = R.run_dir(lab / "runs")
+    log = lab / "first.log"
+    p = R.start([sys.executable, "-c", CTRL_C, *R.argv(lab / "runs", lab / "data")[3:]], log, cwd=lab)
+    R.wait_for(lambda: R.epoch_lines(log.read_text()), what="the first epoch's line", proc=p)
+    os.kill(p.pid, signal.SIGINT)
+    assert R.finish(p) == 130
+    out = log.read_text()
+    assert "Traceback" not in out, out
+    (said,) = [ln for ln in out.splitlines() if not ln.startswith(("run ", "epoch"))]
+    assert said == (
+        f"interrupted (SIGINT): run {d.name} in {lab / 'runs'} stopped before it finished; interrupted, it resumes "
+        "from its last checkpoint (written every epoch) when asked for again (the same command)"
+    )
+    assert not (d / "summary.json").exists()
+    _rerun_and_compare(lab, int(load_checkpoint(d / "checkpoint.pt")["epoch"]) + 1)
