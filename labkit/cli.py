@@ -50,6 +50,13 @@ def _check_synthetic_size(args) -> None:
         raise ConfigError(f"--synthetic-size must be >= 10 (images per batch file, one per class), got {args.synthetic_size}")
 
 
+def _one_value(field: str, flag_value, flag: str, set_value):
+    """A field given by a dedicated flag and by --set: the one value, refused if they differ."""
+    if flag_value is not None and set_value is not None and flag_value != set_value:
+        raise ConfigError(f"{field} given twice, {flag} {flag_value} and --set {field}={set_value}: give it once")
+    return flag_value if flag_value is not None else set_value
+
+
 def cmd_train(args) -> int:
     from . import distributed
     from .data import DataError
@@ -118,14 +125,17 @@ def cmd_eval(args) -> int:
 
     from .data import DataError, check_same_data
     from .runs import RunError, RunStore, atomic_write_text, check_writable
-    from .train import EVAL_FIELDS, reevaluate, resolve_device
+    from .train import EVAL_EXECUTION_FIELDS, EVAL_FIELDS, reevaluate, resolve_device
 
     check_writable(args.out, "--out")
     _check_synthetic_size(args)
-    resolve_device(args.device)
     changes = parse_overrides(args.set or [])
+    # The device is where both rows are evaluated, not a setting compared: --device, or --set device=.
+    device = _one_value("device", args.device, "--device", changes.pop("device", None)) or "auto"
+    resolve_device(device)
     if not changes:
-        raise ConfigError(f"give the settings to evaluate with: --set KEY=VALUE, KEY one of {list(EVAL_FIELDS)}")
+        keys = [k for k in EVAL_FIELDS + EVAL_EXECUTION_FIELDS if k != "device"]
+        raise ConfigError(f"give the settings to evaluate with: --set KEY=VALUE, KEY one of {keys} (the device: --device)")
     if not args.run or "/" in args.run or args.run.startswith("."):
         raise ConfigError(f"run must be a run id (a folder name in the run store, e.g. modern-777d574203), got {args.run!r}")
     store = RunStore(args.runs_dir)
@@ -147,18 +157,22 @@ def cmd_eval(args) -> int:
             "and its --synthetic-size, again)"
         ) from None
     check_same_data(run.summary.get("data"), data.source, run.id, "point --data-dir at the data it was trained on")
-    rows = [("as trained (its summary)", {k: getattr(cfg, k) for k in EVAL_FIELDS}, run.summary.get("final_val_acc"), run.summary.get("test_acc"))]
-    own = reevaluate(cfg, run.checkpoint, data, device=args.device)
-    other = reevaluate(cfg, run.checkpoint, data, device=args.device, **changes)
-    rows += [("as trained, evaluated now", own["settings"], own["val_acc"], own["test_acc"]),
-             ("with " + " ".join(f"{k}={v}" for k, v in changes.items()), other["settings"], other["val_acc"], other["test_acc"])]
+    s = run.summary
+    own = reevaluate(cfg, run.checkpoint, data, device=device)
+    other = reevaluate(cfg, run.checkpoint, data, device=device, **changes)
+    # Each row says the precision it was computed in: a change of precision is one of the settings compared.
+    rows = [("as trained (its summary)", {k: getattr(cfg, k) for k in EVAL_FIELDS}, f"{s.get('precision', 'unrecorded')} on {s.get('device', '?')}",
+             s.get("final_val_acc"), s.get("test_acc")),
+            ("as trained, evaluated now", own["settings"], own["precision"], own["val_acc"], own["test_acc"]),
+            ("with " + " ".join(f"{k}={v}" for k, v in changes.items()), other["settings"], other["precision"], other["val_acc"], other["test_acc"])]
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
-    print(f"run {run.id} ({other['precision']})")
+    print(f"run {run.id}, evaluated now on {own['device']}")
     # Test numbers beside each setting invite choosing the setting by them; they are shown
     # only when asked for (--test), e.g. for the setting already chosen on validation.
-    print(f"{'':34s} {'settings':36s} {'val_acc':>8s}" + (f" {'test_acc':>8s}" if args.test else ""))
-    for label, st, va, te in rows:
-        print(f"{label:34s} {' '.join(f'{k}={v}' for k, v in st.items()):36s} {fmt(va):>8s}" + (f" {fmt(te):>8s}" if args.test else ""))
+    print(f"{'':34s} {'settings':36s} {'precision':16s} {'val_acc':>8s}" + (f" {'test_acc':>8s}" if args.test else ""))
+    for label, st, prec, va, te in rows:
+        print(f"{label:34s} {' '.join(f'{k}={v}' for k, v in st.items()):36s} {prec:16s} {fmt(va):>8s}"
+              + (f" {fmt(te):>8s}" if args.test else ""))
     if math.isnan(own["val_acc"]):
         print("note: this run has no validation set, so nothing here can choose between settings; its test numbers "
               "(--test) cannot either without selecting on the test set (train with split 'seed', or 'full' with val_size > 0)")
@@ -380,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("eval", help="evaluate a finished run's weights again with other test-time settings (TTA)")
     p.add_argument("run", help="run id, e.g. modern-777d574203")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="tta_flip / tta_translate (repeatable)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="tta_flip, tta_translate, precision or channels_last (repeatable)")
+    p.add_argument("--device", help="auto | cpu | cuda, where both rows are evaluated (default auto; or --set device=)")
     p.add_argument("--out", help="also write the numbers here (JSON)")
     p.add_argument("--test", action="store_true",
                    help="also show test accuracy per setting (left out by default: choosing a setting by it selects on the test set)")

@@ -408,11 +408,14 @@ def evaluate(
 
 # What evaluation alone decides: a finished run can be evaluated again with other values.
 EVAL_FIELDS = ("tta_flip", "tta_translate")
+# The execution settings evaluation uses; the others (EXECUTION_FIELDS) concern the training step only.
+EVAL_EXECUTION_FIELDS = ("device", "precision", "channels_last")
 
 
 def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes) -> dict:
     """Validation and test accuracy of a finished run's weights (those its `select` chose),
-    evaluated with other test-time settings (EVAL_FIELDS) or execution settings.
+    evaluated with other test-time settings (EVAL_FIELDS) or execution settings
+    (EVAL_EXECUTION_FIELDS: device, precision, channels_last).
 
     Compare the settings on the validation numbers: picking one by its test accuracy is
     model selection on the test set.
@@ -423,7 +426,13 @@ def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes)
     if trained:
         raise ConfigError(
             f"{trained} change(s) what was trained, not how it is evaluated; "
-            f"a run can be evaluated again with other {list(EVAL_FIELDS)} (and execution settings)"
+            f"a run can be evaluated again with other {list(EVAL_FIELDS + EVAL_EXECUTION_FIELDS)}"
+        )
+    unused = sorted(k for k in changes if k not in EVAL_FIELDS + EVAL_EXECUTION_FIELDS)
+    if unused:
+        raise ConfigError(
+            f"{unused} change(s) only how a run trains (its training step); evaluation does not use them: "
+            f"leave them out (it takes {list(EVAL_FIELDS + EVAL_EXECUTION_FIELDS)})"
         )
     cfg = run_cfg.replace(**changes)
     device = resolve_device(cfg.device)
@@ -446,6 +455,7 @@ def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes)
         "test_acc": test_acc,
         "test_loss": test_loss,
         "precision": "bf16" if amp else "fp32",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
 
 

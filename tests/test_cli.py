@@ -278,6 +278,9 @@ def test_eval_scores_a_finished_run_again_with_other_tta(trained, capsys, monkey
         ([], "--set KEY=VALUE"),
         (["--set", "lr=0.1"], "['lr'] change(s) what was trained"),
         (["--set", "tta_translate=20"], "tta_translate must lie in [0, 8]"),
+        (["--set", "compile=default"], "['compile'] change(s) only how a run trains"),
+        (["--set", "device=cpu"], "--set KEY=VALUE"),  # where it runs is no setting to compare
+        (["--device", "cpu", "--set", "device=cuda", "--set", "tta_flip=True"], "device given twice, --device cpu and --set device=cuda"),
     ],
 )
 def test_eval_refuses_settings_that_are_not_evaluation(trained, capsys, monkeypatch, extra, message):
@@ -287,6 +290,20 @@ def test_eval_refuses_settings_that_are_not_evaluation(trained, capsys, monkeypa
     argv = ["eval", run_dir.name, "--synthetic", "--synthetic-size", "50", "--data-dir", "data", "--runs-dir", "runs"]
     assert main(argv + extra) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_runs_where_set_device_says_and_names_each_rows_precision(trained, capsys, monkeypatch):
+    tmp, _ = trained
+    monkeypatch.chdir(tmp)
+    (run_dir,) = (tmp / "runs").iterdir()
+    argv = ["eval", run_dir.name, "--synthetic", "--synthetic-size", "50", "--data-dir", "data", "--runs-dir", "runs"]
+    assert main([*argv, "--set", "device=cpu", "--set", "precision=bf16"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"run {run_dir.name}, evaluated now on cpu"
+    rows = {ln[:34].strip(): ln[34:].split() for ln in out if ln.startswith(("as trained", "with "))}
+    # the summary's numbers were computed in fp32 on the CPU, the changed setting's in bf16
+    assert rows["as trained (its summary)"][2:5] == ["fp32", "on", "cpu"]
+    assert rows["as trained, evaluated now"][2] == "fp32" and rows["with precision=bf16"][2] == "bf16"
 
 
 def test_eval_refuses_unknown_runs_and_other_data(trained, tmp_path, capsys, monkeypatch):
