@@ -409,10 +409,11 @@ class RunStore:
 
     # -- training -------------------------------------------------------------------------
 
-    def _parent_weights(self, parent_id: str) -> dict:
-        """The final weights of the finished run `parent_id` (TrainConfig.init_from)."""
-        from .train import load_checkpoint
+    def _parent_weights(self, cfg: TrainConfig) -> dict:
+        """The final weights of the finished run cfg.init_from, checked to fit cfg's network."""
+        from .train import check_init_state, load_checkpoint
 
+        parent_id = cfg.init_from
         if not _safe_name(parent_id):
             raise ConfigError(f"init_from must be a run id (letters, digits, '.', '_', '-'), got {parent_id!r}")
         d = self.path(parent_id)
@@ -421,7 +422,9 @@ class RunStore:
             # final weights: starting from it would silently start from the wrong place.
             where = "is not finished in" if (d / "config.json").is_file() else "is not in"
             raise RunError(f"init_from: run {parent_id} {where} {self.root}; train it first")
-        return load_checkpoint(d / "checkpoint.pt")["model"]
+        weights = load_checkpoint(d / "checkpoint.pt")["model"]
+        check_init_state(cfg, weights, f"init_from: run {parent_id}", self.load(parent_id).config)
+        return weights
 
     @contextlib.contextmanager
     def _lock(self, d: Path, wait: bool, log):
@@ -476,7 +479,7 @@ class RunStore:
             return self._finished(rid, data)
         # Checked before the run's folder exists, so a missing parent or unreadable data
         # leaves nothing behind (and a run to retrain untouched).
-        init_state = self._parent_weights(cfg.init_from) if cfg.init_from else None
+        init_state = self._parent_weights(cfg) if cfg.init_from else None
         dataset = data() if callable(data) else data
         check_fits(cfg, dataset)
         with self._lock(d, wait, log) as waited:
@@ -584,7 +587,7 @@ class RunStore:
 
         rid = self.run_id(cfg, name)
         if distributed.broadcast_flag(None):
-            init_state = self._parent_weights(cfg.init_from) if cfg.init_from else None
+            init_state = self._parent_weights(cfg) if cfg.init_from else None
             dataset = data() if callable(data) else data
             train(cfg, dataset, run_dir=self.path(rid), init_state=init_state, checkpoint_every=checkpoint_every,
                   progress=False, log=None, on_epoch=on_epoch)

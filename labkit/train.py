@@ -680,6 +680,33 @@ def check_fits(cfg: TrainConfig, data: Dataset) -> None:
         raise ConfigError(f"train_subset={cfg.train_subset} is more than the {have} training images of this split")
 
 
+# The fields that shape the network's weights (dropout and softmax_head add none).
+ARCH_FIELDS = ("lays", "stem", "stem_bn", "seed_extra_block", "width")
+
+
+def check_init_state(cfg: TrainConfig, state: dict, what: str, theirs: TrainConfig | None = None) -> None:
+    """Refuse starting weights that do not fit cfg's network, in one line naming the mismatch
+    (load_state_dict's own error lists every tensor), before anything is written.
+    `what` names where they come from; `theirs`, the config that trained them, if known."""
+    with torch.device("meta"):  # no memory, no draw from torch's global generator
+        want = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    bad = [k for k in want if want[k] != have.get(k)] + [k for k in have if k not in want]  # in the network's order
+    if not bad:
+        return
+    if theirs is not None and any(getattr(theirs, f) != getattr(cfg, f) for f in ARCH_FIELDS):
+        val = lambda v: f"[{','.join(map(str, v))}]" if isinstance(v, tuple) else v  # noqa: E731
+        arch = lambda c: " ".join(f"{f}={val(getattr(c, f))}" for f in ARCH_FIELDS)  # noqa: E731
+        why = f"its network ({arch(theirs)}) is not this run's ({arch(cfg)})"
+    else:
+        shape = lambda s: "absent" if s is None else list(s)  # noqa: E731
+        why = f"{bad[0]} is {shape(have.get(bad[0]))} there, {shape(want.get(bad[0]))} here"
+    raise ConfigError(
+        f"{what}: its weights do not fit this run's network, {len(bad)} of {len(want)} tensors differ: {why}; "
+        "start from a run of the same network"
+    )
+
+
 @_gated
 def train(
     cfg: TrainConfig,
@@ -714,6 +741,8 @@ def train(
             device = torch.device("cuda", distributed.local_rank())  # one GPU per process
         if rank != 0:
             progress, log = False, None
+    if init_state is not None:
+        check_init_state(cfg, init_state, "init_state")
     amp_dtype = _amp_dtype(cfg, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

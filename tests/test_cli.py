@@ -390,3 +390,15 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys, monkey
     monkeypatch.setattr(labkit.synthetic, "make_synthetic_cifar10", interrupted)
     assert main(["make-synthetic", str(tmp_path / "d")]) == 130
     assert capsys.readouterr().err == "interrupted (SIGINT)\n"
+
+
+def test_init_from_a_run_of_another_width_is_one_line_and_leaves_no_folder(trained, tmp_path, capsys, monkeypatch):
+    tmp, _ = trained
+    store = tmp_path / "runs"
+    shutil.copytree(tmp / "runs", store)
+    (parent,) = store.iterdir()
+    argv = ["train", "--synthetic", "--synthetic-size", "50", "--data-dir", str(tmp / "data"), "--runs-dir", str(store)]
+    assert main([*argv, "--epochs", "1", "--set", "width=16", "--set", f"init_from={parent.name}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "width=8) is not this run's (" in err and "width=16)" in err, err
+    assert [p.name for p in store.iterdir()] == [parent.name]  # `runs` lists no unfinished 0/1 run

@@ -295,6 +295,25 @@ def test_init_from_needs_a_finished_parent(tmp_path, synth_data, cfg, monkeypatc
         store.get(cfg.replace(init_from=half), "child", synth_data, progress=False, log=None)
 
 
+def test_init_from_a_run_of_another_network_is_refused_in_one_line_leaving_nothing(tmp_path, synth_data, cfg):
+    store = RunStore(tmp_path)
+    parent = store.get(cfg, "parent", synth_data, progress=False, log=None)
+    for change, why in (({"width": 16}, "width=8) is not this run's (lays=[1,1,1,1] stem=3x3 stem_bn=True seed_extra_block=False width=16)"),
+                        ({"stem": "7x7"}, "stem=3x3 stem_bn=True"), ({"stem_bn": False}, "stem_bn=False")):
+        child = cfg.replace(init_from=parent.id, **change)
+        with pytest.raises(ConfigError, match="its weights do not fit this run's network") as e:
+            store.get(child, "child", synth_data, progress=False, log=None)
+        assert why in str(e.value) and f"run {parent.id}" in str(e.value) and "\n" not in str(e.value)
+        assert [p.name for p in tmp_path.iterdir()] == [parent.id]  # no folder of the child
+    # train() itself, given weights directly: refused before its run folder is made
+    from labkit.train import train
+
+    weights = torch.load(parent.checkpoint, weights_only=True)["model"]
+    with pytest.raises(ConfigError, match=r"init_state: .* conv1.weight is \[8, 3, 3, 3\] there, \[16, 3, 3, 3\] here"):
+        train(cfg.replace(width=16), synth_data, run_dir=tmp_path / "direct", init_state=weights, progress=False, log=None)
+    assert not (tmp_path / "direct").exists()
+
+
 def test_folder_with_another_config_is_refused(tmp_path, synth_data, cfg):
     store = RunStore(tmp_path)
     rid = store.run_id(cfg, "x")
