@@ -59,7 +59,7 @@ def _one_value(field: str, flag_value, flag: str, set_value):
 
 def cmd_train(args) -> int:
     from . import distributed
-    from .data import DataError
+    from .data import DataNotFound
     from .runs import RunStore
     from .train import _kept_if_interrupted, resolve_device
 
@@ -85,11 +85,12 @@ def cmd_train(args) -> int:
         args.interrupted = f"run {store.run_id(cfg, name)} in {store.root} stopped before it finished; {kept} (the same command)"
         # The data are loaded before the store is asked, without downloading, so that `get`
         # compares them with any finished run it hands back (a run's id names no data), also
-        # one another process finishes meanwhile. Only data not here yet wait for `get`'s
-        # loader, which downloads them if it has to train.
+        # one another process finishes meanwhile. Only data not here at all wait for `get`'s
+        # loader, which downloads them if it has to train; data that are here but cannot be
+        # read (or a file where the folder should be) are an error, as they are for eval.
         try:
             data = _data_loader(args, allow_download=False)(cfg)
-        except DataError as e:
+        except DataNotFound as e:
             load = _data_loader(args)
             data = lambda: load(cfg)  # noqa: E731
             found = store.find(cfg, name)

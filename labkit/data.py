@@ -23,6 +23,7 @@ __all__ = [
     "BATCH_MD5",
     "CLASSES",
     "DataError",
+    "DataNotFound",
     "Dataset",
     "NORMS",
     "cutout",
@@ -63,6 +64,11 @@ NORMS = {
 
 class DataError(RuntimeError):
     """A data file is missing, hostile or not what CIFAR-10 holds."""
+
+
+class DataNotFound(DataError):
+    """No CIFAR-10 batches at all where the data were looked for (not: a file there, or
+    batches there that cannot be read: those are plain DataErrors)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,7 +188,7 @@ def find_batches(root: str | os.PathLike) -> Path:
     for cand in (root, root / FOLDER):
         if (cand / "test_batch").is_file() or (cand / "data_batch_1").is_file():
             return cand
-    raise DataError(
+    raise DataNotFound(
         f"no CIFAR-10 batches at {root} (looked for {root / FOLDER}/data_batch_1..5 and test_batch). "
         f"Point labkit at a local copy with --data-dir DIR (in Python, data_dir=DIR) or LABKIT_DATA=DIR, or let it download "
         f"(needs network access to {URL})."

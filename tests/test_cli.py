@@ -340,6 +340,16 @@ def test_train_hands_back_a_finished_run_only_for_its_own_data(trained, tmp_path
     real = [a for a in argv if a != "--synthetic"]
     assert main([*real, "--data-dir", str(tmp_path / "none")]) == 0
     assert "note: the data were not found here, so the finished run was not compared" in capsys.readouterr().out
+    # Data that are there but cannot be read, or a file given as the folder: an error, as for eval
+    shutil.copytree(tmp / "data", tmp_path / "truncated")
+    batch = tmp_path / "truncated" / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    for flags, why in ((argv, f"{batch}: not a readable CIFAR-10 batch"), (real, f"{batch}: not a readable CIFAR-10 batch"),
+                       (real, f"{batch} is a file, not a folder")):
+        where = batch if "is a file" in why else tmp_path / "truncated"
+        assert main([*flags, "--data-dir", str(where)]) == 1
+        out, err = capsys.readouterr()
+        assert why in err and "done:" not in out and "note:" not in out, (out, err)
 
 
 def test_train_compares_a_run_that_another_process_finished_meanwhile(trained, tmp_path, capsys, monkeypatch):
