@@ -241,6 +241,9 @@ def _check_types(cfg: TrainConfig) -> None:
         else:  # the lays tuple
             ok = isinstance(v, (tuple, list)) and all(is_int(n) for n in v)
             cast = lambda v: tuple(int(n) for n in v)  # noqa: E731
+        if not ok and f.name == "lays":  # the same words as its range check, not "must be tuple"
+            got = f"[{', '.join(map(repr, v))}]" if isinstance(v, (tuple, list)) else f"{type(v).__name__} {v!r}"
+            raise ConfigError(f"lays must be four positive ints (blocks per stage), got {got}")
         if not ok:
             tname = getattr(t, "__name__", str(t))
             finite = "a finite " if t is float else ""

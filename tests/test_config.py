@@ -91,6 +91,14 @@ def test_invalid_values_name_the_field(changes, field):
         preset("seed").replace(**changes)
 
 
+@pytest.mark.parametrize("lays, got", [([2, 2, 2, 2.0], "[2, 2, 2, 2.0]"), ("abc", "str 'abc'"), ((2, 2, True, 2), "[2, 2, True, 2]"),
+                                       ([2, 2, 2], "[2, 2, 2]"), (None, "NoneType None")])
+def test_bad_lays_say_what_lays_must_be(lays, got):
+    with pytest.raises(ConfigError) as e:
+        preset("seed", lays=lays)
+    assert str(e.value) == f"lays must be four positive ints (blocks per stage), got {got}"
+
+
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
 
