@@ -125,7 +125,7 @@ def cmd_eval(args) -> int:
     import math
 
     from .data import DataError, check_same_data
-    from .runs import RunError, RunStore, atomic_write_text, check_writable
+    from .runs import RunError, RunStore, atomic_write_text, check_run_id, check_writable
     from .train import EVAL_EXECUTION_FIELDS, EVAL_FIELDS, reevaluate, resolve_device
 
     check_writable(args.out, "--out")
@@ -137,8 +137,7 @@ def cmd_eval(args) -> int:
     if not changes:
         keys = [k for k in EVAL_FIELDS + EVAL_EXECUTION_FIELDS if k != "device"]
         raise ConfigError(f"give the settings to evaluate with: --set KEY=VALUE, KEY one of {keys} (the device: --device)")
-    if not args.run or "/" in args.run or args.run.startswith("."):
-        raise ConfigError(f"run must be a run id (a folder name in the run store, e.g. modern-777d574203), got {args.run!r}")
+    check_run_id(args.run)  # the rule train's --name follows
     store = RunStore(args.runs_dir)
     run = store.load(args.run)
     if not run.finished:

@@ -40,7 +40,10 @@ from . import distributed
 from .config import ConfigError, TrainConfig
 from .data import Dataset, check_same_data, file_in_the_way, same_data
 
-__all__ = ["Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint", "command_line", "check_writable"]
+__all__ = [
+    "Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint", "command_line", "check_writable",
+    "check_run_id",
+]
 
 
 class RunError(RuntimeError):
@@ -143,9 +146,19 @@ class Run:
 MAX_NAME = 200
 
 
+# The one rule for run names and run ids (train --name, init_from, eval RUN): ASCII only, no
+# separators, no '..' escapes, no hidden folder (a name always gets '-<hash>' appended).
+NAME_RULE = "letters, digits, '.', '_' or '-', not starting with '.'"
+
+
 def _safe_name(name: str) -> bool:
-    # ASCII only: no separators, no '..' escapes (a name always gets '-<hash>' appended).
-    return bool(name) and all((ch.isascii() and ch.isalnum()) or ch in "._-" for ch in name)
+    return bool(name) and not name.startswith(".") and all((ch.isascii() and ch.isalnum()) or ch in "._-" for ch in name)
+
+
+def check_run_id(run_id: object, what: str = "run") -> None:
+    """Refuse what cannot be a run id (a folder name in a run store), naming the rule."""
+    if not isinstance(run_id, str) or not _safe_name(run_id):
+        raise ConfigError(f"{what} must be a run id (a folder name in the run store, e.g. modern-777d574203: {NAME_RULE}), got {run_id!r}")
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
@@ -287,7 +300,7 @@ class RunStore:
         if not isinstance(name, str):
             raise TypeError(f"run name must be a string, got {type(name).__name__} {name!r:.80}")
         if not _safe_name(name):
-            raise ConfigError(f"run name must be letters, digits, '.', '_' or '-', got {name!r}")
+            raise ConfigError(f"run name must be {NAME_RULE}, got {name!r}")
         if len(name) > MAX_NAME:  # the folder name (with '-<hash>' and temp-file prefixes) must fit 255 bytes
             raise ConfigError(f"run name must be at most {MAX_NAME} characters, got {len(name)}")
         return f"{name}-{cfg.short_hash()}"
@@ -414,8 +427,7 @@ class RunStore:
         from .train import check_init_state, load_checkpoint
 
         parent_id = cfg.init_from
-        if not _safe_name(parent_id):
-            raise ConfigError(f"init_from must be a run id (letters, digits, '.', '_', '-'), got {parent_id!r}")
+        check_run_id(parent_id, "init_from")
         d = self.path(parent_id)
         if not (d / "summary.json").is_file():
             # A parent still training (or stopped midway) has a checkpoint too, but not its

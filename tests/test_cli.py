@@ -199,6 +199,18 @@ def test_bad_epochs_and_name_exit_2(tmp_path, capsys):
     assert e.value.code == 2
 
 
+@pytest.mark.parametrize("name", [".hidden", "a/b", "..", "é"])
+def test_train_refuses_the_names_eval_refuses_by_one_rule(tmp_path, capsys, name):
+    from labkit.runs import NAME_RULE
+
+    base = ["--synthetic", "--runs-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")]
+    assert main(["train", *base, "--name", name]) == 2
+    assert capsys.readouterr().err == f"error: run name must be {NAME_RULE}, got {name!r}\n"
+    assert main(["eval", f"{name}-0123456789", *base, "--set", "tta_flip=True"]) == 2
+    assert f"must be a run id (a folder name in the run store, e.g. modern-777d574203: {NAME_RULE})" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_synthetic_of_another_size_is_not_reused(tmp_path, capsys):
     make_synthetic_cifar10(tmp_path / "data", per_batch=20)
     argv = [*TRAIN, "--set", "device=cpu", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]

@@ -58,6 +58,7 @@ BAD_FLAGS = [
     (["--synthetic-size", "0"], "--synthetic-size"),
     (["--preset", "fast"], "preset"),
     (["--name", "../escape"], "run name"),
+    (["--name", ".hidden"], "run name"),
 ]
 
 
