@@ -325,8 +325,6 @@ def cmd_runs(args) -> int:
         raise RunError(f"{root}: no such folder (a run store is the folder that holds the run folders)")
     if not root.is_dir():
         raise RunError(f"{root}: a file, not a run store")
-    if (root / "config.json").is_file():
-        raise RunError(f"{root}: a run folder, not a run store; its store is {root.parent}")
     if args.set_aside:
         if not args.to:
             raise RunError("--set-aside needs --to DIR, the folder the runs move to (outside the store)")

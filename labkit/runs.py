@@ -290,6 +290,8 @@ class RunStore:
         self.root = Path(root) if root is not None else default_runs_dir()
         if self.root.exists() and not self.root.is_dir():
             raise RunError(f"{self.root} is a file, not a run store folder: give a folder (it is made when a run is trained)")
+        if (self.root / "config.json").is_file():  # runs would be made inside this run's folder
+            raise RunError(f"{self.root}: a run folder, not a run store; its store is {self.root.parent}")
 
     # -- naming -------------------------------------------------------------------------
 

@@ -163,6 +163,19 @@ def test_runs_names_a_wrong_store_and_a_bad_run(trained, tmp_path, capsys):
     assert run_dir.name in out and "broken-0123456789" in err and "unreadable run config" in err
 
 
+def test_a_run_folder_as_run_store_is_refused_by_every_command(trained, tmp_path, capsys):
+    tmp, _ = trained
+    store = tmp_path / "runs"
+    shutil.copytree(tmp / "runs", store)
+    (run_dir,) = store.iterdir()
+    before = sorted(p.name for p in run_dir.iterdir())
+    data = ["--synthetic", "--synthetic-size", "50", "--data-dir", str(tmp / "data"), "--runs-dir", str(run_dir)]
+    for argv in (["runs", "--runs-dir", str(run_dir)], [*TRAIN, *data], ["eval", run_dir.name, *data, "--set", "tta_flip=True"]):
+        assert main(argv) == 1
+        assert capsys.readouterr().err == f"error: {run_dir}: a run folder, not a run store; its store is {store}\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # no run made inside the run
+
+
 @pytest.mark.parametrize(
     "sets, field",
     [
