@@ -64,8 +64,9 @@ def cmd_train(args) -> int:
     from .train import _kept_if_interrupted, resolve_device
 
     overrides = parse_overrides(args.set or [])
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
+    epochs = _one_value("epochs", args.epochs, "--epochs", overrides.get("epochs"))
+    if epochs is not None:
+        overrides["epochs"] = epochs
     cfg = preset(args.preset, **overrides)
     if args.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}")

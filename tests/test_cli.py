@@ -224,6 +224,13 @@ def test_train_refuses_the_names_eval_refuses_by_one_rule(tmp_path, capsys, name
     assert not any(tmp_path.iterdir())
 
 
+def test_epochs_given_by_flag_and_set_must_agree(tmp_path, capsys):
+    base = ["train", "--synthetic", "--synthetic-size", "10", "--set", "width=8", "--runs-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")]
+    assert main([*base, "--set", "epochs=2", "--epochs", "3"]) == 2
+    assert capsys.readouterr().err == "error: epochs given twice, --epochs 3 and --set epochs=2: give it once\n"
+    assert not any(tmp_path.iterdir())
+
+
 def test_synthetic_of_another_size_is_not_reused(tmp_path, capsys):
     make_synthetic_cifar10(tmp_path / "data", per_batch=20)
     argv = [*TRAIN, "--set", "device=cpu", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]
