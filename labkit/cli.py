@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -121,11 +122,47 @@ def cmd_train(args) -> int:
     return 0
 
 
+# What labkit.synthetic records of the data it made (in their description).
+_SYNTHETIC_MADE = re.compile(r"\(seed (\d+), (\d+) images per training batch, (\d+) test images\)")
+
+
+def _synthetic_flags(source: dict) -> str:
+    """How to give a run's synthetic data (its recorded `source`) to eval again."""
+    m = _SYNTHETIC_MADE.search(str(source.get("description")))
+    if not m:  # recorded before the sizes were
+        return "--synthetic and the --synthetic-size it was trained with"
+    seed, per, test = map(int, m.groups())
+    if (seed, test) == (0, per):  # what --synthetic makes
+        return f"--synthetic --synthetic-size {per}"
+    again = f" (make-synthetic DIR --per-batch {per} --seed {seed} makes them again)" if test == per else ""
+    return f"--data-dir at the folder of those data, without --synthetic{again}"
+
+
+def _check_eval_data_flags(args, run_id: str, trained_on: dict) -> None:
+    """Refuse, from what the run recorded of its data, flags that would give it other data,
+    before those are generated (or downloaded) only to be refused as other data."""
+    from .data import DataError
+
+    desc = trained_on.get("description")
+    if args.synthetic and trained_on.get("official"):
+        raise DataError(f"{run_id} was trained on {desc}, not labkit's synthetic data: leave out --synthetic "
+                        "and point --data-dir at the data it was trained on")
+    m = _SYNTHETIC_MADE.search(str(desc)) if trained_on.get("synthetic") else None
+    if not (args.synthetic and m):
+        return
+    seed, per, test = map(int, m.groups())
+    root = Path(args.data_dir) if args.data_dir else SYNTHETIC_DIR / f"per-batch-{args.synthetic_size}"
+    made_here = (root / "cifar-10-batches-py" / "test_batch").is_file()
+    if per != args.synthetic_size or ((seed, test) != (0, per) and not made_here):
+        raise DataError(f"{run_id} was trained on {desc}; --synthetic --synthetic-size {args.synthetic_size} "
+                        f"would give other data: evaluate it with {_synthetic_flags(trained_on)}")
+
+
 def cmd_eval(args) -> int:
     import json
     import math
 
-    from .data import DataError, check_same_data
+    from .data import DataError, DataNotFound, check_same_data, default_data_dir
     from .runs import RunError, RunStore, atomic_write_text, check_run_id, check_writable
     from .train import EVAL_EXECUTION_FIELDS, EVAL_FIELDS, reevaluate, resolve_device
 
@@ -144,19 +181,19 @@ def cmd_eval(args) -> int:
     if not run.finished:
         raise RunError(f"{run.dir}: the run has not finished; nothing to evaluate yet")
     cfg = run.config
+    trained_on = run.summary.get("data") or {}
+    _check_eval_data_flags(args, run.id, trained_on)  # before any data are made or downloaded
     try:
-        data = _data_loader(args)(cfg)
+        # labkit's synthetic data are never downloaded: a run trained on them is not looked for in CIFAR-10
+        data = _data_loader(args, allow_download=not trained_on.get("synthetic"))(cfg)
     except DataError as e:
-        if args.synthetic:
-            raise
-        trained_on = run.summary.get("data") or {}
-        if not trained_on.get("synthetic"):
+        if args.synthetic or not trained_on.get("synthetic"):
             raise
         # eval is told --synthetic again; runs on labkit's synthetic data record it
-        raise DataError(
-            f"{e} ({run.id} was trained on {trained_on['description']}: it is evaluated with --synthetic, "
-            "and its --synthetic-size, again)"
-        ) from None
+        how = f"{run.id} was trained on {trained_on['description']}: evaluate it with {_synthetic_flags(trained_on)}"
+        if isinstance(e, DataNotFound):
+            raise DataError(f"no CIFAR-10 batches at {args.data_dir or default_data_dir()}; {how}") from None
+        raise DataError(f"{e} ({how})") from None
     check_same_data(run.summary.get("data"), data.source, run.id, "point --data-dir at the data it was trained on")
     s = run.summary
     own = reevaluate(cfg, run.checkpoint, data, device=device)

@@ -359,6 +359,44 @@ def test_eval_refuses_unknown_runs_and_other_data(trained, tmp_path, capsys, mon
     assert f"{run_dir.name} was trained on labkit's synthetic CIFAR-format data" in capsys.readouterr().err
 
 
+def test_eval_refuses_flags_for_other_data_before_making_or_downloading_any(trained, tmp_path, capsys, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    import labkit.synthetic
+
+    def never(*a, **kw):
+        raise AssertionError("data were made or downloaded")
+
+    monkeypatch.setattr(tvu, "download_url", never)
+    monkeypatch.setattr(labkit.synthetic, "make_synthetic_cifar10", never)
+    tmp, _ = trained
+    store = tmp_path / "runs"
+    shutil.copytree(tmp / "runs", store)
+    (run_dir,) = store.iterdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    base = ["eval", run_dir.name, "--runs-dir", str(store), "--set", "tta_flip=True"]
+    # trained with --synthetic --synthetic-size 50: the default size (500), or no --synthetic and no data here
+    for extra in (["--synthetic"], ["--synthetic", "--synthetic-size", "64"], []):
+        assert main([*base, *extra]) == 1
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.rstrip().endswith("evaluate it with --synthetic --synthetic-size 50"), err
+    # a run trained on other synthetic data than --synthetic makes (make-synthetic --seed 7)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    made = summary["data"]["description"]
+    summary["data"]["description"] = made.replace("seed 0", "seed 7")
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert main([*base, "--synthetic", "--synthetic-size", "50"]) == 1
+    assert "evaluate it with --data-dir at the folder of those data, without --synthetic (make-synthetic DIR --per-batch 50 --seed 7" in capsys.readouterr().err
+    # a run trained on the official files, given --synthetic
+    summary["data"] = {"official": True, "description": "official CIFAR-10 (md5 verified)"}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert main([*base, "--synthetic", "--synthetic-size", "50"]) == 1
+    assert "not labkit's synthetic data: leave out --synthetic" in capsys.readouterr().err
+    assert not any(work.iterdir())  # nothing made
+
+
 def test_train_hands_back_a_finished_run_only_for_its_own_data(trained, tmp_path, capsys, monkeypatch):
     tmp, _ = trained
     monkeypatch.chdir(tmp)
