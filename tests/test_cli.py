@@ -482,3 +482,32 @@ def test_init_from_a_run_of_another_width_is_one_line_and_leaves_no_folder(train
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "width=8) is not this run's (" in err and "width=16)" in err, err
     assert [p.name for p in store.iterdir()] == [parent.name]  # `runs` lists no unfinished 0/1 run
+
+
+def test_every_option_says_what_it_is_and_its_default(monkeypatch):
+    """--help of every command but sweep (its options are sweep's own business)."""
+    import argparse
+
+    def parsed(self, argv=None, namespace=None):
+        raise _Parser(self)
+
+    class _Parser(Exception):
+        pass
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parsed)
+    with pytest.raises(_Parser) as e:
+        main(["runs"])
+    (sub,) = [a for a in e.value.args[0]._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = []
+    for cmd, p in sub.choices.items():
+        for a in p._actions:
+            if cmd == "sweep" or isinstance(a, argparse._HelpAction):
+                continue
+            flag = a.option_strings[0] if a.option_strings else a.dest
+            if not a.help:
+                missing.append(f"{cmd} {flag}: no help")
+            elif a.default not in (None, False, [], "") and "default" not in a.help and str(a.default) not in a.help:
+                missing.append(f"{cmd} {flag}: default {a.default} not stated")
+    assert not missing, missing
+    allow_cpu = next(a for a in sub.choices["lab"]._actions if a.dest == "allow_cpu").help
+    assert "full" in allow_cpu and "quick" in allow_cpu  # both profiles' refusals point at it
