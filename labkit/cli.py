@@ -58,6 +58,21 @@ def _one_value(field: str, flag_value, flag: str, set_value):
     return flag_value if flag_value is not None else set_value
 
 
+def _note_unlabelled_data(source: dict, data_dir: str | None) -> None:
+    """The console note README promises for data that are neither the official files nor
+    labkit's synthetic data (which say what they are), unless LABKIT_DATA_LABEL names them."""
+    import os
+
+    from .data import default_data_dir
+
+    if source.get("official") or source.get("synthetic") or os.environ.get("LABKIT_DATA_LABEL"):
+        return
+    print(
+        f"note: {data_dir or default_data_dir()} does not hold the official CIFAR-10 files; runs record them, and reports "
+        f"show them, only as \"{source.get('description')}\". Set LABKIT_DATA_LABEL to say what they are (see report/README.md)."
+    )
+
+
 def cmd_train(args) -> int:
     from . import distributed
     from .data import DataNotFound
@@ -82,9 +97,13 @@ def cmd_train(args) -> int:
         if main:
             where = f" on {distributed.world()} processes" if distributed.world() > 1 else ""
             print(f"run {store.run_id(cfg, name)} in {store.root}{where}")
-        # What main() says if Ctrl-C stops it: where a rerun of the same command goes on from.
-        kept = _kept_if_interrupted(store.path(store.run_id(cfg, name)) / "checkpoint.pt", args.checkpoint_every)
-        args.interrupted = f"run {store.run_id(cfg, name)} in {store.root} stopped before it finished; {kept} (the same command)"
+        # Not read with --retrain: a run whose summary is corrupted is trained again, not refused.
+        found = None if args.retrain else store.find(cfg, name)
+        handed_back = found is not None and found.finished
+        if not handed_back:
+            # What main() says if Ctrl-C stops it: where a rerun of the same command goes on from.
+            kept = _kept_if_interrupted(store.path(store.run_id(cfg, name)) / "checkpoint.pt", args.checkpoint_every)
+            args.interrupted = f"run {store.run_id(cfg, name)} in {store.root} stopped before it finished; {kept} (the same command)"
         # The data are loaded before the store is asked, without downloading, so that `get`
         # compares them with any finished run it hands back (a run's id names no data), also
         # one another process finishes meanwhile. Only data not here at all wait for `get`'s
@@ -92,11 +111,12 @@ def cmd_train(args) -> int:
         # read (or a file where the folder should be) are an error, as they are for eval.
         try:
             data = _data_loader(args, allow_download=False)(cfg)
+            if main:
+                _note_unlabelled_data(data.source, args.data_dir)
         except DataNotFound as e:
-            load = _data_loader(args)
+            load = _data_loader(args)  # what it downloads is the official CIFAR-10: no note
             data = lambda: load(cfg)  # noqa: E731
-            found = store.find(cfg, name)
-            if main and found is not None and found.finished and not args.retrain:
+            if main and handed_back:
                 print(f"note: the data were not found here, so the finished run was not compared with them ({e})")
         run = store.get(
             cfg,
@@ -112,6 +132,8 @@ def cmd_train(args) -> int:
         distributed.shutdown()
     if not main:
         return 0
+    if handed_back:  # (a run another process finished meanwhile: `get` said so)
+        print(f"{run.id}: finished already; its result is used, nothing trained here (--retrain trains it again)")
     s = run.summary or {}
     v = s.get("final_val_acc")
     val = "no validation set" if v is None or v != v else f"val_acc {v:.4f}"  # null, or NaN in older runs
@@ -355,7 +377,7 @@ def cmd_lab(args) -> int:
 def cmd_runs(args) -> int:
     import pandas as pd
 
-    from .runs import RunError, RunStore
+    from .runs import RunError, RunStore, recorded
 
     store = RunStore(args.runs_dir)
     root = store.root
@@ -387,6 +409,8 @@ def cmd_runs(args) -> int:
         t = store.table(runs)
         # an unfinished run: the epochs it has done of those planned
         t["epochs"] = [r.config.epochs if r.finished else f"{len(r.history)}/{r.config.epochs}" for r in runs]
+        # where it ran, for an unfinished run as its checkpoint says (not its config's "auto"); "—": not recorded
+        t["device"] = [recorded(r, "device") or "—" for r in runs]
         cols = [c for c in ["run", "finished", "epochs", "seed", "final_loss_sum", "final_val_acc", "test_acc", "train_seconds", "device"] if c in t]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(t[cols].to_string(index=False))

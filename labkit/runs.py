@@ -264,17 +264,22 @@ def _restore_replaced(d: Path, log: Callable[[str], None] | None) -> None:
         log(f"{d.name}: the retrain did not finish; the finished run it would have replaced is back")
 
 
-def recorded_data(run: Run) -> dict | None:
-    """What a run recorded of its data: a finished run in its summary, an unfinished one in
-    its checkpoint (read lazily, tensors left on disk); None where nothing says."""
+def recorded(run: Run, key: str):
+    """What a run recorded under `key` ("data", "device"): a finished run in its summary, an
+    unfinished one in its checkpoint (read lazily, tensors left on disk); None where nothing says."""
     if run.finished:
-        return (run.summary or {}).get("data")
+        return (run.summary or {}).get(key)
     import torch
 
     try:
-        return torch.load(run.dir / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True).get("data")
+        return torch.load(run.dir / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True).get(key)
     except Exception:  # none yet, or damaged: its resume says which
         return None
+
+
+def recorded_data(run: Run) -> dict | None:
+    """What a run recorded of its data (see `recorded`)."""
+    return recorded(run, "data")
 
 
 class RunStore:
@@ -327,15 +332,20 @@ class RunStore:
         summary = None
         if (d / "summary.json").is_file():
             path = d / "summary.json"
+            # Without its summary the run is unfinished, and asked for again it resumes from its last
+            # checkpoint (the final epoch's): it writes the summary again and trains nothing that
+            # checkpoint holds. --retrain works too, but trains the whole run again.
+            fix = ("move it aside (e.g. to summary.corrupt.json) and ask for the run again: it resumes from its last "
+                   "checkpoint and writes a new summary, training nothing that checkpoint holds (--retrain would train it all again)")
             try:
                 summary = json.loads(path.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise RunError(f"{path}: corrupted ({e})") from None
+                raise RunError(f"{path}: corrupted ({e}); {fix}") from None
             if not isinstance(summary, dict):
-                raise RunError(f"{path}: corrupted (a JSON {type(summary).__name__}, not a run summary)")
+                raise RunError(f"{path}: corrupted (a JSON {type(summary).__name__}, not a run summary); {fix}")
             missing = [k for k in SUMMARY_KEYS if k not in summary]
             if missing:
-                raise RunError(f"{path}: corrupted (not a run summary: no {', '.join(missing)})")
+                raise RunError(f"{path}: corrupted (not a run summary: no {', '.join(missing)}); {fix}")
         hist = _read_metrics(d / "metrics.csv")
         return Run(run_id, meta.get("name", run_id.rsplit("-", 1)[0]), d, cfg, summary, hist)
 

@@ -171,6 +171,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """What a run records as where it ran: the GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
@@ -455,7 +460,7 @@ def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes)
         "test_acc": test_acc,
         "test_loss": test_loss,
         "precision": "bf16" if amp else "fp32",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
     }
 
 
@@ -832,6 +837,7 @@ def train(
                 "rng": _rng_states(device),
                 "config": cfg.to_dict(),
                 "data": data.source,
+                "device": device_name(device),  # where it trains, for `runs` to show before it has finished
                 "best_state": best["state"],
                 "best_val_acc": best["val_acc"],
                 "best_epoch": best["epoch"],
@@ -1010,7 +1016,7 @@ def train(
         "test_loss": test_loss,
         "train_seconds": train_seconds,
         "images_per_s_mean": n * len(history) / train_seconds if train_seconds else None,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "precision": "bf16" if amp_dtype else "fp32",
         "step_mode": stepper.mode,
         "compile": cfg.compile or "off",

@@ -44,6 +44,7 @@ def test_train_prints_epochs_and_writes_the_run(trained):
     assert len(epoch_lines) == 2, out.stdout
     assert "1/2" in epoch_lines[0] and "2/2" in epoch_lines[1]
     assert lines[0].startswith("run seed-") and lines[-1].startswith("done: seed-")
+    assert not [ln for ln in lines if "nothing trained here" in ln or ln.startswith("note:")]  # synthetic data say what they are
     (run_dir,) = (tmp / "runs").iterdir()
     assert {"config.json", "metrics.csv", "checkpoint.pt", "summary.json"} <= {p.name for p in run_dir.iterdir()}
     with open(run_dir / "metrics.csv") as f:
@@ -64,6 +65,7 @@ def test_second_train_returns_the_finished_run(trained, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "done: seed-" in out
     assert not [ln for ln in out.splitlines() if ln.lstrip().startswith("epoch")]
+    assert ": finished already; its result is used, nothing trained here (--retrain trains it again)" in out
 
 
 def test_train_without_a_validation_set_prints_no_nan(tmp_path, capsys, monkeypatch):
@@ -98,8 +100,16 @@ def test_runs_says_how_far_an_unfinished_run_got(trained, tmp_path, capsys):
     (run_dir,) = (tmp / "runs").iterdir()
     shutil.copytree(run_dir, tmp_path / run_dir.name)
     (tmp_path / run_dir.name / "summary.json").unlink()  # as if stopped after its 2 epochs of 2
+    meta = json.loads((run_dir / "config.json").read_text())
+    meta["config"]["device"] = "auto"  # an execution setting: the same run
+    (tmp_path / run_dir.name / "config.json").write_text(json.dumps(meta))
+    (tmp_path / "begun-0123456789").mkdir()  # no checkpoint yet
+    (tmp_path / "begun-0123456789" / "config.json").write_text(json.dumps(meta))
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.splitlines()[1].split()[1:3] == ["False", "2/2"]
+    lines = capsys.readouterr().out.splitlines()
+    # where it ran, as a finished run shows it, from its checkpoint (not the config's "auto")
+    assert lines[2].split()[1:3] == ["False", "2/2"] and lines[2].split()[-1] == "cpu"
+    assert lines[1].split()[:3] == ["begun-0123456789", "False", "0/2"] and lines[1].split()[-1] == "—"
 
 
 def test_runs_set_aside_moves_only_the_named_code_and_never_overwrites(trained, tmp_path, capsys):
@@ -511,3 +521,40 @@ def test_every_option_says_what_it_is_and_its_default(monkeypatch):
     assert not missing, missing
     allow_cpu = next(a for a in sub.choices["lab"]._actions if a.dest == "allow_cpu").help
     assert "full" in allow_cpu and "quick" in allow_cpu  # both profiles' refusals point at it
+
+
+def test_a_corrupted_summary_says_what_to_do_and_that_works_training_nothing(trained, tmp_path, capsys):
+    tmp, _ = trained
+    store = tmp_path / "runs"
+    shutil.copytree(tmp / "runs", store)
+    (run_dir,) = store.iterdir()
+    before = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text('{"test_acc": 0.')
+    argv = [*TRAIN, "--set", "device=cpu", "--runs-dir", str(store), "--data-dir", str(tmp / "data")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "summary.json: corrupted" in err and "move it aside (e.g. to summary.corrupt.json) and ask for the run again" in err
+    (run_dir / "summary.json").rename(run_dir / "summary.corrupt.json")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at epoch 2/2" in out and not [ln for ln in out.splitlines() if ln.startswith("epoch")]
+    after = json.loads((run_dir / "summary.json").read_text())
+    for k in ("final_loss_sum", "final_val_acc", "test_acc", "test_loss", "train_seconds", "selected_epoch", "data"):
+        assert after[k] == before[k], k
+
+
+def test_train_notes_data_that_are_not_the_official_files_once_unless_labelled(trained, tmp_path, capsys, monkeypatch):
+    tmp, _ = trained
+    shutil.copytree(tmp / "data", tmp_path / "copy")
+    (tmp_path / "copy" / "cifar-10-batches-py" / "batches.meta").unlink()  # no longer says it is labkit's synthetic data
+    argv = [a for a in TRAIN if a != "--synthetic"] + ["--set", "device=cpu", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "copy")]
+    monkeypatch.delenv("LABKIT_DATA_LABEL", raising=False)
+    assert main([*argv, "--epochs", "1"]) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
+    assert notes == [
+        f"note: {tmp_path / 'copy'} does not hold the official CIFAR-10 files; runs record them, and reports show them, only as "
+        '"not the official CIFAR-10 files (md5 differs for 6 of 6 batches)". Set LABKIT_DATA_LABEL to say what they are (see report/README.md).'
+    ]
+    monkeypatch.setenv("LABKIT_DATA_LABEL", "a copy for a test")
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert "note:" not in capsys.readouterr().out
