@@ -72,7 +72,7 @@ __all__ = [
     "show_table",
     "stderr_log",
     "t_ppf",
-    "test_views",
+    "views_at_test",
     "welch",
 ]
 
@@ -821,7 +821,7 @@ def _images(runs: Sequence[Run]) -> str:
     return "all 50,000 training images" if n in ([], [50_000]) else "/".join(f"{k:,}" for k in n) + " training images"
 
 
-def test_views(runs: Sequence[Run]) -> str:
+def views_at_test(runs: Sequence[Run]) -> str:
     """', test-time flip' (and shifts) when the runs' test numbers average several views of
     each image: the seed's numbers never do, so a comparison must say so. '' when none do."""
     views = {_views_words(r.config) for r in runs if r.config is not None}
@@ -839,7 +839,8 @@ def describe_recipe(c: TrainConfig) -> str:
     """Everything a run's numbers depend on, in one line of words (identity fields only)."""
     defects = [d for d, on in (("n+1 blocks per stage", c.seed_extra_block), ("softmax before the loss", c.softmax_head)) if on]
     net = (
-        f"lays {list(c.lays)} ({c.lays[0] + int(c.seed_extra_block)} blocks per stage), width {c.width}, {c.stem} stem "
+        f"lays {list(c.lays)} ({c.lays[0] + int(c.seed_extra_block)} blocks per stage), width {c.width}, "
+        f"{c.stem}{' stride 2' if c.stem == '7x7' else ''} stem "
         f"{'with' if c.stem_bn else 'without'} BN, dropout {c.dropout:g}"
         + (f"; the seed's defects: {', '.join(defects)}" if defects else "; corrected network")
     )
@@ -907,7 +908,7 @@ def seed_vs_ours(
         for recipe in ("seed", "corrected"):
             rs = [r for r in depth_runs if r.name == f"depth-{lays}-{recipe}"]
             desc = "seed-faithful net and optimiser" if recipe == "seed" else "corrected net, modern recipe"
-            desc += test_views(rs)
+            desc += views_at_test(rs)
             add(f"§4.1 depth limit, lays {lays}", "test accuracy % (ours selected on validation; the seed's tuned on test)", seed_acc, rs, "test_acc", 100, 2, desc)
     blocks = "/".join(str(n) for n in sorted({r.config.lays[0] + int(r.config.seed_extra_block) for r in modern_runs})) or "2"
     add(
@@ -918,7 +919,7 @@ def seed_vs_ours(
         "test_acc",
         100,
         2,
-        f"modern preset, {_epochs(modern_runs, 40)}, {blocks} blocks per stage, {_images(modern_runs)}{test_views(modern_runs)}",
+        f"modern preset, {_epochs(modern_runs, 40)}, {blocks} blocks per stage, {_images(modern_runs)}{views_at_test(modern_runs)}",
     )
     return pd.DataFrame(rows)
 
@@ -940,7 +941,7 @@ def findings(ablation_runs: Sequence[Run], final_runs: Sequence[Run], depth_runs
     rows.append({"section": "5", "claim": "labkit: the modern preset beats the seed's final recipe", "comparison": best[0]["comparison"],
                  "seed: Δ, pts": "—", "ours: Δ, pts [95% Welch CI]": best[0]["Δ, pts [95% Welch CI]"], "runs": best[0]["runs"], "verdict": best[0]["note"]})
     rows.append({"section": "5", "claim": f"labkit: the modern preset beats the seed's best, {SEED_NUMBERS['depth_test_acc'][3] * 100:.2f}% (tuned on test)",
-                 "comparison": f"modern preset{test_views(modern_runs)}, test acc", "seed: Δ, pts": "—", "ours: Δ, pts [95% Welch CI]": best[1]["Δ, pts [95% Welch CI]"],
+                 "comparison": f"modern preset{views_at_test(modern_runs)}, test acc", "seed: Δ, pts": "—", "ours: Δ, pts [95% Welch CI]": best[1]["Δ, pts [95% Welch CI]"],
                  "runs": best[1]["runs"], "verdict": best[1]["note"]})
     return pd.DataFrame(rows)
 
@@ -1265,7 +1266,7 @@ def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
             rows.append(
                 {
                     "lays": lays,
-                    "recipe": ("seed-faithful (both defects, Adam, exp decay)" if recipe == "seed" else "corrected net, modern recipe") + test_views(rs),
+                    "recipe": ("seed-faithful (both defects, Adam, exp decay)" if recipe == "seed" else "corrected net, modern recipe") + views_at_test(rs),
                     "blocks/stage": cfg.lays[0] + int(cfg.seed_extra_block) if cfg else None,
                     "epochs": cfg.epochs if cfg else None,
                     "selected epoch (best val)": ", ".join(str((r.summary or {}).get("selected_epoch")) for r in rs) or "—",
@@ -1403,7 +1404,7 @@ def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
     add(what, final, "test_acc", SEED_NUMBERS["final_test_acc"], 100, 2)
     add(what, final, "final_loss_sum", SEED_NUMBERS["final_loss"], 1, 3)
     add(what, final, "final_val_acc", None, 100, 2)
-    add(f"labkit's best: modern preset{test_views(modern)}", modern, "test_acc", SEED_NUMBERS["depth_test_acc"][3], 100, 2)
+    add(f"labkit's best: modern preset{views_at_test(modern)}", modern, "test_acc", SEED_NUMBERS["depth_test_acc"][3], 100, 2)
     return pd.DataFrame(rows)
 
 

@@ -168,11 +168,12 @@ def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
     assert "Adam lr 0.001, lr × 0.9 per epoch, batch 512, 30 epochs" in seed and "one view per image" in seed
     assert "corrected network" in modern and "SGD Nesterov lr 0.2" in modern and "tested once with test-time flip" in modern
     assert "all 50,000 training images" in modern and f"{MODERN.epochs} epochs" in modern
+    assert "7x7 stride 2 stem without BN" in A.describe_recipe(SEED.replace(stem="7x7", stem_bn=False))
     assert "cutout 12" in A.describe_recipe(MODERN.replace(cutout=12)) and "2-pixel shifts" in A.describe_recipe(MODERN.replace(tta_translate=2))
     run = lambda c: SimpleNamespace(config=c)  # noqa: E731
-    assert A.test_views([run(SEED)]) == "" and A.test_views([]) == ""
-    assert A.test_views([run(MODERN)] * 2) == ", test-time flip"
-    assert A.test_views([run(MODERN), run(SEED)]) == ", test-time views differ between runs"
+    assert A.views_at_test([run(SEED)]) == "" and A.views_at_test([]) == ""
+    assert A.views_at_test([run(MODERN)] * 2) == ", test-time flip"
+    assert A.views_at_test([run(MODERN), run(SEED)]) == ", test-time views differ between runs"
 
 
 def test_code_versions_and_the_data_caveat(monkeypatch):
