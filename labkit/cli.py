@@ -58,21 +58,6 @@ def _one_value(field: str, flag_value, flag: str, set_value):
     return flag_value if flag_value is not None else set_value
 
 
-def _note_unlabelled_data(source: dict, data_dir: str | None) -> None:
-    """The console note README promises for data that are neither the official files nor
-    labkit's synthetic data (which say what they are), unless LABKIT_DATA_LABEL names them."""
-    import os
-
-    from .data import default_data_dir
-
-    if source.get("official") or source.get("synthetic") or os.environ.get("LABKIT_DATA_LABEL"):
-        return
-    print(
-        f"note: {data_dir or default_data_dir()} does not hold the official CIFAR-10 files; runs record them, and reports "
-        f"show them, only as \"{source.get('description')}\". Set LABKIT_DATA_LABEL to say what they are (see report/README.md)."
-    )
-
-
 def cmd_train(args) -> int:
     from . import distributed
     from .data import DataNotFound
@@ -112,7 +97,11 @@ def cmd_train(args) -> int:
         try:
             data = _data_loader(args, allow_download=False)(cfg)
             if main:
-                _note_unlabelled_data(data.source, args.data_dir)
+                from .data import default_data_dir, unlabelled_note
+
+                # labkit's synthetic data say what they are
+                if not data.source.get("synthetic") and (note := unlabelled_note(data.source, args.data_dir or default_data_dir())):
+                    print(note)
         except DataNotFound as e:
             load = _data_loader(args)  # what it downloads is the official CIFAR-10: no note
             data = lambda: load(cfg)  # noqa: E731

@@ -27,6 +27,7 @@ __all__ = [
     "Dataset",
     "NORMS",
     "cutout",
+    "unlabelled_note",
     "augment",
     "default_data_dir",
     "download",
@@ -69,6 +70,17 @@ class DataError(RuntimeError):
 class DataNotFound(DataError):
     """No CIFAR-10 batches at all where the data were looked for (not: a file there, or
     batches there that cannot be read: those are plain DataErrors)."""
+
+
+def unlabelled_note(source: dict, folder) -> str:
+    """The console note for data that are not the official files, unless LABKIT_DATA_LABEL
+    names them; '' otherwise."""
+    if source.get("official") or os.environ.get("LABKIT_DATA_LABEL"):
+        return ""
+    return (
+        f"note: {folder} does not hold the official CIFAR-10 files; runs record them, and reports show them, only as "
+        f"\"{source.get('description')}\". Set LABKIT_DATA_LABEL to say what they are (see report/README.md)."
+    )
 
 
 # ---------------------------------------------------------------------------------------

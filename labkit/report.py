@@ -450,7 +450,7 @@ def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, 
     section shows them), and every finished run of the plan must have been trained on them;
     the run ids name no data, so a report would otherwise mix copies without a word.
     Returns a note to show when the data are not the official files and have no label."""
-    from .data import DataError, locate, source_of
+    from .data import DataError, locate, source_of, unlabelled_note
     from .lab import plan
 
     try:
@@ -473,12 +473,7 @@ def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, 
             f"these, move {_rel(store.root)} aside or give another store and report folder (--runs-dir DIR --out DIR). "
             "Nothing was written."
         )
-    if src["official"] or os.environ.get("LABKIT_DATA_LABEL"):
-        return ""
-    return (
-        f"note: {folder} does not hold the official CIFAR-10 files; the report will say only \"{src['description']}\". "
-        "Set LABKIT_DATA_LABEL to say what they are (see report/README.md)."
-    )
+    return unlabelled_note(src, folder)
 
 
 def run_lab(
