@@ -133,16 +133,28 @@ def cmd_train(args) -> int:
     return 0
 
 
-# What labkit.synthetic records of the data it made (in their description).
+# How runs recorded before data.source_of kept "made" said the same, in their description.
 _SYNTHETIC_MADE = re.compile(r"\(seed (\d+), (\d+) images per training batch, (\d+) test images\)")
+
+
+def _synthetic_made(source: dict) -> tuple[int, int, int] | None:
+    """(seed, images per training batch, test images) of a run's synthetic data, from its
+    recorded `source`; None for other data, or synthetic data recorded without their sizes."""
+    if not source.get("synthetic"):
+        return None
+    made = source.get("made")
+    if isinstance(made, dict):
+        return made["seed"], made["per_batch"], made["test_size"]
+    m = _SYNTHETIC_MADE.search(str(source.get("description")))
+    return tuple(map(int, m.groups())) if m else None
 
 
 def _synthetic_flags(source: dict) -> str:
     """How to give a run's synthetic data (its recorded `source`) to eval again."""
-    m = _SYNTHETIC_MADE.search(str(source.get("description")))
-    if not m:  # recorded before the sizes were
+    made = _synthetic_made(source)
+    if not made:  # recorded before the sizes were
         return "--synthetic and the --synthetic-size it was trained with"
-    seed, per, test = map(int, m.groups())
+    seed, per, test = made
     if (seed, test) == (0, per):  # what --synthetic makes
         return f"--synthetic --synthetic-size {per}"
     again = f" (make-synthetic DIR --per-batch {per} --seed {seed} makes them again)" if test == per else ""
@@ -158,10 +170,10 @@ def _check_eval_data_flags(args, run_id: str, trained_on: dict) -> None:
     if args.synthetic and trained_on.get("official"):
         raise DataError(f"{run_id} was trained on {desc}, not labkit's synthetic data: leave out --synthetic "
                         "and point --data-dir at the data it was trained on")
-    m = _SYNTHETIC_MADE.search(str(desc)) if trained_on.get("synthetic") else None
-    if not (args.synthetic and m):
+    made = _synthetic_made(trained_on)
+    if not (args.synthetic and made):
         return
-    seed, per, test = map(int, m.groups())
+    seed, per, test = made
     root = Path(args.data_dir) if args.data_dir else SYNTHETIC_DIR / f"per-batch-{args.synthetic_size}"
     made_here = (root / "cifar-10-batches-py" / "test_batch").is_file()
     if per != args.synthetic_size or ((seed, test) != (0, per) and not made_here):

@@ -53,6 +53,7 @@ BATCH_MD5 = {
 }
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 SYNTHETIC_KEY = "labkit_synthetic"  # in batches.meta of labkit's synthetic data: how it was made
+SYNTHETIC_MADE_KEY = "labkit_synthetic_made"  # ... and the same as numbers: {"seed", "per_batch", "test_size"}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # Per-channel constants. "seed": the seed report's (its std is the mean of per-image stds);
@@ -300,20 +301,29 @@ def source_of(folder: Path) -> dict:
         if not mismatched
         else f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)",
     }
-    made = _synthetic_note(folder) if mismatched else None
-    if made:
-        source.update(synthetic=True, description=f"labkit's synthetic CIFAR-format data ({made}); not the official CIFAR-10 files")
+    note, made = _synthetic_note(folder) if mismatched else (None, None)
+    if note:
+        source.update(synthetic=True, description=f"labkit's synthetic CIFAR-format data ({note}); not the official CIFAR-10 files")
+        if made:  # what eval needs to make the same data again, without reading the description
+            source["made"] = made
     return source
 
 
-def _synthetic_note(folder: Path) -> str | None:
-    """The note labkit.synthetic leaves in batches.meta; None for any other data."""
+def _synthetic_note(folder: Path) -> tuple[str | None, dict | None]:
+    """The note labkit.synthetic leaves in batches.meta, and its sizes as numbers (absent in
+    data made before they were written); (None, None) for any other data."""
     try:
-        note = _safe_load(folder / "batches.meta").get(SYNTHETIC_KEY)
+        meta = _safe_load(folder / "batches.meta")
     except (OSError, DataError):  # no or unreadable meta file: the batches are what counts
-        return None
+        return None, None
+    note = meta.get(SYNTHETIC_KEY)
     note = note.decode("utf-8", "replace") if isinstance(note, bytes) else note
-    return note if isinstance(note, str) and note else None
+    if not (isinstance(note, str) and note):
+        return None, None
+    made = meta.get(SYNTHETIC_MADE_KEY)
+    keys = ("seed", "per_batch", "test_size")
+    ok = isinstance(made, dict) and all(type(made.get(k)) is int and made[k] >= 0 for k in keys)
+    return note, ({k: made[k] for k in keys} if ok else None)
 
 
 def same_data(recorded: dict | None, source: dict) -> bool:

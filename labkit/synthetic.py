@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import BATCH_MD5, CLASSES, FOLDER, SYNTHETIC_KEY, DataError, file_in_the_way, md5
+from .data import BATCH_MD5, CLASSES, FOLDER, SYNTHETIC_KEY, SYNTHETIC_MADE_KEY, DataError, file_in_the_way, md5
 
 __all__ = ["make_synthetic_cifar10"]
 
@@ -135,6 +135,7 @@ def _write(folder: Path, per_batch: int, test_size: int, noise: float, seed: int
             b"label_names": [c.encode() for c in CLASSES],
             b"num_vis": 3072,
             SYNTHETIC_KEY.encode(): made.encode(),  # read by labkit.data.source_of: runs say what their data were
+            SYNTHETIC_MADE_KEY.encode(): {"seed": int(seed), "per_batch": int(per_batch), "test_size": int(test_size)},
         },
         folder / "batches.meta",
         str_keys,

@@ -394,11 +394,18 @@ def test_eval_refuses_flags_for_other_data_before_making_or_downloading_any(trai
         assert len(err.splitlines()) == 1 and err.rstrip().endswith("evaluate it with --synthetic --synthetic-size 50"), err
     # a run trained on other synthetic data than --synthetic makes (make-synthetic --seed 7)
     summary = json.loads((run_dir / "summary.json").read_text())
-    made = summary["data"]["description"]
-    summary["data"]["description"] = made.replace("seed 0", "seed 7")
+    assert summary["data"]["made"] == {"seed": 0, "per_batch": 50, "test_size": 50}  # read, not parsed from words
+    summary["data"]["made"]["seed"] = 7
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    seven = "evaluate it with --data-dir at the folder of those data, without --synthetic (make-synthetic DIR --per-batch 50 --seed 7"
+    assert main([*base, "--synthetic", "--synthetic-size", "50"]) == 1
+    assert seven in capsys.readouterr().err
+    # recorded before "made" was: the sizes come from the description's words
+    del summary["data"]["made"]
+    summary["data"]["description"] = summary["data"]["description"].replace("seed 0", "seed 7")
     (run_dir / "summary.json").write_text(json.dumps(summary))
     assert main([*base, "--synthetic", "--synthetic-size", "50"]) == 1
-    assert "evaluate it with --data-dir at the folder of those data, without --synthetic (make-synthetic DIR --per-batch 50 --seed 7" in capsys.readouterr().err
+    assert seven in capsys.readouterr().err
     # a run trained on the official files, given --synthetic
     summary["data"] = {"official": True, "description": "official CIFAR-10 (md5 verified)"}
     (run_dir / "summary.json").write_text(json.dumps(summary))

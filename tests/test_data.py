@@ -499,6 +499,7 @@ def test_labkit_synthetic_data_say_what_they_are(tmp_path):
         "labkit's synthetic CIFAR-format data (seed 3, 20 images per training batch, 10 test images); "
         "not the official CIFAR-10 files"
     )
+    assert src["made"] == {"seed": 3, "per_batch": 20, "test_size": 10}
     assert load_cifar10(tmp_path / "a", allow_download=False).source == src
     (folder / "batches.meta").unlink()  # another copy, without labkit's note: only what the md5s say
     assert source_of(folder)["description"] == "not the official CIFAR-10 files (md5 differs for 6 of 6 batches)"
