@@ -88,6 +88,7 @@ def cmd_train(args) -> int:
         if not handed_back:
             # What main() says if Ctrl-C stops it: where a rerun of the same command goes on from.
             kept = _kept_if_interrupted(store.path(store.run_id(cfg, name)) / "checkpoint.pt", args.checkpoint_every)
+            kept = kept.removeprefix("interrupted, ")  # the line already starts "interrupted (SIGINT)"
             args.interrupted = f"run {store.run_id(cfg, name)} in {store.root} stopped before it finished; {kept} (the same command)"
         # The data are loaded before the store is asked, without downloading, so that `get`
         # compares them with any finished run it hands back (a run's id names no data), also

@@ -140,7 +140,7 @@ def test_ctrl_c_says_in_one_line_what_a_rerun_resumes_from(lab):
     assert "Traceback" not in out, out
     (said,) = [ln for ln in out.splitlines() if not ln.startswith(("run ", "epoch"))]
     assert said == (
-        f"interrupted (SIGINT): run {d.name} in {lab / 'runs'} stopped before it finished; interrupted, it resumes "
+        f"interrupted (SIGINT): run {d.name} in {lab / 'runs'} stopped before it finished; it resumes "
         "from its last checkpoint (written every epoch) when asked for again (the same command)"
     )
     assert not (d / "summary.json").exists()
