@@ -1,11 +1,12 @@
 """labkit: a reproducible, fast lab for training and ablating ResNets on CIFAR-10."""
 
+from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig, preset
 from .data import DataError, Dataset, load_cifar10
 from .model import ResNet, build_model
 from .runs import Run, RunError, RunStore
 from .synthetic import make_synthetic_cifar10
-from .train import CheckpointError, DivergenceError
+from .train import DivergenceError
 
 __all__ = [
     "CheckpointError",

@@ -1336,7 +1336,7 @@ def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
 
     import torch
 
-    from .train import CheckpointError, evaluated_weights, load_checkpoint
+    from .checkpoint import CheckpointError, evaluated_weights, load_checkpoint
 
     out_dir = Path(out_dir)
     rows = []

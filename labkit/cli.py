@@ -547,9 +547,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
+        from .checkpoint import CheckpointError
         from .data import DataError
         from .runs import RunError
-        from .train import CheckpointError, DivergenceError
+        from .train import DivergenceError
 
         if isinstance(e, (DataError, RunError, CheckpointError, DivergenceError)):
             print(f"error: {e}", file=sys.stderr)

@@ -37,11 +37,12 @@ from pathlib import Path
 import pandas as pd
 
 from . import distributed
+from .checkpoint import atomic_write, load_checkpoint, recover_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import Dataset, check_same_data, file_in_the_way, same_data
 
 __all__ = [
-    "Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "recover_checkpoint", "command_line", "check_writable",
+    "Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "command_line", "check_writable",
     "check_run_id",
 ]
 
@@ -57,8 +58,6 @@ def default_runs_dir() -> Path:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Temp file in the same folder, fsync, rename: readers see the old file or the new one."""
-    from .train import atomic_write
-
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
@@ -192,53 +191,6 @@ def _read_metrics(path: Path) -> pd.DataFrame:
     if list(hist["epoch"]) != list(range(1, len(hist) + 1)):
         raise bad(f"epochs {list(hist['epoch'])[:10]}")
     return hist
-
-
-def _set_aside(path: Path) -> Path:
-    """Rename a bad file to <stem>.corrupt-<time>[-n]<suffix>, keeping it for inspection."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for n in range(1000):
-        bad = path.with_name(f"{path.stem}.corrupt-{stamp}{'' if n == 0 else f'-{n}'}{path.suffix}")
-        if not bad.exists():
-            break
-    os.replace(path, bad)
-    return bad
-
-
-def recover_checkpoint(d: Path, log: Callable[[str], None] | None = print) -> dict | None:
-    """Make `d/checkpoint.pt` a checkpoint that loads, or remove it; return its state or None.
-
-    A checkpoint that fails to load (truncated, corrupted, carrying code, incomplete) is
-    moved aside with a message naming it, and the previous good one
-    (checkpoint.prev.pt) takes its place; with none left the run starts from scratch.
-    """
-    from .train import RESUME_KEYS, CheckpointError, load_checkpoint, previous_checkpoint
-
-    ckpt = d / "checkpoint.pt"
-    prev = previous_checkpoint(ckpt)
-    bad_seen = False
-    for cand in (ckpt, prev):
-        if not cand.is_file():
-            continue
-        try:
-            state = load_checkpoint(cand, require=RESUME_KEYS)
-        except CheckpointError as e:
-            bad_seen = True
-            bad = _set_aside(cand)
-            if log:
-                log(f"{e}; moved aside to {bad.name}")
-            continue
-        if cand == prev:
-            os.replace(prev, ckpt)
-            if log:
-                log(
-                    f"{d.name}: resuming from the previous good checkpoint {prev.name} "
-                    f"(after epoch {int(state['epoch']) + 1}); {ckpt.name} was corrupted or missing"
-                )
-        return state
-    if bad_seen and log:
-        log(f"{d.name}: no good checkpoint left; training this run from the start")
-    return None
 
 
 # What every finished run's summary.json holds (older records have more keys, never fewer).
@@ -436,7 +388,7 @@ class RunStore:
 
     def _parent_weights(self, cfg: TrainConfig) -> dict:
         """The final weights of the finished run cfg.init_from, checked to fit cfg's network."""
-        from .train import check_init_state, load_checkpoint
+        from .train import check_init_state
 
         parent_id = cfg.init_from
         check_run_id(parent_id, "init_from")
@@ -549,7 +501,7 @@ class RunStore:
 
     def _train_here(self, d, rid, cfg, name, dataset, init_state, checkpoint_every, progress, log, on_epoch) -> None:
         """RunStore.get's training, in the run's locked folder."""
-        from .train import train
+        from .train import train  # at call time, not import time: tests replace labkit.train.train
 
         cfg_path = d / "config.json"
         if cfg_path.is_file():
@@ -607,7 +559,7 @@ class RunStore:
         trains beside it, resuming from the checkpoint rank 0 has just checked, then waits
         until rank 0 has written the run.
         """
-        from .train import train
+        from .train import train  # at call time, not import time: tests replace labkit.train.train
 
         rid = self.run_id(cfg, name)
         if distributed.broadcast_flag(None):

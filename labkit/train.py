@@ -18,11 +18,8 @@ import copy
 import functools
 import math
 import os
-import re
-import shutil
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,23 +30,19 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
+from .checkpoint import RESUME_KEYS, CheckpointError, evaluated_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import NORMS, Dataset, augment, check_same_data, cutout, normalize
 from .model import Dropout, build_model
 
 __all__ = [
     "DivergenceError",
-    "CheckpointError",
     "TrainResult",
     "train",
     "evaluate",
-    "evaluated_weights",
     "lr_at",
     "resolve_device",
     "check_fits",
-    "save_checkpoint",
-    "load_checkpoint",
-    "previous_checkpoint",
 ]
 
 
@@ -144,10 +137,6 @@ class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, corrupted or carries code."""
-
-
 @dataclass
 class TrainResult:
     config: TrainConfig
@@ -224,135 +213,6 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def _prep(x_u8: Tensor, cfg: TrainConfig) -> Tensor:
     x = normalize(x_u8, cfg.norm)
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
-
-
-# ---------------------------------------------------------------------------------------
-# Checkpoints: atomic, loaded with weights_only=True
-# ---------------------------------------------------------------------------------------
-
-
-# What train() needs to resume; a checkpoint without them is not one it can resume from.
-RESUME_KEYS = ("model", "optimizer", "epoch", "history")
-
-
-def previous_checkpoint(path: Path) -> Path:
-    """Where save_checkpoint(keep_previous=True) keeps the checkpoint it replaced:
-    checkpoint.pt -> checkpoint.prev.pt."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.prev{path.suffix}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] | None = None) -> None:
-    """`write(f)` into a temp file in the same folder, fsync, rename: readers see the old
-    file or the new one, never half of one; a failed write leaves no temp file behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:
-    """Write a checkpoint atomically (atomic_write).
-
-    keep_previous: first keep the checkpoint being replaced as `previous_checkpoint(path)`,
-    the fallback when `path` is later found corrupted. It is hard-linked and renamed into
-    place, so `path` itself always holds a complete checkpoint, whenever a kill lands.
-    """
-    path = Path(path)
-    prev = previous_checkpoint(path)
-    link = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
-
-    def keep() -> None:
-        if keep_previous and path.is_file():
-            link.unlink(missing_ok=True)
-            try:
-                os.link(path, link)
-            except OSError:  # a filesystem without hard links: copy
-                shutil.copyfile(path, link)
-            os.replace(link, prev)
-
-    try:
-        atomic_write(path, lambda f: torch.save(state, f), keep)
-    except BaseException:
-        link.unlink(missing_ok=True)
-        raise
-
-
-def _archive_problem(path: Path) -> str | None:
-    """torch.save writes a zip whose members carry CRC-32s that torch.load never checks:
-    check them, so a flipped byte in the weights is caught, not trained on."""
-    if not zipfile.is_zipfile(path):
-        return None  # truncated (no central directory) or the legacy format: torch.load decides
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        return f"corrupted ({type(e).__name__}: {e})"
-    return f"corrupted: member {bad} fails its CRC check" if bad else None
-
-
-def _load_failure(e: Exception) -> str:
-    """What torch.load(weights_only=True) refused, in one line (its own text advises
-    weights_only=False, which would run whatever the file carries)."""
-    text = str(e)
-    wanted = re.search(r"GLOBAL ([\w.]+)", text)
-    if wanted:
-        return (
-            f"refused: it carries code or objects other than tensors (it asks for {wanted.group(1)}); "
-            "nothing in it was run. Only load checkpoints written by labkit"
-        )
-    skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(skip) and "weights_only" not in ln]
-    detail = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
-    return f"unreadable: truncated or corrupted ({detail})"
-
-
-def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = ("model",)) -> dict:
-    """Load a checkpoint with weights_only=True: tensors and plain data, never code.
-
-    Raises CheckpointError, naming the file, when it is missing, truncated, corrupted,
-    carries code or lacks one of the `require`d entries.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    problem = _archive_problem(path)
-    if problem:
-        raise CheckpointError(f"{path}: checkpoint {problem}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: checkpoint {_load_failure(e)}") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path}: not a labkit checkpoint (no 'model' entry)")
-    missing = [k for k in require if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}; cannot resume from it")
-    return state
 
 
 # ---------------------------------------------------------------------------------------
@@ -619,14 +479,6 @@ class _Ema:
             torch._foreach_lerp_(self._avg[0], self._avg[1], 1.0 - self.decay)
         if self._copy[0]:
             torch._foreach_copy_(self._copy[0], self._copy[1])
-
-
-def evaluated_weights(state: dict, cfg: TrainConfig) -> dict:
-    """The weights in a checkpoint that a run's test numbers come from: those selected on
-    validation (select 'best_val'), else the moving average (ema), else the last ones."""
-    if cfg.select == "best_val" and state.get("best_state") is not None:
-        return state["best_state"]
-    return state.get("ema") or state["model"]
 
 
 class _GlobalMeanLoss(nn.Module):

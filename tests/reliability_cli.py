@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from labkit.checkpoint import load_checkpoint
 from labkit.config import parse_overrides, preset
 from labkit.runs import RunStore
 from labkit.synthetic import make_synthetic_cifar10
-from labkit.train import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4

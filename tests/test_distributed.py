@@ -24,11 +24,11 @@ import reliability_cli as R
 import torch
 import torch.multiprocessing as mp
 
+from labkit.checkpoint import load_checkpoint
 from labkit.config import ConfigError, parse_overrides, preset
 from labkit.data import DataError, load_cifar10
 from labkit.runs import RunStore
 from labkit.sweep import sweep
-from labkit.train import load_checkpoint
 
 EPOCHS = 5
 # 201 images in batches of 64: the last batch (9) splits 4 / 5 over the two ranks.

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from labkit.checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, previous_checkpoint, save_checkpoint
 from labkit.runs import RunError, RunStore, atomic_write_text
-from labkit.train import CheckpointError, load_checkpoint, previous_checkpoint, save_checkpoint
 
 T = importlib.import_module("labkit.train")
 REAL_TRAIN = T.train
@@ -258,7 +258,7 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(kind, tmp_path
     corrupt(ckpt, canary)
     # The clear error, naming the file (with require= as a resume asks for it):
     with pytest.raises(CheckpointError) as e:
-        load_checkpoint(ckpt, require=T.RESUME_KEYS)
+        load_checkpoint(ckpt, require=RESUME_KEYS)
     assert str(ckpt) in str(e.value) and what in str(e.value)
 
     stats = _counting(monkeypatch)
@@ -353,7 +353,7 @@ def test_every_torch_load_uses_weights_only():
             kw = {k.arg: k.value for k in call.keywords}
             ok = "weights_only" in kw and isinstance(kw["weights_only"], ast.Constant) and kw["weights_only"].value is True
             assert ok, f"{where}:{call.lineno}: torch.load without weights_only=True"
-    assert calls >= 1  # the scan found labkit.train.load_checkpoint's call
+    assert calls >= 1  # the scan found labkit.checkpoint.load_checkpoint's call
 
 
 def _payloads(canary: Path) -> dict:

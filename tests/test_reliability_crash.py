@@ -12,7 +12,7 @@ import time
 import pytest
 import reliability_cli as R
 
-from labkit.train import CheckpointError, load_checkpoint
+from labkit.checkpoint import CheckpointError, load_checkpoint
 
 # Run inside the child: SIGKILL itself at a chosen write (torch.save of the Nth checkpoint,
 # after writing half its bytes; or the Nth rename onto a given file name), then labkit's CLI.

@@ -9,10 +9,11 @@ import importlib
 import pytest
 import torch
 
+from labkit.checkpoint import load_checkpoint
 from labkit.cli import main
 from labkit.model import ResNet
 from labkit.runs import RunStore
-from labkit.train import DivergenceError, load_checkpoint
+from labkit.train import DivergenceError
 
 T = importlib.import_module("labkit.train")
 

@@ -11,8 +11,9 @@ import shutil
 import pytest
 import torch
 
+from labkit.checkpoint import CheckpointError, evaluated_weights, load_checkpoint, save_checkpoint
 from labkit.config import ConfigError, TrainConfig
-from labkit.train import CheckpointError, DivergenceError, load_checkpoint, lr_at, save_checkpoint, train
+from labkit.train import DivergenceError, lr_at, train
 
 # labkit/__init__.py exports the function `train`, which hides the submodule of that name.
 T = importlib.import_module("labkit.train")
@@ -460,7 +461,7 @@ def test_ema_run_is_scored_on_the_average_and_reevaluates_alike(tiny_data, tiny_
     assert [h["loss_sum"] for h in r.history] == [h["loss_sum"] for h in plain.history]
     assert r.summary["test_loss"] != plain.summary["test_loss"]
     state = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert state["ema"] is not None and T.evaluated_weights(state, r.config) is state["ema"]
+    assert state["ema"] is not None and evaluated_weights(state, r.config) is state["ema"]
     _same_state(r.model.state_dict(), state["ema"])
     again = T.reevaluate(r.config, tmp_path / "checkpoint.pt", tiny_data)
     assert again["test_loss"] == pytest.approx(r.summary["test_loss"], rel=1e-5)
