@@ -196,7 +196,7 @@ def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 3) ->
     tuning, graph capture) before the clock starts, so only overlapped epochs count."""
     import threading
 
-    from .train import GPU_GATE
+    from .step import GPU_GATE
 
     barrier = threading.Barrier(lanes + 1)
     ends: list[float] = [0.0] * lanes
@@ -272,7 +272,8 @@ def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int
     from torch.profiler import ProfilerActivity, profile
 
     from .data import augment
-    from .train import _amp_dtype, _make_optimizer, _prep, _Stepper, resolve_device
+    from .step import Stepper, autocast_dtype, make_optimizer, prep
+    from .train import resolve_device
 
     if steps < 1 or warmup < 0:
         raise ValueError(f"step breakdown needs steps >= 1 and warmup >= 0, got {steps}, {warmup}")
@@ -282,15 +283,15 @@ def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int
     model = build_model(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = _make_optimizer(cfg, model, device)
-    stepper = _Stepper(model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), cfg, device, _amp_dtype(cfg, device))
+    opt = make_optimizer(cfg, model, device)
+    stepper = Stepper(model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), cfg, device, autocast_dtype(cfg, device))
     x, y = data.train_x.to(device), data.train_y.to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     b = min(cfg.batch_size, len(y))
 
     def step() -> None:
         idx = torch.randint(0, len(y), (b,), device=device, generator=gen)
-        xb = _prep(augment(x[idx], generator=gen), cfg)
+        xb = prep(augment(x[idx], generator=gen), cfg)
         stepper(xb, y[idx], opt)
         opt.step()
 

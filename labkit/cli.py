@@ -62,7 +62,7 @@ def cmd_train(args) -> int:
     from . import distributed
     from .data import DataNotFound
     from .runs import RunStore
-    from .train import _kept_if_interrupted, resolve_device
+    from .train import kept_if_interrupted, resolve_device
 
     overrides = parse_overrides(args.set or [])
     epochs = _one_value("epochs", args.epochs, "--epochs", overrides.get("epochs"))
@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
         handed_back = found is not None and found.finished
         if not handed_back:
             # What main() says if Ctrl-C stops it: where a rerun of the same command goes on from.
-            kept = _kept_if_interrupted(store.path(store.run_id(cfg, name)) / "checkpoint.pt", args.checkpoint_every)
+            kept = kept_if_interrupted(store.path(store.run_id(cfg, name)) / "checkpoint.pt", args.checkpoint_every)
             kept = kept.removeprefix("interrupted, ")  # the line already starts "interrupted (SIGINT)"
             args.interrupted = f"run {store.run_id(cfg, name)} in {store.root} stopped before it finished; {kept} (the same command)"
         # The data are loaded before the store is asked, without downloading, so that `get`

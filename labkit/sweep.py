@@ -210,7 +210,7 @@ def _sweep_here(
                     )
         finally:
             if stream_ctx is not None:
-                from .train import GPU_GATE
+                from .step import GPU_GATE
 
                 with GPU_GATE.shared():
                     torch.cuda.current_stream().synchronize()
@@ -378,7 +378,7 @@ def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -
 
 def with_compile(jobs: list[tuple[str, TrainConfig]], mode: str, chosen: bool) -> tuple[list[tuple[str, TrainConfig]], int]:
     """`jobs` with compile `mode` set; when it was chosen from a benchmark (`chosen`), not for
-    runs with dropout, whose compiled step is not graphed (labkit.train._Stepper): the bench's
+    runs with dropout, whose compiled step is not graphed (labkit.step.Stepper): the bench's
     gain, measured on the network without dropout, does not hold for them. Returns the jobs
     and how many were left uncompiled for that reason."""
     if not mode:

@@ -1,10 +1,7 @@
 """The training loop: data resident on the device, augmentation on the device, one host
-sync per epoch, checkpoints that resume exactly.
-
-On CUDA the forward and backward pass of a full batch is captured once in a CUDA graph
-and replayed (the ~400 kernel launches of a step otherwise cost more than the maths at
-batch 512); the fused optimiser step and the last, partial batch run eagerly. On the CPU
-the same loop runs eagerly and is deterministic, which the tests rely on.
+sync per epoch, checkpoints that resume exactly; evaluation. The step it runs (CUDA-graphed
+on a GPU) is labkit.step; the checkpoint files, labkit.checkpoint. On the CPU the loop is
+deterministic, which the tests rely on.
 
 Under torchrun (labkit.distributed) the same loop trains one run over several processes
 with DistributedDataParallel: every rank draws the global batch as one process would and
@@ -13,9 +10,7 @@ trains on its slice of it, so the run computes what one process would (up to rou
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import math
 import os
 import threading
@@ -32,8 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed
 from .checkpoint import RESUME_KEYS, CheckpointError, evaluated_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import NORMS, Dataset, augment, check_same_data, cutout, normalize
+from .data import NORMS, Dataset, augment, check_same_data, cutout
 from .model import Dropout, build_model
+from .step import GPU_GATE, Stepper, autocast, autocast_dtype, gated, make_optimizer, prep
 
 __all__ = [
     "DivergenceError",
@@ -54,7 +50,8 @@ CPU_NOTE_S = 600.0
 COMPILE_RECOMPILE_LIMIT = 64
 
 
-def _kept_if_interrupted(ckpt_path: Path | None, checkpoint_every: int) -> str:
+def kept_if_interrupted(ckpt_path: Path | None, checkpoint_every: int) -> str:
+    """What an interrupted run keeps, in words (for notes before a long run)."""
     if ckpt_path is None:
         return "nothing is kept if it is interrupted (no run folder)"
     if checkpoint_every == 0:
@@ -69,68 +66,6 @@ def duration(seconds: float) -> str:
         if seconds < limit:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds / 86400:.0f} days"
-
-
-class _GpuGate:
-    """Lets runs train side by side in threads yet capture CUDA graphs safely.
-
-    A capture fails if any other thread issues CUDA work meanwhile (seen on an H200:
-    "operation not permitted when stream is capturing" from a run in another thread).
-    Every run holds the gate shared while it trains and offers it at each step;
-    a capture takes it exclusively, so it runs while every other run waits between steps.
-    """
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._readers = 0
-        self._writers_waiting = 0
-        self._writing = False
-
-    def enter(self) -> None:
-        with self._cv:
-            while self._writing or self._writers_waiting:
-                self._cv.wait()
-            self._readers += 1
-
-    def leave(self) -> None:
-        with self._cv:
-            self._readers -= 1
-            self._cv.notify_all()
-
-    def pause_point(self) -> None:
-        if self._writers_waiting:  # unlocked read: a stale value only delays by one step
-            self.leave()
-            self.enter()
-
-    @contextlib.contextmanager
-    def shared(self):
-        self.enter()
-        try:
-            yield
-        finally:
-            self.leave()
-
-    @contextlib.contextmanager
-    def exclusive(self):
-        """For a thread that holds the gate shared: wait until it is alone, then run."""
-        with self._cv:
-            self._readers -= 1
-            self._writers_waiting += 1
-            self._cv.notify_all()
-            while self._readers or self._writing:
-                self._cv.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._writing = False
-                self._readers += 1
-                self._cv.notify_all()
-
-
-GPU_GATE = _GpuGate()
 
 
 class DivergenceError(RuntimeError):
@@ -165,12 +100,6 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Learning rate for optimiser step `step` (0-based) of epoch `epoch` (0-based)."""
     if cfg.schedule == "exp":  # the seed: multiplied by decay_rate after every epoch
@@ -184,35 +113,10 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> floa
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
 
 
-def _make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-        **fused,
-    )
-
-
 def _epoch_seed(cfg: TrainConfig, epoch: int) -> int:
     # Every epoch draws from its own seed, so a run resumed at an epoch boundary
     # sees exactly the permutation, crops, flips and dropout masks it would have seen.
     return (cfg.seed * 1_000_003 + epoch * 7919) % (2**62)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
-
-
-def _prep(x_u8: Tensor, cfg: TrainConfig) -> Tensor:
-    x = normalize(x_u8, cfg.norm)
-    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,9 +160,9 @@ def evaluate(
     correct = torch.zeros((), device=device, dtype=torch.long)
     loss = torch.zeros((), device=device, dtype=torch.float32)
     for i in range(0, len(y), batch_size):
-        xb, yb = _prep(x_u8[i : i + batch_size], cfg), y[i : i + batch_size]
+        xb, yb = prep(x_u8[i : i + batch_size], cfg), y[i : i + batch_size]
         try:
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 out = _tta_logits(model, xb, cfg)
         except torch.cuda.OutOfMemoryError:
             raise torch.cuda.OutOfMemoryError(
@@ -309,7 +213,7 @@ def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model.load_state_dict(weights)
-    amp = _amp_dtype(cfg, device)
+    amp = autocast_dtype(cfg, device)
     d = data.to(device)
     val_acc, val_loss = evaluate(model, d.val_x, d.val_y, cfg, amp_dtype=amp)
     test_acc, test_loss = evaluate(model, d.test_x, d.test_y, cfg, amp_dtype=amp)
@@ -322,131 +226,6 @@ def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes)
         "precision": "bf16" if amp else "fp32",
         "device": device_name(device),
     }
-
-
-# ---------------------------------------------------------------------------------------
-# The step
-# ---------------------------------------------------------------------------------------
-
-
-def _capture_error(e: BaseException) -> str:
-    """Why a capture failed. An op that breaks a capture often surfaces as capture_end()'s
-    generic "operation failed due to a previous error during capture", raised while the
-    op's own error was handled: that one (its __context__) says what went wrong."""
-    text = f"{type(e).__name__}: {e}"
-    first = e.__context__
-    if first is not None and e.__cause__ is None and not e.__suppress_context__:
-        text += f" (while handling {type(first).__name__}: {str(first)[:300]})"
-    return text
-
-
-class _Stepper:
-    """Forward + backward of one batch; returns the (detached) loss and logits.
-
-    On CUDA with cuda_graphs, full batches replay a captured graph; other batch sizes run
-    eagerly. The optimiser step is not inside: it runs eagerly (fused) after this.
-    """
-
-    def __init__(self, model, loss_fn, cfg: TrainConfig, device, amp_dtype):
-        self.model, self.loss_fn, self.cfg, self.device, self.amp = model, loss_fn, cfg, device, amp_dtype
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.mode = "eager"
-        # Dropout draws its masks outside the graph (labkit.model.Dropout.redraw before each
-        # replay): random-number offsets drawn inside a graph failed to replay ("Offset
-        # increment outside graph capture", torch 2.11, H200). A compiled net traces
-        # Dropout's eager branch, so with dropout it is not captured. Nor are DDP runs:
-        # DDP all-reduces gradients from hooks in the backward pass, with buckets and
-        # streams it manages itself; gloo cannot be captured at all.
-        self.want_graph = (
-            cfg.cuda_graphs
-            and device.type == "cuda"
-            and not (cfg.dropout and cfg.compile)
-            and not distributed.active()
-        )
-        self.dropouts: list[Dropout] = []  # whose masks are redrawn before each replay
-        self.graph_error = ""
-
-    def eager(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
-        if self.graph is not None:
-            # After capture the .grad tensors are the graph's own buffers; zero them in place
-            # (never set to None) so the eager backward writes correct gradients into them.
-            optimizer.zero_grad(set_to_none=False)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.amp):
-            out = self.model(x)
-            loss = self.loss_fn(out.float(), y)
-        loss.backward()
-        return loss.detach(), out.detach()
-
-    def _capture(self, x: Tensor, y: Tensor, optimizer) -> None:
-        model = self.model
-        saved = {k: v.clone() for k, v in model.state_dict().items()}  # undo warm-up's BN updates
-        # ... and the warm-up's dropout draws, so that the graphed run draws the eager run's masks
-        dropouts = [m for m in model.modules() if isinstance(m, Dropout) and m.p > 0 and m.generator is not None]
-        gens = list({id(m.generator): m.generator for m in dropouts}.values())
-        gen_states = [g.get_state() for g in gens]
-        for m in dropouts:
-            m.static_keep = None
-        side = torch.cuda.Stream(self.device)
-        prev = torch.cuda.current_stream(self.device)
-        try:
-            self.static_x, self.static_y = x.clone(), y.clone()
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(3):  # warm-up: cuDNN picks its algorithms outside the capture
-                    optimizer.zero_grad(set_to_none=True)
-                    with _autocast(self.device, self.amp):
-                        loss = self.loss_fn(model(self.static_x).float(), self.static_y)
-                    loss.backward()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
-            g = torch.cuda.CUDAGraph()
-            # thread_local: runs training side by side in threads may launch work meanwhile.
-            with torch.cuda.graph(g, stream=side, capture_error_mode="thread_local"):
-                with _autocast(self.device, self.amp):
-                    out = model(self.static_x)
-                    self.static_loss = self.loss_fn(out.float(), self.static_y)
-                self.static_loss.backward()
-                self.static_out = out.detach()
-            # The graph replays the backward; keeping its autograd nodes would only tie later
-            # eager steps' gradient accumulation to `side` ("AccumulateGrad node's stream").
-            self.static_loss = self.static_loss.detach()
-        finally:  # captured or not, training goes on from the state before the warm-up
-            # A capture that fails in capture_end() leaves `side` current (torch.cuda.graph
-            # exits its stream context only after capture_end succeeds): back to this run's.
-            torch.cuda.set_stream(prev)
-            # (after the warm-up's work on `side`, which a failure may have left queued)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            with torch.no_grad():
-                for k, v in model.state_dict().items():
-                    v.copy_(saved[k])
-            for gen, state in zip(gens, gen_states, strict=True):
-                gen.set_state(state)
-        missing = [m for m in dropouts if m.static_keep is None]
-        if missing:  # its forward did not see the capture: its mask would be frozen in the graph
-            raise RuntimeError(f"{len(missing)} dropout layer(s) allocated no mask buffer during the capture")
-        self.dropouts = dropouts
-        self.graph, self.mode = g, "cuda_graph"
-
-    def __call__(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
-        full = len(y) == self.cfg.batch_size
-        if full and self.want_graph and self.graph is None:
-            try:
-                with GPU_GATE.exclusive():  # no other run's CUDA work during a capture
-                    self._capture(x, y, optimizer)
-            except Exception as e:  # an op that cannot be captured: fall back, say why
-                self.want_graph, self.graph, self.graph_error = False, None, _capture_error(e)
-                torch.cuda.current_stream(self.device).synchronize()
-                optimizer.zero_grad(set_to_none=True)
-        if full and self.graph is not None:
-            self.static_x.copy_(x)
-            self.static_y.copy_(y)
-            for m in self.dropouts:
-                m.redraw()
-            self.graph.replay()
-            return self.static_loss.detach(), self.static_out
-        return self.eager(x, y, optimizer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,17 +285,6 @@ def _rng_states(device: torch.device) -> dict:
     return s
 
 
-def _gated(fn):
-    """Run `fn` holding the GPU gate shared (see _GpuGate)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with GPU_GATE.shared():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
 def check_fits(cfg: TrainConfig, data: Dataset) -> None:
     """Refuse a config that the data cannot give what it asks for (before anything is written):
     train_subset beyond the data would train on all of it, under another run id than
@@ -564,7 +332,7 @@ def check_init_state(cfg: TrainConfig, state: dict, what: str, theirs: TrainConf
     )
 
 
-@_gated
+@gated
 def train(
     cfg: TrainConfig,
     data: Dataset,
@@ -600,7 +368,7 @@ def train(
             progress, log = False, None
     if init_state is not None:
         check_init_state(cfg, init_state, "init_state")
-    amp_dtype = _amp_dtype(cfg, device)
+    amp_dtype = autocast_dtype(cfg, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -618,7 +386,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     if init_state is not None:
         model.load_state_dict(init_state)
-    optimizer = _make_optimizer(cfg, model, device)
+    optimizer = make_optimizer(cfg, model, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     ema = _Ema(model, cfg.ema) if cfg.ema else None
     scored = ema.module if ema else model  # the weights evaluated, selected and tested
@@ -672,7 +440,7 @@ def train(
         dyn = torch._dynamo.config
         name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"  # before torch 2.7
         setattr(dyn, name, max(getattr(dyn, name), COMPILE_RECOMPILE_LIMIT))
-    stepper = _Stepper(net, loss_fn, cfg, device, amp_dtype)
+    stepper = Stepper(net, loss_fn, cfg, device, amp_dtype)
 
     def checkpoint(epoch: int) -> None:
         if ckpt_path is None or rank != 0:  # under DDP rank 0 writes; the others resume from it
@@ -721,7 +489,7 @@ def train(
         log(
             f"note: on the CPU this run needs about {duration(est)} more ({cfg.epochs - start_epoch} epochs of "
             f"{steps_per_epoch} steps at {per_step:.2f} s a step, timed on its first steps, evaluation included); "
-            f"a CUDA GPU, fewer epochs or train_subset make it shorter; {_kept_if_interrupted(ckpt_path, checkpoint_every)}"
+            f"a CUDA GPU, fewer epochs or train_subset make it shorter; {kept_if_interrupted(ckpt_path, checkpoint_every)}"
         )
 
     bar = None
@@ -759,7 +527,7 @@ def train(
                     lo, hi = len(idx) * rank // world, len(idx) * (rank + 1) // world
                     xb, yb = xb[lo:hi], yb[lo:hi]
                     loss_fn.global_batch = len(idx)
-                xb = _prep(xb, cfg)
+                xb = prep(xb, cfg)
                 lr = lr_at(cfg, epoch, step, steps_per_epoch)
                 for g in optimizer.param_groups:
                     g["lr"] = lr

@@ -266,7 +266,7 @@ def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, 
     import time
 
     from labkit import bench
-    from labkit.train import GPU_GATE
+    from labkit.step import GPU_GATE
 
     class _Stream:
         def synchronize(self):

@@ -15,13 +15,13 @@ from labkit.cli import main
 from labkit.config import ConfigError, preset
 from labkit.lab import plan
 from labkit.runs import RunStore
+from labkit.step import GpuGate
 from labkit.sweep import execution_from_bench, sweep, with_compile
 from labkit.synthetic import make_synthetic_cifar10
-from labkit.train import _GpuGate
 
 
 def test_gate_capture_runs_alone():
-    gate = _GpuGate()
+    gate = GpuGate()
     inside = []  # threads currently "issuing GPU work"
     overlaps = []
     stop = threading.Event()
@@ -54,7 +54,7 @@ def test_gate_capture_runs_alone():
 
 
 def test_gate_two_capturers_do_not_deadlock():
-    gate = _GpuGate()
+    gate = GpuGate()
     order = []
 
     def cap(i):

@@ -13,6 +13,7 @@ import torch
 
 from labkit.checkpoint import CheckpointError, evaluated_weights, load_checkpoint, save_checkpoint
 from labkit.config import ConfigError, TrainConfig
+from labkit.step import Stepper, _capture_error
 from labkit.train import DivergenceError, lr_at, train
 
 # labkit/__init__.py exports the function `train`, which hides the submodule of that name.
@@ -172,12 +173,12 @@ def test_which_steps_are_graphed():
     # Decided before any CUDA work, so it can be checked on a CPU.
     def wants(**changes) -> bool:
         cfg = TrainConfig(**changes)
-        return T._Stepper(torch.nn.Linear(2, 2), None, cfg, torch.device("cuda"), None).want_graph
+        return Stepper(torch.nn.Linear(2, 2), None, cfg, torch.device("cuda"), None).want_graph
 
     assert wants() and wants(dropout=0.4) and wants(compile="default")
     assert not wants(dropout=0.4, compile="default")  # compile traces dropout's eager branch
     assert not wants(cuda_graphs=False)
-    assert not T._Stepper(torch.nn.Linear(2, 2), None, TrainConfig(), torch.device("cpu"), None).want_graph
+    assert not Stepper(torch.nn.Linear(2, 2), None, TrainConfig(), torch.device("cpu"), None).want_graph
 
 
 @pytest.mark.slow
@@ -620,10 +621,10 @@ def test_a_failed_capture_names_the_error_that_broke_it():
             raise RuntimeError("operation not permitted when stream is capturing")
         except RuntimeError:
             raise RuntimeError("operation failed due to a previous error during capture")  # noqa: B904 (as torch does)
-    assert T._capture_error(e.value) == (
+    assert _capture_error(e.value) == (
         "RuntimeError: operation failed due to a previous error during capture "
         "(while handling RuntimeError: operation not permitted when stream is capturing)"
     )
     with pytest.raises(ValueError) as plain:
         raise ValueError("a plain failure")
-    assert T._capture_error(plain.value) == "ValueError: a plain failure"
+    assert _capture_error(plain.value) == "ValueError: a plain failure"

@@ -1,0 +1,244 @@
+"""The training step, replayed from a CUDA graph where it can be, and the GPU gate that lets
+runs in threads capture graphs; apart from the loop, since the benchmark profiles the same step."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+
+import torch
+from torch import Tensor, nn
+
+from . import distributed
+from .config import TrainConfig
+from .data import normalize
+from .model import Dropout
+
+__all__ = ["GPU_GATE", "GpuGate", "Stepper", "autocast", "autocast_dtype", "gated", "make_optimizer", "prep"]
+
+
+class GpuGate:
+    """Lets runs train side by side in threads yet capture CUDA graphs safely.
+
+    A capture fails if any other thread issues CUDA work meanwhile (seen on an H200:
+    "operation not permitted when stream is capturing" from a run in another thread).
+    Every run holds the gate shared while it trains and offers it at each step;
+    a capture takes it exclusively, so it runs while every other run waits between steps.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._readers = 0
+        self._writers_waiting = 0
+        self._writing = False
+
+    def enter(self) -> None:
+        with self._cv:
+            while self._writing or self._writers_waiting:
+                self._cv.wait()
+            self._readers += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self._readers -= 1
+            self._cv.notify_all()
+
+    def pause_point(self) -> None:
+        if self._writers_waiting:  # unlocked read: a stale value only delays by one step
+            self.leave()
+            self.enter()
+
+    @contextlib.contextmanager
+    def shared(self):
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """For a thread that holds the gate shared: wait until it is alone, then run."""
+        with self._cv:
+            self._readers -= 1
+            self._writers_waiting += 1
+            self._cv.notify_all()
+            while self._readers or self._writing:
+                self._cv.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._writing = False
+                self._readers += 1
+                self._cv.notify_all()
+
+
+GPU_GATE = GpuGate()
+
+
+def gated(fn):
+    """Run `fn` holding the GPU gate shared (see GpuGate)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with GPU_GATE.shared():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
+def prep(x_u8: Tensor, cfg: TrainConfig) -> Tensor:
+    x = normalize(x_u8, cfg.norm)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        **fused,
+    )
+
+
+def _capture_error(e: BaseException) -> str:
+    """Why a capture failed. An op that breaks a capture often surfaces as capture_end()'s
+    generic "operation failed due to a previous error during capture", raised while the
+    op's own error was handled: that one (its __context__) says what went wrong."""
+    text = f"{type(e).__name__}: {e}"
+    first = e.__context__
+    if first is not None and e.__cause__ is None and not e.__suppress_context__:
+        text += f" (while handling {type(first).__name__}: {str(first)[:300]})"
+    return text
+
+
+class Stepper:
+    """Forward + backward of one batch; returns the (detached) loss and logits.
+
+    On CUDA with cuda_graphs, full batches replay a graph captured once (the ~400 kernel
+    launches of a step otherwise cost more than the maths at batch 512); other batch sizes
+    (the last, partial batch) run eagerly. The optimiser step is not inside: it runs eagerly
+    (fused) after this. On the CPU every step is eager.
+    """
+
+    def __init__(self, model, loss_fn, cfg: TrainConfig, device, amp_dtype):
+        self.model, self.loss_fn, self.cfg, self.device, self.amp = model, loss_fn, cfg, device, amp_dtype
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.mode = "eager"
+        # Dropout draws its masks outside the graph (labkit.model.Dropout.redraw before each
+        # replay): random-number offsets drawn inside a graph failed to replay ("Offset
+        # increment outside graph capture", torch 2.11, H200). A compiled net traces
+        # Dropout's eager branch, so with dropout it is not captured. Nor are DDP runs:
+        # DDP all-reduces gradients from hooks in the backward pass, with buckets and
+        # streams it manages itself; gloo cannot be captured at all.
+        self.want_graph = (
+            cfg.cuda_graphs
+            and device.type == "cuda"
+            and not (cfg.dropout and cfg.compile)
+            and not distributed.active()
+        )
+        self.dropouts: list[Dropout] = []  # whose masks are redrawn before each replay
+        self.graph_error = ""
+
+    def eager(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
+        if self.graph is not None:
+            # After capture the .grad tensors are the graph's own buffers; zero them in place
+            # (never set to None) so the eager backward writes correct gradients into them.
+            optimizer.zero_grad(set_to_none=False)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            out = self.model(x)
+            loss = self.loss_fn(out.float(), y)
+        loss.backward()
+        return loss.detach(), out.detach()
+
+    def _capture(self, x: Tensor, y: Tensor, optimizer) -> None:
+        model = self.model
+        saved = {k: v.clone() for k, v in model.state_dict().items()}  # undo warm-up's BN updates
+        # ... and the warm-up's dropout draws, so that the graphed run draws the eager run's masks
+        dropouts = [m for m in model.modules() if isinstance(m, Dropout) and m.p > 0 and m.generator is not None]
+        gens = list({id(m.generator): m.generator for m in dropouts}.values())
+        gen_states = [g.get_state() for g in gens]
+        for m in dropouts:
+            m.static_keep = None
+        side = torch.cuda.Stream(self.device)
+        prev = torch.cuda.current_stream(self.device)
+        try:
+            self.static_x, self.static_y = x.clone(), y.clone()
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up: cuDNN picks its algorithms outside the capture
+                    optimizer.zero_grad(set_to_none=True)
+                    with autocast(self.device, self.amp):
+                        loss = self.loss_fn(model(self.static_x).float(), self.static_y)
+                    loss.backward()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
+            g = torch.cuda.CUDAGraph()
+            # thread_local: runs training side by side in threads may launch work meanwhile.
+            with torch.cuda.graph(g, stream=side, capture_error_mode="thread_local"):
+                with autocast(self.device, self.amp):
+                    out = model(self.static_x)
+                    self.static_loss = self.loss_fn(out.float(), self.static_y)
+                self.static_loss.backward()
+                self.static_out = out.detach()
+            # The graph replays the backward; keeping its autograd nodes would only tie later
+            # eager steps' gradient accumulation to `side` ("AccumulateGrad node's stream").
+            self.static_loss = self.static_loss.detach()
+        finally:  # captured or not, training goes on from the state before the warm-up
+            # A capture that fails in capture_end() leaves `side` current (torch.cuda.graph
+            # exits its stream context only after capture_end succeeds): back to this run's.
+            torch.cuda.set_stream(prev)
+            # (after the warm-up's work on `side`, which a failure may have left queued)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    v.copy_(saved[k])
+            for gen, state in zip(gens, gen_states, strict=True):
+                gen.set_state(state)
+        missing = [m for m in dropouts if m.static_keep is None]
+        if missing:  # its forward did not see the capture: its mask would be frozen in the graph
+            raise RuntimeError(f"{len(missing)} dropout layer(s) allocated no mask buffer during the capture")
+        self.dropouts = dropouts
+        self.graph, self.mode = g, "cuda_graph"
+
+    def __call__(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
+        full = len(y) == self.cfg.batch_size
+        if full and self.want_graph and self.graph is None:
+            try:
+                with GPU_GATE.exclusive():  # no other run's CUDA work during a capture
+                    self._capture(x, y, optimizer)
+            except Exception as e:  # an op that cannot be captured: fall back, say why
+                self.want_graph, self.graph, self.graph_error = False, None, _capture_error(e)
+                torch.cuda.current_stream(self.device).synchronize()
+                optimizer.zero_grad(set_to_none=True)
+        if full and self.graph is not None:
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            for m in self.dropouts:
+                m.redraw()
+            self.graph.replay()
+            return self.static_loss.detach(), self.static_out
+        return self.eager(x, y, optimizer)
