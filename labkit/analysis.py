@@ -1076,7 +1076,7 @@ def source_table(source: dict, synthetic: bool, label: str | None = None) -> pd.
 # Notebook 02: the model
 # ---------------------------------------------------------------------------------------
 
-MODEL_FIELDS = ("lays", "stem", "stem_bn", "dropout", "seed_extra_block", "softmax_head", "width")
+from .model import NETWORK_FIELDS as MODEL_FIELDS  # noqa: E402  (one definition, in model.py)
 
 
 def architecture_table(cfg: TrainConfig, corrected: TrainConfig) -> pd.DataFrame:

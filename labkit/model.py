@@ -217,8 +217,11 @@ def flops_per_image(model: nn.Module, train: bool = True, size: int = 32) -> flo
     return float(total * (3 if train else 1))
 
 
-# The fields build_model reads: what a network's cost depends on.
-ARCH_FIELDS = ("lays", "stem", "stem_bn", "dropout", "seed_extra_block", "softmax_head", "width")
+# The config fields build_model reads: what a network's cost depends on.
+NETWORK_FIELDS = ("lays", "stem", "stem_bn", "dropout", "seed_extra_block", "softmax_head", "width")
+# Those of them that shape its weights (dropout and softmax_head add none): weights trained
+# with one value of these do not load into a network built with another.
+WEIGHT_SHAPE_FIELDS = ("lays", "stem", "stem_bn", "seed_extra_block", "width")
 
 
 @functools.lru_cache(maxsize=64)
@@ -226,12 +229,12 @@ def _train_gflop_per_image(arch: tuple) -> float:
     # On the meta device: no memory, and no draw from torch's global generator, which a run
     # being seeded in another lane (a thread) at this moment would otherwise share.
     with torch.device("meta"):
-        model = build_model(SimpleNamespace(**dict(zip(ARCH_FIELDS, arch, strict=True))))
+        model = build_model(SimpleNamespace(**dict(zip(NETWORK_FIELDS, arch, strict=True))))
     return flops_per_image(model) / 1e9
 
 
 def run_gflop(cfg, train_images: int, eval_images: int) -> float:
     """GFLOP a run costs: `cfg.epochs` epochs of training on `train_images`, evaluating
     `eval_images` per epoch (a forward pass: a third of a training step's cost)."""
-    f = _train_gflop_per_image(tuple(getattr(cfg, k) for k in ARCH_FIELDS))
+    f = _train_gflop_per_image(tuple(getattr(cfg, k) for k in NETWORK_FIELDS))
     return cfg.epochs * (train_images * f + eval_images * f / 3)

@@ -26,9 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .checkpoint import RESUME_KEYS, CheckpointError, evaluated_weights, load_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig
+from .config import EXECUTION_FIELDS, ConfigError, TrainConfig
 from .data import NORMS, Dataset, augment, check_same_data, cutout
-from .model import Dropout, build_model
+from .model import WEIGHT_SHAPE_FIELDS, Dropout, build_model
 from .step import GPU_GATE, Stepper, autocast, autocast_dtype, gated, make_optimizer, prep
 
 __all__ = [
@@ -189,8 +189,6 @@ def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes)
     Compare the settings on the validation numbers: picking one by its test accuracy is
     model selection on the test set.
     """
-    from .config import EXECUTION_FIELDS
-
     trained = sorted(k for k in changes if k not in EVAL_FIELDS + EXECUTION_FIELDS)
     if trained:
         raise ConfigError(
@@ -305,10 +303,6 @@ def check_fits(cfg: TrainConfig, data: Dataset) -> None:
         raise ConfigError(f"train_subset={cfg.train_subset} is more than the {have} training images of this split")
 
 
-# The fields that shape the network's weights (dropout and softmax_head add none).
-ARCH_FIELDS = ("lays", "stem", "stem_bn", "seed_extra_block", "width")
-
-
 def check_init_state(cfg: TrainConfig, state: dict, what: str, theirs: TrainConfig | None = None) -> None:
     """Refuse starting weights that do not fit cfg's network, in one line naming the mismatch
     (load_state_dict's own error lists every tensor), before anything is written.
@@ -319,9 +313,9 @@ def check_init_state(cfg: TrainConfig, state: dict, what: str, theirs: TrainConf
     bad = [k for k in want if want[k] != have.get(k)] + [k for k in have if k not in want]  # in the network's order
     if not bad:
         return
-    if theirs is not None and any(getattr(theirs, f) != getattr(cfg, f) for f in ARCH_FIELDS):
+    if theirs is not None and any(getattr(theirs, f) != getattr(cfg, f) for f in WEIGHT_SHAPE_FIELDS):
         val = lambda v: f"[{','.join(map(str, v))}]" if isinstance(v, tuple) else v  # noqa: E731
-        arch = lambda c: " ".join(f"{f}={val(getattr(c, f))}" for f in ARCH_FIELDS)  # noqa: E731
+        arch = lambda c: " ".join(f"{f}={val(getattr(c, f))}" for f in WEIGHT_SHAPE_FIELDS)  # noqa: E731
         why = f"its network ({arch(theirs)}) is not this run's ({arch(cfg)})"
     else:
         shape = lambda s: "absent" if s is None else list(s)  # noqa: E731
