@@ -276,13 +276,6 @@ class _GlobalMeanLoss(nn.Module):
         return loss * (self.world / self.global_batch)
 
 
-def _rng_states(device: torch.device) -> dict:
-    s = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        s["cuda"] = torch.cuda.get_rng_state(device)
-    return s
-
-
 def check_fits(cfg: TrainConfig, data: Dataset) -> None:
     """Refuse a config that the data cannot give what it asks for (before anything is written):
     train_subset beyond the data would train on all of it, under another run id than
@@ -448,7 +441,6 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch,
                 "history": history,
-                "rng": _rng_states(device),
                 "config": cfg.to_dict(),
                 "data": data.source,
                 "device": device_name(device),  # where it trains, for `runs` to show before it has finished

@@ -80,7 +80,11 @@ def test_resume_is_exact(synth_data, tiny_config, tmp_path, schedule, ema):
     b_dir.mkdir()
     with pytest.raises(_Crash):
         train(cfg, synth_data, run_dir=b_dir, progress=False, log=None, on_epoch=crash_after_two)
-    assert load_checkpoint(b_dir / "checkpoint.pt")["epoch"] == 1  # 0-based: two epochs done
+    state = load_checkpoint(b_dir / "checkpoint.pt")
+    assert state["epoch"] == 1  # 0-based: two epochs done
+    assert "rng" not in state  # a resumed epoch reseeds its generators: no RNG state is kept
+    # Older checkpoints hold one ("rng"), never read: they resume all the same.
+    save_checkpoint(b_dir / "checkpoint.pt", {**state, "rng": {"cpu": torch.get_rng_state()}})
 
     logs, epochs_run = [], []
     b = train(
