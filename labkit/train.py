@@ -355,6 +355,7 @@ def train(
             progress, log = False, None
     if init_state is not None:
         check_init_state(cfg, init_state, "init_state")
+    check_fits(cfg, data)  # before the run folder is made: a refused config leaves nothing behind
     amp_dtype = autocast_dtype(cfg, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -378,7 +379,6 @@ def train(
     ema = _Ema(model, cfg.ema) if cfg.ema else None
     scored = ema.module if ema else model  # the weights evaluated, selected and tested
 
-    check_fits(cfg, data)
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_subset:
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]

@@ -488,6 +488,8 @@ def test_config_must_fit_the_data(tmp_path, synth_data, tiny_config):
     ]:
         with pytest.raises(ConfigError, match=message):
             store.get(tiny_config(epochs=1, **changes), "r", synth_data, progress=False, log=None)
+        with pytest.raises(ConfigError, match=message):  # train() itself, given a run folder
+            train(tiny_config(epochs=1, **changes), synth_data, run_dir=store.root / "direct", progress=False, log=None)
     assert not store.root.exists()  # refused before any folder was made
 
 
