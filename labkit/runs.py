@@ -42,8 +42,8 @@ from .config import ConfigError, TrainConfig
 from .data import Dataset, check_same_data, file_in_the_way, same_data
 
 __all__ = [
-    "Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "command_line", "check_writable",
-    "check_run_id",
+    "Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "command_line", "code_version",
+    "check_writable", "check_run_id",
 ]
 
 
@@ -98,7 +98,8 @@ def command_line(args: list[str] | None = None) -> str:
     return "python -m labkit " + shlex.join(sys.argv[1:] if args is None else args)
 
 
-def _code_version() -> str:
+def code_version() -> str:
+    """The code a record was made with: $LABKIT_CODE_VERSION, else `git describe` of labkit's tree."""
     if os.environ.get("LABKIT_CODE_VERSION"):  # set where the tree travels without .git
         return os.environ["LABKIT_CODE_VERSION"]
     here = Path(__file__).resolve().parent
@@ -545,7 +546,7 @@ class RunStore:
             **result.summary,
             "wall_seconds": time.time() - t0,
             "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "code_version": _code_version(),
+            "code_version": code_version(),
         }
         # NaN (no validation set) as null: strict JSON, readable by any tool (older runs hold NaN)
         summary = json.loads(json.dumps(summary), parse_constant=lambda c: None)

@@ -396,7 +396,7 @@ def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) 
     import datetime as _dt
     import platform
 
-    from .runs import _code_version
+    from .runs import code_version
 
     rows = []
     for j in done:
@@ -416,7 +416,7 @@ def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) 
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
         "gpus": torch.cuda.device_count() if cuda else 0,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "code_version": _code_version(),
+        "code_version": code_version(),
         **meta,
         "wall_seconds": round(wall_seconds, 3),
         "counts": counts,
