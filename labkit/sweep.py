@@ -121,7 +121,7 @@ def _sweep_here(
 ) -> list[Job]:
     """The lanes of one process. gpu: every lane's GPU (else lane i % GPUs). claim(i): True
     if this process may take job i (another worker process has not)."""
-    lanes = max(1, lanes if on_gpu else 1)  # as lanes_used says
+    lanes, _ = lanes_used([(j.name, j.cfg) for j in todo], lanes)
     n_gpus = torch.cuda.device_count() if on_gpu else 0
     cache: dict[tuple[str, int], Dataset] = {}
     lock = threading.RLock()
