@@ -397,6 +397,7 @@ def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) 
     import platform
 
     from .runs import code_version
+    from .train import machine_name
 
     rows = []
     for j in done:
@@ -413,7 +414,7 @@ def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) 
     cuda = torch.cuda.is_available()
     return {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": machine_name(torch.device("cuda", 0) if cuda else torch.device("cpu")),
         "gpus": torch.cuda.device_count() if cuda else 0,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "code_version": code_version(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import platform
 import threading
 import time
 from collections.abc import Callable
@@ -98,6 +99,14 @@ def resolve_device(name: str) -> torch.device:
 def device_name(device: torch.device) -> str:
     """What a run records as where it ran: the GPU's name, or "cpu"."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def machine_name(device: torch.device) -> str:
+    """What a benchmark or a sweep records as where it ran: the GPU's name, or the CPU's
+    kind and the threads torch uses, "cpu (x86_64, 16 threads)"."""
+    if device.type == "cuda":
+        return device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
