@@ -32,10 +32,10 @@ from .config import SEED, TrainConfig
 from .data import NORMS, DataError, Dataset, load_cifar10
 from .model import build_model, flops_per_image
 from .runs import command_line
-from .train import train
+from .train import machine_name, resolve_device, train
 
 __all__ = [
-    "seed_recipe", "seed_recipe_epoch_times", "labkit_epoch_times", "accuracy_check", "compare_accuracies", "step_breakdown", "bf16_peak_tflops", "run_bench",
+    "seed_recipe", "labkit_epoch_times", "accuracy_check", "compare_accuracies", "step_breakdown", "bf16_peak_tflops", "run_bench",
 ]
 
 
@@ -102,13 +102,6 @@ def seed_recipe(
         _sync(device)
         times.append(time.perf_counter() - t0)
     return times, model
-
-
-def seed_recipe_epoch_times(
-    cfg: TrainConfig, data: Dataset, epochs: int, device: torch.device, workers: int = 8
-) -> list[float]:
-    """Seconds per training epoch of the seed's recipe (fp32, CPU transforms, DataLoader)."""
-    return seed_recipe(cfg, data, epochs, device, workers)[0]
 
 
 def accuracy_check(
@@ -273,7 +266,7 @@ def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int
 
     from .data import augment
     from .step import Stepper, autocast_dtype, make_optimizer, prep
-    from .train import resolve_device
+    from .train import device_name
 
     if steps < 1 or warmup < 0:
         raise ValueError(f"step breakdown needs steps >= 1 and warmup >= 0, got {steps}, {warmup}")
@@ -321,7 +314,7 @@ def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int
     for name, ms, _ in rows:
         kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + ms
     return {
-        "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "device": device_name(device),
         "time": "self device time of aten ops" if on_gpu else "self CPU time of aten ops",
         "batch_size": b,
         "steps": steps,
@@ -381,7 +374,7 @@ def run_bench(
     command: str = "",
     compile_mode: str = "",
 ) -> dict:
-    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else ("cpu" if device_name == "auto" else device_name))
+    device = resolve_device(device_name)
     cfg = (cfg or SEED).replace(device=device.type)
     if compile_mode:
         cfg.replace(compile=compile_mode)  # a bad mode fails now, not after the seed recipe's epochs
@@ -389,14 +382,14 @@ def run_bench(
     flops = flops_per_image(build_model(cfg))
     peak = bf16_peak_tflops(device)
 
-    a_times = seed_recipe_epoch_times(cfg, data, epochs, device, workers) if workers >= 0 else [float("nan")]
+    a_times = seed_recipe(cfg, data, epochs, device, workers)[0] if workers >= 0 else [float("nan")]
     b_times, b_summary = labkit_epoch_times(cfg, data, epochs)
     steady = lambda t: statistics.median(t[1:]) if len(t) > 1 else t[0]  # noqa: E731
     a_s, b_s = steady(a_times), steady(b_times)
     res = {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command or command_line(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": machine_name(device),
         "versions": {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__},
         "data": data.source.get("description"),
         "network": {"lays": list(cfg.lays), "seed_extra_block": cfg.seed_extra_block, "softmax_head": cfg.softmax_head, "width": cfg.width},
