@@ -3,10 +3,8 @@
 Every number shown comes from a run in the store or from a computation here; the seed's own
 numbers come from labkit.config (SEED_ABLATIONS, SEED_NUMBERS).
 
-Spread is always named: "±" is the sample SD over seeds; intervals are Student-t 95%
-confidence intervals for a mean (cut to the range the measure can take: an accuracy's at
-0 and 100%), or Welch intervals for a difference of two means (with
-3-5 seeds a bootstrap has too few distinct resamples to be honest).
+The statistics (means with Student-t intervals, Welch differences, verdicts) are in
+labkit.stats; its names are importable from here too (A.estimate, A.welch, ...).
 """
 
 from __future__ import annotations
@@ -16,16 +14,15 @@ import numbers
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import escape as html_escape
 from pathlib import Path
 
 import pandas as pd
-import scipy.stats
 
 from .config import (
     ABLATION_GROUPS,
+    CLAIMS,
     SEED_ABLATIONS,
     SEED_NUMBERS,
     ConfigError,
@@ -35,9 +32,9 @@ from .config import (
 )
 from .lab import Lab, RunMissing, project_root
 from .runs import Run
+from .stats import Difference, Estimate, bounds_of, clean_values, estimate, judge, t_ppf, welch
 
 __all__ = [
-    "CLAIMS",
     "Difference",
     "Estimate",
     "ablation_claims",
@@ -75,184 +72,6 @@ __all__ = [
     "views_at_test",
     "welch",
 ]
-
-LEVEL = 0.95
-
-
-def t_ppf(p: float, df: float) -> float:
-    """Quantile of Student's t with `df` (real, > 0) degrees of freedom."""
-    if not 0.0 < p < 1.0 or not df > 0:
-        raise ValueError(f"t_ppf needs 0 < p < 1 and df > 0, got p={p}, df={df}")
-    return float(scipy.stats.t.ppf(p, df))
-
-
-# ---------------------------------------------------------------------------------------
-# Estimates over seeds
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Mean of n runs, sample SD, and the Student-t CI of the mean (nan when n < 2)."""
-
-    n: int
-    mean: float
-    sd: float
-    lo: float
-    hi: float
-    level: float = LEVEL
-
-    def fmt(self, scale: float = 1.0, digits: int = 2, ci: bool = False, n: bool = True) -> str:
-        """"mean ± SD (n=k)"; with n=False "mean ± SD" (for tables that show n in a column)."""
-        if self.n == 0:
-            return "no runs"
-        m = f"{self.mean * scale:.{digits}f}"
-        if self.n < 2:
-            return f"{m} (n=1)" if n else m
-        s = f"{m} ± {self.sd * scale:.{digits}f}" + (f" SD (n={self.n})" if n else "")
-        if ci:
-            s += f", {self.level:.0%} CI [{self.lo * scale:.{digits}f}, {self.hi * scale:.{digits}f}]"
-        return s
-
-    def fmt_ci(self, scale: float = 1.0, digits: int = 2) -> str:
-        return "—" if self.n < 2 else f"[{self.lo * scale:.{digits}f}, {self.hi * scale:.{digits}f}]"
-
-
-def _clean(values: Iterable) -> list[float]:
-    """The measured values as floats; None and NaN (a run without that number) left out."""
-    out = []
-    for v in values:
-        if v is None:
-            continue
-        if isinstance(v, (bool, str, bytes)):
-            raise TypeError(f"a measured value must be a number, got {v!r}")
-        f = float(v)
-        if not math.isnan(f):
-            out.append(f)
-    return out
-
-
-def estimate(values: Iterable, level: float = LEVEL, bounds: tuple[float, float] | None = None) -> Estimate:
-    """Mean, SD and t-interval of `values`. With `bounds` (the range the measure can take,
-    e.g. (0, 1) for an accuracy) the interval is cut to that range: the true mean lies in it,
-    so the cut interval covers it at least as often, and two seeds far apart no longer give
-    an accuracy CI reaching past 100%."""
-    v = _clean(values)
-    n = len(v)
-    if bounds is not None:
-        low, high = bounds
-        if not low < high:
-            raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
-        if v and not low <= min(v) <= max(v) <= high:
-            raise ValueError(f"values {v} lie outside their bounds {bounds}")
-    if n == 0:
-        return Estimate(0, math.nan, math.nan, math.nan, math.nan, level)
-    mean = sum(v) / n
-    if n < 2:
-        return Estimate(1, mean, math.nan, math.nan, math.nan, level)
-    if max(v) == min(v):  # exactly 0, not the rounding residue of a mean of equal values
-        return Estimate(n, mean, 0.0, mean, mean, level)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
-    half = t_ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    lo, hi = mean - half, mean + half
-    if bounds is not None:
-        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-    return Estimate(n, mean, sd, lo, hi, level)
-
-
-def bounds_of(field: str) -> tuple[float, float] | None:
-    """The range a run's summary field can take: accuracies [0, 1], losses [0, inf)."""
-    if field.endswith("_acc"):
-        return (0.0, 1.0)
-    if "loss" in field:
-        return (0.0, math.inf)
-    return None
-
-
-@dataclass(frozen=True)
-class Difference:
-    """mean(a) - mean(b) with a Welch CI (nan when either side has fewer than 2 runs)."""
-
-    diff: float
-    lo: float
-    hi: float
-    df: float
-    na: int
-    nb: int
-    level: float = LEVEL
-
-    @property
-    def has_ci(self) -> bool:
-        return not math.isnan(self.lo)
-
-    def fmt(self, scale: float = 100.0, digits: int = 2, unit: str = " pts") -> str:
-        """"+d [lo, hi]" with unit; the defaults suit accuracies (fractions shown as
-        percentage points): for a loss or seconds give scale=1, unit=""."""
-        if math.isnan(self.diff):
-            return "—"
-        s = f"{self.diff * scale:+.{digits}f}{unit}"
-        if self.has_ci:
-            s += f" [{self.lo * scale:+.{digits}f}, {self.hi * scale:+.{digits}f}]"
-        return s
-
-
-def welch(a: Iterable, b: Iterable, level: float = LEVEL) -> Difference:
-    """mean(a) - mean(b), with a Welch `level` interval (Student t, Welch-Satterthwaite
-    degrees of freedom); None/NaN values are left out. judge(welch(a, b)) says whether
-    "a beats b" is shown. Print it with .fmt() (accuracies, in points) or
-    .fmt(scale=1, unit="") (anything else)."""
-    a, b = _clean(a), _clean(b)
-    na, nb = len(a), len(b)
-    if na == 0 or nb == 0:
-        return Difference(math.nan, math.nan, math.nan, math.nan, na, nb, level)
-    ea, eb = estimate(a), estimate(b)
-    diff = ea.mean - eb.mean
-    if na < 2 or nb < 2:
-        return Difference(diff, math.nan, math.nan, math.nan, na, nb, level)
-    va, vb = ea.sd**2 / na, eb.sd**2 / nb
-    se = math.sqrt(va + vb)
-    if se == 0:  # every run on both sides gave the same value: no spread to build a CI on
-        return Difference(diff, math.nan, math.nan, math.nan, na, nb, level)
-    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
-    half = t_ppf(0.5 + level / 2, df) * se
-    return Difference(diff, diff - half, diff + half, df, na, nb, level)
-
-
-def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> str:
-    """Verdict on a claim "a beats b" (d = a - b), with the claimed size if any."""
-    if math.isnan(d.diff):
-        return "untested: runs missing"
-    if not d.has_ci:
-        if min(d.na, d.nb) < 2:
-            side = "each side" if d.na == d.nb else "one side"
-            return f"not testable: {min(d.na, d.nb)} run on {side}, no spread measured (needs seeds ≥ 2)"
-        return "not testable: every run on each side gave the same value, no spread measured"
-    size = ""
-    if claimed is not None:
-        inside = d.lo <= claimed <= d.hi
-        size = f"; the seed's {claimed * scale:.1f}-point size is {'inside' if inside else 'outside'} the CI"
-    if d.lo > 0:
-        return f"confirmed: the CI lies above 0{size}"
-    if d.hi < 0:
-        return f"refuted: the opposite holds (CI below 0){size}"
-    return f"not shown: the CI includes 0, no difference shown with these runs{size}"
-
-
-# The seed's conclusions (SPEC §4.6), per ablation group: (claim, better, worse, claimed size?).
-# A claimed size is the seed's own difference, computed from its reported accuracies.
-CLAIMS: dict[str, list[tuple[str, str, str, bool]]] = {
-    "lr_decay": [
-        ("decay 0.9 beats 1.0", "baseline", "decay_1.0", False),
-        ("decay 1.0 beats 0.45", "decay_1.0", "decay_0.45", False),
-    ],
-    "dropout": [
-        ("dropout 0.4 hurts at 30 epochs", "baseline", "dropout_0.4", False),
-        ("dropout 0.8 hurts at 30 epochs", "baseline", "dropout_0.8", False),
-    ],
-    "stem_bn": [("stem BN helps", "baseline", "no_stem_bn", True)],
-    "stem_kernel": [("a 3x3 stem beats 7x7 stride 2", "baseline", "stem_7x7", True)],
-}
-
 
 # ---------------------------------------------------------------------------------------
 # Notebook plumbing: validation, display, progress
@@ -631,9 +450,9 @@ def ablation_table(group: str, runs: Sequence[Run]) -> pd.DataFrame:
                 "stem": f"{cfg.stem}{' +BN' if cfg.stem_bn else ' no BN'}",
                 "n": acc.n,
                 "final loss (sum): seed": a.seed_loss,
-                "final loss (sum): ours, mean ± SD": loss.fmt(digits=3, n=False),
+                "final loss (sum): ours, mean ± SD": loss.fmt(digits=3, show_n=False),
                 "val acc %: seed": a.seed_val_acc * 100,
-                "val acc %: ours, mean ± SD": acc.fmt(scale=100, n=False),
+                "val acc %: ours, mean ± SD": acc.fmt(scale=100, show_n=False),
                 "val acc %: ours, 95% CI": acc.fmt_ci(scale=100),
                 "Δ vs baseline, pts: seed": None if key == "baseline" else (a.seed_val_acc - base_seed) * 100,
                 "Δ vs baseline, pts: ours [95% CI]": "—" if key == "baseline" else welch(_values(rs, "final_val_acc"), base_acc).fmt(unit=""),
@@ -699,7 +518,7 @@ def estimates_frame(runs: Sequence[Run], field: str, label_of: Callable[[Run], s
     rows = []
     for label, rs in groups.items():
         e = _estimate(rs, field)
-        rows.append({"label": label, "n": e.n, "mean": e.mean, "sd": e.sd, "lo": e.lo, "hi": e.hi, "values": _clean(_values(rs, field))})
+        rows.append({"label": label, "n": e.n, "mean": e.mean, "sd": e.sd, "lo": e.lo, "hi": e.hi, "values": clean_values(_values(rs, field))})
     return pd.DataFrame(rows, columns=["label", "n", "mean", "sd", "lo", "hi", "values"])
 
 
@@ -888,7 +707,7 @@ def seed_vs_ours(
                 "measure": what,
                 "seed's number": f"{seed_value * scale:.{digits}f}",
                 "n": e.n,
-                "ours: mean ± SD": e.fmt(scale=scale, digits=digits, n=False),
+                "ours: mean ± SD": e.fmt(scale=scale, digits=digits, show_n=False),
                 "ours: 95% CI": e.fmt_ci(scale=scale, digits=digits),
                 "Δ ours − seed": "—" if e.n == 0 else f"{(e.mean - seed_value) * scale:+.{digits}f}",
                 "recipe": recipe,
@@ -1394,7 +1213,7 @@ def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
                 "measure": measure,
                 "seed's number": "—" if seed_value is None else f"{seed_value * scale:.{digits}f}",
                 "n": e.n,
-                "ours: mean ± SD": e.fmt(scale=scale, digits=digits, n=False),
+                "ours: mean ± SD": e.fmt(scale=scale, digits=digits, show_n=False),
                 "ours: 95% CI": e.fmt_ci(scale=scale, digits=digits),
                 "Δ ours − seed": "—" if seed_value is None or not e.n else f"{(e.mean - seed_value) * scale:+.{digits}f}",
             }

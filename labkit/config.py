@@ -21,6 +21,7 @@ __all__ = [
     "TrainConfig",
     "PRESETS",
     "SEED_ABLATIONS",
+    "CLAIMS",
     "SEED_NUMBERS",
     "preset",
     "parse_overrides",
@@ -376,6 +377,22 @@ ABLATION_GROUPS = {
     "dropout": ("baseline", "dropout_0.4", "dropout_0.8"),
     "stem_bn": ("baseline", "no_stem_bn"),
     "stem_kernel": ("baseline", "stem_7x7"),
+}
+
+# The seed's conclusions (the seed report §4.6), per ablation group: (claim, better row,
+# worse row, claimed size?). A claimed size is the seed's own difference, computed from
+# its reported accuracies.
+CLAIMS: dict[str, list[tuple[str, str, str, bool]]] = {
+    "lr_decay": [
+        ("decay 0.9 beats 1.0", "baseline", "decay_1.0", False),
+        ("decay 1.0 beats 0.45", "decay_1.0", "decay_0.45", False),
+    ],
+    "dropout": [
+        ("dropout 0.4 hurts at 30 epochs", "baseline", "dropout_0.4", False),
+        ("dropout 0.8 hurts at 30 epochs", "baseline", "dropout_0.8", False),
+    ],
+    "stem_bn": [("stem BN helps", "baseline", "no_stem_bn", True)],
+    "stem_kernel": [("a 3x3 stem beats 7x7 stride 2", "baseline", "stem_7x7", True)],
 }
 
 SEED_NUMBERS = {

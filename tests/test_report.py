@@ -21,7 +21,8 @@ import pytest
 
 from labkit import analysis as A
 from labkit import report as R
-from labkit.config import ABLATION_GROUPS, SEED_ABLATIONS, ConfigError
+from labkit import stats as S
+from labkit.config import ABLATION_GROUPS, CLAIMS, SEED_ABLATIONS, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,34 +33,34 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("df, q", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423), (1e6, 1.9600)])
 def test_t_quantile_matches_tables(df, q):
-    assert A.t_ppf(0.975, df) == pytest.approx(q, abs=1e-3)
-    assert A.t_ppf(0.025, df) == pytest.approx(-q, abs=1e-3)
+    assert S.t_ppf(0.975, df) == pytest.approx(q, abs=1e-3)
+    assert S.t_ppf(0.025, df) == pytest.approx(-q, abs=1e-3)
 
 
 def test_estimate_mean_sd_and_t_interval():
-    e = A.estimate([0.80, 0.82, 0.84])
+    e = S.estimate([0.80, 0.82, 0.84])
     assert (e.n, e.mean, e.sd) == (3, pytest.approx(0.82), pytest.approx(0.02))
     half = 4.3027 * 0.02 / math.sqrt(3)
     assert (e.lo, e.hi) == (pytest.approx(0.82 - half, abs=1e-4), pytest.approx(0.82 + half, abs=1e-4))
     assert "± 2.00 SD (n=3)" in e.fmt(scale=100)
-    one = A.estimate([0.5])
+    one = S.estimate([0.5])
     assert one.n == 1 and math.isnan(one.sd) and one.fmt_ci() == "—"
-    assert A.estimate([]).fmt() == "no runs"
+    assert S.estimate([]).fmt() == "no runs"
 
 
 def test_accuracy_intervals_stay_inside_0_to_100_percent():
     # two seeds far apart: t(1) = 12.7 makes the plain interval run past 100%
-    raw = A.estimate([0.90, 0.99])
+    raw = S.estimate([0.90, 0.99])
     assert raw.hi > 1.0
-    e = A.estimate([0.90, 0.99], bounds=A.bounds_of("test_acc"))
+    e = S.estimate([0.90, 0.99], bounds=S.bounds_of("test_acc"))
     assert (e.mean, e.sd, e.lo) == (raw.mean, raw.sd, raw.lo) and e.hi == 1.0
-    assert A.estimate([0.01, 0.10], bounds=(0.0, 1.0)).lo == 0.0
-    assert A.bounds_of("final_val_acc") == (0.0, 1.0) and A.bounds_of("final_loss_sum") == (0.0, math.inf)
-    assert A.bounds_of("train_seconds") is None
+    assert S.estimate([0.01, 0.10], bounds=(0.0, 1.0)).lo == 0.0
+    assert S.bounds_of("final_val_acc") == (0.0, 1.0) and S.bounds_of("final_loss_sum") == (0.0, math.inf)
+    assert S.bounds_of("train_seconds") is None
     with pytest.raises(ValueError, match="outside their bounds"):
-        A.estimate([0.5, 1.2], bounds=(0.0, 1.0))
+        S.estimate([0.5, 1.2], bounds=(0.0, 1.0))
     with pytest.raises(ValueError, match="low < high"):
-        A.estimate([0.5], bounds=(1.0, 0.0))
+        S.estimate([0.5], bounds=(1.0, 0.0))
     # the report's tables cut them too
     runs = [SimpleNamespace(name="depth-3-seed", config=None, summary={"test_acc": v, "best_val_acc": v, "selected_epoch": 1}) for v in (0.90, 0.99)]
     row = A.depth_table(runs).iloc[2]
@@ -101,17 +102,17 @@ def test_loss_figures_mark_the_seed_s_final_loss_in_each_configuration_s_colour(
 
 def test_welch_with_unequal_run_counts_and_the_verdicts_word_for_word():
     a, b = [0.80, 0.82, 0.84, 0.86, 0.88], [0.70, 0.75]
-    d = A.welch(a, b)
-    va, vb = A.estimate(a).sd ** 2 / 5, A.estimate(b).sd ** 2 / 2  # each side's variance over its own n
+    d = S.welch(a, b)
+    va, vb = S.estimate(a).sd ** 2 / 5, S.estimate(b).sd ** 2 / 2  # each side's variance over its own n
     df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 1)
     assert (d.na, d.nb) == (5, 2) and d.df == pytest.approx(df)
-    assert d.hi - d.diff == pytest.approx(A.t_ppf(0.975, df) * math.sqrt(va + vb))
-    assert A.judge(A.welch([0.8], [0.7])) == "not testable: 1 run on each side, no spread measured (needs seeds ≥ 2)"
-    assert A.judge(A.welch([0.8, 0.9], [0.7])) == "not testable: 1 run on one side, no spread measured (needs seeds ≥ 2)"
-    assert A.judge(A.welch([0.8, 0.8], [0.7, 0.7])) == "not testable: every run on each side gave the same value, no spread measured"
-    d = A.welch([0.80, 0.82, 0.84], [0.70, 0.71, 0.72])
-    assert A.judge(d, claimed=0.11) == "confirmed: the CI lies above 0; the seed's 11.0-point size is inside the CI"
-    assert A.judge(d, claimed=0.30).endswith("; the seed's 30.0-point size is outside the CI")
+    assert d.hi - d.diff == pytest.approx(S.t_ppf(0.975, df) * math.sqrt(va + vb))
+    assert S.judge(S.welch([0.8], [0.7])) == "not testable: 1 run on each side, no spread measured (needs seeds ≥ 2)"
+    assert S.judge(S.welch([0.8, 0.9], [0.7])) == "not testable: 1 run on one side, no spread measured (needs seeds ≥ 2)"
+    assert S.judge(S.welch([0.8, 0.8], [0.7, 0.7])) == "not testable: every run on each side gave the same value, no spread measured"
+    d = S.welch([0.80, 0.82, 0.84], [0.70, 0.71, 0.72])
+    assert S.judge(d, claimed=0.11) == "confirmed: the CI lies above 0; the seed's 11.0-point size is inside the CI"
+    assert S.judge(d, claimed=0.30).endswith("; the seed's 30.0-point size is outside the CI")
 
 
 def _stub_runs(key_values: dict[str, list[float]], field: str, prefix: str = "ablation-") -> list:
@@ -150,7 +151,7 @@ def test_findings_gather_every_claim_with_its_verdict():
     depth = [SimpleNamespace(id=n, name=n, config=None, summary={"test_acc": v}) for n, v in
              (("depth-2-seed", 0.8), ("depth-3-seed", 0.7), ("depth-2-corrected", 0.9), ("depth-3-corrected", 0.91))]  # fmt: skip
     f = A.findings(abl, final, depth, modern)
-    assert len(f) == sum(len(c) for c in A.CLAIMS.values()) + 2 + 2
+    assert len(f) == sum(len(c) for c in CLAIMS.values()) + 2 + 2
     by = f.set_index("claim")["verdict"]
     assert by["decay 1.0 beats 0.45"].startswith("confirmed") and by["dropout 0.4 hurts at 30 epochs"].startswith("not shown")
     assert by["deeper is better (seed recipe)"].startswith("not testable: 1 run on each side")
@@ -210,27 +211,27 @@ def test_compare_runs_sets_the_same_runs_of_two_stores_side_by_side():
 
 def test_welch_difference_and_verdicts():
     a, b = [0.80, 0.82, 0.84], [0.70, 0.71, 0.72]
-    d = A.welch(a, b)
+    d = S.welch(a, b)
     va, vb = 0.02**2 / 3, 0.01**2 / 3
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
     assert d.diff == pytest.approx(0.11)
     assert d.df == pytest.approx(df)
-    assert d.hi - d.diff == pytest.approx(A.t_ppf(0.975, df) * math.sqrt(va + vb))
-    assert A.judge(d).startswith("confirmed")
-    assert A.judge(A.welch(b, a)).startswith("refuted")
-    assert A.judge(A.welch([0.8, 0.7], [0.75, 0.76])).startswith("not shown")
-    assert A.judge(A.welch([0.8], [0.7])).startswith("not testable")
-    assert A.judge(A.welch([], [0.7])).startswith("untested")
+    assert d.hi - d.diff == pytest.approx(S.t_ppf(0.975, df) * math.sqrt(va + vb))
+    assert S.judge(d).startswith("confirmed")
+    assert S.judge(S.welch(b, a)).startswith("refuted")
+    assert S.judge(S.welch([0.8, 0.7], [0.75, 0.76])).startswith("not shown")
+    assert S.judge(S.welch([0.8], [0.7])).startswith("not testable")
+    assert S.judge(S.welch([], [0.7])).startswith("untested")
     # Equal values on every run (accuracies are discrete) give no spread, not certainty.
-    assert A.estimate([0.7, 0.7, 0.7]).sd == 0.0
-    tie = A.welch([0.7, 0.7, 0.7], [0.6, 0.6, 0.6])
+    assert S.estimate([0.7, 0.7, 0.7]).sd == 0.0
+    tie = S.welch([0.7, 0.7, 0.7], [0.6, 0.6, 0.6])
     assert tie.diff == pytest.approx(0.1) and not tie.has_ci
-    assert A.judge(tie) == "not testable: every run on each side gave the same value, no spread measured"
-    assert A.judge(A.welch([0.7, 0.7], [0.6, 0.65])).startswith("not shown")  # one side varies: a CI
-    assert A.estimate([0.5, None, float("nan"), np.float32("nan"), np.float64(0.7)]).n == 2
+    assert S.judge(tie) == "not testable: every run on each side gave the same value, no spread measured"
+    assert S.judge(S.welch([0.7, 0.7], [0.6, 0.65])).startswith("not shown")  # one side varies: a CI
+    assert S.estimate([0.5, None, float("nan"), np.float32("nan"), np.float64(0.7)]).n == 2
     with pytest.raises(TypeError, match="must be a number"):
-        A.estimate([0.5, "0.7"])
-    assert "outside" in A.judge(d, claimed=0.30) and "inside" in A.judge(d, claimed=0.11)
+        S.estimate([0.5, "0.7"])
+    assert "outside" in S.judge(d, claimed=0.30) and "inside" in S.judge(d, claimed=0.11)
 
 
 def test_loss_floor_of_a_softmax_head():
