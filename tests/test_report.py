@@ -140,7 +140,7 @@ def test_the_seed_s_tables_take_differences_the_right_way_round():
     assert row["Δ ours − seed"] == f"{(0.86 - 0.8336) * 100:+.2f}"  # ours above the seed's 83.36%: positive
 
 
-def test_findings_gather_every_claim_with_its_verdict():
+def test_findings_gather_every_claim_with_its_verdict(monkeypatch):
     from labkit.config import MODERN
 
     vals = {"baseline": [0.78, 0.79, 0.80], "decay_1.0": [0.70, 0.71, 0.72], "decay_0.45": [0.50, 0.51, 0.52],
@@ -159,6 +159,13 @@ def test_findings_gather_every_claim_with_its_verdict():
     assert by["labkit: the modern preset beats the seed's best, 89.27% (tuned on test)"] == "the seed's 89.27% lies below our 95% CI"
     # the comparison says that the modern number averages two views; the seed's never do
     assert "modern preset, test-time flip, test acc" in set(f["comparison"])
+    # the findings read the claims' own rows, not the section tables' column names
+    monkeypatch.setattr(A, "ABLATION_CLAIM_COLUMNS", {"renamed": "claim"})
+    monkeypatch.setattr(A, "DEPTH_CLAIM_COLUMNS", {"renamed": "claim"})
+    assert A.findings(abl, final, depth, modern).equals(f)
+    best = A.best_vs_seed(final, modern)
+    assert list(best["comparison"]) == ["modern − seed-faithful final, test acc", "modern vs the seed's best (89.27%, lays 3, tuned on test)"]
+    assert list(best["note"]) == [by["labkit: the modern preset beats the seed's final recipe"], "the seed's 89.27% lies below our 95% CI"]
 
 
 def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
