@@ -30,7 +30,7 @@ from .config import (
     ablation,
     seed_ablation_config,
 )
-from .lab import Lab, RunMissing, project_root
+from .lab import DEPTH_RECIPES, DEPTHS, Lab, RunMissing, ablation_key, depth_name, project_root
 from .runs import Run
 from .stats import Difference, Estimate, bounds_of, clean_values, estimate, judge, t_ppf, welch
 
@@ -397,7 +397,7 @@ def show_provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> 
 
 
 def _key_of(run: Run) -> str:
-    return run.name.removeprefix("ablation-")
+    return ablation_key(run.name)
 
 
 def _values(runs: Sequence[Run], field: str) -> list[float]:
@@ -760,7 +760,7 @@ def show_recipes(runs: Sequence[Run]) -> None:
     """Each configuration's recipe in words, one line per run name (seeds left out)."""
     seen: dict[str, str] = {}
     for r in runs:
-        seen.setdefault(r.name.removeprefix("ablation-"), describe_recipe(r.config))
+        seen.setdefault(ablation_key(r.name), describe_recipe(r.config))
     if seen:
         show_note("<br>".join(f"<b><code>{k}</code></b>: {v}" for k, v in seen.items()), "provenance")
 
@@ -804,8 +804,8 @@ def seed_vs_ours(
     add("table 11 (final)", MEASURES["final_loss_sum"], SEED_NUMBERS["final_loss"], final_runs, "final_loss_sum", final)
     add("table 11 (final)", MEASURES["test_acc"], SEED_NUMBERS["final_test_acc"], final_runs, "test_acc", final)
     for lays, seed_acc in SEED_NUMBERS["depth_test_acc"].items():
-        for recipe in ("seed", "corrected"):
-            rs = [r for r in depth_runs if r.name == f"depth-{lays}-{recipe}"]
+        for recipe in DEPTH_RECIPES:
+            rs = [r for r in depth_runs if r.name == depth_name(lays, recipe)]
             desc = "seed-faithful net and optimiser" if recipe == "seed" else "corrected net, modern recipe"
             desc += views_at_test(rs)
             add(f"§4.1 depth limit, lays {lays}", "test accuracy % (ours selected on validation; the seed's tuned on test)", seed_acc, rs, "test_acc", desc)
@@ -1018,7 +1018,7 @@ def variants_table(pairs: Sequence[tuple[str, str, TrainConfig]], full_width: in
         cfg = cfgs[k]
         net = build_model(cfg)
         row = {
-            "runs": ", ".join(n.removeprefix("ablation-") for n in names),
+            "runs": ", ".join(ablation_key(n) for n in names),
             "lays": cfg.lays[0] if len(set(cfg.lays)) == 1 else str(list(cfg.lays)),
             "blocks/stage built": net.blocks_per_stage[0],
             "stem": cfg.stem + (" +BN" if cfg.stem_bn else " no BN"),
@@ -1063,7 +1063,7 @@ def shape_check(cfg: TrainConfig, batch: int = 2) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def block_counts(named_depths: Sequence[int] = (2, 3)) -> pd.DataFrame:
+def block_counts(named_depths: Sequence[int] = DEPTHS) -> pd.DataFrame:
     """Defect 1: what `lays` asks for, what the seed's code builds, and the real depth."""
     from .model import ResNet, weight_layers
 
@@ -1143,8 +1143,8 @@ def plot_loss_floor(table: pd.DataFrame, floor: float):
 def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
     rows = []
     for lays, seed_acc in SEED_NUMBERS["depth_test_acc"].items():
-        for recipe in ("seed", "corrected"):
-            rs = [r for r in runs if r.name == f"depth-{lays}-{recipe}"]
+        for recipe in DEPTH_RECIPES:
+            rs = [r for r in runs if r.name == depth_name(lays, recipe)]
             cfg = rs[0].config if rs else None
             e = _estimate(rs, "test_acc")
             rows.append(
@@ -1165,12 +1165,13 @@ def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
 
 
 def _depth_tests(runs: Sequence[Run]) -> list[dict]:
-    """The seed's "deeper is better" (lays 3 beats lays 2 on test accuracy), per recipe."""
-    seed_d = SEED_NUMBERS["depth_test_acc"][3] - SEED_NUMBERS["depth_test_acc"][2]
+    """The seed's "deeper is better" (its deeper net beats its shallower on test accuracy), per recipe."""
+    shallow, deep = DEPTHS
+    seed_d = SEED_NUMBERS["depth_test_acc"][deep] - SEED_NUMBERS["depth_test_acc"][shallow]
     return [
-        _tested("deeper is better", [r for r in runs if r.name == f"depth-3-{recipe}"], [r for r in runs if r.name == f"depth-2-{recipe}"],
-                "test_acc", "lays 3 − lays 2", "test acc", "3 (depth)", seed_d, recipe=recipe)
-        for recipe in ("seed", "corrected")
+        _tested("deeper is better", [r for r in runs if r.name == depth_name(deep, recipe)], [r for r in runs if r.name == depth_name(shallow, recipe)],
+                "test_acc", f"lays {deep} − lays {shallow}", "test acc", "3 (depth)", seed_d, recipe=recipe)
+        for recipe in DEPTH_RECIPES
     ]
 
 
@@ -1217,8 +1218,8 @@ def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
 
     out_dir = Path(out_dir)
     rows = []
-    for lays in (2, 3):
-        rs = [r for r in runs if r.name == f"depth-{lays}-corrected"]
+    for lays in DEPTHS:
+        rs = [r for r in runs if r.name == depth_name(lays, "corrected")]
         target = out_dir / f"checkpoint-block-{lays}.pth"
         if not rs:
             rows.append({"file": str(target), "run": "—", "status": "not written: run missing"})

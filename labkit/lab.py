@@ -21,6 +21,7 @@ from .config import (
     MODERN,
     SEED,
     SEED_ABLATIONS,
+    SEED_FINAL,
     ConfigError,
     TrainConfig,
     seed_ablation_config,
@@ -30,6 +31,7 @@ from .runs import Run, RunStore
 
 __all__ = [
     "PROFILES", "PROTOCOLS", "Profile", "profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "plan_gflop", "Lab",
+    "ABLATION_PREFIX", "DEPTHS", "DEPTH_RECIPES", "ablation_name", "ablation_key", "depth_name",
 ]
 
 
@@ -82,54 +84,71 @@ def profile(name: str) -> Profile:
 # The runs of each notebook, as (run name, config) pairs, full-protocol settings
 # ---------------------------------------------------------------------------------------
 
-FINAL_CHANGES: dict = {}  # the seed's best ablation settings are its baseline's (decay 0.9, dropout 0, stem BN, 3x3)
+# Run names: a run's id is its name and a hash of its configuration, so these names are how
+# notebooks, the summary and the checkpoints find the runs (changing one orphans recorded runs).
+ABLATION_PREFIX = "ablation-"
+FINAL_NAME, MODERN_NAME = "final", "modern"
+DEPTHS = (2, 3)  # the seed's two depths (`lays`), shallow then deep
+DEPTH_RECIPES = ("seed", "corrected")
 DEPTH_EPOCHS = {"seed": 40, "corrected": 30}
+
+
+def ablation_name(key: str) -> str:
+    """The run name of one of the seed's ablation rows (SEED_ABLATIONS key)."""
+    return ABLATION_PREFIX + key
+
+
+def ablation_key(name: str) -> str:
+    """The ablation row key of a run name ("ablation-dropout_0.4" -> "dropout_0.4"); other names as they are."""
+    return name.removeprefix(ABLATION_PREFIX)
+
+
+def depth_name(lays: int, recipe: str) -> str:
+    """The run name of a depth run: lays 2 or 3, recipe "seed" (seed-faithful) or "corrected"."""
+    return f"depth-{lays}-{recipe}"
+
+
+def ablation_run(key: str, seed: int) -> tuple[str, TrainConfig]:
+    return ablation_name(key), seed_ablation_config(key).replace(seed=seed)
+
+
+def final_run(seed: int) -> tuple[str, TrainConfig]:
+    return FINAL_NAME, SEED_FINAL.replace(seed=seed)
+
+
+def modern_run(seed: int) -> tuple[str, TrainConfig]:
+    return MODERN_NAME, MODERN.replace(seed=seed)
+
+
+def depth_run(lays: int, recipe: str, seed: int) -> tuple[str, TrainConfig]:
+    """seed-faithful: the seed's net (both defects) and optimiser, 40 epochs (its lr has
+    decayed to 1.5% of the start by then: the seed's "limit" with no test-set tuning).
+    corrected: the corrected net with the modern recipe on the seed's split, 30 epochs.
+    Both pick the epoch with the best validation accuracy; test accuracy is computed once."""
+    base = SEED if recipe == "seed" else MODERN.replace(split="seed")
+    return depth_name(lays, recipe), base.replace(lays=(lays,) * 4, epochs=DEPTH_EPOCHS[recipe], select="best_val", seed=seed)
 
 
 def ablation_runs(group: str, seeds: int) -> list[tuple[str, TrainConfig]]:
     """Notebook 04: each row of one ablation group, `seeds` runs each (seed 0, 1, ...)."""
     if group not in ABLATION_GROUPS:
         raise ConfigError(f"ablation must be one of {sorted(ABLATION_GROUPS)}, got {group!r}")
-    return [
-        (f"ablation-{key}", seed_ablation_config(key).replace(seed=s))
-        for key in ABLATION_GROUPS[group]
-        for s in range(seeds)
-    ]
+    return [ablation_run(key, s) for key in ABLATION_GROUPS[group] for s in range(seeds)]
 
 
 def final_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
     """Notebook 05: the seed's table 11 (its best settings, 60 epochs, tested once)."""
-    return [("final", SEED.replace(epochs=60, **FINAL_CHANGES, seed=s)) for s in range(seeds)]
+    return [final_run(s) for s in range(seeds)]
 
 
 def depth_runs(seeds: int = 1) -> list[tuple[str, TrainConfig]]:
-    """Notebook 03: lays 2 and 3, seed-faithful and corrected, selected on validation.
-
-    seed-faithful: the seed's net (both defects) and optimiser, 40 epochs (its lr has
-        decayed to 1.5% of the start by then: the seed's "limit" with no test-set tuning).
-    corrected: the corrected net with the modern recipe on the seed's split, 30 epochs.
-    Both pick the epoch with the best validation accuracy; test accuracy is computed once.
-    """
-    out = []
-    for s in range(seeds):
-        for lays in (2, 3):
-            out.append(
-                (f"depth-{lays}-seed", SEED.replace(lays=(lays,) * 4, epochs=DEPTH_EPOCHS["seed"], select="best_val", seed=s))
-            )
-            out.append(
-                (
-                    f"depth-{lays}-corrected",
-                    MODERN.replace(
-                        lays=(lays,) * 4, epochs=DEPTH_EPOCHS["corrected"], split="seed", select="best_val", seed=s
-                    ),
-                )
-            )
-    return out
+    """Notebook 03: lays 2 and 3, seed-faithful and corrected, selected on validation (depth_run)."""
+    return [depth_run(lays, recipe, s) for s in range(seeds) for lays in DEPTHS for recipe in DEPTH_RECIPES]
 
 
 def modern_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
     """Notebook 05: the modern preset on all 50,000 training images (labkit's best)."""
-    return [("modern", MODERN.replace(seed=s)) for s in range(seeds)]
+    return [modern_run(s) for s in range(seeds)]
 
 
 PROTOCOLS = ("lab", "seed")
@@ -145,27 +164,17 @@ def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> 
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
-    rows = _plan(profile_name, seeds)
-    return [r for r in rows if r[1] != "modern"] if protocol == "seed" else rows
-
-
-def _plan(profile_name: str, seeds: int | None) -> list[tuple[str, str, TrainConfig]]:
     p = profile(profile_name)
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise ConfigError(f"seeds must be a positive int (runs per configuration), got {seeds!r}")
     n = p.seeds if seeds is None else seeds
-    rows: list[tuple[str, str, TrainConfig]] = []
-    for s in range(n):
-        abl = [("04_ablations", f"ablation-{a.key}", seed_ablation_config(a.key).replace(seed=s)) for a in SEED_ABLATIONS]
-        if s == 0:
-            rows += abl + [("05_final", *final_runs(1)[0])] + [("03_depth_limit", nm, c) for nm, c in depth_runs(1)]
-            rows.append(("05_final", *modern_runs(1)[0]))
-        else:
-            rows += abl
-    for s in range(1, n):
-        rows.append(("05_final", *modern_runs(s + 1)[s]))
-    for s in range(1, n):
-        rows.append(("05_final", *final_runs(s + 1)[s]))
+    rows = [("04_ablations", *ablation_run(a.key, 0)) for a in SEED_ABLATIONS]
+    rows += [("05_final", *final_run(0))] + [("03_depth_limit", *r) for r in depth_runs(1)] + [("05_final", *modern_run(0))]
+    rows += [("04_ablations", *ablation_run(a.key, s)) for s in range(1, n) for a in SEED_ABLATIONS]
+    rows += [("05_final", *modern_run(s)) for s in range(1, n)]
+    rows += [("05_final", *final_run(s)) for s in range(1, n)]
+    if protocol == "seed":
+        rows = [r for r in rows if r[1] != MODERN_NAME]
     return [(nb, name, p.apply(cfg)) for nb, name, cfg in rows]
 
 
