@@ -1210,11 +1210,7 @@ def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
     Of several seeds, the one with the best validation accuracy is taken (selection on
     validation only). A run rendered from records has no checkpoint.pt: then nothing is written.
     """
-    from pathlib import Path
-
-    import torch
-
-    from .checkpoint import CheckpointError, evaluated_weights, load_checkpoint
+    from .checkpoint import CheckpointError, evaluated_weights, load_checkpoint, save_checkpoint
 
     out_dir = Path(out_dir)
     rows = []
@@ -1236,8 +1232,8 @@ def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
             continue
         weights = evaluated_weights(state, best.config)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
-        torch.save(
+        save_checkpoint(  # atomic: a temp file, fsync, rename; none left behind if it fails
+            target,
             {
                 "model": weights,
                 "config": best.config.to_dict(),
@@ -1246,9 +1242,7 @@ def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
                 "val_acc": (best.summary or {}).get("best_val_acc"),
                 "test_acc": (best.summary or {}).get("test_acc"),
             },
-            tmp,
         )
-        tmp.replace(target)
         rows.append({"file": str(target), "run": best.id, "status": f"written: weights of epoch {(best.summary or {}).get('selected_epoch')} (best validation accuracy)"})
     return pd.DataFrame(rows)
 

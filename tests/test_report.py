@@ -168,6 +168,29 @@ def test_findings_gather_every_claim_with_its_verdict(monkeypatch):
     assert list(best["note"]) == [by["labkit: the modern preset beats the seed's final recipe"], "the seed's 89.27% lies below our 95% CI"]
 
 
+def test_depth_checkpoints_are_written_atomically_with_the_selected_weights(tmp_path):
+    import torch
+
+    from labkit.lab import depth_runs
+    from labkit.train import load_checkpoint, save_checkpoint
+
+    cfg2 = dict(depth_runs(1))["depth-2-corrected"]
+    runs = []
+    for seed, val in ((0, 0.6), (1, 0.7)):
+        ckpt = tmp_path / f"run{seed}" / "checkpoint.pt"
+        ckpt.parent.mkdir()
+        save_checkpoint(ckpt, {"model": {"w": torch.zeros(1)}, "best_state": {"w": torch.full((1,), float(seed))}})
+        summary = {"best_val_acc": val, "selected_epoch": 3 + seed, "test_acc": val}
+        runs.append(SimpleNamespace(id=f"depth-2-corrected-{seed}", name="depth-2-corrected", config=cfg2.replace(seed=seed), summary=summary, checkpoint=ckpt))
+    out = tmp_path / "out"
+    rows = A.export_depth_checkpoints(runs, out).set_index("run")
+    assert rows.loc["depth-2-corrected-1", "status"] == "written: weights of epoch 4 (best validation accuracy)"
+    assert rows.loc["—", "status"] == "not written: run missing"  # no lays-3 run
+    state = load_checkpoint(out / "checkpoint-block-2.pth")
+    assert state["run"] == "depth-2-corrected-1" and state["model"]["w"].item() == 1.0  # the best seed's selected weights
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-block-2.pth"]  # no temp file left
+
+
 def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
     from labkit.config import MODERN, SEED
 
