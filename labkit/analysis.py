@@ -48,8 +48,8 @@ __all__ = [
     "compare_runs",
     "data_caveat",
     "data_label",
-    "describe_recipe",
     "depth_checkpoints_dir",
+    "describe_recipe",
     "estimate",
     "estimates_frame",
     "findings",
@@ -118,7 +118,9 @@ def open_lab(
 
     Called in the cell after `parameters`: it also refuses a papermill `-p` name the
     notebook does not declare (papermill itself only warns). Relative paths are taken from
-    the project's folder, wherever the kernel runs (from_project).
+    the project's folder, wherever the kernel runs (from_project). `data_label` names data
+    that are not the official files (None: $LABKIT_DATA_LABEL); it is read here once, into
+    lab.data_label, which the provenance, source table and data caveat take it from.
     """
     from .config import check_notebook_parameters
     from .lab import profile as get_profile
@@ -142,7 +144,8 @@ def open_lab(
     # else found only when the first run is trained, after its data are loaded
     where = f"runs_dir {runs_dir!r}" if runs_dir else f"the {prof.name} profile's run store {store}"
     _refuse_file_in_the_way(store, where, "the runs (made when a run is trained)")
-    lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log)
+    data_label = data_label or os.environ.get("LABKIT_DATA_LABEL") or None
+    lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log, data_label=data_label)
     setup_notebook(lab)
     return lab
 
@@ -282,7 +285,7 @@ def show_figure(fig, key: str, caption: str) -> None:
 def data_label(source: dict | None, synthetic: bool = False, label: str | None = None) -> str:
     """Where the data came from, in words: official (md5 verified) or not, and which stand-in.
 
-    `label` (or the environment variable LABKIT_DATA_LABEL) names data that is not official.
+    `label` (a notebook's lab.data_label) names data that is not official.
     """
     if not source:
         return "unknown (no data record)"
@@ -291,13 +294,12 @@ def data_label(source: dict | None, synthetic: bool = False, label: str | None =
         return desc
     if synthetic:  # made before the synthetic data said so themselves
         return f"synthetic CIFAR-format data made by labkit.synthetic (smoke profile): {desc}"
-    label = label or os.environ.get("LABKIT_DATA_LABEL")
     return f"{label}; {desc}" if label else desc
 
 
-def provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> dict[str, str]:
+def provenance(runs: Sequence[Run], lab: Lab) -> dict[str, str]:
     """Profile, data, devices and training time of a set of runs, as display strings."""
-    datas = sorted({data_label((r.summary or {}).get("data"), lab.profile.synthetic, label) for r in runs})
+    datas = sorted({data_label((r.summary or {}).get("data"), lab.profile.synthetic, lab.data_label) for r in runs})
     devices = pd.Series([(r.summary or {}).get("device", "?") for r in runs]).value_counts()
     secs = sum(float((r.summary or {}).get("train_seconds") or 0.0) for r in runs)
     store, root = lab.store.root.resolve(), lab.root.resolve()
@@ -386,8 +388,8 @@ def _dates(runs: Sequence[Run]) -> list[str]:
     return sorted({str(d)[:10] for r in runs if (d := (r.summary or {}).get("finished_at"))})
 
 
-def show_provenance(runs: Sequence[Run], lab: Lab, label: str | None = None) -> None:
-    p = provenance(runs, lab, label)
+def show_provenance(runs: Sequence[Run], lab: Lab) -> None:
+    p = provenance(runs, lab)
     show_note("<br>".join(f"<b>{k}:</b> {v}" for k, v in p.items()), "provenance")
 
 
@@ -830,15 +832,16 @@ def findings(ablation_runs: Sequence[Run], final_runs: Sequence[Run], depth_runs
     return _claims_frame(rows, FINDINGS_COLUMNS)
 
 
-def data_caveat(runs: Sequence[Run], label: str | None = None) -> str | None:
+def data_caveat(runs: Sequence[Run], lab: Lab) -> str | None:
     """What a comparison with the seed's numbers must say when our data are not the
-    official files (the seed's were): None when every run was on the official files."""
+    official files (the seed's were): None when every run was on the official files.
+    The data are named by lab.data_label, if given."""
     sources = [(r.summary or {}).get("data") or {} for r in runs]
     if not sources or all(s.get("official") for s in sources):
         return None
     if any(s.get("synthetic") for s in sources):
         return "These runs trained on synthetic data: a check of the pipeline, not a result to set beside the seed's numbers."
-    what = label or os.environ.get("LABKIT_DATA_LABEL") or "a copy that is not the official CIFAR-10 files"
+    what = lab.data_label or "a copy that is not the official CIFAR-10 files"
     return (
         f"Our runs trained and were tested on {html_escape(what)}; the seed's numbers come from the official files. "
         "Each Δ ours − seed therefore holds the recipe's effect and the data's: a stand-in such as a JPEG re-encoding "
@@ -946,9 +949,10 @@ def plot_augmentation(ds, images: int = 4, copies: int = 6, seed: int = 0):
     return fig
 
 
-def source_table(source: dict, synthetic: bool, label: str | None = None) -> pd.DataFrame:
+def source_table(source: dict, lab: Lab) -> pd.DataFrame:
+    """Where `source` (a Dataset's or a run's data record) came from, named with lab.data_label."""
     rows = [
-        ("data used", data_label(source, synthetic, label)),
+        ("data used", data_label(source, lab.profile.synthetic, lab.data_label)),
         ("folder", source.get("folder", "?")),
         ("md5 of every batch file matches the official CIFAR-10", "yes" if source.get("official") else "no"),
         ("files whose md5 differs", ", ".join(source.get("md5_mismatch") or []) or "none"),

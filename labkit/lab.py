@@ -228,6 +228,8 @@ class Lab:
         runs_dir: override the profile's run store.
         allow_train: False = only use finished runs (a missing run raises RunMissing).
         root: the project root that relative profile paths hang from.
+        data_label: what the data are when not the official files, for the report (notebooks:
+            the data_label parameter, else $LABKIT_DATA_LABEL, read by analysis.open_lab).
     """
 
     def __init__(
@@ -239,6 +241,7 @@ class Lab:
         root: str | os.PathLike = ".",
         progress: bool = True,
         log: Callable[[str], None] | None = print,
+        data_label: str | None = None,
     ) -> None:
         self.profile = profile(profile_name)
         self.root = Path(root)
@@ -247,6 +250,7 @@ class Lab:
             log(f"note: the smoke profile trains on its own synthetic data ({self.smoke_data_dir()}); data_dir {data_dir} is not used")
         self.store = RunStore(Path(runs_dir) if runs_dir else self.root / self.profile.runs_dir)
         self.allow_train = allow_train
+        self.data_label = data_label
         self.progress, self.log = progress, log
         self._data: dict[tuple[str, int], Dataset] = {}
 

@@ -127,7 +127,9 @@ def jobs(common: dict, seeds: int, lab_started: float = 0.0) -> list[Job]:
         title = f"4{'abcdefgh'[i]}. Ablation: {ABLATION_TITLES.get(ab, ab)}"
         out.append(Job(f"04_ablations-{ab}", "04_ablations", title, {**common, "ablation": ab, "seeds": seeds}))
     out.append(Job("05_final", "05_final", TITLES["05_final"], {**common, "seeds": seeds}))
-    out.append(Job("00_summary", "00_summary", TITLES["00_summary"], {**common, "seeds": seeds, "lab_started": lab_started}))
+    # The summary only reads the store: it takes no allow_train.
+    reads = {k: v for k, v in common.items() if k != "allow_train"}
+    out.append(Job("00_summary", "00_summary", TITLES["00_summary"], {**reads, "seeds": seeds, "lab_started": lab_started}))
     return out
 
 

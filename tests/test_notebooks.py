@@ -60,6 +60,9 @@ def test_metadata_valid_for_papermill(name):
 def test_parameters_are_flat_literals_with_full_defaults(name):
     params = _parameters(_read(name))
     for key, default in COMMON.items():
+        if name == "00_summary" and key == "allow_train":
+            assert key not in params, "the summary only reads the store: an allow_train parameter would be ignored"
+            continue
         assert params.get(key, "MISSING") == default, f"{name}: parameter {key} should default to {default!r}"
     if name in SEEDS:
         assert params["seeds"] == SEEDS[name]
@@ -78,6 +81,16 @@ def test_validation_right_after_parameters(name):
         assert "check_seeds(seeds" in nxt.source
     if name == "04_ablations":
         assert 'A.check_choice("ablation"' in nxt.source
+
+
+def test_the_lab_job_passes_each_notebook_only_parameters_it_declares():
+    # an undeclared -p name is refused by the notebook's set-up cell (check_notebook_parameters)
+    from labkit.report import jobs
+
+    common = {"profile": "smoke", "data_dir": None, "allow_train": False, "root": None, "runs_dir": None}
+    for job in jobs(common, seeds=2, lab_started=1.0):
+        unknown = set(job.parameters) - set(_parameters(_read(job.notebook)))
+        assert not unknown, f"{job.key}: {sorted(unknown)}"
 
 
 def test_papermill_sees_the_parameters():

@@ -207,20 +207,21 @@ def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
     assert A.views_at_test([run(MODERN), run(SEED)]) == ", test-time views differ between runs"
 
 
-def test_code_versions_and_the_data_caveat(monkeypatch):
+def test_code_versions_and_the_data_caveat():
     runs = [SimpleNamespace(summary={"code_version": v}) for v in ("8721feb", "3887dc1", "8721feb", "3887dc1+dropout-eager")]
     assert A.code_versions(runs) == (
         "3887dc1 (1 run), 3887dc1+dropout-eager (1 run), 8721feb (2 runs); a version with + is that commit with an uncommitted change of that name"
     )
     assert A.code_versions(runs[:1]) == "8721feb (1 run)" and A.code_versions([]) == "—"
-    monkeypatch.delenv("LABKIT_DATA_LABEL", raising=False)
     official = SimpleNamespace(summary={"data": {"official": True}})
     stand_in = SimpleNamespace(summary={"data": {"official": False}})
-    assert A.data_caveat([official, official]) is None and A.data_caveat([]) is None
-    assert A.data_caveat([SimpleNamespace(summary={"data": {"official": False, "synthetic": True}})]).startswith("These runs trained on synthetic data")
-    note = A.data_caveat([official, stand_in], label="JPEG <q75> copy")
+    unlabelled, labelled = SimpleNamespace(data_label=None), SimpleNamespace(data_label="JPEG <q75> copy")  # a Lab's
+    assert A.data_caveat([official, official], unlabelled) is None and A.data_caveat([], unlabelled) is None
+    synthetic = SimpleNamespace(summary={"data": {"official": False, "synthetic": True}})
+    assert A.data_caveat([synthetic], unlabelled).startswith("These runs trained on synthetic data")
+    note = A.data_caveat([official, stand_in], labelled)
     assert "Our runs trained and were tested on JPEG &lt;q75&gt; copy; the seed's numbers come from the official files" in note
-    assert "a copy that is not the official CIFAR-10 files" in A.data_caveat([stand_in])
+    assert "a copy that is not the official CIFAR-10 files" in A.data_caveat([stand_in], unlabelled)
 
 
 def test_compare_runs_sets_the_same_runs_of_two_stores_side_by_side():
@@ -273,17 +274,25 @@ def test_loss_floor_of_a_softmax_head():
     assert (t["loss per batch"] > f["analytic"]).all()  # every loss the seed reports sits above the floor
 
 
-def test_data_label(monkeypatch):
+def test_data_label(monkeypatch, tmp_path):
     official = {"official": True, "description": "official CIFAR-10 (md5 verified)"}
     other = {"official": False, "description": "not the official CIFAR-10 files (md5 differs for 6 of 6 batches)"}
     assert A.data_label(official) == "official CIFAR-10 (md5 verified)"
-    monkeypatch.delenv("LABKIT_DATA_LABEL", raising=False)
-    assert A.data_label(other).startswith("not the official")
     monkeypatch.setenv("LABKIT_DATA_LABEL", "CIFAR-10 re-encoded as JPEG")
-    assert A.data_label(other).startswith("CIFAR-10 re-encoded as JPEG; not the official")
+    assert A.data_label(other).startswith("not the official")  # the label comes from the lab, read once by open_lab
     assert A.data_label(other, label="stand-in").startswith("stand-in; not the official")
     assert A.data_label(official, label="stand-in") == "official CIFAR-10 (md5 verified)"  # never relabels official data
     assert "synthetic" in A.data_label(other, synthetic=True)
+    # open_lab: the data_label parameter, else $LABKIT_DATA_LABEL, into lab.data_label
+    assert A.open_lab("smoke", root=str(tmp_path), allow_train=False).data_label == "CIFAR-10 re-encoded as JPEG"
+    assert A.open_lab("smoke", root=str(tmp_path), allow_train=False, data_label="mine").data_label == "mine"
+    monkeypatch.delenv("LABKIT_DATA_LABEL")
+    lab = A.open_lab("full", root=str(tmp_path), allow_train=False)
+    assert lab.data_label is None
+    table = A.source_table(other, lab).set_index("")["value"]
+    assert table["data used"].startswith("not the official") and table["md5 of every batch file matches the official CIFAR-10"] == "no"
+    lab = A.open_lab("full", root=str(tmp_path), allow_train=False, data_label="stand-in")
+    assert A.source_table(other, lab).set_index("")["value"]["data used"].startswith("stand-in; not the official")
 
 
 def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
