@@ -30,7 +30,21 @@ from .config import (
     ablation,
     seed_ablation_config,
 )
-from .lab import DEPTH_RECIPES, DEPTHS, Lab, RunMissing, ablation_key, depth_name, project_root
+from .lab import (
+    DEPTH_RECIPES,
+    DEPTHS,
+    FINAL_NAME,
+    MODERN_NAME,
+    Lab,
+    RunMissing,
+    ablation_key,
+    ablation_runs,
+    depth_name,
+    depth_runs,
+    final_runs,
+    modern_runs,
+    project_root,
+)
 from .runs import Run
 from .stats import Difference, Estimate, bounds_of, clean_values, estimate, judge, t_ppf, welch
 
@@ -61,6 +75,10 @@ __all__ = [
     "plot_loss_curves",
     "plot_val_curves",
     "provenance",
+    "recorded_source",
+    "seed_ablation_values",
+    "seed_figures",
+    "seed_test_accuracies",
     "seed_vs_ours",
     "setup_notebook",
     "show_figure",
@@ -68,6 +86,7 @@ __all__ = [
     "show_recipes",
     "show_table",
     "stderr_log",
+    "summary_runs",
     "t_ppf",
     "views_at_test",
     "welch",
@@ -232,6 +251,16 @@ def get_runs(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> tuple[list[R
         except RunMissing:
             missing.append(lab.store.run_id(lab.config(cfg), name))
     return runs, missing
+
+
+def summary_runs(lab: Lab, seeds: int, depth_seeds: int) -> tuple[tuple[list[Run], list[Run], list[Run], list[Run]], list[str]]:
+    """Notebook 00's runs: (ablation, final, depth, modern) runs, and the ids of missing ones.
+
+    Every ablation row once (the baseline belongs to each group), `seeds` runs each, as
+    notebooks 04 and 05 run them; the depths with `depth_seeds`, as notebook 03."""
+    every_row = list({pair: None for g in ABLATION_GROUPS for pair in ablation_runs(g, seeds)})
+    got = [get_runs(lab, pairs) for pairs in (every_row, final_runs(seeds), depth_runs(depth_seeds), modern_runs(seeds))]
+    return tuple(runs for runs, _ in got), [m for _, missing in got for m in missing]
 
 
 def show_note(text: str, kind: str = "note") -> None:
@@ -485,6 +514,24 @@ def ablation_view(table: pd.DataFrame, formats: dict | None = None) -> pd.DataFr
 
     body = {row["row"]: [fmt(c, row[c]) for c in table.columns if c != "row"] for _, row in table.iterrows()}
     return pd.DataFrame({"": [c for c in table.columns if c != "row"], **body})
+
+
+def seed_ablation_values(field: str) -> dict[str, float]:
+    """One of the seed's numbers (an Ablation field: "seed_loss", its final summed loss at
+    epoch 30, or "seed_val_acc") for each ablation row key: what the figures mark."""
+    return {a.key: getattr(a, field) for a in SEED_ABLATIONS}
+
+
+def seed_figures(group: str) -> str:
+    """The seed's figure numbers of one ablation group's rows, e.g. "2, 6, 7, 9, 1, 3"."""
+    _seed_group(group)
+    return ", ".join(str(t) for key in ABLATION_GROUPS[group] for t in ablation(key).tables)
+
+
+def seed_test_accuracies() -> dict[str, float]:
+    """The seed's test accuracy beside each of notebook 05's run names: its final run's,
+    and beside the modern preset its best (the deeper net, tuned on test)."""
+    return {FINAL_NAME: SEED_NUMBERS["final_test_acc"], MODERN_NAME: SEED_NUMBERS["depth_test_acc"][DEPTHS[-1]]}
 
 
 def estimates_frame(runs: Sequence[Run], field: str, label_of: Callable[[Run], str] | None = None) -> pd.DataFrame:
@@ -947,6 +994,15 @@ def plot_augmentation(ds, images: int = 4, copies: int = 6, seed: int = 0):
             sp.set_visible(False)
     fig.subplots_adjust(left=0.13, right=0.99, top=0.9, bottom=0.01, wspace=0.08, hspace=0.08)
     return fig
+
+
+def recorded_source(lab: Lab) -> dict | None:
+    """The data record of the first finished run in the lab's store (None: no run has one):
+    what the recorded runs were trained on, shown when the data themselves are not there."""
+    for r in lab.store.all():
+        if r.finished and isinstance((r.summary or {}).get("data"), dict):
+            return r.summary["data"]
+    return None
 
 
 def source_table(source: dict, lab: Lab) -> pd.DataFrame:

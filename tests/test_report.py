@@ -295,6 +295,32 @@ def test_data_label(monkeypatch, tmp_path):
     assert A.source_table(other, lab).set_index("")["value"]["data used"].startswith("stand-in; not the official")
 
 
+def test_summary_runs_and_the_recorded_data_source(tmp_path):
+    from labkit.lab import Lab, plan
+
+    lab = Lab("smoke", root=tmp_path, allow_train=False, progress=False, log=None)
+    (abl, final, depth, modern), missing = A.summary_runs(lab, 2, 1)
+    assert (abl, final, depth, modern) == ([], [], [], [])
+    assert sorted(missing) == sorted(lab.store.run_id(c, n) for _, n, c in plan("smoke", 2))  # the baseline once
+    assert A.recorded_source(lab) is None
+    run = lab.store.path(missing[0])
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"name": "ablation-baseline", "config": plan("smoke", 1)[0][2].to_dict()}))
+    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
+    (run / "summary.json").write_text(json.dumps({**summary, "data": {"official": False, "folder": "x"}}))
+    assert A.recorded_source(lab) == {"official": False, "folder": "x"}
+    (abl, *_), missing2 = A.summary_runs(lab, 2, 1)
+    assert [r.id for r in abl] == [missing[0]] and len(missing2) == len(missing) - 1
+
+
+def test_the_seed_s_numbers_the_figures_mark():
+    assert A.seed_ablation_values("seed_loss")["stem_7x7"] == 138.71478 and len(A.seed_ablation_values("seed_val_acc")) == len(SEED_ABLATIONS)
+    assert A.seed_figures("lr_decay") == "2, 6, 7, 9, 1, 3" and A.seed_figures("stem_kernel") == "2, 6, 7, 9, 10"
+    with pytest.raises(ConfigError, match="not one of the seed's ablation groups"):
+        A.seed_figures("width")
+    assert A.seed_test_accuracies() == {"final": 0.8336, "modern": 0.8927}
+
+
 def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
     from types import SimpleNamespace
 
