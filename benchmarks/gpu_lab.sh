@@ -59,7 +59,7 @@ mkdir -p "$OUT"
 deadline=$(( $(date +%s) + BUDGET_S ))
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-RUNS=${RUNS_DIR:-$($PY -c "from labkit.lab import profile; print(profile('$PROFILE').runs_dir)")}
+RUNS=${RUNS_DIR:-$($PY -c "from labkit.lab import get_profile; print(get_profile('$PROFILE').runs_dir)")}
 
 main() {
 fail=0  # set by a step whose failure leaves nothing to report: the script's exit status
@@ -124,7 +124,7 @@ from labkit.analysis import compare_runs
 from labkit.runs import RunStore
 t = compare_runs(RunStore(sys.argv[1]).all(), RunStore(sys.argv[2]).all())
 print(t.to_string(index=False) if len(t) else f'no finished run of {sys.argv[1]} is in {sys.argv[2]}')
-" "$RUNS" "$($PY -c "from labkit.lab import profile; print(profile('$PROFILE').runs_dir)")" > "$OUT/compare.txt" \
+" "$RUNS" "$($PY -c "from labkit.lab import get_profile; print(get_profile('$PROFILE').runs_dir)")" > "$OUT/compare.txt" \
       && echo "== the new runs beside the profile's store: $OUT/compare.txt" && cat "$OUT/compare.txt" \
       || echo "== comparison with the profile's store failed (exit $?)"
   fi

@@ -142,7 +142,7 @@ def open_lab(
     lab.data_label, which the provenance, source table and data caveat take it from.
     """
     from .config import check_notebook_parameters
-    from .lab import profile as get_profile
+    from .lab import get_profile
 
     check_notebook_parameters()
     check_bool("allow_train", allow_train)
@@ -160,7 +160,8 @@ def open_lab(
         raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
     prof = get_profile(profile)
     store = Path(runs_dir) if runs_dir else Path(root) / prof.runs_dir
-    # else found only when the first run is trained, after its data are loaded
+    # A file where the run store goes is refused here, before anything runs: the store is
+    # made only when the first run trains, after its data are loaded.
     where = f"runs_dir {runs_dir!r}" if runs_dir else f"the {prof.name} profile's run store {store}"
     _refuse_file_in_the_way(store, where, "the runs (made when a run is trained)")
     data_label = data_label or os.environ.get("LABKIT_DATA_LABEL") or None

@@ -315,12 +315,13 @@ def parse_overrides(items: list[str]) -> dict:
 # Presets and the seed's experiments
 # ---------------------------------------------------------------------------------------
 
-# The seed protocol exactly (SPEC "Training"): both defects on, Adam 1e-3, batch 512,
-# per-epoch decay 0.9, 30 epochs, train batches 1-4 / validate on 5.
+# The seed protocol exactly, as the seed report's code runs it: both defects on, Adam 1e-3
+# (the seed names no optimiser: see notebook 02), batch 512, per-epoch decay 0.9, 30 epochs,
+# train batches 1-4 / validate on 5.
 SEED = TrainConfig(seed_extra_block=True, softmax_head=True)
 
 # A plain modern recipe on the corrected network and all 50,000 training images. Set before
-# any run was trained (SPEC's plain recipe; lr 0.2 for batch 512) and not tuned since: with
+# any run was trained (a plain recipe of labkit's own; lr 0.2 for batch 512) and not tuned since: with
 # split="full" there is no validation set, so any change must be chosen on a split="seed"
 # or val_size > 0 run, never on these runs' test numbers.
 MODERN = TrainConfig(
@@ -360,7 +361,7 @@ class Ablation:
     seed_val_acc: float = 0.0  # final validation accuracy, as reported
 
 
-# SPEC "Experiments": seven distinct 30-epoch configurations, one run each in the seed.
+# The seed report's ablation tables 1-10: seven distinct 30-epoch configurations, one run each in the seed.
 SEED_ABLATIONS: tuple[Ablation, ...] = (
     Ablation("baseline", (2, 6, 7, 9), {}, 130.22897, 0.7871),
     Ablation("decay_1.0", (1,), {"decay_rate": 1.0}, 132.08587, 0.7645),

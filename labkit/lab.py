@@ -30,7 +30,7 @@ from .data import DataError, Dataset, load_cifar10
 from .runs import Run, RunStore
 
 __all__ = [
-    "PROFILES", "PROTOCOLS", "Profile", "profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "plan_gflop", "Lab",
+    "PROFILES", "PROTOCOLS", "Profile", "get_profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "plan_gflop", "Lab",
     "ABLATION_PREFIX", "DEPTHS", "DEPTH_RECIPES", "ablation_name", "ablation_key", "depth_name",
 ]
 
@@ -74,7 +74,7 @@ PROFILES: dict[str, Profile] = {
 SMOKE_PER_BATCH = 200
 
 
-def profile(name: str) -> Profile:
+def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise ConfigError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
     return PROFILES[name]
@@ -164,7 +164,7 @@ def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> 
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
-    p = profile(profile_name)
+    p = get_profile(profile_name)
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise ConfigError(f"seeds must be a positive int (runs per configuration), got {seeds!r}")
     n = p.seeds if seeds is None else seeds
@@ -185,7 +185,7 @@ CIFAR10_TRAIN, CIFAR10_TEST, SEED_SPLIT_VAL = 50_000, 10_000, 10_000
 def plan_gflop(profile_name: str, seeds: int | None = None, skip: Callable[[str, TrainConfig], bool] | None = None) -> float:
     """GFLOP of training and evaluation the profile's plan costs on CIFAR-10 (not smoke's
     synthetic data); `skip(name, cfg)` leaves out runs already done."""
-    if profile(profile_name).synthetic:
+    if get_profile(profile_name).synthetic:
         raise ConfigError("plan_gflop counts CIFAR-10 runs; the smoke profile trains on synthetic data")
     from .model import run_gflop
 
@@ -243,7 +243,7 @@ class Lab:
         log: Callable[[str], None] | None = print,
         data_label: str | None = None,
     ) -> None:
-        self.profile = profile(profile_name)
+        self.profile = get_profile(profile_name)
         self.root = Path(root)
         self.data_dir = Path(data_dir) if data_dir else None if os.environ.get("LABKIT_DATA") else self.root / "data"
         if data_dir and self.profile.synthetic and log:

@@ -34,8 +34,7 @@ from pathlib import Path
 import torch
 
 from .config import ABLATION_GROUPS, ConfigError
-from .lab import Profile
-from .lab import profile as get_profile
+from .lab import Profile, get_profile
 from .train import duration as _duration
 
 __all__ = ["Job", "LabError", "LabReport", "export_html", "find_chromium", "jobs", "merge", "print_pdf", "resolve_profile", "run_lab"]

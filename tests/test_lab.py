@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labkit.config import SEED_ABLATIONS, ConfigError, TrainConfig, preset, seed_ablation_config
-from labkit.lab import PROFILES, Lab, RunMissing, depth_runs, plan, profile
+from labkit.lab import PROFILES, Lab, RunMissing, depth_runs, get_profile, plan
 from labkit.runs import RunStore
 
 
@@ -59,7 +59,7 @@ def test_depth_runs_select_on_validation():
 
 def test_unknown_profile():
     with pytest.raises(ConfigError, match="profile"):
-        profile("huge")
+        get_profile("huge")
     with pytest.raises(ConfigError, match="profile"):
         Lab("huge")
 
