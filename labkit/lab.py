@@ -291,9 +291,10 @@ class Lab:
                 self._data[key] = d
         return self._data[key]
 
-    def run(self, name: str, cfg: TrainConfig, profiled: bool = False) -> Run:
-        """The finished run of a full-protocol `cfg` (the profile applied unless `profiled`)."""
-        cfg = cfg if profiled else self.config(cfg)
+    def run(self, name: str, cfg: TrainConfig) -> Run:
+        """The finished run of a full-protocol `cfg`, the profile applied (trained if allowed).
+        For a list of runs with the missing ones named, see analysis.get_runs."""
+        cfg = self.config(cfg)
         if not self.allow_train:
             r = self.store.find(cfg, name)
             if r is None or not r.finished:
@@ -330,19 +331,6 @@ class Lab:
                 counts = {st: sum(j.status == st for j in done) for st in ("done", "failed")}
                 # A failed run is trained again by `run`, which then raises its error.
                 self.log(f"prefetch: {len(todo)} runs on {workers} GPUs, {counts['done']} done, {counts['failed']} failed")
-
-    def runs(self, pairs: list[tuple[str, TrainConfig]], skip_missing: bool = False) -> list[Run]:
-        self.prefetch(pairs)
-        out = []
-        for name, cfg in pairs:
-            try:
-                out.append(self.run(name, cfg))
-            except RunMissing as e:
-                if not skip_missing:
-                    raise
-                if self.log:
-                    self.log(f"skipped: {e}")
-        return out
 
 
 class RunMissing(LookupError):

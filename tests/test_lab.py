@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from labkit.analysis import get_runs
 from labkit.config import SEED_ABLATIONS, ConfigError, TrainConfig, preset, seed_ablation_config
 from labkit.lab import PROFILES, Lab, RunMissing, depth_runs, get_profile, plan
 from labkit.runs import RunStore
@@ -66,18 +67,19 @@ def test_unknown_profile():
 
 def test_lab_smoke_trains_once_then_finds(tmp_path, tiny_config):
     lab = Lab("smoke", root=tmp_path, progress=False, log=None)
-    cfg = tiny_config(epochs=1, train_subset=128, batch_size=64)
-    run = lab.run("probe", cfg, profiled=True)
+    cfg = tiny_config(epochs=1)  # the smoke profile applied: its width, batch and synthetic data
+    run = lab.run("probe", cfg)
     assert run.finished and run.dir.parent == tmp_path / "build" / "smoke" / "runs"
     assert (tmp_path / "build" / "smoke" / "data" / "cifar-10-batches-py" / "test_batch").is_file()
     assert run.summary["data"]["official"] is False
 
     offline = Lab("smoke", root=tmp_path, allow_train=False, progress=False, log=None)
-    assert offline.run("probe", cfg, profiled=True).id == run.id
+    assert offline.run("probe", cfg).id == run.id
     with pytest.raises(RunMissing, match="probe"):
-        offline.run("probe", cfg.replace(seed=5), profiled=True)
-    assert offline.runs([("probe", cfg.replace(seed=5))], skip_missing=True) == []
-    assert not (tmp_path / "build" / "smoke" / "runs" / RunStore.run_id(cfg.replace(seed=5), "probe")).exists()
+        offline.run("probe", cfg.replace(seed=5))
+    missing_id = RunStore.run_id(offline.config(cfg.replace(seed=5)), "probe")
+    assert get_runs(offline, [("probe", cfg), ("probe", cfg.replace(seed=5))]) == ([run], [missing_id])
+    assert not (tmp_path / "build" / "smoke" / "runs" / missing_id).exists()
 
 
 def test_recorded_runs_keep_their_ids():
