@@ -26,7 +26,7 @@ from .config import (
     TrainConfig,
     seed_ablation_config,
 )
-from .data import DataError, Dataset, load_cifar10
+from .data import DataError, Dataset, load_cifar10, refuse_runs_on_other_data
 from .runs import Run, RunStore
 
 __all__ = [
@@ -281,13 +281,11 @@ class Lab:
                         f"{CIFAR10_TEST:,} test images); {d.source['folder']} under {self.data_dir or 'the default data folder'} "
                         f"holds {n_train:,} and {n_test:,} (synthetic data? use --profile smoke)"
                     )
-                other = self.store.on_other_data(d.source)
-                if other:  # a run trained here now would sit beside them under the same kind of id
-                    raise DataError(
-                        f"{len(other)} run(s) in {self.store.root} (finished, or begun) were trained on other data ({self.store.data_of(other)}) "
-                        f"than {self.data_dir or 'the default data folder'} ({d.source['description']}): give the data "
-                        "they were trained on, or another run store"
-                    )
+                # a run trained here now would sit beside them under the same kind of id
+                refuse_runs_on_other_data(
+                    self.store, d.source, self.data_dir or "the default data folder",
+                    "give the data they were trained on, or another run store",
+                )
                 self._data[key] = d
         return self._data[key]
 

@@ -451,7 +451,7 @@ def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, 
     section shows them), and every finished run of the plan must have been trained on them;
     the run ids name no data, so a report would otherwise mix copies without a word.
     Returns a note to show when the data are not the official files and have no label."""
-    from .data import DataError, locate, source_of, unlabelled_note
+    from .data import DataError, locate, refuse_runs_on_other_data, source_of, unlabelled_note
     from .lab import plan
 
     try:
@@ -465,15 +465,14 @@ def _check_lab_data(profile_name: str, seeds: int, data_dir, allow_train: bool, 
             "(for the committed report: report/README.md). Nothing was written."
         ) from None
     src = source_of(folder)
-    planned = {store.run_id(cfg, name) for _, name, cfg in plan(profile_name, seeds)}
-    other = [r for r in store.on_other_data(src) if r.id in planned]
-    if other:
-        raise LabError(
-            f"{len(other)} of the {profile_name} plan's runs in {_rel(store.root)} (finished, or begun) were trained "
-            f"on other data ({store.data_of(other)}) than {folder} ({src['description']}), and a report would mix them. Point --data-dir at the data they were trained on; or, to train on "
-            f"these, move {_rel(store.root)} aside or give another store and report folder (--runs-dir DIR --out DIR). "
-            "Nothing was written."
-        )
+    refuse_runs_on_other_data(
+        store, src, folder,
+        "a report would mix them. Point --data-dir at the data they were trained on; or, to train on "
+        f"these, move {_rel(store.root)} aside or give another store and report folder (--runs-dir DIR --out DIR). "
+        "Nothing was written.",
+        runs=f"of the {profile_name} plan's runs", root=_rel(store.root),
+        only={store.run_id(cfg, name) for _, name, cfg in plan(profile_name, seeds)}, error=LabError,
+    )
     return unlabelled_note(src, folder)
 
 
