@@ -45,6 +45,7 @@ from .lab import (
     modern_runs,
     project_root,
 )
+from .model import NETWORK_FIELDS
 from .runs import Run
 from .stats import Difference, Estimate, bounds_of, clean_values, estimate, judge, t_ppf, welch
 
@@ -1021,8 +1022,6 @@ def source_table(source: dict, lab: Lab) -> pd.DataFrame:
 # Notebook 02: the model
 # ---------------------------------------------------------------------------------------
 
-from .model import NETWORK_FIELDS as MODEL_FIELDS  # noqa: E402  (one definition, in model.py)
-
 
 def architecture_table(cfg: TrainConfig, corrected: TrainConfig) -> pd.DataFrame:
     """Stages of the seed's net beside the corrected one: blocks, width, stride, output shape."""
@@ -1068,7 +1067,7 @@ def variants_table(pairs: Sequence[tuple[str, str, TrainConfig]], full_width: in
     groups: dict[tuple, list[str]] = {}
     cfgs: dict[tuple, TrainConfig] = {}
     for _, name, cfg in pairs:
-        k = tuple(getattr(cfg, f) for f in MODEL_FIELDS)
+        k = tuple(getattr(cfg, f) for f in NETWORK_FIELDS)
         groups.setdefault(k, [])
         base = name.rsplit("-seed", 1)[0] if name.endswith("-seed") else name
         if base not in groups[k]:

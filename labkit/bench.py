@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .config import SEED, TrainConfig
-from .data import NORMS, DataError, Dataset, load_cifar10
+from .data import NORMS, Dataset, load_cifar10, refuse_runs_on_other_data
 from .model import build_model, flops_per_image
 from .runs import command_line
 from .train import machine_name, resolve_device, train
@@ -152,7 +152,7 @@ def compare_accuracies(ours: list[float], theirs: list[float]) -> dict:
     pooled SD of one run), which is what "the same accuracy within run-to-run noise" asks.
     A CI that holds 0 is weak evidence of equality at a few seeds; its width says how large
     a difference could still hide."""
-    from .analysis import estimate, welch
+    from .stats import estimate, welch
 
     a, b, d = estimate(ours, bounds=(0.0, 1.0)), estimate(theirs, bounds=(0.0, 1.0)), welch(ours, theirs)
     shown = d.lo == d.lo and not (d.lo <= 0.0 <= d.hi)
@@ -551,14 +551,10 @@ def main_bench(args) -> int:
         if args.accuracy_runs:  # before minutes of benchmark: its baseline runs must be of these data
             from .runs import RunStore
 
-            other = RunStore(args.accuracy_runs).on_other_data(data.source)
-            if other:
-                raise DataError(
-                    f"{len(other)} run(s) in {args.accuracy_runs} (finished, or begun) were trained on other data "
-                    f"({RunStore.data_of(other)}) than {args.data_dir or 'the default data folder'} "
-                    f"({data.source['description']}): give "
-                    "--data-dir the data they were trained on, or another --accuracy-runs store"
-                )
+            refuse_runs_on_other_data(
+                RunStore(args.accuracy_runs), data.source, args.data_dir or "the default data folder",
+                "give --data-dir the data they were trained on, or another --accuracy-runs store", root=args.accuracy_runs,
+            )
         epochs = args.epochs
         res = run_bench(data, epochs=epochs, workers=args.workers, command=args.command)
     save = lambda: args.out and Path(args.out).write_text(json.dumps(res, indent=2))  # noqa: E731

@@ -292,3 +292,37 @@ def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, 
     with pytest.raises(RuntimeError, match="lane 1: MemoryError: out of memory in lane 1"):
         bench.lanes_probe(SEED.replace(seed=0), tiny_data, lanes=2)
     assert sorted(finished) == [0, 1]  # both lanes ended before the probe returned
+
+
+def test_accuracy_runs_trained_on_other_data_are_refused_before_any_timing(tmp_path, synth_root, monkeypatch, capsys):
+    """The accuracy check would set the seed recipe on these data beside baseline runs of another copy."""
+    import json
+
+    from labkit import bench
+    from labkit.cli import main
+    from labkit.config import TrainConfig
+    from labkit.data import load_cifar10
+    from labkit.synthetic import make_synthetic_cifar10
+
+    store = tmp_path / "runs"
+    d = store / "x-0000000000"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"name": "x", "config": TrainConfig().to_dict()}))
+    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
+    summary["data"] = load_cifar10(synth_root, allow_download=False).source
+    (d / "summary.json").write_text(json.dumps(summary))
+    other = make_synthetic_cifar10(tmp_path / "other", per_batch=20, seed=7).parent
+    class Timed(BaseException):  # not an Exception: main() would report one as an error
+        pass
+
+    def timed(*a, **k):
+        raise Timed
+
+    monkeypatch.setattr(bench, "run_bench", timed)
+    argv = ["bench", "--allow-cpu", "--data-dir", str(other), "--accuracy-epochs", "1", "--accuracy-runs", str(store)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"1 run(s) in {store} (finished, or begun) were trained on other data" in err
+    assert err.rstrip().endswith("give --data-dir the data they were trained on, or another --accuracy-runs store")
+    with pytest.raises(Timed):  # the same data: it goes on to time
+        main([*argv[:3], str(synth_root), *argv[4:]])
