@@ -250,14 +250,48 @@ def test_op_kinds(op, kind):
     assert op_kind(op) == kind
 
 
-def test_accuracy_check_reads_the_labs_own_baseline_runs():
-    """`bench --accuracy-runs report/runs` must find the lab's baseline runs by id, not train others."""
-    from labkit.lab import plan
-    from labkit.runs import RunStore
+def test_accuracy_check_reads_the_labs_own_baseline_runs(tmp_path, monkeypatch, tiny_data):
+    """`bench --accuracy-epochs 30 --accuracy-seeds 3 --accuracy-runs report/runs` asks its store
+    for the full plan's ablation-baseline runs, by their ids, and trains none of its own.
 
-    planned = {RunStore.run_id(c, n) for _, n, c in plan("full", 3) if n == "ablation-baseline"}
-    asked = {RunStore.run_id(SEED.replace(seed=s, epochs=30, device="cuda"), "ablation-baseline") for s in range(3)}
-    assert asked == planned and len(planned) == 3
+    Through the CLI (the config and run name it passes are what must match the plan), with the
+    seed recipe, labkit's train and the timing stubbed, and a store that records what is asked."""
+    import types
+
+    from labkit import bench, runs
+    from labkit.lab import plan
+
+    planned = [RunStore.run_id(c, n) for _, n, c in plan("full", 3) if n == "ablation-baseline"]
+    asked, seed_side = [], []
+
+    class SpyStore(RunStore):
+        def find(self, cfg, name):
+            return types.SimpleNamespace(finished=True)
+
+        def get(self, cfg, name, data, **kw):
+            asked.append(self.run_id(cfg, name))
+            return types.SimpleNamespace(id=self.run_id(cfg, name), summary={"final_val_acc": 0.78})
+
+    def seed_recipe(cfg, data, epochs, device, workers=8):
+        seed_side.append((cfg, epochs))
+        return [1.0] * epochs, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10))
+
+    def trained(*a, **k):
+        raise AssertionError("labkit's side was trained, not read from the store")
+
+    lease = json.loads((Path(__file__).parents[1] / "benchmarks/results/h200-2026-11-28T2158-accuracy-bench.json").read_text())
+    monkeypatch.setattr(runs, "RunStore", SpyStore)
+    monkeypatch.setattr(bench, "seed_recipe", seed_recipe)
+    monkeypatch.setattr(bench, "train", trained)
+    monkeypatch.setattr(bench, "load_cifar10", lambda *a, **k: tiny_data)
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **kw: {key: v for key, v in lease.items() if key != "accuracy"})
+    out = tmp_path / "b.json"
+    argv = ["bench", "--allow-cpu", "--data-dir", str(tmp_path), "--accuracy-epochs", "30", "--accuracy-seeds", "3"]
+    assert main([*argv, "--accuracy-runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert len(planned) == 3 and asked == planned
+    assert json.loads(out.read_text())["accuracy"]["labkit_runs"] == [f"{rid} (from the store)" for rid in planned]
+    # the seed recipe's side is the same configuration: the seed's, 30 epochs, seeds 0..2
+    assert [(c.identity(), e) for c, e in seed_side] == [(SEED.replace(seed=s, epochs=30).identity(), 30) for s in range(3)]
 
 
 def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, tiny_data):
