@@ -292,6 +292,29 @@ def test_lr_reaches_the_optimizer(synth_data, tiny_config, monkeypatch):
     assert [row["lr"] for row in r.history] == pytest.approx([1e-3, 5e-4])
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_lr_reaches_the_optimizer_at_every_step(synth_data, tiny_config, monkeypatch, schedule):
+    # Per-step schedules (cosine; linear, the modern preset's) with warm-up: the lr changes
+    # at every step, so an lr set once per epoch (lr_at(cfg, epoch, 0, ...)) differs.
+    seen = []
+    real_step = torch.optim.SGD.step
+
+    def spy(self, *a, **kw):
+        seen.append([g["lr"] for g in self.param_groups])
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    cfg = tiny_config(
+        optimizer="sgd", lr=0.05, schedule=schedule, warmup_epochs=1.0, epochs=2, train_subset=128, batch_size=32
+    )
+    r = train(cfg, synth_data, progress=False, log=None)
+    want = [lr_at(cfg, e, s, 4) for e in range(2) for s in range(4)]  # 128 / 32 = 4 steps an epoch
+    assert len(set(want[:4])) == len(set(want[4:])) == 4  # within an epoch, every step its own lr
+    assert [lrs[0] for lrs in seen] == pytest.approx(want)
+    assert all(len(set(lrs)) == 1 for lrs in seen)  # every parameter group alike
+    assert [row["lr"] for row in r.history] == pytest.approx([want[0], want[4]])  # each epoch's first
+
+
 def test_divergence(synth_data, tiny_config, tmp_path):
     cfg = tiny_config(lr=1e30, epochs=2, train_subset=128, batch_size=64)
     with pytest.raises(DivergenceError, match="nan|inf"):
