@@ -315,6 +315,51 @@ def test_lr_reaches_the_optimizer_at_every_step(synth_data, tiny_config, monkeyp
     assert [row["lr"] for row in r.history] == pytest.approx([want[0], want[4]])  # each epoch's first
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_weight_decay_reaches_the_optimizer_for_every_parameter(synth_data, tiny_config, monkeypatch, optimizer):
+    # labkit applies weight decay as torch.optim does, to every parameter (BatchNorm's and the
+    # biases too: make_optimizer makes no group without it).
+    opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+    seen = []
+    real_step = opt_cls.step
+
+    def spy(self, *a, **kw):
+        seen.append([(g["weight_decay"], [id(p) for p in g["params"]]) for g in self.param_groups])
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(opt_cls, "step", spy)
+    cfg = tiny_config(optimizer=optimizer, lr=1e-2, weight_decay=5e-3, epochs=1, train_subset=64, batch_size=32)
+    r = train(cfg, synth_data, progress=False, log=None)
+    assert len(seen) == 2
+    every = sorted(id(p) for p in r.model.parameters())
+    for groups in seen:
+        assert all(wd == 5e-3 for wd, _ in groups)
+        assert sorted(i for _, ids in groups for i in ids) == every
+    # and it changes what is trained: without it, other weights
+    plain = train(cfg.replace(weight_decay=0.0), synth_data, progress=False, log=None)
+    assert not torch.equal(plain.model.fc.weight, r.model.fc.weight)
+
+
+def test_label_smoothing_reaches_the_training_loss(synth_data, tiny_config, monkeypatch):
+    import torch.nn.functional as F
+
+    real = torch.nn.CrossEntropyLoss.forward
+    losses = []
+
+    def spy(self, out, y):
+        loss = real(self, out, y)
+        losses.append((loss.detach(), F.cross_entropy(out.detach(), y, label_smoothing=0.2)))
+        return loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", spy)
+    cfg = tiny_config(label_smoothing=0.2, epochs=1, train_subset=64, batch_size=32)
+    r = train(cfg, synth_data, progress=False, log=None)
+    assert len(losses) == 2  # the loss of every training step
+    for got, want in losses:
+        assert torch.allclose(got, want, rtol=1e-6, atol=0)
+    assert r.history[0]["loss_sum"] == pytest.approx(sum(float(got) for got, _ in losses), rel=1e-6)
+
+
 def test_divergence(synth_data, tiny_config, tmp_path):
     cfg = tiny_config(lr=1e30, epochs=2, train_subset=128, batch_size=64)
     with pytest.raises(DivergenceError, match="nan|inf"):
