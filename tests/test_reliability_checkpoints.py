@@ -41,7 +41,7 @@ def reference(tmp_path_factory, synth_data):
     return store.get(_tiny_config(epochs=3, train_subset=128, batch_size=64), "r", synth_data, progress=False, log=None)
 
 
-def _stopped_after(monkeypatch, store, cfg, data, epochs: int) -> Path:
+def _stopped_after(monkeypatch, store, cfg, data, epochs: int, checkpoint_every: int = 1) -> Path:
     """A run stopped (as by a crash) after `epochs` epochs; returns its folder."""
 
     def crashing(cfg, data, **kw):
@@ -56,7 +56,7 @@ def _stopped_after(monkeypatch, store, cfg, data, epochs: int) -> Path:
 
     monkeypatch.setattr(T, "train", crashing)
     with pytest.raises(_Crash):
-        store.get(cfg, "r", data, progress=False, log=None)
+        store.get(cfg, "r", data, checkpoint_every=checkpoint_every, progress=False, log=None)
     monkeypatch.setattr(T, "train", REAL_TRAIN)
     return store.path(store.run_id(cfg, "r"))
 
@@ -159,6 +159,40 @@ def test_every_checkpoint_keeps_the_one_before(tmp_path, synth_data, cfg):
     assert prev.name == "checkpoint.prev.pt"
     assert load_checkpoint(run.checkpoint)["epoch"] == 2 and load_checkpoint(prev)["epoch"] == 1
     assert not list(run.dir.glob(".*.tmp"))
+
+
+def test_checkpoint_every_n_writes_every_nth_epoch_and_the_last(tmp_path, synth_data, tiny_config, monkeypatch):
+    saved = []
+    real = T.save_checkpoint
+
+    def spy(path, state, **kw):
+        saved.append(state["epoch"] + 1)
+        return real(path, state, **kw)
+
+    monkeypatch.setattr(T, "save_checkpoint", spy)
+    T.train(tiny_config(epochs=5, train_subset=64, batch_size=64), synth_data, run_dir=tmp_path, checkpoint_every=2,
+            progress=False, log=None)
+    assert saved == [2, 4, 5]
+
+
+@pytest.mark.parametrize("stopped_after, resumed_at", [(1, 0), (2, 2)])
+def test_a_run_checkpointed_every_2_epochs_resumes_from_its_last_checkpoint(
+    tmp_path, synth_data, cfg, monkeypatch, reference, stopped_after, resumed_at
+):
+    # 3 epochs, checkpoint_every=2: a checkpoint after epoch 2 and after the last, none after epoch 1
+    store = RunStore(tmp_path)
+    d = _stopped_after(monkeypatch, store, cfg, synth_data, stopped_after, checkpoint_every=2)
+    if resumed_at:
+        assert load_checkpoint(d / "checkpoint.pt")["epoch"] + 1 == resumed_at
+    else:
+        assert not (d / "checkpoint.pt").exists()
+    assert not (d / "checkpoint.prev.pt").exists()  # one checkpoint at most was written
+    stats = _counting(monkeypatch)
+    logs: list[str] = []
+    run = store.get(cfg, "r", synth_data, checkpoint_every=2, progress=False, log=logs.append)
+    assert stats["epochs"] == 3 - resumed_at
+    assert [m for m in logs if m.startswith("resumed from")] == ([f"resumed from {d / 'checkpoint.pt'} at epoch 2/3"] if resumed_at else [])
+    _same_result(run, reference)
 
 
 def test_stale_temp_files_of_a_killed_process_are_removed(tmp_path, synth_data, cfg, monkeypatch):
