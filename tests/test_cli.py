@@ -278,10 +278,14 @@ def test_a_file_as_data_folder_is_refused_by_name(tmp_path, capsys, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no run store made
 
 
-def test_recorded_commands_name_no_machine_folder():
+def test_recorded_commands_name_no_machine_folder(monkeypatch):
     from labkit.runs import command_line
 
     assert command_line(["bench", "--out", "results/a b.json"]) == "python -m labkit bench --out 'results/a b.json'"
+    # By default this process's arguments, whose first is the absolute path of labkit's __main__.py
+    main_py = str(REPO / "labkit" / "__main__.py")
+    monkeypatch.setattr(sys, "argv", [main_py, "bench", "--out", "results/a b.json"])
+    assert command_line() == "python -m labkit bench --out 'results/a b.json'"
 
 
 def test_eval_scores_a_finished_run_again_with_other_tta(trained, capsys, monkeypatch):
