@@ -136,6 +136,41 @@ def test_a_run_past_the_deadline_stops_between_epochs_but_keeps_its_last(tmp_pat
     assert store.find(one, "one").finished
 
 
+def test_a_run_that_fails_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data):
+    # The first run asks for more training images than the data hold: store.get raises.
+    store = RunStore(tmp_path / "runs")
+    base = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, epochs=1, seed_extra_block=False)
+    bad = base.replace(train_subset=10 * len(tiny_data.train_y))
+    logged = []
+    done = sweep([("bad", bad), ("good", base)], store, lambda split, val: tiny_data, log=logged.append)
+    assert [j.status for j in done] == ["failed", "done"]
+    assert done[0].error.startswith("ConfigError: train_subset=4000 is more than the 400 training images")
+    assert store.find(base, "good").finished and store.find(bad, "bad") is None
+    assert any("Traceback" in m and "ConfigError" in m for m in logged)  # its traceback, for whoever reads the log
+    assert any(m.startswith("[lane 0] failed  bad-") for m in logged)
+
+
+def test_runs_are_skipped_by_the_rate_measured_on_finished_runs(tmp_path, tiny_data, monkeypatch):
+    # No rate_guess: the first run starts unestimated. A fake clock makes it take 100 s, so
+    # the rate measured on it says its twin (the same work) needs 100 s, with 50 s left.
+    clock = {"now": 1000.0}
+    monkeypatch.setattr("labkit.sweep.time", types.SimpleNamespace(time=lambda: clock["now"]))
+
+    class HundredSecondRuns(RunStore):
+        def get(self, *args, **kwargs):
+            clock["now"] += 100.0
+            return super().get(*args, **kwargs)
+
+    store = HundredSecondRuns(tmp_path / "runs")
+    base = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, epochs=1, seed_extra_block=False)
+    logged = []
+    done = sweep([("a", base), ("b", base.replace(lr=2e-3))], store, lambda split, val: tiny_data,
+                 deadline=1150.0, log=logged.append)
+    assert [j.status for j in done] == ["done", "skipped"]
+    assert done[0].seconds == 100.0
+    assert "skip b seed 0: needs ~100s, 50s left" in logged
+
+
 # -- choosing lanes / compile from a benchmark ----------------------------------------------
 
 
