@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -342,6 +343,58 @@ def test_download_without_network(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=str(root)):
         load_cifar10(root, allow_download=False)
     assert len(calls) == 1
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """An archive in the official layout (labkit's synthetic data, tarred as the official one
+    is) and a download_url that copies it: what the test's "server" serves. Returns the
+    archive and the calls made."""
+    import torchvision.datasets.utils as tvu
+
+    folder = make_synthetic_cifar10(tmp_path / "made", per_batch=20)
+    archive = tmp_path / "server" / data.ARCHIVE
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=data.FOLDER)
+    calls = []
+
+    def download_url(url, root, filename=None, md5=None, **kw):  # no md5 check of its own: labkit's is tested
+        calls.append({"url": url, "root": root, "filename": filename, "md5": md5})
+        shutil.copyfile(archive, Path(root, filename))
+
+    monkeypatch.setattr(tvu, "download_url", download_url)
+    return archive, calls
+
+
+def test_download_checks_unpacks_and_loads_the_archive(tmp_path, monkeypatch, served):
+    archive, calls = served
+    monkeypatch.setattr(data, "ARCHIVE_MD5", md5(archive))  # this archive is the "official" one here
+    root = tmp_path / "data"
+    ds = load_cifar10(root)
+    assert calls == [{"url": data.URL, "root": str(root), "filename": data.ARCHIVE, "md5": md5(archive)}]
+    assert (root / data.ARCHIVE).is_file()
+    for name in [*BATCHES, "batches.meta"]:  # every file unpacked as it was packed
+        assert (root / data.FOLDER / name).read_bytes() == (tmp_path / "made" / data.FOLDER / name).read_bytes(), name
+    assert not list(root.rglob("*.part"))
+    assert ds.sizes() == load_cifar10(tmp_path / "made", allow_download=False).sizes()
+    assert ds.source["synthetic"] and ds.source["md5"] == {n: md5(tmp_path / "made" / data.FOLDER / n) for n in BATCHES}
+    # found there now: no second download; and an archive already there is unpacked, not fetched again
+    load_cifar10(root)
+    shutil.rmtree(root / data.FOLDER)
+    assert len(load_cifar10(root).train_y) == len(ds.train_y)
+    assert len(calls) == 1
+
+
+def test_a_downloaded_archive_with_another_md5_is_refused_and_never_unpacked(tmp_path, served):
+    archive, calls = served  # a well-formed archive, but not the official bytes (ARCHIVE_MD5 as shipped)
+    root = tmp_path / "data"
+    with pytest.raises(DataError) as e:
+        load_cifar10(root)
+    assert len(calls) == 1 and calls[0]["md5"] == data.ARCHIVE_MD5
+    msg = str(e.value)
+    assert f"{root / data.ARCHIVE}: md5 {md5(archive)} is not the official {data.ARCHIVE_MD5}" in msg and "delete it and retry" in msg
+    assert sorted(p.name for p in root.iterdir()) == [data.ARCHIVE]  # nothing unpacked, not even in part
 
 
 # ---------------------------------------------------------------------------------------
