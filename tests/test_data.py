@@ -436,7 +436,18 @@ def test_augment_generator(synth_data):
     assert not torch.equal(a, c)
     distinct = {bytes(img.numpy().tobytes()) for img in a}
     assert len(distinct) > 50  # 81 offsets x 2 flips: the same image comes out many ways
-    # some flipped, some not, and zero padding shows up somewhere
+    # every output is one of the 81 crops of the zero-padded image or of its mirror: some
+    # flipped, some not, and zero padding shows up somewhere
+    padded = torch.nn.functional.pad(x[0], (4, 4, 4, 4))
+
+    def crops(img: torch.Tensor) -> set[bytes]:
+        return {img[:, top : top + 32, left : left + 32].numpy().tobytes() for top in range(9) for left in range(9)}
+
+    plain, mirrored = crops(padded), crops(padded.flip(2))
+    assert not plain & mirrored  # the image is not symmetric: each output says whether it was flipped
+    flipped = [img.numpy().tobytes() in mirrored for img in a]
+    assert all(img.numpy().tobytes() in plain | mirrored for img in a)
+    assert 0 < sum(flipped) < len(a), sum(flipped)
     assert (a == 0).any()
 
 
