@@ -267,6 +267,57 @@ def test_make_synthetic(tmp_path, capsys):
     assert (tmp_path / "cifar-10-batches-py" / "data_batch_5").is_file()
 
 
+def test_make_synthetic_replaces_files_only_with_force(tmp_path, capsys):
+    from labkit.data import load_cifar10
+
+    assert main(["make-synthetic", str(tmp_path), "--per-batch", "10"]) == 0
+    folder = tmp_path / "cifar-10-batches-py"
+    before = (folder / "data_batch_1").read_bytes()
+    assert main(["make-synthetic", str(tmp_path), "--per-batch", "20", "--seed", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "already holds CIFAR-10 files" in err and "(--force" in err
+    assert (folder / "data_batch_1").read_bytes() == before  # refused: nothing replaced
+    assert main(["make-synthetic", str(tmp_path), "--per-batch", "20", "--seed", "3", "--force"]) == 0
+    assert load_cifar10(tmp_path, allow_download=False).source["made"] == {"seed": 3, "per_batch": 20, "test_size": 20}
+
+
+class _LabStarted(BaseException):  # not an Exception: main() would report one as an error
+    pass
+
+
+def test_lab_passes_every_option_to_run_lab(monkeypatch):
+    import labkit.report
+
+    seen = []
+    monkeypatch.setattr(labkit.report, "run_lab", lambda profile, **kw: seen.append({"profile": profile, **kw}))
+    assert main(["lab"]) == 0
+    assert seen.pop() == {
+        "profile": "auto", "data_dir": None, "allow_train": True, "seeds": None, "out": None, "runs_dir": None,
+        "allow_cpu": False, "pdf": True, "lanes": None,
+    }
+    argv = ["lab", "--profile", "quick", "--data-dir", "d", "--no-train", "--seeds", "3", "--out", "o", "--runs-dir", "r",
+            "--allow-cpu", "--no-pdf", "--lanes", "4"]
+    assert main(argv) == 0
+    assert seen.pop() == {
+        "profile": "quick", "data_dir": "d", "allow_train": False, "seeds": 3, "out": "o", "runs_dir": "r",
+        "allow_cpu": True, "pdf": False, "lanes": 4,
+    }
+
+
+@pytest.mark.parametrize("flag, message", [("--seeds", "seeds must be a positive int, got 0"),
+                                           ("--lanes", "lanes must be a positive int, got 0")])
+def test_lab_refuses_zero_seeds_or_lanes_in_one_line_before_any_work(tmp_path, capsys, monkeypatch, flag, message):
+    import labkit.report
+
+    def started():
+        raise _LabStarted
+
+    monkeypatch.setattr(labkit.report, "_check_kernel", started)  # the first step after the checks
+    assert main(["lab", "--profile", "smoke", "--out", str(tmp_path / "out"), flag, "0"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_as_data_folder_is_refused_by_name(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     batch = make_synthetic_cifar10(tmp_path / "data", per_batch=10) / "data_batch_1"
