@@ -402,3 +402,15 @@ def test_sweep_finds_the_profile_folders_from_the_project_root(tmp_path, capsys,
     make_synthetic_cifar10(proj / "notebooks" / "here", per_batch=20)
     assert main([*args, "--profile", "quick", "--data-dir", "here"]) == 1
     assert "under here holds 100 and 20" in capsys.readouterr().err
+
+
+def test_sweep_workers_reach_the_sweep_and_its_record(tmp_path, monkeypatch, capsys, fake_sweep):
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", "--profile", "smoke", "--only", "05_final", "--timing-json", "t.json"]
+    assert main(args) == 0
+    assert fake_sweep["workers"] == 0  # default: this process
+    assert main([*args, "--workers", "3"]) == 0
+    assert fake_sweep["workers"] == 3 and json.loads((tmp_path / "t.json").read_text())["workers"] == 3
+    capsys.readouterr()
+    assert main([*args, "--workers", "-1"]) == 2
+    assert capsys.readouterr().err == "error: --workers must be >= 0 (0 = this process), got -1\n"
