@@ -580,12 +580,18 @@ def test_no_tensor_is_made_from_host_values_in_every_step(synth_data, tiny_confi
     assert counts[1] == counts[2], counts  # (the first run also makes the constants it keeps)
 
 
-def test_epoch_lines_or_a_bar_not_both(synth_data, tiny_config):
+def test_epoch_lines_or_a_bar_not_both(synth_data, tiny_config, capsys):
     cfg = tiny_config(epochs=2, train_subset=64, batch_size=32)
     for progress, want in ((True, 0), (False, 2)):
         lines: list[str] = []
+        capsys.readouterr()
         train(cfg, synth_data, progress=progress, log=lines.append)
         assert sum(m.startswith("epoch ") for m in lines) == want
+        err = capsys.readouterr().err  # tqdm draws on stderr
+        if progress:  # the bar, at its last epoch
+            assert f"train {cfg.short_hash()}" in err and "2/2" in err, repr(err)
+        else:
+            assert err == ""
 
 
 def test_best_val_keeps_the_first_of_equally_good_epochs(synth_data, tiny_config, monkeypatch):
