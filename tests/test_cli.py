@@ -544,6 +544,25 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys, monkey
     assert capsys.readouterr().err == "interrupted (SIGINT)\n"
 
 
+def test_ctrl_c_in_train_says_where_the_same_command_goes_on_from(tmp_path, capsys, monkeypatch):
+    from labkit.config import preset
+    from labkit.runs import RunStore
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunStore, "get", interrupted)  # as if Ctrl-C came while it trained
+    make_synthetic_cifar10(tmp_path / "data", per_batch=50)
+    store = tmp_path / "runs"
+    argv = [*TRAIN, "--checkpoint-every", "2", "--runs-dir", str(store), "--data-dir", str(tmp_path / "data")]
+    assert main(argv) == 130
+    rid = RunStore.run_id(preset("seed", epochs=2, width=8), "seed")
+    assert capsys.readouterr().err == (
+        f"interrupted (SIGINT): run {rid} in {store} stopped before it finished; it resumes from its last checkpoint "
+        "(written every 2 epochs) when asked for again (the same command)\n"
+    )
+
+
 def test_init_from_a_run_of_another_width_is_one_line_and_leaves_no_folder(trained, tmp_path, capsys, monkeypatch):
     tmp, _ = trained
     store = tmp_path / "runs"
