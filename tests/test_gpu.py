@@ -6,6 +6,7 @@ Run them on a GPU machine with `python -m pytest -q -m gpu` (benchmarks/gpu_lab.
 from __future__ import annotations
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -62,7 +63,7 @@ def test_dropout_net_is_graphed_and_trains_like_the_eager_one(tiny_data, tiny_co
     # The same masks (drawn eagerly before each replay); cuDNN may pick other algorithms.
     for g, e in zip(graphed.history, eager.history, strict=True):
         assert g["loss_sum"] == pytest.approx(e["loss_sum"], rel=0.05)
-    assert graphed.history[-1]["loss_sum"] == graphed.history[-1]["loss_sum"]  # finite, not NaN
+    assert all(math.isfinite(r["loss_sum"]) for r in graphed.history)  # neither NaN nor inf
 
 
 def test_two_lanes_capture_graphs_side_by_side(tmp_path, tiny_data, tiny_config):
