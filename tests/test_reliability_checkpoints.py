@@ -364,12 +364,68 @@ def test_corrupted_store_entry_is_named(tmp_path, synth_data, cfg, name, content
 # ---------------------------------------------------------------------------------------
 
 
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return base and f"{base}.{node.attr}"
+    return None
+
+
 def _torch_load_calls(source: str):
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
-            base = node.func.value
-            if isinstance(base, ast.Name) and base.id == "torch":
-                yield node
+    """Every call of torch.load however it was imported: torch.load, through an alias of torch
+    or torch.serialization (`import torch as th`), or the function itself (`from torch import
+    load as tl`). A reference that is not called there (`loader = torch.load`) is yielded as a
+    call without keywords: where it is called cannot be checked."""
+    tree = ast.parse(source)
+    modules, functions = {"torch", "torch.serialization"}, set()  # names bound to those modules; to torch.load
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in ("torch", "torch.serialization") and a.asname:
+                    modules.add(a.asname)
+        elif isinstance(node, ast.ImportFrom) and node.module in ("torch", "torch.serialization"):
+            for a in node.names:
+                if a.name == "load":
+                    functions.add(a.asname or a.name)
+                elif a.name == "serialization":
+                    modules.add(a.asname or a.name)
+
+    def is_load(ref: ast.AST) -> bool:
+        if isinstance(ref, ast.Name):
+            return ref.id in functions
+        return isinstance(ref, ast.Attribute) and ref.attr == "load" and _dotted(ref.value) in modules
+
+    called = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and is_load(node.func):
+            called.add(id(node.func))
+            yield node
+    for node in ast.walk(tree):
+        if is_load(node) and id(node) not in called and not isinstance(getattr(node, "ctx", None), ast.Store):
+            yield ast.Call(func=node, args=[], keywords=[], lineno=node.lineno)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import torch\ntorch.load(p)",
+        "import torch as th\nth.load(p)",
+        "from torch import load\nload(p)",
+        "from torch import load as tl\ntl(p)",
+        "import torch.serialization\ntorch.serialization.load(p)",
+        "from torch import serialization as ser\nser.load(p)",
+        "from torch.serialization import load\nload(p)",
+        "import torch\nloader = torch.load",
+    ],
+)
+def test_the_torch_load_scan_sees_every_way_of_calling_it(source):
+    (call,) = _torch_load_calls(source)
+    assert not call.keywords
+    (call,) = _torch_load_calls(source.replace("(p)", "(p, weights_only=True)"))
+    assert [k.arg for k in call.keywords] == (["weights_only"] if "(p)" in source else [])
+    assert not list(_torch_load_calls("import json\njson.load(f)\nfrom pickle import load"))
 
 
 def test_every_torch_load_uses_weights_only():
