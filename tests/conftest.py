@@ -115,6 +115,17 @@ def finished_runs(runs: Path) -> Stamps:
     return out
 
 
+def recorded_run(store: Path, source: dict, run_id: str = "x-0000000000") -> Path:
+    """A finished run's folder with only its records (default config, every number 1), trained
+    on the data `source` describes: for checks that read what a store's runs were trained on."""
+    d = store / run_id
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"name": run_id.rsplit("-", 1)[0], "config": TrainConfig().to_dict()}))
+    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
+    (d / "summary.json").write_text(json.dumps({**summary, "data": source}))
+    return d
+
+
 def log_tail(path: Path, n: int = 3000) -> str:
     text = path.read_text(errors="replace") if path.is_file() else "(no log)"
     return f"\n--- last {n} characters of {path} ---\n{text[-n:]}"

@@ -330,22 +330,17 @@ def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, 
 
 def test_accuracy_runs_trained_on_other_data_are_refused_before_any_timing(tmp_path, synth_root, monkeypatch, capsys):
     """The accuracy check would set the seed recipe on these data beside baseline runs of another copy."""
-    import json
+    from conftest import recorded_run
 
     from labkit import bench
     from labkit.cli import main
-    from labkit.config import TrainConfig
     from labkit.data import load_cifar10
     from labkit.synthetic import make_synthetic_cifar10
 
     store = tmp_path / "runs"
-    d = store / "x-0000000000"
-    d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"name": "x", "config": TrainConfig().to_dict()}))
-    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
-    summary["data"] = load_cifar10(synth_root, allow_download=False).source
-    (d / "summary.json").write_text(json.dumps(summary))
+    recorded_run(store, load_cifar10(synth_root, allow_download=False).source)
     other = make_synthetic_cifar10(tmp_path / "other", per_batch=20, seed=7).parent
+
     class Timed(BaseException):  # not an Exception: main() would report one as an error
         pass
 

@@ -130,22 +130,18 @@ def test_notebooks_find_the_project_root_from_their_own_folder(tmp_path, monkeyp
 
 def test_a_store_of_runs_on_other_data_gets_no_more_runs_from_these(tmp_path, synth_root, monkeypatch):
     # Lab.data (what notebooks and sweeps train from) refuses to add runs to such a store.
-    import json
+    from conftest import recorded_run
 
     from labkit.data import DataError, load_cifar10
     from labkit.runs import RunStore
     from labkit.synthetic import make_synthetic_cifar10
 
     store = RunStore(tmp_path / "runs")
-    d = store.root / "x-0000000000"
-    d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"name": "x", "config": TrainConfig().to_dict()}))
-    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
-    summary["data"] = load_cifar10(synth_root, allow_download=False).source
-    (d / "summary.json").write_text(json.dumps(summary))
+    source = load_cifar10(synth_root, allow_download=False).source
+    recorded_run(store.root, source)
     other = make_synthetic_cifar10(tmp_path / "other", per_batch=200, seed=7).parent
     assert [r.id for r in store.on_other_data(load_cifar10(other, allow_download=False).source)] == ["x-0000000000"]
-    assert store.on_other_data(summary["data"]) == []
+    assert store.on_other_data(source) == []
     import labkit.lab as L
 
     monkeypatch.setattr(L, "CIFAR10_TRAIN", 1000)  # the synthetic sets pass for CIFAR-10-sized here
