@@ -99,75 +99,129 @@ def test_papermill_sees_the_parameters():
     assert {"profile", "data_dir", "allow_train", "root", "seeds", "ablation"} <= set(params)
 
 
-@pytest.mark.parametrize(
-    "params, message",
-    [
-        ({"ablation": "batchnorm"}, "ablation must be one of"),
-        ({"profile": "huge"}, "profile must be one of"),
-        ({"seeds": 0}, "seeds must be a positive int"),
-        ({"allow_train": "no"}, "allow_train must be True or False"),
-        ({"data_label": 5}, "data_label must be a string or None, got int 5"),
-    ],
-)
-def test_bad_parameters_fail_in_the_validation_cell(tmp_path, params, message):
+# ---------------------------------------------------------------------------------------
+# Bad parameters: each notebook's set-up cell, run in this process
+# ---------------------------------------------------------------------------------------
+# A kernel start costs seconds, so every bad value is checked here on the notebook's own
+# cells run in-process: its parameters cell, the cell papermill injects (papermill's own
+# translator writes it), then its set-up cell, with IPython's `In` holding those sources as
+# a kernel's does (check_notebook_parameters reads it). That each mechanism holds in a real
+# kernel is checked once each with papermill: a bad value and an unknown name in
+# tests/test_reliability_params.py, a path here (test_a_path_that_cannot_be_written_fails_under_papermill).
+
+
+def _set_up_error(name: str, params: dict, monkeypatch) -> tuple[BaseException, str]:
+    """Run notebook `name`'s parameters cell, papermill's injected cell with `params`, and its
+    set-up cell in-process; return the exception raised and the source of the cell it came from.
+    allow_train=False unless `params` say otherwise: a check that lets a bad value through
+    fails the test at once, without training in this process (00_summary takes no allow_train)."""
+    import IPython
+    from papermill.translators import translate_parameters
+
+    import labkit.analysis as A
+
+    if name != "00_summary":
+        params = {"allow_train": False, **params}
+    nb = _read(name)
+    i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    sources = [nb.cells[i].source, translate_parameters("python3", "python", params, "Parameters"), nb.cells[i + 1].source]
+    shell = type("Shell", (), {"user_ns": {"In": ["", *sources]}})()  # In[0] is empty in a kernel
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    # figures' format, seaborn's theme, pandas' options: a notebook's, not this process's
+    monkeypatch.setattr(A, "setup_notebook", lambda lab=None: None)
+    ns: dict = {}
+    for src in sources:
+        try:
+            exec(compile(src, f"<{name}>", "exec"), ns)
+        except Exception as e:  # the test asserts on it
+            return e, src
+    pytest.fail(f"{name}: no error with {params}")
+
+
+BAD_VALUES = [
+    ("04_ablations", {"ablation": "batchnorm"}, "ablation must be one of"),
+    ("04_ablations", {"profile": "huge"}, "profile must be one of"),
+    ("04_ablations", {"seeds": 0}, "seeds must be a positive int"),
+    ("04_ablations", {"allow_train": "no"}, "allow_train must be True or False"),
+    ("04_ablations", {"data_label": 5}, "data_label must be a string or None, got int 5"),
+    ("05_final", {"seeds": -1}, "seeds must be a positive int"),
+    ("01_data", {"data_dir": 5}, "data_dir must be a path string or None, got int 5"),
+    ("00_summary", {"lab_started": "now"}, "lab_started must be a number >= 0, got str 'now'"),  # before: a bare TypeError in its last cell
+    ("00_summary", {"seeds": 0}, "seeds must be a positive int"),
+    ("00_summary", {"depth_seeds": 0}, "seeds must be a positive int"),
+    ("03_depth_limit", {"seeds": 0}, "seeds must be a positive int"),
+    ("02_model", {"allow_train": 1}, "allow_train must be True or False"),
+    ("02_model", {"root": 5}, "root must be the project's root folder"),
+    ("02_model", {"runs_dir": 5}, "runs_dir must be a path string or None, got int 5"),
+]
+
+
+@pytest.mark.parametrize("name, params, message", BAD_VALUES, ids=[f"{n}-{next(iter(p))}" for n, p, _ in BAD_VALUES])
+def test_bad_parameters_fail_in_the_set_up_cell(tmp_path, monkeypatch, name, params, message):
     """A bad value stops the notebook in the cell right after the parameters, with a clear error."""
-    papermill = pytest.importorskip("papermill")
-    out = tmp_path / "out.ipynb"
-    with pytest.raises(papermill.PapermillExecutionError) as e:
-        papermill.execute_notebook(
-            str(NOTEBOOKS / "04_ablations.ipynb"),
-            str(out),
-            parameters={"profile": "smoke", "root": str(tmp_path), "seeds": 1, **params},
-            kernel_name="python3",
-            cwd=str(ROOT),
-            progress_bar=False,
-        )
-    assert e.value.ename == "ConfigError"
-    assert message in e.value.evalue
-    # Nothing trained: the run store was never created.
+    from labkit.config import ConfigError
+
+    err, cell = _set_up_error(name, {"profile": "smoke", "root": str(tmp_path), **params}, monkeypatch)
+    assert isinstance(err, ConfigError) and message in str(err), repr(err)
+    assert "A.open_lab(" in cell  # the set-up cell, not the parameters
+    assert not (tmp_path / "build").exists()  # nothing trained: the run store was never created
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_parameters_fail_in_the_set_up_cell(tmp_path, monkeypatch, name):
+    """papermill only warns of a `-p` name the notebook does not declare; each notebook refuses it."""
+    from labkit.config import ConfigError
+
+    extra = {"allow_train": False} if name == "00_summary" else {"lrate": 0.1}  # the summary takes no allow_train
+    err, cell = _set_up_error(name, {"profile": "smoke", "root": str(tmp_path), **extra}, monkeypatch)
+    assert isinstance(err, ConfigError) and f"unknown notebook parameter(s) {sorted(extra)}" in str(err), repr(err)
+    assert "A.open_lab(" in cell
     assert not (tmp_path / "build").exists()
 
 
-@pytest.mark.parametrize(
-    "notebook, params, message",
-    [
-        # notebook 03 writes its checkpoints in its last cell, after every run has trained
-        ("03_depth_limit", {"checkpoints_dir": "{tmp}/a_file"}, "checkpoints_dir '{tmp}/a_file': {tmp}/a_file is a file"),
-        ("03_depth_limit", {"checkpoints_dir": "{tmp}/a_file/ckpts"}, "checkpoints_dir '{tmp}/a_file/ckpts': {tmp}/a_file is a file"),
-        ("03_depth_limit", {"checkpoints_dir": 5}, "checkpoints_dir must be a path string or None, got int 5"),
-        # a run store below a file: found only when the first run was trained, its data loaded
-        ("04_ablations", {"runs_dir": "{tmp}/a_file/runs"}, "runs_dir '{tmp}/a_file/runs': {tmp}/a_file is a file"),
-    ],
-)
-def test_paths_that_cannot_be_written_fail_in_the_validation_cell(tmp_path, notebook, params, message):
-    """A folder the notebook writes into is checked before anything trains, its parameter named."""
-    papermill = pytest.importorskip("papermill")
+PATHS = [
+    # notebook 03 writes its checkpoints in its last cell, after every run has trained
+    ("03_depth_limit", {"checkpoints_dir": "{tmp}/a_file"}, "checkpoints_dir '{tmp}/a_file': {tmp}/a_file is a file"),
+    ("03_depth_limit", {"checkpoints_dir": "{tmp}/a_file/ckpts"}, "checkpoints_dir '{tmp}/a_file/ckpts': {tmp}/a_file is a file"),
+    ("03_depth_limit", {"checkpoints_dir": 5}, "checkpoints_dir must be a path string or None, got int 5"),
+    # a run store below a file: found only when the first run was trained, its data loaded
+    ("04_ablations", {"runs_dir": "{tmp}/a_file/runs"}, "runs_dir '{tmp}/a_file/runs': {tmp}/a_file is a file"),
+    ("05_final", {"runs_dir": "{tmp}/a_file"}, "runs_dir '{tmp}/a_file': {tmp}/a_file is a file"),
+]
+
+
+def _paths(tmp_path: Path, params: dict, message: str) -> tuple[dict, str]:
     (tmp_path / "a_file").write_text("x")
     params = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in params.items()}
+    return {"profile": "smoke", "root": str(tmp_path), "seeds": 1, **params}, message.format(tmp=tmp_path)
+
+
+@pytest.mark.parametrize("name, params, message", PATHS)
+def test_paths_that_cannot_be_written_fail_in_the_set_up_cell(tmp_path, monkeypatch, name, params, message):
+    """A folder the notebook writes into is checked before anything trains, its parameter named."""
+    from labkit.config import ConfigError
+
+    params, message = _paths(tmp_path, params, message)
+    err, cell = _set_up_error(name, params, monkeypatch)
+    assert isinstance(err, ConfigError) and message in str(err), repr(err)
+    assert "A.open_lab(" in cell
+    assert not (tmp_path / "build").exists()  # nothing made: no data, no run store
+
+
+def test_a_path_that_cannot_be_written_fails_under_papermill(tmp_path):
+    """The same check in a real kernel: papermill stops in the set-up cell."""
+    papermill = pytest.importorskip("papermill")
+    name, params, message = PATHS[1]
+    params, message = _paths(tmp_path, params, message)
     with pytest.raises(papermill.PapermillExecutionError) as e:
         papermill.execute_notebook(
-            str(NOTEBOOKS / f"{notebook}.ipynb"),
+            str(NOTEBOOKS / f"{name}.ipynb"),
             str(tmp_path / "out.ipynb"),
-            parameters={"profile": "smoke", "root": str(tmp_path), "seeds": 1, **params},
+            parameters=params,
             kernel_name="python3",
             cwd=str(ROOT),
             progress_bar=False,
         )
     assert e.value.ename == "ConfigError" and "A.open_lab(" in e.value.source  # the set-up cell
-    assert message.format(tmp=tmp_path) in e.value.evalue
-    assert not (tmp_path / "build").exists()  # nothing made: no data, no run store
-
-
-def test_summary_refuses_a_lab_start_that_is_not_a_time(tmp_path):
-    # before: a bare TypeError in the summary's last cell
-    papermill = pytest.importorskip("papermill")
-    with pytest.raises(papermill.PapermillExecutionError) as e:
-        papermill.execute_notebook(
-            str(NOTEBOOKS / "00_summary.ipynb"),
-            str(tmp_path / "out.ipynb"),
-            parameters={"profile": "smoke", "root": str(tmp_path), "lab_started": "now"},
-            kernel_name="python3",
-            cwd=str(ROOT),
-            progress_bar=False,
-        )
-    assert e.value.ename == "ConfigError" and "lab_started must be a number >= 0, got str 'now'" in e.value.evalue
+    assert message in e.value.evalue
+    assert not (tmp_path / "build").exists()
