@@ -191,6 +191,66 @@ def test_depth_checkpoints_are_written_atomically_with_the_selected_weights(tmp_
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-block-2.pth"]  # no temp file left
 
 
+# Student-t 0.975 quantiles from printed tables: what the intervals below are computed with by hand.
+T975 = {2: 4.302653, 4: 2.776445}
+
+
+def _by_hand(values: list[float]) -> tuple[float, float, float]:
+    """mean, sample SD and the half-width of the 95% t interval, without labkit.stats."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, sd, T975[n - 1] * sd / math.sqrt(n)
+
+
+def _named_runs(name: str, cfg, **fields: list[float]) -> list:
+    """Finished-run stand-ins of one configuration, seed i holding each field's i-th value."""
+    n = len(next(iter(fields.values())))
+    return [SimpleNamespace(id=f"{name}-{s}", name=name, config=cfg.replace(seed=s), summary={k: v[s] for k, v in fields.items()}) for s in range(n)]
+
+
+def test_deeper_is_better_is_judged_the_right_way_round_with_three_seeds():
+    from labkit.lab import depth_runs
+
+    cfgs = dict(depth_runs(1))
+    deep, shallow = [0.70, 0.72, 0.74], [0.60, 0.62, 0.64]
+    # seed recipe: lays 3 beats lays 2 by 10 points; corrected: lays 3 loses by 10 points.
+    runs = [
+        *_named_runs("depth-2-seed", cfgs["depth-2-seed"], test_acc=shallow, best_val_acc=shallow, selected_epoch=[7, 8, 9]),
+        *_named_runs("depth-3-seed", cfgs["depth-3-seed"], test_acc=deep, best_val_acc=[0.71, 0.73, 0.75], selected_epoch=[10, 11, 12]),
+        *_named_runs("depth-2-corrected", cfgs["depth-2-corrected"], test_acc=[v + 0.2 for v in deep], best_val_acc=deep, selected_epoch=[1, 2, 3]),
+        *_named_runs("depth-3-corrected", cfgs["depth-3-corrected"], test_acc=[v + 0.2 for v in shallow], best_val_acc=deep, selected_epoch=[4, 5, 6]),
+    ]
+    # Welch by hand: equal SDs (2 points) and n (3) on each side, so df = 2(n-1) = 4 exactly.
+    half = T975[4] * math.sqrt(0.02**2 / 3 + 0.02**2 / 3)
+    ci = f"[{(0.10 - half) * 100:+.2f}, {(0.10 + half) * 100:+.2f}]"
+    assert ci == "[+5.47, +14.53]"
+    claim = A.depth_claim(runs).set_index("recipe")
+    assert list(claim.index) == ["seed", "corrected"]
+    seed, corrected = claim.loc["seed"], claim.loc["corrected"]
+    assert seed["comparison"] == corrected["comparison"] == "lays 3 − lays 2, test acc"
+    assert seed["seed: Δ, pts"] == pytest.approx((0.8927 - 0.8632) * 100)  # the seed's deep minus shallow
+    assert seed["ours: Δ, pts [95% Welch CI]"] == f"+10.00 pts {ci}"
+    assert seed["runs"] == corrected["runs"] == "3 vs 3"
+    assert seed["verdict"] == "confirmed: the CI lies above 0"
+    assert corrected["ours: Δ, pts [95% Welch CI]"] == "-10.00 pts [-14.53, -5.47]"
+    assert corrected["verdict"] == "refuted: the opposite holds (CI below 0)"
+    by = A.findings([], [], runs, []).set_index("claim")
+    assert by.loc["deeper is better (seed recipe)", "verdict"] == "confirmed: the CI lies above 0"
+    assert by.loc["deeper is better (corrected recipe)", "verdict"] == "refuted: the opposite holds (CI below 0)"
+    assert by.loc["deeper is better (seed recipe)", "seed: Δ, pts"] == "+2.95"
+    # The depth table: each row its own runs' mean, SD and t interval of test accuracy.
+    table = A.depth_table(runs)
+    assert [(r["lays"], r["recipe"].split()[0]) for _, r in table.iterrows()] == [(2, "seed-faithful"), (2, "corrected"), (3, "seed-faithful"), (3, "corrected")]
+    row = table.iloc[2]  # lays 3, seed recipe
+    mean, sd, h = _by_hand(deep)
+    assert row["test acc % (once)"] == f"{mean * 100:.2f} ± {sd * 100:.2f} SD (n=3)" == "72.00 ± 2.00 SD (n=3)"
+    assert row["95% CI"] == f"[{(mean - h) * 100:.2f}, {(mean + h) * 100:.2f}]" == "[67.03, 76.97]"
+    assert row["best val acc %"] == "73.00 ± 2.00 SD (n=3)" and row["selected epoch (best val)"] == "10, 11, 12"
+    assert row["Δ ours − seed, pts"] == pytest.approx(72.0 - 89.27)
+    assert table.iloc[0]["test acc % (once)"] == "62.00 ± 2.00 SD (n=3)" and table.iloc[1]["Δ ours − seed, pts"] == pytest.approx(92.0 - 86.32)
+
+
 def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
     from labkit.config import MODERN, SEED
 
