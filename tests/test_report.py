@@ -174,21 +174,35 @@ def test_depth_checkpoints_are_written_atomically_with_the_selected_weights(tmp_
     from labkit.lab import depth_runs
     from labkit.train import load_checkpoint, save_checkpoint
 
-    cfg2 = dict(depth_runs(1))["depth-2-corrected"]
-    runs = []
-    for seed, val in ((0, 0.6), (1, 0.7)):
-        ckpt = tmp_path / f"run{seed}" / "checkpoint.pt"
-        ckpt.parent.mkdir()
-        save_checkpoint(ckpt, {"model": {"w": torch.zeros(1)}, "best_state": {"w": torch.full((1,), float(seed))}})
-        summary = {"best_val_acc": val, "selected_epoch": 3 + seed, "test_acc": val}
-        runs.append(SimpleNamespace(id=f"depth-2-corrected-{seed}", name="depth-2-corrected", config=cfg2.replace(seed=seed), summary=summary, checkpoint=ckpt))
+    cfgs = dict(depth_runs(1))
+
+    def runs(name, vals_tests):  # one run per (best_val_acc, test_acc); its weights hold its seed
+        out = []
+        for seed, (val, test) in enumerate(vals_tests):
+            ckpt = tmp_path / f"{name}-{seed}" / "checkpoint.pt"
+            ckpt.parent.mkdir()
+            save_checkpoint(ckpt, {"model": {"w": torch.zeros(1)}, "best_state": {"w": torch.full((1,), float(seed))}})
+            summary = {"best_val_acc": val, "selected_epoch": 3 + seed, "test_acc": test}
+            out.append(SimpleNamespace(id=f"{name}-{seed}", name=name, config=cfgs[name].replace(seed=seed), summary=summary, checkpoint=ckpt))
+        return out
+
+    # The best validation accuracy is neither the first seed, nor the last, nor the best on test
+    # (selection on validation only); a run without the number never wins.
+    lays2 = runs("depth-2-corrected", [(0.6, 0.9), (0.8, 0.5), (0.7, 0.95), (None, 0.99)])
     out = tmp_path / "out"
-    rows = A.export_depth_checkpoints(runs, out).set_index("run")
+    rows = A.export_depth_checkpoints(lays2, out).set_index("run")
     assert rows.loc["depth-2-corrected-1", "status"] == "written: weights of epoch 4 (best validation accuracy)"
     assert rows.loc["—", "status"] == "not written: run missing"  # no lays-3 run
     state = load_checkpoint(out / "checkpoint-block-2.pth")
     assert state["run"] == "depth-2-corrected-1" and state["model"]["w"].item() == 1.0  # the best seed's selected weights
+    assert (state["selected_epoch"], state["val_acc"], state["test_acc"]) == (4, 0.8, 0.5)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-block-2.pth"]  # no temp file left
+    # lays 3: its best is the first seed; each file takes its own depth's best
+    lays3 = runs("depth-3-corrected", [(0.75, 0.6), (0.74, 0.7)])
+    seed_recipe = [SimpleNamespace(id="depth-3-seed-0", name="depth-3-seed", summary={"best_val_acc": 0.99}, checkpoint=tmp_path / "none")]
+    rows = A.export_depth_checkpoints(seed_recipe + lays3 + lays2, out).set_index("file")["run"]
+    assert rows.to_dict() == {str(out / "checkpoint-block-2.pth"): "depth-2-corrected-1", str(out / "checkpoint-block-3.pth"): "depth-3-corrected-0"}
+    assert load_checkpoint(out / "checkpoint-block-3.pth")["run"] == "depth-3-corrected-0"
 
 
 # Student-t 0.975 quantiles from printed tables: what the intervals below are computed with by hand.
@@ -249,6 +263,46 @@ def test_deeper_is_better_is_judged_the_right_way_round_with_three_seeds():
     assert row["best val acc %"] == "73.00 ± 2.00 SD (n=3)" and row["selected epoch (best val)"] == "10, 11, 12"
     assert row["Δ ours − seed, pts"] == pytest.approx(72.0 - 89.27)
     assert table.iloc[0]["test acc % (once)"] == "62.00 ± 2.00 SD (n=3)" and table.iloc[1]["Δ ours − seed, pts"] == pytest.approx(92.0 - 86.32)
+
+
+def test_final_table_and_best_vs_seed_numbers_by_hand():
+    from labkit.config import MODERN
+    from labkit.lab import final_runs
+
+    final_cfg = dict(final_runs(1))["final"]
+    final = _named_runs("final", final_cfg, test_acc=[0.80, 0.82, 0.84], final_loss_sum=[120.0, 125.0, 130.0], final_val_acc=[0.79, 0.80, 0.84])
+    modern = _named_runs("modern", MODERN, test_acc=[0.90, 0.92, 0.94])
+    t = A.final_table(final, modern).set_index("measure", append=True)
+    cols = ["seed's number", "n", "ours: mean ± SD", "ours: 95% CI", "Δ ours − seed"]
+
+    def expect(values, seed, scale=100, digits=2):
+        m, sd, h = _by_hand(values)
+        return ["—" if seed is None else f"{seed * scale:.{digits}f}", 3, f"{m * scale:.{digits}f} ± {sd * scale:.{digits}f}",
+                f"[{(m - h) * scale:.{digits}f}, {(m + h) * scale:.{digits}f}]", "—" if seed is None else f"{(m - seed) * scale:+.{digits}f}"]
+
+    rows = {measure: list(r[cols]) for (_, measure), r in t.iterrows()}
+    assert [m for _, m in t.index] == ["test accuracy %", "final loss (summed over the epoch)", "validation accuracy %", "test accuracy %"]
+    assert list(t.iloc[0][cols]) == expect([0.80, 0.82, 0.84], 0.8336) == ["83.36", 3, "82.00 ± 2.00", "[77.03, 86.97]", "-1.36"]
+    assert rows["final loss (summed over the epoch)"] == expect([120.0, 125.0, 130.0], 126.53595, 1, 3) == ["126.536", 3, "125.000 ± 5.000", "[112.579, 137.421]", "-1.536"]
+    assert rows["validation accuracy %"] == expect([0.79, 0.80, 0.84], None) == ["—", 3, "81.00 ± 2.65", "[74.43, 87.57]", "—"]
+    assert list(t.iloc[3][cols]) == expect([0.90, 0.92, 0.94], 0.8927) == ["89.27", 3, "92.00 ± 2.00", "[87.03, 96.97]", "+2.73"]
+    assert t.iloc[3]["run"] == "labkit's best: modern preset, test-time flip" and t.iloc[0]["run"] == f"table 11: seed-faithful, {final_cfg.epochs} epochs"
+    # best_vs_seed: modern − final by Welch (equal SDs and n: df 4), then the seed's best against our CI
+    best = A.best_vs_seed(final, modern)
+    half = T975[4] * math.sqrt(0.02**2 / 3 + 0.02**2 / 3)
+    assert list(best["Δ, pts [95% Welch CI]"]) == [f"+10.00 pts [{(0.10 - half) * 100:+.2f}, {(0.10 + half) * 100:+.2f}]", "+2.73 pts"]
+    assert list(best["runs"]) == ["3 vs 3", "3"]
+    _, _, h = _by_hand([0.90, 0.92, 0.94])
+    assert 0.92 - h < 0.8927 < 0.92 + h
+    assert list(best["note"]) == ["confirmed: the CI lies above 0", "the seed's 89.27% lies inside our 95% CI"]
+    # the other way round: modern below final, and below the seed's best
+    worse = _named_runs("modern", MODERN, test_acc=[0.70, 0.72, 0.74])
+    _, _, h = _by_hand([0.70, 0.72, 0.74])
+    assert 0.72 + h < 0.8927
+    best = A.best_vs_seed(final, worse)
+    assert list(best["Δ, pts [95% Welch CI]"]) == ["-10.00 pts [-14.53, -5.47]", "-17.27 pts"]
+    assert list(best["note"]) == ["refuted: the opposite holds (CI below 0)", "the seed's 89.27% lies above our 95% CI"]
+    assert list(A.best_vs_seed(final, worse[:1])["note"])[1] == "one run: no interval"
 
 
 def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
