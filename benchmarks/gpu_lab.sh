@@ -14,6 +14,9 @@
 #                     store, lanes chosen from the benchmark (which also breaks the step down
 #                     by op; compile=COMPILE times compile too, at the cost of the sweep's
 #                     budget); of the GPU tests only the dropout-graph ones. BUDGET_S=570.
+#                     ONLY=NOTEBOOK[,...] (finish and time) sweeps only those notebooks'
+#                     runs (labkit sweep --only; the script's test takes 05_final);
+#                     default: the whole plan, as a lease must time it.
 #   accuracy          the seed's recipe as the seed wrote it, 30 epochs x SEEDS (3), against
 #                     labkit's baseline runs in report/runs (validation accuracy, Welch CI).
 #   modern            modern-preset variants, VARIANTS="EPOCHS[:key=value,...] ..." (default
@@ -50,6 +53,9 @@ esac
 if [ -n "${RETRAIN:-}" ] && [ "$MODE" != finish ]; then
   echo "RETRAIN goes with MODE=finish (it retrains runs of report/runs), got MODE=$MODE"; exit 2
 fi
+if [ -n "${ONLY:-}" ] && [ "$MODE" != finish ] && [ "$MODE" != time ]; then
+  echo "ONLY goes with MODE=finish or time (it narrows their sweep), got MODE=$MODE"; exit 2
+fi
 # "EPOCHS:key=value,key=value" -> $epochs and the array sets=(--set key=value ...)
 variant() {
   epochs=${1%%:*}; sets=()
@@ -63,7 +69,7 @@ RUNS=${RUNS_DIR:-$($PY -c "from labkit.lab import get_profile; print(get_profile
 
 main() {
 fail=0  # set by a step whose failure leaves nothing to report: the script's exit status
-echo "== $(date -u +%FT%TZ) mode $MODE, profile $PROFILE, protocol $PROTOCOL, $SEEDS seed(s), budget ${BUDGET_S}s, code ${LABKIT_CODE_VERSION:-?}"
+echo "== $(date -u +%FT%TZ) mode $MODE, profile $PROFILE, protocol $PROTOCOL${ONLY:+ (only $ONLY)}, $SEEDS seed(s), budget ${BUDGET_S}s, code ${LABKIT_CODE_VERSION:-?}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
@@ -112,7 +118,7 @@ fi
 if [ "$MODE" = finish ] || [ "$MODE" = time ]; then
   echo "== sweep until $(date -u -d @$deadline +%TZ) into $RUNS"
   SWEEP=($PY -m labkit sweep --profile "$PROFILE" --protocol "$PROTOCOL" --seeds "$SEEDS" --data-dir "$DATA" --runs-dir "$RUNS"
-         --deadline "$deadline" --checkpoint-every 0 --timing-json "$OUT/sweep.json")
+         --deadline "$deadline" --checkpoint-every 0 --timing-json "$OUT/sweep.json" ${ONLY:+--only "$ONLY"})
   "${SWEEP[@]}" --lanes auto --compile auto --bench-json "$OUT/bench.json" \
     || { echo "== sweep failed; once more with one lane, no compile"; "${SWEEP[@]}" --lanes 1 --timing-json "$OUT/sweep-retry.json"; }
   if [ "$MODE" = time ]; then

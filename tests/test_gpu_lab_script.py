@@ -31,6 +31,7 @@ def test_script_parses():
         ({"MODE": "fast"}, "MODE must be finish, speed, time, accuracy, modern or confirm, got fast"),
         ({"MODE": "confirm"}, "MODE=confirm needs WINNER"),
         ({"MODE": "time", "RETRAIN": "3887dc1"}, "RETRAIN goes with MODE=finish"),
+        ({"MODE": "speed", "ONLY": "05_final"}, "ONLY goes with MODE=finish or time (it narrows their sweep), got MODE=speed"),
     ],
 )
 def test_bad_modes_stop_before_anything_runs(tmp_path, env, message):
@@ -64,14 +65,37 @@ def test_confirm_fails_when_no_seed_finished(tmp_path):
 
 
 def test_time_times_the_seed_protocol_from_nothing(tmp_path):
-    # the next lease's first call: benchmark, then the seed protocol's 12 runs into a fresh store
-    out = _run(tmp_path, MODE="time", RUNS_DIR=str(tmp_path / "out" / "protocol-runs"))
+    # the next lease's first call: benchmark, then the seed protocol's runs into a fresh store;
+    # ONLY= narrows the sweep to notebook 05's one run (the whole protocol's 12 train elsewhere
+    # in this suite; a lease leaves ONLY unset and times them all: the test below)
+    out = _run(tmp_path, MODE="time", RUNS_DIR=str(tmp_path / "out" / "protocol-runs"), ONLY="05_final")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rec = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert rec["from_nothing"] is True and rec["protocol"] == "seed" and rec["seeds"] == 1
-    assert rec["counts"] == {"done": 12, "cached": 0, "skipped": 0, "stopped": 0, "failed": 0}
+    assert rec["counts"] == {"done": 1, "cached": 0, "skipped": 0, "stopped": 0, "failed": 0}
+    assert [(j["name"], j["status"]) for j in rec["jobs"]] == [("final", "done")] and rec["jobs"][0]["train_seconds"] > 0
+    assert "protocol seed (only 05_final), 1 seed(s)" in (tmp_path / "out" / "log.txt").read_text()
     bench = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert "not a speed figure" in bench["note"]  # a CPU check, never presented as a GPU result
     assert str(tmp_path) not in (tmp_path / "out" / "sweep.json").read_text()
     compare = (tmp_path / "out" / "compare.txt").read_text()
     assert compare.startswith("no finished run of") or compare.split()[:3] == ["run", "code", "(new)"], compare
+    assert (tmp_path / "out" / "runs.tar.gz").is_file() and "final-" in (tmp_path / "out" / "runs.txt").read_text()
+
+
+def test_time_sweeps_the_whole_protocol_unless_told_only(tmp_path):
+    """Without ONLY the sweep gets no --only: the command a lease runs times all the protocol.
+    PY is a stand-in that records each call and succeeds (a CUDA check included): the
+    script takes its GPU path and trains nothing."""
+    calls = tmp_path / "calls.txt"
+    py = tmp_path / "py"
+    py.write_text(f'#!/bin/bash\necho "$*" >> {calls}\n')
+    py.chmod(0o755)
+    for only in (None, "03_depth_limit,05_final"):
+        calls.unlink(missing_ok=True)
+        out = _run(tmp_path, MODE="time", PY=str(py), RUNS_DIR=str(tmp_path / "runs"), **({"ONLY": only} if only else {}))
+        assert out.returncode == 0, out.stdout[-3000:]
+        (sweep,) = [c for c in calls.read_text().splitlines() if c.startswith("-m labkit sweep ")]
+        assert "--protocol seed --seeds 1 " in sweep and "--lanes auto --compile auto" in sweep, sweep
+        assert sweep.endswith("--lanes auto --compile auto --bench-json " + str(tmp_path / "out" / "bench.json")), sweep
+        assert ("--only" in sweep) == (only is not None) and (only is None or f"--only {only} " in sweep), sweep
