@@ -760,19 +760,53 @@ def test_smoke_report_pdf(smoke_lab):
 
 
 @pytest.mark.slow
-def test_export_again_retrains_nothing(smoke_lab, monkeypatch, capsys):
-    """--no-train renders from the store: no new runs, no run touched; without Chromium, HTML only."""
-    root = smoke_lab.root
+def test_export_again_retrains_nothing(smoke_lab, tmp_path, monkeypatch, capsys):
+    """--no-train renders from the store: a run missing from it is reported missing, never
+    trained; no run touched, none added; every notebook is told allow_train=False; without
+    Chromium, the HTML only.
+
+    On a copy of the session's store (other tests read the session's own), with one of
+    notebook 03's runs made unfinished (its summary.json moved aside). Notebook 03, which
+    plans that run, is executed for real; the others are stood in for by the session's
+    executed notebooks (what they render from the same store), so the merge and export still
+    see every section while only one kernel starts.
+    """
+    import shutil
+
+    root = tmp_path / "root"
     runs = root / "build" / "smoke" / "runs"
+    shutil.copytree(smoke_lab.runs, runs)
+    (gone,) = [d for d in runs.iterdir() if (d / "config.json").is_file() and json.loads((d / "config.json").read_text())["name"] == "depth-3-corrected"]
+    (gone / "summary.json").rename(tmp_path / "summary.json.aside")
     before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    executed = {p.stem: p for p in smoke_lab.report.notebooks}
+    real_execute = R.execute
+    told: dict[str, dict] = {}
+
+    def execute(job, out_dir, cwd, notebook_dir=R.NOTEBOOK_DIR):
+        told[job.key] = dict(job.parameters)
+        if job.key == "03_depth_limit":
+            return real_execute(job, out_dir, cwd, notebook_dir)
+        return Path(shutil.copy(executed[job.key], out_dir / f"{job.key}.ipynb"))
+
+    monkeypatch.setattr(R, "execute", execute)
     monkeypatch.setattr(R, "find_chromium", lambda: None)
     again = R.run_lab("smoke", root=root, out=root / "again", allow_train=False)
+    # every notebook told not to train (the summary only reads the store: it takes no allow_train)
+    assert sorted(told) == sorted(executed)
+    assert {k: p.get("allow_train", "none") for k, p in told.items()} == {k: "none" if k == "00_summary" else False for k in told}
+    nb03 = nbformat.read(again.report_dir / "03_depth_limit.ipynb", as_version=4)
+    assert nb03.metadata["papermill"]["parameters"]["allow_train"] is False  # what the kernel received
+    # the missing run stayed missing, and said so; no run touched, none added
     after = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
-    assert before == after and len(list(runs.iterdir())) == len(before)
+    assert not (gone / "summary.json").exists() and before == after
+    assert sorted(d.name for d in runs.iterdir()) == sorted(d.name for d in smoke_lab.runs.iterdir())
+    said = "".join(str(o.get("data", {}).get("text/html", "")) for c in nb03.cells if c.cell_type == "code" for o in c.outputs)
+    assert "1 run(s) missing" in said and f"<code>{gone.name}</code>" in said, said[:2000]
+    html = again.html.read_text()
+    assert "1 run(s) missing" in html and f"<code>{gone.name}</code>" in html
     assert again.pdf is None and again.html.is_file()
     assert "no Chromium on PATH" in capsys.readouterr().out
-    html = again.html.read_text()
-    assert "run(s) missing" not in html
     assert all(f'id="T_tbl-{t}"' in html for t in TABLES)
 
 
