@@ -341,7 +341,7 @@ def cmd_sweep(args) -> int:
             rec = sweep_record(
                 done, lab.store, wall, command=args.command, profile=args.profile, protocol=args.protocol,
                 seeds=args.seeds or lab.profile.seeds, lanes=used, workers=args.workers, compile=mode or "off",
-                data_dir=args.data_dir,
+                data_dir=args.data_dir, only=args.only.split(",") if args.only else None,
             )
             Path(args.timing_json).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(Path(args.timing_json), json.dumps(rec, indent=2))

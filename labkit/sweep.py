@@ -391,7 +391,9 @@ def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) 
     """What a sweep took, run by run, as JSON-able data: the whole-lab wall time record.
 
     `from_nothing` is true only when no run came from the store and none was skipped or
-    stopped: then `wall_seconds` is the time of the whole plan from nothing.
+    stopped: then `wall_seconds` is the time of the runs swept from nothing. `whole_plan` is
+    false when `only` (sweep --only: those notebooks' runs) narrowed the plan: then it is not
+    the protocol's time.
     """
     import datetime as _dt
     import platform
@@ -422,6 +424,7 @@ def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) 
         "wall_seconds": round(wall_seconds, 3),
         "counts": counts,
         "from_nothing": counts["done"] == len(done),
+        "whole_plan": not meta.get("only"),
         "train_seconds_sum": round(sum(r["train_seconds"] or 0.0 for r in rows if r["status"] == "done"), 3),
         "jobs": rows,
     }

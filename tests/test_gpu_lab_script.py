@@ -72,6 +72,7 @@ def test_time_times_the_seed_protocol_from_nothing(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rec = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert rec["from_nothing"] is True and rec["protocol"] == "seed" and rec["seeds"] == 1
+    assert rec["only"] == ["05_final"] and rec["whole_plan"] is False  # never read as the protocol's time
     assert rec["counts"] == {"done": 1, "cached": 0, "skipped": 0, "stopped": 0, "failed": 0}
     assert [(j["name"], j["status"]) for j in rec["jobs"]] == [("final", "done")] and rec["jobs"][0]["train_seconds"] > 0
     assert "protocol seed (only 05_final), 1 seed(s)" in (tmp_path / "out" / "log.txt").read_text()

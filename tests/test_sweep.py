@@ -253,6 +253,16 @@ def test_seed_protocol_leaves_out_only_the_modern_runs():
 # -- the sweep's timing record (CLI) --------------------------------------------------------
 
 
+def test_timing_record_says_whether_it_timed_the_whole_plan(tmp_path):
+    from labkit.runs import RunStore
+    from labkit.sweep import sweep_record
+
+    store = RunStore(tmp_path / "runs")
+    assert sweep_record([], store, 1.0, only=None)["whole_plan"] is True
+    assert sweep_record([], store, 1.0)["whole_plan"] is True
+    assert sweep_record([], store, 1.0, only=["05_final"])["whole_plan"] is False
+
+
 def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["sweep", "--profile", "smoke", "--seeds", "1", "--only", "03_depth_limit", "--protocol", "seed",
@@ -260,6 +270,7 @@ def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
     assert main(args) == 0
     rec = json.loads((tmp_path / "t1.json").read_text())
     assert rec["from_nothing"] is True and rec["counts"]["done"] == 4
+    assert rec["only"] == ["03_depth_limit"] and rec["whole_plan"] is False  # the runs' time, not the protocol's
     assert rec["protocol"] == "seed" and rec["profile"] == "smoke" and rec["compile"] == "off"
     assert {j["name"] for j in rec["jobs"]} == {"depth-2-seed", "depth-2-corrected", "depth-3-seed", "depth-3-corrected"}
     for j in rec["jobs"]:
