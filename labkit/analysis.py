@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from html import escape as html_escape
 from pathlib import Path
@@ -28,6 +28,8 @@ from .config import (
     ConfigError,
     TrainConfig,
     ablation,
+    check_choice,
+    check_positive_int,
     seed_ablation_config,
 )
 from .lab import (
@@ -102,16 +104,7 @@ def check_seeds(seeds, lab: Lab | None = None) -> int:
     """`seeds` checked; None means the profile's own number (with `lab`)."""
     if seeds is None and lab is not None:
         return lab.profile.seeds
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise ConfigError(f"seeds must be a positive int (runs per configuration), got {seeds!r}")
-    return seeds
-
-
-def check_choice(name: str, value, allowed: Iterable):
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
+    return check_positive_int("seeds", seeds, "runs per configuration")
 
 
 def check_bool(name: str, value) -> bool:

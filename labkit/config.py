@@ -25,6 +25,8 @@ __all__ = [
     "SEED_NUMBERS",
     "preset",
     "parse_overrides",
+    "check_choice",
+    "check_positive_int",
     "check_notebook_parameters",
 ]
 
@@ -109,15 +111,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         c = self
-        _one_of("optimizer", c.optimizer, OPTIMIZERS)
-        _one_of("schedule", c.schedule, SCHEDULES)
-        _one_of("precision", c.precision, PRECISIONS)
-        _one_of("device", c.device, DEVICES)
-        _one_of("split", c.split, SPLITS)
-        _one_of("norm", c.norm, NORMS)
-        _one_of("stem", c.stem, STEMS)
-        _one_of("select", c.select, SELECTS)
-        _one_of("compile", c.compile, COMPILE_MODES)
+        check_choice("optimizer", c.optimizer, OPTIMIZERS)
+        check_choice("schedule", c.schedule, SCHEDULES)
+        check_choice("precision", c.precision, PRECISIONS)
+        check_choice("device", c.device, DEVICES)
+        check_choice("split", c.split, SPLITS)
+        check_choice("norm", c.norm, NORMS)
+        check_choice("stem", c.stem, STEMS)
+        check_choice("select", c.select, SELECTS)
+        check_choice("compile", c.compile, COMPILE_MODES)
         if len(c.lays) != 4 or any(n < 1 for n in c.lays):
             raise ConfigError(f"lays must be four positive ints (blocks per stage), got {list(c.lays)}")
         _positive("width", c.width)
@@ -212,9 +214,18 @@ def _default(f: dataclasses.Field):
 # ---------------------------------------------------------------------------------------
 
 
-def _one_of(name: str, value, allowed) -> None:
+def check_choice(name: str, value, allowed):
+    """`value` if it is one of `allowed`, else a ConfigError naming the setting and the choices."""
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def check_positive_int(name: str, value, what: str = "") -> int:
+    """`value` if it is an int >= 1 (not a bool), else a ConfigError naming the setting."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive int{f' ({what})' if what else ''}, got {value!r}")
+    return value
 
 
 def _positive(name: str, value) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import SPLITS
+
 __all__ = [
     "ARCHIVE_MD5",
     "BATCH_MD5",
@@ -57,7 +59,7 @@ SYNTHETIC_KEY = "labkit_synthetic"  # in batches.meta of labkit's synthetic data
 SYNTHETIC_MADE_KEY = "labkit_synthetic_made"  # ... and the same as numbers: {"seed", "per_batch", "test_size"}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# Per-channel constants. "seed": the seed report's (its std is the mean of per-image stds);
+# Per-channel constants, one pair for each of config.NORMS. "seed": the seed report's (its std is the mean of per-image stds);
 # "dataset": mean and std over all 50,000 official training pixels.
 NORMS = {
     "seed": ((0.49139968, 0.48215841, 0.44653091), (0.20220212, 0.19931542, 0.20086346)),
@@ -404,9 +406,6 @@ class Dataset:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
-
-
-SPLITS = ("seed", "full")
 
 
 def load_cifar10(

@@ -7,6 +7,9 @@ Profiles:
   full   the real protocol on CIFAR-10 (GPU; days on a CPU, so never started there silently)
   quick  real CIFAR-10, 5,000 training images, a half-width net, few epochs, one seed
   smoke  synthetic CIFAR-format data and a tiny net: minutes on a CPU, for CI and a first look
+
+The main job (`python -m labkit lab`: train the plan, execute the notebooks, export the
+report) is labkit.report.run_lab; the sweep that trains a plan is labkit.sweep.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .config import (
     SEED_FINAL,
     ConfigError,
     TrainConfig,
+    check_positive_int,
     seed_ablation_config,
 )
 from .data import DataError, Dataset, load_cifar10, refuse_runs_on_other_data
@@ -165,9 +169,7 @@ def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
     p = get_profile(profile_name)
-    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
-        raise ConfigError(f"seeds must be a positive int (runs per configuration), got {seeds!r}")
-    n = p.seeds if seeds is None else seeds
+    n = p.seeds if seeds is None else check_positive_int("seeds", seeds, "runs per configuration")
     rows = [("04_ablations", *ablation_run(a.key, 0)) for a in SEED_ABLATIONS]
     rows += [("05_final", *final_run(0))] + [("03_depth_limit", *r) for r in depth_runs(1)] + [("05_final", *modern_run(0))]
     rows += [("04_ablations", *ablation_run(a.key, s)) for s in range(1, n) for a in SEED_ABLATIONS]

@@ -17,9 +17,10 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
+from .config import STEMS
+
 __all__ = ["BasicBlock", "Dropout", "ResNet", "build_model", "count_params", "flops_per_image", "run_gflop", "STEMS"]
 
-STEMS = ("3x3", "7x7")
 WIDTH_MULTIPLIERS = (1, 2, 4, 8)
 STRIDES = (1, 2, 2, 2)
 

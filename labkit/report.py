@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from .config import ABLATION_GROUPS, ConfigError
-from .lab import Profile, get_profile
+from .config import ABLATION_GROUPS, check_choice, check_positive_int
+from .lab import PROFILES, Profile, get_profile
 from .train import duration as _duration
 
-__all__ = ["Job", "LabError", "LabReport", "export_html", "find_chromium", "jobs", "merge", "print_pdf", "resolve_profile", "run_lab"]
+__all__ = ["NotebookJob", "LabError", "LabReport", "export_html", "find_chromium", "jobs", "merge", "print_pdf", "resolve_profile", "run_lab"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -96,7 +96,7 @@ class LabError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Job:
+class NotebookJob:
     key: str  # the executed notebook's name in the report folder, e.g. 04_ablations-dropout
     notebook: str  # the source notebook, e.g. 04_ablations
     title: str
@@ -115,24 +115,24 @@ class LabReport:
     reason: str = ""
 
 
-def jobs(common: dict, seeds: int, lab_started: float = 0.0) -> list[Job]:
+def jobs(common: dict, seeds: int, lab_started: float = 0.0) -> list[NotebookJob]:
     """The notebooks in the order they run (the summary last, once the store is full)."""
     out = [
-        Job("01_data", "01_data", TITLES["01_data"], dict(common)),
-        Job("02_model", "02_model", TITLES["02_model"], dict(common)),
-        Job("03_depth_limit", "03_depth_limit", TITLES["03_depth_limit"], dict(common)),
+        NotebookJob("01_data", "01_data", TITLES["01_data"], dict(common)),
+        NotebookJob("02_model", "02_model", TITLES["02_model"], dict(common)),
+        NotebookJob("03_depth_limit", "03_depth_limit", TITLES["03_depth_limit"], dict(common)),
     ]
     for i, ab in enumerate(ABLATION_GROUPS):
         title = f"4{'abcdefgh'[i]}. Ablation: {ABLATION_TITLES.get(ab, ab)}"
-        out.append(Job(f"04_ablations-{ab}", "04_ablations", title, {**common, "ablation": ab, "seeds": seeds}))
-    out.append(Job("05_final", "05_final", TITLES["05_final"], {**common, "seeds": seeds}))
+        out.append(NotebookJob(f"04_ablations-{ab}", "04_ablations", title, {**common, "ablation": ab, "seeds": seeds}))
+    out.append(NotebookJob("05_final", "05_final", TITLES["05_final"], {**common, "seeds": seeds}))
     # The summary only reads the store: it takes no allow_train.
     reads = {k: v for k, v in common.items() if k != "allow_train"}
-    out.append(Job("00_summary", "00_summary", TITLES["00_summary"], {**reads, "seeds": seeds, "lab_started": lab_started}))
+    out.append(NotebookJob("00_summary", "00_summary", TITLES["00_summary"], {**reads, "seeds": seeds, "lab_started": lab_started}))
     return out
 
 
-def report_order(js: list[Job]) -> list[Job]:
+def report_order(js: list[NotebookJob]) -> list[NotebookJob]:
     """The summary opens the report; the rest in the order they ran."""
     return sorted(js, key=lambda j: j.notebook != "00_summary")
 
@@ -171,8 +171,7 @@ def resolve_profile(
     left out): full never starts training there unless `allow_cpu` (days), quick only when
     the estimate is under CPU_LIMIT_S; with nothing left to train, both go ahead.
     """
-    if requested not in ("auto", "full", "quick", "smoke"):
-        raise ConfigError(f"profile must be one of ['auto', 'full', 'quick', 'smoke'], got {requested!r}")
+    check_choice("profile", requested, ("auto", *sorted(PROFILES)))
     if cuda is None:
         import torch
 
@@ -243,7 +242,7 @@ def _rel(path: str | os.PathLike) -> str:
         return str(p)
 
 
-def execute(job: Job, out_dir: Path, cwd: Path, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
+def execute(job: NotebookJob, out_dir: Path, cwd: Path, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
     """Run one notebook with papermill; its progress bar and the kernel's stderr (training bars,
     run logs) go to this process's stderr as they come."""
     import papermill as pm
@@ -290,7 +289,7 @@ def _section_id(key: str) -> str:
     return "sec-" + _cell_id(key)
 
 
-def merge(parts: list[tuple[Job, Path]], title: str, intro: str = ""):
+def merge(parts: list[tuple[NotebookJob, Path]], title: str, intro: str = ""):
     """One notebook of all executed parts, with a contents list; stderr outputs dropped."""
     import nbformat
 
@@ -491,8 +490,8 @@ def run_lab(
 ) -> LabReport:
     """Run every notebook of the lab, then export the report. See the module's docstring."""
     t0 = time.time()
-    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
-        raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
+    if seeds is not None:
+        check_positive_int("seeds", seeds, "runs per configuration")
     root = Path(root).resolve()
     # Where the notebooks' Lab is to look for the data: checked there, not in the working
     # directory; a relative --data-dir or $LABKIT_DATA means from here.
@@ -504,8 +503,8 @@ def run_lab(
     name, reason = resolve_profile(profile, data_at, allow_train, allow_cpu, seeds=seeds, store=store)
     prof: Profile = get_profile(name)
     n_seeds = prof.seeds if seeds is None else seeds
-    if lanes is not None and (not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1):
-        raise ConfigError(f"lanes must be a positive int, got {lanes!r}")
+    if lanes is not None:
+        check_positive_int("lanes", lanes, "runs side by side per GPU")
     report_dir = Path(out).resolve() if out else root / prof.report_dir
     if report_dir == NOTEBOOK_DIR.resolve():
         raise LabError(f"--out {report_dir} is the notebooks' own folder: the executed copies would overwrite them")
@@ -557,7 +556,7 @@ def run_lab(
         failed = [j for j in done_jobs if j.status == "failed"]
         if failed:
             log(f"{len(failed)} run(s) failed side by side; the notebooks train them one at a time")
-    done: list[tuple[Job, Path]] = []
+    done: list[tuple[NotebookJob, Path]] = []
     timings: dict[str, float] = {}
     for i, job in enumerate(todo, 1):
         extra = f" ({job.parameters['ablation']})" if "ablation" in job.parameters else ""

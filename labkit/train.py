@@ -11,6 +11,7 @@ trains on its slice of it, so the run computes what one process would (up to rou
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import platform
@@ -391,7 +392,7 @@ def train(
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_subset:
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
-    d = Dataset(train_x, train_y, data.val_x, data.val_y, data.test_x, data.test_y, data.source, data.split, data.val_size).to(device)
+    d = dataclasses.replace(data, train_x=train_x, train_y=train_y).to(device)
     n = len(d.train_y)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
 

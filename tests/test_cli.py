@@ -304,8 +304,8 @@ def test_lab_passes_every_option_to_run_lab(monkeypatch):
     }
 
 
-@pytest.mark.parametrize("flag, message", [("--seeds", "seeds must be a positive int, got 0"),
-                                           ("--lanes", "lanes must be a positive int, got 0")])
+@pytest.mark.parametrize("flag, message", [("--seeds", "seeds must be a positive int (runs per configuration), got 0"),
+                                           ("--lanes", "lanes must be a positive int (runs side by side per GPU), got 0")])
 def test_lab_refuses_zero_seeds_or_lanes_in_one_line_before_any_work(tmp_path, capsys, monkeypatch, flag, message):
     import labkit.report
 

@@ -619,7 +619,7 @@ def test_merge_unique_ids_contents_and_no_stderr(tmp_path):
     for key in ("00_summary", "01_data", "04_ablations-dropout"):
         p = tmp_path / f"{key}.ipynb"
         nbformat.write(_tiny_nb(key, "same"), p)
-        parts.append((R.Job(key, key.split("-")[0], f"Title {key}"), p))
+        parts.append((R.NotebookJob(key, key.split("-")[0], f"Title {key}"), p))
     merged = R.merge(parts, "Report", "intro")
     ids = [c.id for c in merged.cells]
     assert len(ids) == len(set(ids))
