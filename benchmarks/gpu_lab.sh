@@ -65,7 +65,8 @@ mkdir -p "$OUT"
 deadline=$(( $(date +%s) + BUDGET_S ))
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-RUNS=${RUNS_DIR:-$($PY -c "from labkit.lab import get_profile; print(get_profile('$PROFILE').runs_dir)")}
+PROFILE_RUNS=$($PY -c "from labkit.lab import get_profile; print(get_profile('$PROFILE').runs_dir)")
+RUNS=${RUNS_DIR:-$PROFILE_RUNS}
 
 main() {
 fail=0  # set by a step whose failure leaves nothing to report: the script's exit status
@@ -130,7 +131,7 @@ from labkit.analysis import compare_runs
 from labkit.runs import RunStore
 t = compare_runs(RunStore(sys.argv[1]).all(), RunStore(sys.argv[2]).all())
 print(t.to_string(index=False) if len(t) else f'no finished run of {sys.argv[1]} is in {sys.argv[2]}')
-" "$RUNS" "$($PY -c "from labkit.lab import get_profile; print(get_profile('$PROFILE').runs_dir)")" > "$OUT/compare.txt" \
+" "$RUNS" "$PROFILE_RUNS" > "$OUT/compare.txt" \
       && echo "== the new runs beside the profile's store: $OUT/compare.txt" && cat "$OUT/compare.txt" \
       || echo "== comparison with the profile's store failed (exit $?)"
   fi
