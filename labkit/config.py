@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -167,9 +168,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
+            raise ConfigError(f"unknown config key(s) {unknown}{did_you_mean(unknown[0], known)} (known: {known})")
         d = dict(d)
         if "lays" in d and isinstance(d["lays"], list):
             d["lays"] = tuple(d["lays"])
@@ -214,10 +216,16 @@ def _default(f: dataclasses.Field):
 # ---------------------------------------------------------------------------------------
 
 
+def did_you_mean(value, known) -> str:
+    """"; did you mean 'width'?" when `value` is a near miss of one of `known`, else ''."""
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def check_choice(name: str, value, allowed):
     """`value` if it is one of `allowed`, else a ConfigError naming the setting and the choices."""
     if value not in allowed:
-        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}{did_you_mean(value, allowed)}")
     return value
 
 
@@ -303,7 +311,7 @@ def check_notebook_parameters(history: list[str] | None = None) -> None:
     unknown = sorted(given - declared)
     if unknown:
         raise ConfigError(
-            f"unknown notebook parameter(s) {unknown} (papermill -p); this notebook takes {sorted(declared)}"
+            f"unknown notebook parameter(s) {unknown} (papermill -p){did_you_mean(unknown[0], declared)}; this notebook takes {sorted(declared)}"
         )
 
 
@@ -357,7 +365,7 @@ def preset(name: str, **overrides: object) -> TrainConfig:
     """The preset `name` ("seed": the seed's protocol exactly; "modern": labkit's recipe),
     with `overrides` applied, e.g. preset("seed", dropout=0.4, seed=1)."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)} (known: {sorted(PRESETS)})")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 
@@ -418,7 +426,8 @@ def ablation(key: str) -> Ablation:
     for a in SEED_ABLATIONS:
         if a.key == key:
             return a
-    raise ConfigError(f"unknown ablation {key!r}; known: {[a.key for a in SEED_ABLATIONS]}")
+    keys = [a.key for a in SEED_ABLATIONS]
+    raise ConfigError(f"unknown ablation {key!r}{did_you_mean(key, keys)} (known: {keys})")
 
 
 def seed_ablation_config(key: str, base: TrainConfig = SEED) -> TrainConfig:

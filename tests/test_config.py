@@ -271,3 +271,20 @@ def test_a_preset_shortened_below_its_warm_up_says_what_to_set():
     assert preset("modern", epochs=1, warmup_epochs=0.5).warmup_epochs == 0.5
     with pytest.raises(ConfigError, match=r"got -1.0$"):
         preset("modern", warmup_epochs=-1)
+
+
+def test_near_misses_are_named_with_the_close_match():
+    from labkit.config import TrainConfig, check_notebook_parameters, preset
+
+    with pytest.raises(ConfigError, match=r"unknown preset 'sed'; did you mean 'seed'\?"):
+        preset("sed")
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['widht'\]; did you mean 'width'\?"):
+        preset("seed", widht=8)
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['widht'\]; did you mean 'width'\?"):
+        TrainConfig.from_dict({"widht": 8})
+    with pytest.raises(ConfigError, match=r"optimizer must be one of \['adam', 'sgd'\], got 'adma'; did you mean 'adam'\?"):
+        preset("seed", optimizer="adma")
+    with pytest.raises(ConfigError, match=r"unknown notebook parameter\(s\) \['seed'\] \(papermill -p\); did you mean 'seeds'\?"):
+        check_notebook_parameters(["", "seeds = None\nprofile = 'full'", "# Parameters\nseed = 2\n"])
+    with pytest.raises(ConfigError, match=r"unknown preset 'xyz' \(known"):  # no near miss: no guess
+        preset("xyz")
