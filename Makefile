@@ -1,10 +1,11 @@
 # The two commands of the README:
-#   make lab    set up, then run the lab (PROFILE=auto: full into report/ with a GPU and CIFAR-10, else smoke into build/smoke/)
+#   make lab    set up, then run the lab (full into report/ with a GPU and CIFAR-10, else smoke into build/smoke/);
+#               ARGS="..." passes options to `labkit lab`, e.g. make lab ARGS="--dry-run --data-dir D"
 #   make test   set up, then run the test suite
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PROFILE ?= auto
+ARGS ?=
 
 .PHONY: setup lab test lint clean
 
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lab: setup
-	$(PY) -m labkit lab --profile $(PROFILE)
+	$(VENV)/bin/labkit lab $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -19,6 +19,7 @@ from html import escape as html_escape
 from pathlib import Path
 
 import pandas as pd
+from bs4 import BeautifulSoup
 
 from .config import (
     ABLATION_GROUPS,
@@ -32,6 +33,7 @@ from .config import (
     check_positive_int,
     seed_ablation_config,
 )
+from .data import DataError, DataNotFound, Dataset
 from .lab import (
     DEPTH_RECIPES,
     DEPTHS,
@@ -126,6 +128,7 @@ def open_lab(
     allow_train: bool = True,
     root: str | None = None,
     data_label: str | None = None,
+    allow_cpu: bool = False,
 ) -> Lab:
     """Validate a notebook's common parameters and open its Lab; a bad value raises ConfigError.
 
@@ -140,6 +143,7 @@ def open_lab(
 
     check_notebook_parameters()
     check_bool("allow_train", allow_train)
+    check_bool("allow_cpu", allow_cpu)
     for name, v in (("data_dir", data_dir), ("runs_dir", runs_dir)):
         if v is not None and not isinstance(v, str):
             raise ConfigError(f"{name} must be a path string or None, got {type(v).__name__} {v!r}")
@@ -159,7 +163,8 @@ def open_lab(
     where = f"runs_dir {runs_dir!r}" if runs_dir else f"the {prof.name} profile's run store {store}"
     _refuse_file_in_the_way(store, where, "the runs (made when a run is trained)")
     data_label = data_label or os.environ.get("LABKIT_DATA_LABEL") or None
-    lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log, data_label=data_label)
+    lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log, data_label=data_label,
+              allow_cpu=allow_cpu)
     setup_notebook(lab)
     return lab
 
@@ -179,7 +184,7 @@ def depth_checkpoints_dir(lab: Lab, checkpoints_dir: str | Path | None) -> Path:
     written in its last cell, after the runs have trained. None: check_points/ beside the
     profile's report folder (the project's own for the full profile)."""
     if checkpoints_dir is None:
-        return lab.root / Path(lab.profile.report_dir).parent / "check_points"
+        return lab.report_dir.parent / "check_points"
     if isinstance(checkpoints_dir, Path):  # this cell run again: the folder it gave the first time
         return checkpoints_dir
     if not isinstance(checkpoints_dir, str):
@@ -208,9 +213,7 @@ def stderr_log(msg: str) -> None:
 
 
 def setup_notebook(lab: Lab | None = None) -> None:
-    """Figures as SVG, seaborn's theme, wide tables, quiet tqdm; one thread for tiny nets."""
-    import warnings
-
+    """Figures as SVG, seaborn's theme, wide tables; one thread for tiny nets."""
     import matplotlib
     import seaborn as sns
 
@@ -224,7 +227,6 @@ def setup_notebook(lab: Lab | None = None) -> None:
     matplotlib.rcParams.update({"figure.dpi": 100, "svg.fonttype": "path"})
     pd.set_option("display.max_columns", 50)
     pd.set_option("display.width", 200)
-    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm falls back to text bars
     if lab is not None and lab.profile.synthetic:
         import torch
 
@@ -233,13 +235,23 @@ def setup_notebook(lab: Lab | None = None) -> None:
             torch.set_num_threads(1)
 
 
+# What a notebook says when it would train for long on a CPU: its own parameters, not CLI flags.
+NOTEBOOK_CPU_HOW = (
+    "Set allow_train = False in the parameters cell to show the recorded runs only, profile = \"smoke\" for a check in "
+    "minutes, or allow_cpu = True to train anyway (papermill: -p allow_train False, -p profile smoke, -p allow_cpu True)."
+)
+
+
 def get_runs(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> tuple[list[Run], list[str]]:
-    """The finished runs of `pairs` (trained if the lab allows), and the ids of missing ones."""
+    """The finished runs of `pairs` (trained if the lab allows), and the ids of missing ones.
+    On a CPU, training that would take long is refused first (Lab.refuse_long_cpu_training)."""
+    missing_rows = [("", n, lab.config(c)) for n, c in pairs if not lab.finished(n, lab.config(c))]
+    if (estimate := lab.refuse_long_cpu_training(missing_rows, NOTEBOOK_CPU_HOW)) and lab.log:
+        lab.log(f"training: {estimate}")
     lab.prefetch(pairs)  # with several GPUs: the missing runs trained side by side, one process per GPU
     runs, missing = [], []
     for i, (name, cfg) in enumerate(pairs, 1):
-        found = lab.store.find(lab.config(cfg), name)
-        if lab.allow_train and not (found and found.finished):
+        if lab.allow_train and not lab.finished(name, lab.config(cfg)):
             stderr_log(f"training run {i}/{len(pairs)}: {lab.store.run_id(lab.config(cfg), name)} ({lab.config(cfg).epochs} epochs)")
         try:
             runs.append(lab.run(name, cfg))
@@ -258,26 +270,37 @@ def summary_runs(lab: Lab, seeds: int, depth_seeds: int) -> tuple[tuple[list[Run
     return tuple(runs for runs, _ in got), [m for _, missing in got for m in missing]
 
 
-def show_note(text: str, kind: str = "note") -> None:
+NOTE_STYLE = "font-size: 12px; padding: 4px 10px; margin: 0.5em 0; border-left: 4px solid "
+NOTE_COLOURS = {"note": "#5b8bd1; background: #f4f7fb", "provenance": "#5b8bd1; background: #f4f7fb", "warning": "#e0a030; background: #fff6e5"}
+
+
+def show_note(markup: str, kind: str = "note") -> None:
+    """A boxed note (kind: note | provenance | warning), styled inline so that JupyterLab shows
+    it as the report does. `markup` is HTML: put any text into it through html.escape."""
     from IPython.display import HTML, display
 
-    display(HTML(f'<div class="lk-{kind}"><p>{text}</p></div>'))
+    display(HTML(f'<div class="lk-{kind}" style="{NOTE_STYLE}{NOTE_COLOURS[kind]}"><p>{markup}</p></div>'))
 
 
 def show_missing(missing: Sequence[str], lab: Lab) -> None:
     if missing:
-        items = "".join(f"<li><code>{m}</code></li>" for m in missing)
+        items = "".join(f"<li><code>{html_escape(m)}</code></li>" for m in missing)
         show_note(
-            f"<b>{len(missing)} run(s) missing</b> from <code>{lab.store.root}</code> (training is off); "
+            f"<b>{len(missing)} run(s) missing</b> from <code>{html_escape(str(lab.store.root))}</code>, and training is off "
+            "(<code>allow_train = False</code>; papermill: <code>-p allow_train True</code> trains them); "
             f"the tables below leave them out:<ul>{items}</ul>",
             "warning",
         )
 
 
-def show_table(df: pd.DataFrame, key: str, caption: str, formats: dict | None = None, index: bool = False) -> None:
-    """A pandas-rendered HTML table with a stable id (`tbl-<key>`) the tests look for."""
+def show_table(df: pd.DataFrame | None, key: str, caption: str, formats: dict | None = None, index: bool = False,
+               absent: str = "nothing to show") -> None:
+    """A pandas-rendered HTML table with a stable id (`tbl-<key>`) the tests look for; with no
+    table (None), one line that says why (`absent`)."""
     from IPython.display import display
 
+    if df is None:
+        return show_note(f"<i>{html_escape(caption)}</i>: not shown, {html_escape(absent)}.")
     st = df.style.set_uuid(f"tbl-{key}").set_caption(caption).set_table_attributes('class="lk-table"')
     if formats:
         st = st.format({k: v for k, v in formats.items() if k in df.columns}, na_rep="—")
@@ -291,14 +314,25 @@ def show_table(df: pd.DataFrame, key: str, caption: str, formats: dict | None = 
     display(st)
 
 
-def show_figure(fig, key: str, caption: str) -> None:
-    """Display a matplotlib figure, then its caption with a stable id (`fig-<key>`)."""
-    import matplotlib.pyplot as plt
+def show_figure(fig, key: str, caption: str, absent: str = "nothing to show") -> None:
+    """Display a figure, its caption as its alternative text, then the caption with a stable id
+    (`fig-<key>`); with no figure (None), one line that says why (`absent`)."""
     from IPython.display import HTML, display
 
-    display(fig)
-    plt.close(fig)
+    if fig is None:
+        return show_note(f"<i>Figure</i> ({html_escape(caption)}): not shown, {html_escape(absent)}.")
+    alt = " ".join(BeautifulSoup(caption, "html.parser").get_text().split())
+    display(fig, metadata={"image/svg+xml": {"alt": alt}, "image/png": {"alt": alt}})
     display(HTML(f'<p class="lk-caption" id="fig-{key}"><b>Figure.</b> {caption}</p>'))
+
+
+def _figure(*grid: int, **kw):
+    """A figure and its axes, made outside pyplot: shown once by display(), never drawn a
+    second time by the inline backend (which draws every figure pyplot holds open)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kw)
+    return fig, fig.subplots(*grid)
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,6 +358,8 @@ def data_label(source: dict | None, synthetic: bool = False, label: str | None =
 def provenance(runs: Sequence[Run], lab: Lab) -> dict[str, str]:
     """Profile, data, devices and training time of a set of runs, as display strings."""
     datas = sorted({data_label((r.summary or {}).get("data"), lab.profile.synthetic, lab.data_label) for r in runs})
+    if datas and lab.source is None and not lab.profile.synthetic:
+        datas.append(f"as the runs recorded them: not checked against the files (no CIFAR-10 batches at {lab.data_dir})")
     devices = pd.Series([(r.summary or {}).get("device", "?") for r in runs]).value_counts()
     secs = sum(float((r.summary or {}).get("train_seconds") or 0.0) for r in runs)
     store, root = lab.store.root.resolve(), lab.root.resolve()
@@ -414,7 +450,7 @@ def _dates(runs: Sequence[Run]) -> list[str]:
 
 def show_provenance(runs: Sequence[Run], lab: Lab) -> None:
     p = provenance(runs, lab)
-    show_note("<br>".join(f"<b>{k}:</b> {v}" for k, v in p.items()), "provenance")
+    show_note("<br>".join(f"<b>{html_escape(k)}:</b> {html_escape(v)}" for k, v in p.items()), "provenance")
 
 
 # ---------------------------------------------------------------------------------------
@@ -657,7 +693,6 @@ def plot_loss_curves(
     seed's own number as an x in its configuration's colour, so each of the seed's loss
     figures can be read against ours. Runs that stop before `seed_epoch` (quick and smoke
     profiles) get no marks, and the title says so, rather than a stretched axis."""
-    import matplotlib.pyplot as plt
     import seaborn as sns
     from matplotlib.ticker import MaxNLocator
 
@@ -672,7 +707,7 @@ def plot_loss_curves(
             frames.append(h)
     fig = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7.5, 3.8))
+        fig, ax = _figure(figsize=(7.5, 3.8))
     if frames:
         df = pd.concat(frames, ignore_index=True)
         sns.lineplot(data=df, x="epoch", y=y, hue="config", units="run", estimator=None, marker="o", ax=ax, lw=1.4, ms=4)
@@ -699,9 +734,7 @@ def plot_estimates(est: pd.DataFrame, seed_values: dict[str, float] | None = Non
 
     `est` is an estimates_frame(...); `seed_values` maps some of its labels to a number to
     mark (the seed's); `scale` 100 shows fractions as percent (1 for anything else)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * max(len(est), 2) + 1.4))
+    fig, ax = _figure(figsize=(7.5, 0.55 * max(len(est), 2) + 1.4))
     seed_values = {k: v for k, v in (seed_values or {}).items() if k in set(est["label"])} if len(est) else {}
     seen: set[str] = set()
 
@@ -896,18 +929,37 @@ def data_caveat(runs: Sequence[Run], lab: Lab) -> str | None:
 # ---------------------------------------------------------------------------------------
 
 
-def load_data(lab: Lab, split: str = "seed"):
-    """The lab's data; with training off (a render from records) never downloaded."""
-    if lab.profile.synthetic or lab.allow_train:
-        return lab.data(split)
-    from .data import load_cifar10
+def load_data(lab: Lab) -> tuple[Dataset | None, Dataset | None]:
+    """Notebook 01's data: the seed split, and all five training batches for the channel
+    statistics; never downloaded with training off (a render from records). Without data,
+    a note that says why in the notebook's own terms, and (None, None)."""
+    try:
+        if lab.profile.synthetic or lab.allow_train:
+            return lab.data("seed"), lab.data("full")
+        from .data import load_cifar10
 
-    return load_cifar10(lab.data_dir, split, allow_download=False)
+        return load_cifar10(lab.data_dir, "seed", allow_download=False), load_cifar10(lab.data_dir, "full", allow_download=False)
+    except DataNotFound as e:
+        show_note(
+            f"No CIFAR-10 batches at <code>{html_escape(str(e.folder))}</code> ({html_escape(e.why)}), so this section shows "
+            "what the runs recorded of their data, and no images or statistics. To show them, set <code>data_dir</code> in "
+            "the parameters cell to a folder holding <code>cifar-10-batches-py</code> (papermill: <code>-p data_dir DIR</code>), "
+            "or <code>LABKIT_DATA</code>.",
+            "warning" if lab.allow_train else "note",
+        )
+    except DataError as e:
+        show_note(f"<b>The data could not be loaded</b>, so this section shows no images or statistics: {html_escape(str(e))}", "warning")
+    return None, None
 
 
-def class_counts(ds) -> pd.DataFrame:
+NO_DATA = "the data are not on this machine (see above)"
+
+
+def class_counts(ds) -> pd.DataFrame | None:
     from .data import CLASSES
 
+    if ds is None:
+        return None
     cols = {}
     for split in ("train", "val", "test"):
         y = getattr(ds, f"{split}_y")
@@ -918,10 +970,13 @@ def class_counts(ds) -> pd.DataFrame:
     return df.reset_index()
 
 
-def channel_table(train_x) -> pd.DataFrame:
-    """Measured per-channel statistics beside the seed's and labkit's constants."""
+def channel_table(ds) -> pd.DataFrame | None:
+    """Measured per-channel statistics of `ds`'s training images beside the seed's and labkit's constants."""
     from .data import NORMS, channel_stats
 
+    if ds is None:
+        return None
+    train_x = ds.train_x
     s = channel_stats(train_x)
     rows = [
         ("measured: mean", s["mean"]),
@@ -940,13 +995,14 @@ def _chw_to_img(x):
 
 def plot_samples(ds, per_class: int = 6, seed: int = 0):
     """A grid of random training images: one column per class."""
-    import matplotlib.pyplot as plt
     import torch
 
+    if ds is None:
+        return None
     from .data import CLASSES
 
     g = torch.Generator().manual_seed(seed)
-    fig, axes = plt.subplots(per_class, len(CLASSES), figsize=(len(CLASSES) * 0.78, per_class * 0.78 + 0.3))
+    fig, axes = _figure(per_class, len(CLASSES), figsize=(len(CLASSES) * 0.78, per_class * 0.78 + 0.3))
     for c, name in enumerate(CLASSES):
         idx = torch.nonzero(ds.train_y == c).flatten()
         pick = idx[torch.randperm(len(idx), generator=g)[:per_class]]
@@ -965,14 +1021,15 @@ def plot_samples(ds, per_class: int = 6, seed: int = 0):
 
 def plot_augmentation(ds, images: int = 4, copies: int = 6, seed: int = 0):
     """Each row: an original training image, then `copies` draws of the training augmentation."""
-    import matplotlib.pyplot as plt
     import torch
 
+    if ds is None:
+        return None
     from .data import CLASSES, augment
 
     g = torch.Generator().manual_seed(seed)
     x = ds.train_x[:images]
-    fig, axes = plt.subplots(images, copies + 1, figsize=((copies + 1) * 1.1, images * 1.1 + 0.3))
+    fig, axes = _figure(images, copies + 1, figsize=((copies + 1) * 1.1, images * 1.1 + 0.3))
     for i in range(images):
         axes[i, 0].imshow(_chw_to_img(x[i]), interpolation="nearest")
         axes[i, 0].set_ylabel(CLASSES[int(ds.train_y[i])], rotation=0, ha="right", va="center", fontsize=9)
@@ -1170,9 +1227,7 @@ def loss_floor_table(floor: float, train_images: int = 40000, batch: int = 512) 
 
 
 def plot_loss_floor(table: pd.DataFrame, floor: float):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    fig, ax = _figure(figsize=(7.5, 3.2))
     ys = range(len(table))
     ax.hlines(ys, floor, table["loss per batch"], color="0.7", lw=2)
     ax.plot(table["loss per batch"], ys, "o", color="C0", label="the seed's final loss per batch")
@@ -1234,9 +1289,7 @@ def depth_claim(runs: Sequence[Run]) -> pd.DataFrame:
 
 def plot_val_curves(runs: Sequence[Run], title: str = ""):
     """Validation accuracy per epoch, the selected (best-validation) epoch marked."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    fig, ax = _figure(figsize=(7.5, 3.8))
     for i, r in enumerate(runs):
         if not len(r.history):
             continue

@@ -325,29 +325,6 @@ def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int
     }
 
 
-def measure_gflops(cfg: TrainConfig, device: str = "cpu", batch: int = 16, steps: int = 2) -> float:
-    """Training GFLOP/s of `cfg`'s network on `device`, from a few steps on random images
-    (after one untimed step): enough to tell minutes from days before starting."""
-    dev = torch.device(device)
-    torch.manual_seed(0)
-    model = build_model(cfg.replace(device=dev.type)).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x, y = torch.randn(batch, 3, 32, 32, device=dev), torch.randint(0, 10, (batch,), device=dev)
-
-    def step() -> None:
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    step()
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(dev)
-    return flops_per_image(model) * batch * steps / (time.perf_counter() - t0) / 1e9
-
-
 def bf16_peak_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
     """Measured dense bf16 matmul rate (random data) on this GPU: the ceiling we compare to."""
     if device.type != "cuda":

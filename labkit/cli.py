@@ -355,24 +355,29 @@ def cmd_sweep(args) -> int:
 def cmd_lab(args) -> int:
     import logging
 
-    from .report import LabError, run_lab
+    from .report import run_lab
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        run_lab(
-            args.profile,
-            data_dir=args.data_dir,
-            allow_train=not args.no_train,
-            seeds=args.seeds,
-            out=args.out,
-            runs_dir=args.runs_dir,
-            allow_cpu=args.allow_cpu,
-            pdf=not args.no_pdf,
-            lanes=args.lanes,
-        )
-    except LabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    run_lab(
+        args.profile,
+        data_dir=args.data_dir,
+        allow_train=not args.no_train,
+        seeds=args.seeds,
+        out=args.out,
+        runs_dir=args.runs_dir,
+        allow_cpu=args.allow_cpu,
+        pdf=not args.no_pdf,
+        lanes=args.lanes,
+        dry_run=args.dry_run,
+    )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_notebook
+
+    for path in export_notebook(args.notebook, args.out, pdf=args.pdf):
+        print(f"wrote {path}")
     return 0
 
 
@@ -430,7 +435,10 @@ def cmd_synth(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m labkit", description=__doc__)
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="labkit", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"labkit {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def data_args(p):
@@ -531,7 +539,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="let the full or quick profile train on a CPU however long its estimate (full: days)")
     p.add_argument("--no-pdf", action="store_true", help="export the HTML only")
     p.add_argument("--lanes", type=int, help="on a GPU: runs trained side by side before the notebooks render (default 2)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (data, run store, report folder, runs finished and to train, time estimate); do nothing")
     p.set_defaults(fn=cmd_lab)
+
+    p = sub.add_parser("export", help="one executed notebook as HTML (and PDF), as the report looks: code hidden, no stderr")
+    p.add_argument("notebook", help="an executed .ipynb (e.g. report/05_final.ipynb)")
+    p.add_argument("--pdf", action="store_true", help="also print a PDF with a headless Chromium on PATH")
+    p.add_argument("--out", help="folder for the HTML and PDF (default: beside the notebook)")
+    p.set_defaults(fn=cmd_export)
 
     args = ap.parse_args(argv)
     from .runs import command_line
@@ -549,10 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         from .checkpoint import CheckpointError
         from .data import DataError
+        from .lab import LabError
         from .runs import RunError
         from .train import DivergenceError
 
-        if isinstance(e, (DataError, RunError, CheckpointError, DivergenceError)):
+        if isinstance(e, (DataError, RunError, CheckpointError, DivergenceError, LabError)):
             print(f"error: {e}", file=sys.stderr)
             return 1
         import torch

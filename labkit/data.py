@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -35,6 +36,7 @@ __all__ = [
     "default_data_dir",
     "download",
     "find_batches",
+    "fingerprint",
     "load_cifar10",
     "normalize",
     "read_batch",
@@ -72,8 +74,19 @@ class DataError(RuntimeError):
 
 
 class DataNotFound(DataError):
-    """No CIFAR-10 batches at all where the data were looked for (not: a file there, or
-    batches there that cannot be read: those are plain DataErrors)."""
+    """No CIFAR-10 batches at all where the data were looked for, nor downloaded there (not: a
+    file there, or batches there that cannot be read: those are plain DataErrors). `folder`
+    and `why` let a notebook say it in its own terms (its data_dir parameter)."""
+
+    def __init__(self, folder: Path, why: str) -> None:
+        self.folder, self.why = folder, why
+        super().__init__(
+            f"no CIFAR-10 batches at {folder} ({why}). Point labkit at a local copy with --data-dir DIR "
+            f"(in Python, data_dir=DIR) or LABKIT_DATA=DIR, or let it download (needs network access to {URL})."
+        )
+
+    def __reduce__(self):  # sweep workers send it to their parent
+        return type(self), (self.folder, self.why)
 
 
 def unlabelled_note(source: dict, folder) -> str:
@@ -169,9 +182,10 @@ def md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def default_data_dir() -> Path:
-    """`$LABKIT_DATA`, else `./data`."""
-    return Path(os.environ.get("LABKIT_DATA", "data"))
+def default_data_dir(root: str | os.PathLike = ".") -> Path:
+    """`$LABKIT_DATA` (from the working directory), else `root`/data."""
+    env = os.environ.get("LABKIT_DATA")
+    return Path(env) if env else Path(root) / "data"
 
 
 def file_in_the_way(root: str | os.PathLike) -> Path | None:
@@ -204,11 +218,7 @@ def find_batches(root: str | os.PathLike) -> Path:
     for cand in (root, root / FOLDER):
         if (cand / "test_batch").is_file() or (cand / "data_batch_1").is_file():
             return cand
-    raise DataNotFound(
-        f"no CIFAR-10 batches at {root} (looked for {root / FOLDER}/data_batch_1..5 and test_batch). "
-        f"Point labkit at a local copy with --data-dir DIR (in Python, data_dir=DIR) or LABKIT_DATA=DIR, or let it download "
-        f"(needs network access to {URL})."
-    )
+    raise DataNotFound(root, f"looked for {root / FOLDER}/data_batch_1..5 and test_batch")
 
 
 def download(root: str | os.PathLike) -> Path:
@@ -234,11 +244,7 @@ def download(root: str | os.PathLike) -> Path:
         except Exception as e:
             if made and not any(root.iterdir()):  # leave no empty folder behind a failed download
                 root.rmdir()
-            raise DataError(
-                f"CIFAR-10 is not at {root / FOLDER} and could not be downloaded from {URL} "
-                f"({type(e).__name__}: {e}).{stale} Point labkit at a local `{FOLDER}` folder with "
-                f"--data-dir DIR or LABKIT_DATA=DIR."
-            ) from None
+            raise DataNotFound(root, f"the download from {URL} failed: {type(e).__name__}: {e}.{stale}") from None
     have = md5(archive)
     if have != ARCHIVE_MD5:
         raise DataError(
@@ -327,6 +333,11 @@ def _synthetic_note(folder: Path) -> tuple[str | None, dict | None]:
     keys = ("seed", "per_batch", "test_size")
     ok = isinstance(made, dict) and all(type(made.get(k)) is int and made[k] >= 0 for k in keys)
     return note, ({k: made[k] for k in keys} if ok else None)
+
+
+def fingerprint(source: dict) -> str:
+    """8 hex digits naming a copy of the data (a hash of its batch files' md5s)."""
+    return hashlib.sha256(json.dumps(source["md5"], sort_keys=True).encode()).hexdigest()[:8]
 
 
 def same_data(recorded: dict | None, source: dict) -> bool:

@@ -14,6 +14,7 @@ report) is labkit.report.run_lab; the sweep that trains a plan is labkit.sweep.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,14 +28,25 @@ from .config import (
     SEED_FINAL,
     ConfigError,
     TrainConfig,
+    check_choice,
     check_positive_int,
     seed_ablation_config,
 )
-from .data import DataError, Dataset, load_cifar10, refuse_runs_on_other_data
-from .runs import Run, RunStore
+from .data import (
+    DataError,
+    DataNotFound,
+    Dataset,
+    default_data_dir,
+    find_batches,
+    fingerprint,
+    load_cifar10,
+    refuse_runs_on_other_data,
+    source_of,
+)
+from .runs import Run, RunStore, recorded_data
 
 __all__ = [
-    "PROFILES", "PROTOCOLS", "Profile", "get_profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "plan_gflop", "Lab",
+    "PROFILES", "PROTOCOLS", "Profile", "get_profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "plan_gflop", "Lab", "LabError", "RunMissing", "project_root",
     "ABLATION_PREFIX", "DEPTHS", "DEPTH_RECIPES", "ablation_name", "ablation_key", "depth_name",
 ]
 
@@ -79,9 +91,7 @@ SMOKE_PER_BATCH = 200
 
 
 def get_profile(name: str) -> Profile:
-    if name not in PROFILES:
-        raise ConfigError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
-    return PROFILES[name]
+    return PROFILES[check_choice("profile", name, sorted(PROFILES))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -135,8 +145,7 @@ def depth_run(lays: int, recipe: str, seed: int) -> tuple[str, TrainConfig]:
 
 def ablation_runs(group: str, seeds: int) -> list[tuple[str, TrainConfig]]:
     """Notebook 04: each row of one ablation group, `seeds` runs each (seed 0, 1, ...)."""
-    if group not in ABLATION_GROUPS:
-        raise ConfigError(f"ablation must be one of {sorted(ABLATION_GROUPS)}, got {group!r}")
+    check_choice("ablation", group, sorted(ABLATION_GROUPS))
     return [ablation_run(key, s) for key in ABLATION_GROUPS[group] for s in range(seeds)]
 
 
@@ -182,30 +191,35 @@ def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> 
 
 # CIFAR-10's sizes: what a plan costs can be counted before any data is there.
 CIFAR10_TRAIN, CIFAR10_TEST, SEED_SPLIT_VAL = 50_000, 10_000, 10_000
+# On a CPU, training whose estimate passes this is refused without allow_cpu (the full
+# profile is refused whatever its estimate: days).
+CPU_LIMIT_S = 3600.0
 
 
-def plan_gflop(profile_name: str, seeds: int | None = None, skip: Callable[[str, TrainConfig], bool] | None = None) -> float:
-    """GFLOP of training and evaluation the profile's plan costs on CIFAR-10 (not smoke's
-    synthetic data); `skip(name, cfg)` leaves out runs already done."""
-    if get_profile(profile_name).synthetic:
-        raise ConfigError("plan_gflop counts CIFAR-10 runs; the smoke profile trains on synthetic data")
+def plan_gflop(rows: list[tuple[str, str, TrainConfig]], sizes: tuple[int, int] = (CIFAR10_TRAIN, CIFAR10_TEST)) -> float:
+    """GFLOP of training and evaluation the planned `rows` (notebook, name, config) cost on
+    data of `sizes` (training-set images with batch 5, test images)."""
     from .model import run_gflop
 
     total = 0.0
-    for _, name, cfg in plan(profile_name, seeds):
-        if skip is not None and skip(name, cfg):
-            continue
-        seed_split = cfg.split == "seed"
-        train = CIFAR10_TRAIN - (SEED_SPLIT_VAL if seed_split else cfg.val_size)
-        train = min(train, cfg.train_subset) if cfg.train_subset else train
-        val = SEED_SPLIT_VAL if seed_split else cfg.val_size
-        total += run_gflop(cfg, train, val + CIFAR10_TEST / cfg.epochs)
+    for _, _, cfg in rows:
+        val = sizes[0] // 5 if cfg.split == "seed" else cfg.val_size
+        train = min(sizes[0] - val, cfg.train_subset or sizes[0])
+        total += run_gflop(cfg, train, val + sizes[1] / cfg.epochs)
     return total
 
 
 # ---------------------------------------------------------------------------------------
-# Getting runs: from the store, or trained when allowed
+# The lab's places and policy, resolved once
 # ---------------------------------------------------------------------------------------
+
+
+class LabError(RuntimeError):
+    """The lab cannot run as asked (a refused profile or place, training that would take days)."""
+
+
+class RunMissing(LookupError):
+    """A run the notebook needs was never trained and training is switched off."""
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
@@ -221,17 +235,20 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
 
 
 class Lab:
-    """A profile's data, run store and training policy, for notebooks and scripts.
+    """A profile's places (project root, data, run store, report folder) and training policy,
+    resolved once: the main job, `sweep` and the notebooks all take them from here.
 
     Args:
         profile_name: full | quick | smoke.
-        data_dir: folder with cifar-10-batches-py (ignored by smoke, which makes its own);
-            None: $LABKIT_DATA, else `root`/data.
-        runs_dir: override the profile's run store.
+        data_dir: folder with cifar-10-batches-py (smoke makes its own); None: $LABKIT_DATA,
+            else `root`/data.
+        runs_dir, report_dir: override the profile's run store and report folder. Without
+            runs_dir, data other than those the profile's store was trained on get a store of
+            their own, build/<profile>-<fingerprint of the data>/ (`own_store` says why).
         allow_train: False = only use finished runs (a missing run raises RunMissing).
-        root: the project root that relative profile paths hang from.
-        data_label: what the data are when not the official files, for the report (notebooks:
-            the data_label parameter, else $LABKIT_DATA_LABEL, read by analysis.open_lab).
+        allow_cpu: train on a CPU whatever the estimate (else a long one is refused).
+        root: the project root that relative profile paths hang from (None: project_root()).
+        data_label: what the data are when not the official files, for the report.
     """
 
     def __init__(
@@ -240,21 +257,39 @@ class Lab:
         data_dir: str | os.PathLike | None = None,
         runs_dir: str | os.PathLike | None = None,
         allow_train: bool = True,
-        root: str | os.PathLike = ".",
+        root: str | os.PathLike | None = None,
         progress: bool = True,
         log: Callable[[str], None] | None = print,
         data_label: str | None = None,
+        report_dir: str | os.PathLike | None = None,
+        allow_cpu: bool = False,
     ) -> None:
         self.profile = get_profile(profile_name)
-        self.root = Path(root)
-        self.data_dir = Path(data_dir) if data_dir else None if os.environ.get("LABKIT_DATA") else self.root / "data"
+        self.root = Path(root) if root is not None else project_root()
+        self.data_dir = Path(data_dir) if data_dir else default_data_dir(self.root)
         if data_dir and self.profile.synthetic and log:
             log(f"note: the smoke profile trains on its own synthetic data ({self.smoke_data_dir()}); data_dir {data_dir} is not used")
-        self.store = RunStore(Path(runs_dir) if runs_dir else self.root / self.profile.runs_dir)
-        self.allow_train = allow_train
+        self.allow_train, self.allow_cpu = allow_train, allow_cpu
         self.data_label = data_label
         self.progress, self.log = progress, log
         self._data: dict[tuple[str, int], Dataset] = {}
+        # The data's record (md5s), or None where there are none yet: then nothing is checked.
+        self.source = None if self.profile.synthetic else data_source(self.data_dir)
+        store = Path(runs_dir) if runs_dir else self.root / self.profile.runs_dir
+        report = Path(report_dir) if report_dir else self.root / self.profile.report_dir
+        self.own_store = ""
+        if not runs_dir and self.source and (other := RunStore(store).on_other_data(self.source)):
+            fp = fingerprint(self.source)
+            theirs = sorted({fingerprint(d) for r in other if (d := recorded_data(r)) and "md5" in d})
+            own = self.root / "build" / f"{self.profile.name}-{fp}"
+            store, report = own / "runs", report if report_dir else own / "report"
+            self.own_store = (
+                f"the data at {self.data_dir} (fingerprint {fp}) are not those the runs in {self.root / self.profile.runs_dir} "
+                f"were trained on (fingerprint {', '.join(theirs) or 'not recorded'}): their runs go to a store of their own, "
+                f"{store}, their report to {report}"
+            )
+        self.store = RunStore(store)
+        self.report_dir = report
 
     def smoke_data_dir(self) -> Path:
         """Where the smoke profile keeps its synthetic data: beside its default run store."""
@@ -262,6 +297,40 @@ class Lab:
 
     def config(self, cfg: TrainConfig) -> TrainConfig:
         return self.profile.apply(cfg)
+
+    def plan(self, seeds: int | None = None) -> list[tuple[str, str, TrainConfig]]:
+        return plan(self.profile.name, seeds)
+
+    def finished(self, name: str, cfg: TrainConfig) -> bool:
+        """Whether the run of `cfg` (the profile already applied) is finished in the store."""
+        r = self.store.find(cfg, name)
+        return r is not None and r.finished
+
+    def training_seconds(self, rows: list[tuple[str, str, TrainConfig]], device: str = "cpu") -> tuple[float, float]:
+        """(seconds, GFLOP/s): what training `rows` would take at the rate measured on `device`."""
+        from .model import measure_gflops
+
+        if not rows:
+            return 0.0, math.nan
+        rate = measure_gflops(rows[0][2], device, batch=16 if device == "cpu" else 256)
+        sizes = (5 * SMOKE_PER_BATCH, SMOKE_PER_BATCH) if self.profile.synthetic else (CIFAR10_TRAIN, CIFAR10_TEST)
+        return plan_gflop(rows, sizes) / rate, rate
+
+    def refuse_long_cpu_training(self, rows: list[tuple[str, str, TrainConfig]], how: str) -> str:
+        """On a CPU, refuse (LabError) to train `rows` of a real-data profile when it would take
+        long (full: at all; quick: past CPU_LIMIT_S), unless allow_cpu; `how` says how to
+        override or avoid it, in the caller's words. Returns the estimate in words ('' for none)."""
+        import torch
+
+        if not rows or not self.allow_train or self.profile.synthetic or torch.cuda.is_available():
+            return ""
+        from .train import duration
+
+        est, rate = self.training_seconds(rows)
+        where = f"about {duration(est)} of training on this CPU for {len(rows)} run(s) not yet finished in {self.store.root} ({rate:.1f} GFLOP/s measured)"
+        if not self.allow_cpu and (self.profile.name == "full" or est > CPU_LIMIT_S):
+            raise LabError(f"refusing the {self.profile.name} profile on a CPU: torch sees no CUDA GPU, and it would take {where}. {how}")
+        return where
 
     def data(self, split: str = "seed", val_size: int = 0) -> Dataset:
         key = (split, val_size)
@@ -280,14 +349,11 @@ class Lab:
                     # Its runs would take the run ids of real-data runs (ids name no data).
                     raise DataError(
                         f"the {self.profile.name} profile trains on CIFAR-10 ({CIFAR10_TRAIN:,} training and "
-                        f"{CIFAR10_TEST:,} test images); {d.source['folder']} under {self.data_dir or 'the default data folder'} "
-                        f"holds {n_train:,} and {n_test:,} (synthetic data? use --profile smoke)"
+                        f"{CIFAR10_TEST:,} test images); {d.source['folder']} under {self.data_dir} "
+                        f"holds {n_train:,} and {n_test:,} (synthetic data? use the smoke profile)"
                     )
                 # a run trained here now would sit beside them under the same kind of id
-                refuse_runs_on_other_data(
-                    self.store, d.source, self.data_dir or "the default data folder",
-                    "give the data they were trained on, or another run store",
-                )
+                refuse_runs_on_other_data(self.store, d.source, self.data_dir, "give the data they were trained on, or another run store")
                 self._data[key] = d
         return self._data[key]
 
@@ -300,9 +366,7 @@ class Lab:
             if r is None or not r.finished:
                 raise RunMissing(f"run {self.store.run_id(cfg, name)} is not in {self.store.root} and training is off")
             return r
-        return self.store.get(
-            cfg, name, lambda: self.data(cfg.split, cfg.val_size), progress=self.progress, log=self.log
-        )
+        return self.store.get(cfg, name, lambda: self.data(cfg.split, cfg.val_size), progress=self.progress, log=self.log)
 
     def __getstate__(self) -> dict:
         # Sent to sweep worker processes (prefetch, for `data`): without the loaded data
@@ -321,7 +385,7 @@ class Lab:
         from .sweep import sweep
 
         todo = [(name, self.config(cfg)) for name, cfg in pairs]
-        todo = [(n, c) for n, c in todo if not ((r := self.store.find(c, n)) and r.finished)]
+        todo = [(n, c) for n, c in todo if not self.finished(n, c)]
         if todo:
             if self.profile.synthetic:
                 self.data()  # makes the synthetic files here, not in several workers at once
@@ -333,5 +397,9 @@ class Lab:
                 self.log(f"prefetch: {len(todo)} runs on {workers} GPUs, {counts['done']} done, {counts['failed']} failed")
 
 
-class RunMissing(LookupError):
-    """A run the notebook needs was never trained and training is switched off."""
+def data_source(data_dir: Path) -> dict | None:
+    """The record (md5s, description) of the CIFAR-10 batches at `data_dir`; None where there are none."""
+    try:
+        return source_of(find_batches(data_dir))
+    except DataNotFound:
+        return None

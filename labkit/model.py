@@ -11,6 +11,7 @@ reproduced, and are off by default:
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from .config import STEMS
 
-__all__ = ["BasicBlock", "Dropout", "ResNet", "build_model", "count_params", "flops_per_image", "run_gflop", "STEMS"]
+__all__ = ["BasicBlock", "Dropout", "ResNet", "build_model", "count_params", "flops_per_image", "run_gflop", "measure_gflops", "STEMS"]
 
 WIDTH_MULTIPLIERS = (1, 2, 4, 8)
 STRIDES = (1, 2, 2, 2)
@@ -239,3 +240,28 @@ def run_gflop(cfg, train_images: int, eval_images: int) -> float:
     `eval_images` per epoch (a forward pass: a third of a training step's cost)."""
     f = _train_gflop_per_image(tuple(getattr(cfg, k) for k in NETWORK_FIELDS))
     return cfg.epochs * (train_images * f + eval_images * f / 3)
+
+
+def measure_gflops(cfg, device: str = "cpu", batch: int = 16, steps: int = 2) -> float:
+    """Training GFLOP/s of `cfg`'s network on `device`, from a few steps on random images
+    (after one untimed step): enough to tell minutes from days before starting."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = build_model(cfg.replace(device=dev.type)).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, 3, 32, 32, device=dev), torch.randint(0, 10, (batch,), device=dev)
+
+    def step() -> None:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return flops_per_image(model) * batch * steps / (time.perf_counter() - t0) / 1e9

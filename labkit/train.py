@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +69,42 @@ def duration(seconds: float) -> str:
         if seconds < limit:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds / 86400:.0f} days"
+
+
+class Progress:
+    """One line per run that updates in place, epoch by epoch: a tqdm bar on stderr in a
+    terminal; in a Jupyter kernel, one output updated through its display id. A notebook then
+    keeps one line per run, also once executed by papermill and exported (nbclient applies the
+    updates to the stored output), where tqdm's text bars would leave a line per refresh and
+    its widget bar needs ipywidgets and leaves no text."""
+
+    def __init__(self, total: int, done: int, desc: str) -> None:
+        self.total, self.done, self.desc, self.t0 = total, done, desc, time.perf_counter()
+        self.handle = self.bar = None
+        shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+        if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+            from IPython.display import display
+
+            self.handle = display({"text/plain": self._line("starting")}, raw=True, display_id=True)
+        else:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=desc, unit="ep", leave=False)
+
+    def _line(self, status: str) -> str:
+        return f"{self.desc}: epoch {self.done}/{self.total}, {status} ({time.perf_counter() - self.t0:.0f} s)"
+
+    def update(self, status: str) -> None:
+        self.done += 1
+        if self.handle is not None:
+            self.handle.update({"text/plain": self._line(status)}, raw=True)
+        else:
+            self.bar.set_postfix_str(status, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class DivergenceError(RuntimeError):
@@ -488,14 +525,9 @@ def train(
             f"a CUDA GPU, fewer epochs or train_subset make it shorter; {kept_if_interrupted(ckpt_path, checkpoint_every)}"
         )
 
-    bar = None
-    if progress and start_epoch < cfg.epochs:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.short_hash()}", unit="ep", leave=False)
-    # Closed however the loop ends (an interrupted cell too): an open bar would stay in tqdm's
-    # list of bars (the kernel's last traceback keeps it alive), and every later bar in that
-    # kernel would be drawn a line lower, one new line per update.
+    bar = Progress(cfg.epochs, start_epoch, f"train {cfg.short_hash()}") if progress and start_epoch < cfg.epochs else None
+    # Closed however the loop ends (an interrupted cell too): an open tqdm bar would stay in
+    # tqdm's list of bars, and every later bar would be drawn a line lower.
     try:
         for epoch in range(start_epoch, cfg.epochs):
             # gen (permutation, crops, flips) is the same on every rank; drop_gen differs per
@@ -593,9 +625,8 @@ def train(
             if on_epoch:
                 on_epoch(history)
             if bar:
-                bar.update(1)
                 # no validation set (split "full", val_size 0): nothing to show, not "nan"
-                bar.set_postfix(loss=f"{row['loss_sum']:.2f}", **({"val": f"{val_acc:.4f}"} if len(d.val_y) else {}))
+                bar.update(f"loss {row['loss_sum']:.2f}" + (f", val {val_acc:.4f}" if len(d.val_y) else ""))
             elif log:  # the bar shows the epoch; metrics.csv keeps every row either way
                 log(
                     f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {lr0:.3g}  loss_sum {loss_total:9.4f}  "

@@ -293,14 +293,14 @@ def test_lab_passes_every_option_to_run_lab(monkeypatch):
     assert main(["lab"]) == 0
     assert seen.pop() == {
         "profile": "auto", "data_dir": None, "allow_train": True, "seeds": None, "out": None, "runs_dir": None,
-        "allow_cpu": False, "pdf": True, "lanes": None,
+        "allow_cpu": False, "pdf": True, "lanes": None, "dry_run": False,
     }
     argv = ["lab", "--profile", "quick", "--data-dir", "d", "--no-train", "--seeds", "3", "--out", "o", "--runs-dir", "r",
-            "--allow-cpu", "--no-pdf", "--lanes", "4"]
+            "--allow-cpu", "--no-pdf", "--lanes", "4", "--dry-run"]
     assert main(argv) == 0
     assert seen.pop() == {
         "profile": "quick", "data_dir": "d", "allow_train": False, "seeds": 3, "out": "o", "runs_dir": "r",
-        "allow_cpu": True, "pdf": False, "lanes": 4,
+        "allow_cpu": True, "pdf": False, "lanes": 4, "dry_run": True,
     }
 
 
@@ -639,3 +639,15 @@ def test_train_notes_data_that_are_not_the_official_files_once_unless_labelled(t
     monkeypatch.setenv("LABKIT_DATA_LABEL", "a copy for a test")
     assert main([*argv, "--epochs", "1"]) == 0
     assert "note:" not in capsys.readouterr().out
+
+
+def test_the_labkit_command_and_its_version():
+    labkit = Path(sys.executable).parent / "labkit"  # the console script pip installs beside python
+    out = subprocess.run([str(labkit), "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "labkit 0.1.0", out
+
+
+def test_make_lab_passes_its_args_to_the_lab_job():
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["make", "-n", "lab", 'ARGS=--dry-run --data-dir D --seeds 5'], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0 and "labkit lab --dry-run --data-dir D --seeds 5" in out.stdout, out

@@ -125,7 +125,7 @@ def test_notebooks_find_the_project_root_from_their_own_folder(tmp_path, monkeyp
     assert lab.store.root.resolve() == repo / "build" / "smoke" / "runs" and lab.data_dir.resolve() == repo / "data"
     assert not lab.root.is_absolute()  # as "." was: no machine's folders in an executed notebook
     monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
-    assert Lab("full", root=repo).data_dir is None  # $LABKIT_DATA, read where the data are loaded
+    assert Lab("full", root=repo).data_dir == tmp_path  # $LABKIT_DATA first
 
 
 def test_a_store_of_runs_on_other_data_gets_no_more_runs_from_these(tmp_path, synth_root, monkeypatch):

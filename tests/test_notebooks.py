@@ -225,3 +225,85 @@ def test_a_path_that_cannot_be_written_fails_under_papermill(tmp_path):
     assert e.value.ename == "ConfigError" and "A.open_lab(" in e.value.source  # the set-up cell
     assert message in e.value.evalue
     assert not (tmp_path / "build").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# What a notebook shows: progress, figures, notes
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_kernel_shows_one_line_per_run_and_each_figure_once(tmp_path, synth_root):
+    """In a kernel, training progress is one output updated in place (papermill keeps its last
+    state: one line, no refresh spam, no IProgress warning), and a figure a helper returns is
+    drawn once, where it is displayed, never again by the inline backend."""
+    papermill = pytest.importorskip("papermill")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = _read("02_model").metadata
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from labkit import TrainConfig, load_cifar10\nfrom labkit import analysis as A\nfrom labkit.train import train\n"
+            f"cfg = TrainConfig(width=8, lays=(1, 1, 1, 1), batch_size=200, epochs=3, device='cpu', channels_last=False)\n"
+            f"train(cfg, load_cifar10({str(synth_root)!r}, allow_download=False), log=None)\nNone"
+        ),
+        nbformat.v4.new_code_cell("A.setup_notebook()\nfloor = A.loss_floor()['analytic']\nfig = A.plot_loss_floor(A.loss_floor_table(floor), floor)"),
+        nbformat.v4.new_code_cell("A.show_figure(fig, 'floor', 'The floor.')"),
+    ]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False)
+    cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    train_out, made, shown = (c.outputs for c in cells)
+    assert [o.output_type for o in train_out] == ["display_data"], train_out
+    line = train_out[0].data["text/plain"]
+    assert line.startswith("train ") and "epoch 3/3, loss " in line and "val " in line, line
+    assert made == []  # made, not drawn
+    images = [o for o in shown if "image/svg+xml" in o.get("data", {})]
+    assert len(images) == 1 and images[0].metadata["image/svg+xml"]["alt"] == "The floor."
+
+
+def _shown(monkeypatch) -> list[str]:
+    """What IPython.display.display shows, as HTML strings."""
+    import IPython.display
+
+    seen: list[str] = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **k: seen.append(getattr(obj, "data", str(obj))))
+    return seen
+
+
+def test_notes_are_styled_where_shown_and_escape_what_they_quote(tmp_path, monkeypatch):
+    import labkit.analysis as A
+    from labkit.data import DataNotFound
+    from labkit.lab import Lab
+
+    seen = _shown(monkeypatch)
+    lab = Lab("full", tmp_path / "none", root=tmp_path, log=None)
+
+    def offline(*a):
+        raise DataNotFound(tmp_path / "none", "the download failed: URLError: <urlopen error [Errno -3] Temporary failure>.")
+
+    monkeypatch.setattr(lab, "data", offline)
+    assert A.load_data(lab) == (None, None)
+    note = seen.pop()
+    assert 'style="font-size: 12px' in note and "lk-warning" in note  # styled in JupyterLab too, not only in the report
+    assert "URLError: &lt;urlopen error [Errno -3] Temporary failure&gt;" in note  # escaped, not swallowed as a tag
+    assert "<code>data_dir</code>" in note and "-p data_dir DIR" in note and "--data-dir" not in note  # its own parameter
+    A.show_table(A.class_counts(None), "class-counts", "Images per class", absent=A.NO_DATA)
+    A.show_figure(A.plot_samples(None), "samples", "Six images of each class", absent=A.NO_DATA)
+    assert [s.count("\n") for s in seen] == [0, 0] and all("not shown, the data are not on this machine" in s for s in seen)
+    seen.clear()
+    A.show_missing(["run-<1>"], lab)
+    assert "run-&lt;1&gt;" in seen[0] and "allow_train = False" in seen[0]
+
+
+def test_a_notebook_on_a_cpu_refuses_hours_of_training_naming_its_parameters(tmp_path, monkeypatch):
+    import torch
+
+    import labkit.analysis as A
+    import labkit.model
+    from labkit.lab import Lab, LabError, final_runs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(labkit.model, "measure_gflops", lambda *a, **k: 150.0)
+    lab = Lab("full", tmp_path / "none", root=tmp_path, log=None)
+    with pytest.raises(LabError, match=r"about \d+ h of training on this CPU.*allow_train = False.*allow_cpu = True.*-p allow_cpu True"):
+        A.get_runs(lab, final_runs(1))
+    assert not (tmp_path / "report").exists()  # nothing trained, nothing made

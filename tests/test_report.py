@@ -491,61 +491,56 @@ def test_parameter_checks(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-def test_auto_profile_without_gpu_is_smoke_and_says_why():
-    name, why = R.resolve_profile("auto", cuda=False)
+def test_auto_profile_is_full_only_with_a_gpu_and_the_data(tmp_path, synth_root):
+    name, why = R.choose_profile("auto", tmp_path, cuda=False)
     assert name == "smoke" and "no CUDA GPU" in why and "days" in why
+    assert R.choose_profile("auto", synth_root, cuda=True)[0] == "full"
+    name, why = R.choose_profile("auto", tmp_path / "none", cuda=True, download=False)
+    assert name == "smoke" and "CIFAR-10 was not found" in why
+    assert R.choose_profile("quick", tmp_path, cuda=False) == ("quick", "profile quick, as asked")
+    with pytest.raises(ConfigError, match="did you mean 'full'"):
+        R.choose_profile("ful", tmp_path, cuda=False)
 
 
-def test_auto_profile_with_gpu(monkeypatch):
-    assert R.resolve_profile("auto", cuda=True, data_check=lambda d: None)[0] == "full"
+def _cpu(monkeypatch, gflops: float) -> None:
+    """No GPU, and a CPU measured at `gflops`."""
+    import torch
 
-    def no_data(d):
-        raise RuntimeError("not found")
+    import labkit.model
 
-    name, why = R.resolve_profile("auto", cuda=True, data_check=no_data)
-    assert name == "smoke" and "CIFAR-10" in why
-
-
-def test_full_profile_never_trains_on_a_cpu_silently():
-    with pytest.raises(R.LabError, match="refusing the full profile on a CPU.*days of training"):
-        R.resolve_profile("full", cuda=False, cpu_gflops=lambda p: 50.0)
-    # even on a CPU as fast as a GPU the full profile waits for --allow-cpu
-    with pytest.raises(R.LabError, match="refusing the full profile on a CPU"):
-        R.resolve_profile("full", cuda=False, cpu_gflops=lambda p: 1e6)
-    assert R.resolve_profile("full", allow_train=False, cuda=False)[0] == "full"  # render from records
-    assert R.resolve_profile("full", allow_cpu=True, cuda=False)[0] == "full"
-    assert R.resolve_profile("full", cuda=True)[0] == "full"
-    with pytest.raises(ConfigError):
-        R.resolve_profile("medium", cuda=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(labkit.model, "measure_gflops", lambda *a, **k: gflops)
 
 
-def test_quick_profile_on_a_cpu_states_its_estimate_and_refuses_hours():
-    from labkit.lab import plan_gflop
+def test_full_profile_never_trains_on_a_cpu_silently(tmp_path, monkeypatch):
+    from labkit.lab import Lab, LabError
 
-    work = plan_gflop("quick")
-    # a CPU that would need two hours: refused, with the estimate and the way out
-    with pytest.raises(R.LabError, match=r"refusing the quick profile on a CPU.*about 2 h of training.*--allow-cpu"):
-        R.resolve_profile("quick", cuda=False, cpu_gflops=lambda p: work / 7200)
-    # ten minutes: it runs, and says how long it will take
-    name, why = R.resolve_profile("quick", cuda=False, cpu_gflops=lambda p: work / 600)
-    assert name == "quick" and "about 10 min" in why and "GFLOP/s measured on this CPU" in why
-    # runs finished in the store are not counted; with none left, even full goes ahead
-    class AllDone:
-        root = ROOT / "build" / "all-done"
-
-        def find(self, cfg, name):
-            return type("R", (), {"finished": True})()
-
-    for p in ("quick", "full"):
-        name, why = R.resolve_profile(p, cuda=False, cpu_gflops=lambda p: 1.0, store=AllDone())
-        assert name == p and "about 0 s" in why and "build/all-done" in why
-    # the rate is measured on the profile's own network
-    asked = []
-    R.resolve_profile("quick", cuda=False, cpu_gflops=lambda p: asked.append(p) or work)
-    assert asked == ["quick"]
+    rows = Lab("full", root=tmp_path).plan(1)
+    _cpu(monkeypatch, 50.0)
+    with pytest.raises(LabError, match="refusing the full profile on a CPU.*days of training.*HOW"):
+        Lab("full", root=tmp_path).refuse_long_cpu_training(rows, "HOW")
+    _cpu(monkeypatch, 1e6)  # even on a CPU as fast as a GPU the full profile waits for allow_cpu
+    with pytest.raises(LabError, match="refusing the full profile on a CPU"):
+        Lab("full", root=tmp_path).refuse_long_cpu_training(rows, "HOW")
+    assert Lab("full", root=tmp_path, allow_train=False).refuse_long_cpu_training(rows, "HOW") == ""  # render from records
+    assert "GFLOP/s measured" in Lab("full", root=tmp_path, allow_cpu=True).refuse_long_cpu_training(rows, "HOW")
+    assert Lab("full", root=tmp_path).refuse_long_cpu_training([], "HOW") == ""  # nothing left to train
 
 
-def test_plan_gflop_counts_every_run_on_cifar10_sizes():
+def test_quick_profile_on_a_cpu_states_its_estimate_and_refuses_hours(tmp_path, monkeypatch):
+    from labkit.lab import Lab, LabError, plan_gflop
+
+    lab = Lab("quick", root=tmp_path)
+    rows = lab.plan()
+    work = plan_gflop(rows)
+    _cpu(monkeypatch, work / 7200)  # a CPU that would need two hours: refused, with the estimate and the way out
+    with pytest.raises(LabError, match=r"refusing the quick profile on a CPU.*about 2 h of training.*HOW"):
+        lab.refuse_long_cpu_training(rows, "HOW")
+    _cpu(monkeypatch, work / 600)  # ten minutes: it runs, and says how long it will take
+    assert "about 10 min of training on this CPU" in lab.refuse_long_cpu_training(rows, "HOW")
+
+
+def test_plan_gflop_counts_every_run_on_the_data_s_sizes():
     from labkit.lab import plan, plan_gflop
     from labkit.model import run_gflop
 
@@ -555,17 +550,15 @@ def test_plan_gflop_counts_every_run_on_cifar10_sizes():
         train = 40000 if cfg.split == "seed" else 50000 - cfg.val_size
         val = 10000 if cfg.split == "seed" else cfg.val_size
         by_hand += run_gflop(cfg, train, val + 10000 / cfg.epochs)
-    assert plan_gflop("full", 1) == pytest.approx(by_hand)
-    assert plan_gflop("full", 3) > 2 * plan_gflop("full", 1) > 10 * plan_gflop("quick")
-    done = {rows[0][1]}
-    assert plan_gflop("full", 1, skip=lambda name, cfg: name in done) < plan_gflop("full", 1)
-    with pytest.raises(ConfigError, match="synthetic"):
-        plan_gflop("smoke")
+    assert plan_gflop(rows) == pytest.approx(by_hand)
+    assert plan_gflop(plan("full", 3)) > 2 * plan_gflop(rows) > 10 * plan_gflop(plan("quick"))
+    smoke = plan("smoke")
+    assert plan_gflop(smoke, (1000, 200)) < plan_gflop(smoke) / 40  # the smoke profile's synthetic sizes
 
 
 def test_measured_cpu_rate_is_positive_and_finite():
-    from labkit.bench import measure_gflops
     from labkit.config import SEED
+    from labkit.model import measure_gflops
 
     rate = measure_gflops(SEED.replace(width=8), "cpu", batch=4, steps=1)
     assert 0 < rate < 1e5
@@ -596,84 +589,7 @@ def test_jobs_run_04_once_per_ablation_and_summary_last():
         "00_summary",
     ]
     assert [j.parameters["ablation"] for j in js if j.notebook == "04_ablations"] == list(ABLATION_GROUPS)
-    assert R.report_order(js)[0].key == "00_summary"
     assert all(j.parameters["seeds"] == 2 for j in js if "seeds" in j.parameters)
-
-
-def _tiny_nb(title: str, cell_id: str) -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}, "language_info": {"name": "python"}}
-    md = nbformat.v4.new_markdown_cell(f"# {title}\n\nintro text")
-    code = nbformat.v4.new_code_cell("x = 1")
-    code.outputs = [
-        nbformat.v4.new_output("stream", name="stderr", text="train abc: 50%|#####\n"),
-        nbformat.v4.new_output("display_data", data={"text/html": "<p>kept</p>"}),
-    ]
-    md.id, code.id = cell_id, cell_id + "x"  # the same ids in every part: the merge must renumber
-    nb.cells = [md, code]
-    return nb
-
-
-def test_merge_unique_ids_contents_and_no_stderr(tmp_path):
-    parts = []
-    for key in ("00_summary", "01_data", "04_ablations-dropout"):
-        p = tmp_path / f"{key}.ipynb"
-        nbformat.write(_tiny_nb(key, "same"), p)
-        parts.append((R.NotebookJob(key, key.split("-")[0], f"Title {key}"), p))
-    merged = R.merge(parts, "Report", "intro")
-    ids = [c.id for c in merged.cells]
-    assert len(ids) == len(set(ids))
-    head = merged.cells[0].source
-    for key in ("00_summary", "01_data", "04_ablations-dropout"):
-        assert f'href="#sec-{key}"' in head
-        assert any(f'id="sec-{key}"' in c.source for c in merged.cells if c.cell_type == "markdown")
-    outs = [o for c in merged.cells if c.cell_type == "code" for o in c.outputs]
-    assert outs and all(o.get("name") != "stderr" for o in outs)
-    html = R.export_html(merged, tmp_path / "r.html", "Report").read_text()
-    assert "x = 1" not in html  # code hidden
-    assert "<p>kept</p>" in html and 'href="#sec-01_data"' in html
-    assert not re.search(r'<script[^>]+src="https?://', html)  # no external scripts
-
-
-def test_figure_alt_text_is_the_caption_of_its_own_cell():
-    img = '<div class="jp-OutputArea-output"><img src="data:x" alt="No description has been provided for this image"></div>'
-    body = (
-        f'<div class="jp-Cell">{img}<div><p class="lk-caption" id="fig-a"><b>Figure.</b> Loss per <i>epoch</i>.</p></div></div>'
-        f'<div class="jp-Cell">{img}</div>'  # no caption in this cell: the next cell's is not its own
-        '<div class="jp-Cell"><p class="lk-caption" id="fig-b"><b>Figure.</b> Something else.</p></div>'
-    )
-    out = R._tidy_html(body)
-    assert 'alt="Loss per epoch."' in out
-    assert out.count('alt="No description has been provided for this image"') == 1 and "Something else.\"" not in out
-
-
-def test_repeated_headings_get_ids_of_their_own_section():
-    def heading(tag, hid, cls=""):
-        c = f' class="{cls}"' if cls else ""
-        return f'<{tag}{c} id="{hid}">T<a class="anchor-link" href="#{hid}">¶</a></{tag}>'
-
-    body = "".join(
-        heading("h1", f"sec-04_ablations-{g}", "lk-section") + heading("h2", "Figures") + heading("h2", "The-seed's-table")
-        for g in ("lr_decay", "dropout")
-    ) + heading("h1", "sec-05_final", "lk-section") + heading("h2", "Figures")
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(R._tidy_html(body), features="html.parser")
-    ids = [h["id"] for h in soup.find_all(["h1", "h2"])]
-    assert len(ids) == len(set(ids)) == 8
-    assert ids[1] == "Figures" and ids[4] == "sec-04_ablations-dropout-Figures" and ids[7] == "sec-05_final-Figures"
-    for h in soup.find_all(["h1", "h2"]):
-        assert h.find("a", class_="anchor-link")["href"] == f"#{h['id']}"  # each ¶ link leads to its own heading
-
-
-def test_find_chromium(monkeypatch, tmp_path):
-    monkeypatch.delenv("LABKIT_CHROMIUM", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert R.find_chromium() is None
-    fake = tmp_path / "chromium"
-    fake.write_text("#!/bin/sh\nexit 0\n")
-    fake.chmod(0o755)
-    assert R.find_chromium() == str(fake)
 
 
 # ---------------------------------------------------------------------------------------
@@ -783,10 +699,10 @@ def test_export_again_retrains_nothing(smoke_lab, tmp_path, monkeypatch, capsys)
     real_execute = R.execute
     told: dict[str, dict] = {}
 
-    def execute(job, out_dir, cwd, notebook_dir=R.NOTEBOOK_DIR):
+    def execute(job, out_dir, notebook_dir=R.NOTEBOOK_DIR):
         told[job.key] = dict(job.parameters)
         if job.key == "03_depth_limit":
-            return real_execute(job, out_dir, cwd, notebook_dir)
+            return real_execute(job, out_dir, notebook_dir)
         return Path(shutil.copy(executed[job.key], out_dir / f"{job.key}.ipynb"))
 
     monkeypatch.setattr(R, "execute", execute)
@@ -830,37 +746,87 @@ def test_committed_report_names_no_machine_paths():
     assert not bad, bad
 
 
-def test_full_lab_refuses_runs_of_other_data_and_rendering_without_data(tmp_path, synth_root, monkeypatch):
-    # Run ids name no data: recorded runs of one copy (the committed stand-in runs, say)
-    # would otherwise be reported beside another copy's data section, or without one.
-    from labkit.data import load_cifar10
+def _recorded_full_runs(store, source: dict) -> None:
+    """The records (config, summary) of the full plan's first run in `store`, trained on `source`."""
     from labkit.lab import plan
-    from labkit.runs import RunStore
-    from labkit.synthetic import make_synthetic_cifar10
 
-    store = RunStore(tmp_path / "runs")
     _, name, cfg = plan("full", 1)[0]
-    d = store.path(store.run_id(cfg, name))
+    d = store / f"{name}-{cfg.short_hash()}"
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"name": name, "config": cfg.to_dict()}))
     summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
-    summary["data"] = load_cifar10(synth_root, allow_download=False).source
-    (d / "summary.json").write_text(json.dumps(summary))
-    monkeypatch.delenv("LABKIT_DATA_LABEL", raising=False)
-    note = R._check_lab_data("full", 1, str(synth_root), False, store)
-    assert "does not hold the official CIFAR-10 files" in note and "LABKIT_DATA_LABEL" in note
-    monkeypatch.setenv("LABKIT_DATA_LABEL", "synthetic, for a test")
-    assert R._check_lab_data("full", 1, str(synth_root), False, store) == ""
-    make_synthetic_cifar10(tmp_path / "other", per_batch=200, seed=7)
-    with pytest.raises(R.LabError, match=r"1 of the full plan's runs in .* \(finished, or begun\) were trained on other data"):
-        R._check_lab_data("full", 1, str(tmp_path / "other"), False, store)
-    with pytest.raises(R.LabError, match=r"--no-train renders recorded runs.*no CIFAR-10 batches at .*Nothing was written"):
-        R._check_lab_data("full", 1, str(tmp_path / "nothing"), False, store)
-    # The main job refuses before it writes anything.
-    out = tmp_path / "out"
-    with pytest.raises(R.LabError, match="trained on other data"):
-        R.run_lab("full", data_dir=str(tmp_path / "other"), root=tmp_path, runs_dir=store.root, out=out, allow_train=False)
-    assert not out.exists()
+    (d / "summary.json").write_text(json.dumps({**summary, "data": source}))
+
+
+def test_other_data_get_a_store_and_report_of_their_own(tmp_path, synth_root, monkeypatch, capsys):
+    """Run ids name no data: the full profile given other data than its store's trains into a
+    store of their own, named by their fingerprint, and writes its report beside it."""
+    from labkit.data import fingerprint, source_of
+    from labkit.lab import Lab
+    from labkit.synthetic import make_synthetic_cifar10
+
+    monkeypatch.delenv("LABKIT_DATA", raising=False)
+    _recorded_full_runs(tmp_path / "report" / "runs", source_of(synth_root / "cifar-10-batches-py"))
+    same = Lab("full", synth_root, root=tmp_path)
+    assert (same.store.root, same.report_dir, same.own_store) == (tmp_path / "report" / "runs", tmp_path / "report", "")
+    other = make_synthetic_cifar10(tmp_path / "other", per_batch=200, seed=7).parent
+    fp = fingerprint(source_of(other / "cifar-10-batches-py"))
+    lab = Lab("full", other, root=tmp_path)
+    own = tmp_path / "build" / f"full-{fp}"
+    assert (lab.store.root, lab.report_dir) == (own / "runs", own / "report")
+    assert f"fingerprint {fp}) are not those the runs in {tmp_path / 'report' / 'runs'}" in lab.own_store
+    # the dry run says so in one line, with the rest of the plan, and writes nothing
+    before = sorted(tmp_path.rglob("*"))
+    assert R.run_lab("full", data_dir=other, root=tmp_path, dry_run=True) is None
+    out = capsys.readouterr().out
+    assert f"note: the data at {other} (fingerprint {fp})" in out and f"run store: {own / 'runs'}" in out
+    assert sorted(tmp_path.rglob("*")) == before
+    # rendering: the data's own store holds no run, so nothing is mixed and nothing is written
+    with pytest.raises(R.LabError, match=r"none of the \d+ runs .* is finished in .*no such folder.*fingerprint"):
+        R.run_lab("full", data_dir=other, root=tmp_path, allow_train=False)
+    # a store given by hand is never switched: its runs of other data are refused
+    with pytest.raises(R.LabError, match="trained on other data.*a report would mix them"):
+        R.run_lab("full", data_dir=other, root=tmp_path, runs_dir=tmp_path / "report" / "runs", allow_train=False)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from labkit.cli import main
+
+    _cpu(monkeypatch, 100.0)
+    assert main(["lab", "--dry-run", "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "r")]) == 0  # auto: smoke without a GPU
+    out = capsys.readouterr().out
+    for line in ("dry run: profile auto chose SMOKE", "data: labkit's synthetic CIFAR-format data at", "run store:",
+                 f"report folder: {tmp_path / 'out'}", "runs: 22 planned, ", "  train ablation-baseline-",
+                 "time: about ", "at 100.0 GFLOP/s measured just now", "dry run: nothing was trained or written"):
+        assert line in out, (line, out)
+    assert list(tmp_path.iterdir()) == []
+    assert main(["lab", "--profile", "full", "--dry-run", "--data-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert f"data: none at {tmp_path / 'none'}; the lab would download the official CIFAR-10 there" in out
+    assert "runs: 31 planned, 0 finished, 31 to train" in out and "days of training on this CPU" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_data_renders_from_the_runs_records_and_says_they_were_not_checked(tmp_path, synth_root, monkeypatch):
+    """--no-train with no data at all renders the store's runs; the notebooks are told to read
+    only (the data details come from the records: notebook 01 and the provenance say so)."""
+    from labkit.data import source_of
+    from labkit.lab import Lab
+
+    monkeypatch.delenv("LABKIT_DATA", raising=False)
+    _recorded_full_runs(tmp_path / "report" / "runs", source_of(synth_root / "cifar-10-batches-py"))
+    seen = []
+    monkeypatch.setattr(R, "execute", lambda job, out: seen.append(job) or Path(out) / f"{job.key}.ipynb")
+    monkeypatch.setattr(R, "_export", lambda *a: (tmp_path / "report" / "report.html", None))
+    monkeypatch.setattr(R, "_check_kernel", lambda: None)
+    said = []
+    R.run_lab("full", data_dir=tmp_path / "none", root=tmp_path, allow_train=False, log=said.append)
+    assert len(seen) == 9 and all(j.parameters["allow_train"] is False for j in seen if "allow_train" in j.parameters)
+    assert any("no data at" in m and "not checked against the files" in m for m in said), said
+    lab = Lab("full", tmp_path / "none", root=tmp_path, allow_train=False)
+    runs = lab.store.all()
+    assert "not checked against the files (no CIFAR-10 batches at" in A.provenance(runs, lab)["data"]
 
 
 def test_lab_refuses_outputs_that_would_destroy_something(tmp_path):
