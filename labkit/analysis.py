@@ -327,12 +327,14 @@ def show_figure(fig, key: str, caption: str, absent: str = "nothing to show") ->
 
 
 def _figure(*grid: int, **kw):
-    """A figure and its axes, made outside pyplot: shown once by display(), never drawn a
-    second time by the inline backend (which draws every figure pyplot holds open)."""
-    from matplotlib.figure import Figure
+    """A figure and its axes, closed at once: shown where it is displayed (or returned as a
+    cell's value), never drawn a second time by the inline backend, which draws every figure
+    pyplot holds open when a cell ends."""
+    import matplotlib.pyplot as plt
 
-    fig = Figure(**kw)
-    return fig, fig.subplots(*grid)
+    fig, axes = plt.subplots(*grid, **kw)
+    plt.close(fig)
+    return fig, axes
 
 
 # ---------------------------------------------------------------------------------------

@@ -209,12 +209,14 @@ def run_lab(
         _print_plan(lab, rows, todo, reason, cuda, log)
         return None
     _check_places(lab, rows)
+    log(reason)
+    if lab.own_store:
+        log(f"note: {lab.own_store}")
     how = ("Use --no-train to render a report from recorded runs (report/runs for full), --profile smoke for a check in "
            "minutes, or --allow-cpu if you really mean it.")
     estimate = lab.refuse_long_cpu_training(todo, how)
     _check_kernel()
-    log(reason)
-    for note in (lab.own_store, _data_note(lab), estimate and f"training: {estimate}"):
+    for note in (_data_note(lab), estimate and f"training: {estimate}"):
         if note:
             log(note)
     if lanes is not None and lanes > 1 and allow_train and not cuda:

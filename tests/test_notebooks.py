@@ -247,17 +247,19 @@ def test_a_kernel_shows_one_line_per_run_and_each_figure_once(tmp_path, synth_ro
         ),
         nbformat.v4.new_code_cell("A.setup_notebook()\nfloor = A.loss_floor()['analytic']\nfig = A.plot_loss_floor(A.loss_floor_table(floor), floor)"),
         nbformat.v4.new_code_cell("A.show_figure(fig, 'floor', 'The floor.')"),
+        nbformat.v4.new_code_cell("fig"),  # a cell's value: drawn there, once
     ]
     nbformat.write(nb, tmp_path / "in.ipynb")
     papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False)
     cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
-    train_out, made, shown = (c.outputs for c in cells)
+    train_out, made, shown, value = (c.outputs for c in cells)
     assert [o.output_type for o in train_out] == ["display_data"], train_out
     line = train_out[0].data["text/plain"]
     assert line.startswith("train ") and "epoch 3/3, loss " in line and "val " in line, line
     assert made == []  # made, not drawn
     images = [o for o in shown if "image/svg+xml" in o.get("data", {})]
     assert len(images) == 1 and images[0].metadata["image/svg+xml"]["alt"] == "The floor."
+    assert [o.output_type for o in value] == ["execute_result"] and "image/svg+xml" in value[0].data
 
 
 def _shown(monkeypatch) -> list[str]:
