@@ -404,12 +404,11 @@ def cmd_runs(args) -> int:
     if args.to:
         raise RunError("--to goes with --set-aside")
     runs, bad = [], []
-    for p in sorted(root.iterdir()):
-        if (p / "config.json").is_file():
-            try:
-                runs.append(store.load(p.name))
-            except RunError as e:  # list the others, name this one
-                bad.append(str(e))
+    for p in store.run_dirs():
+        try:
+            runs.append(store.load(p.name))
+        except RunError as e:  # list the others, name this one
+            bad.append(f"damaged run {p.name}: {e}")
     if not runs:
         print(f"no runs in {root}")
     else:

@@ -196,9 +196,68 @@ def _read_metrics(path: Path) -> pd.DataFrame:
 
 # What every finished run's summary.json holds (older records have more keys, never fewer).
 SUMMARY_KEYS = ("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds")
+# Numbers where a summary has them; null only where train() writes it (no validation set, no timing).
+SUMMARY_NUMBERS = (*SUMMARY_KEYS, "selected_epoch", "test_loss", "train_images", "world_size", "wall_seconds", "images_per_s_mean")
+NULLABLE = ("final_val_acc", "best_val_acc", "images_per_s_mean")
 # A run's files; summary.json last, so that a retrain sets it aside only once the rest is.
 RUN_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "metrics.csv", "summary.json")
 REPLACED = ".replaced"  # where a retrain keeps the finished run until the new one finishes
+
+
+def _records(d: Path) -> list[str]:
+    """The run files in folder `d`: a folder holding any is a run's, with or without its config.json."""
+    return [f for f in RUN_FILES if (d / f).exists()]
+
+
+def _read_config(d: Path) -> tuple[str, TrainConfig]:
+    """A run's name and config from d/config.json, checked against the folder's name
+    (`<name>-<hash of the config>`): a config edited by hand would pass for the one trained."""
+    path = d / "config.json"
+    fix = f"put back the config.json the run was trained with (git checkout, a backup), or move the folder {d} out of the store"
+    if not path.is_file():
+        held = _records(d)
+        raise RunError(f"{d}: no config.json; " + (f"a damaged run folder (it holds {', '.join(held)}): {fix}" if held else "not a run folder"))
+    try:
+        meta = json.loads(path.read_text())
+        cfg = TrainConfig.from_dict(meta["config"])
+        name = meta.get("name", d.name.rsplit("-", 1)[0])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ConfigError, TypeError, AttributeError) as e:
+        raise RunError(f"{path}: unreadable run config ({e}); {fix}") from None
+    if d.name != f"{name}-{cfg.short_hash()}":
+        raise RunError(f"{path}: a different config (or name) than its folder {d.name} names: it is run {name}-{cfg.short_hash()} "
+                       f"(edited by hand?); {fix}")
+    return name, cfg
+
+
+def _read_summary(path: Path, cfg: TrainConfig, epochs_in_metrics: int) -> dict:
+    """summary.json, checked: a dict of SUMMARY_KEYS, numbers where numbers belong, as many
+    epochs as its config and metrics.csv."""
+    # Without its summary the run is unfinished, and asked for again it resumes from its last
+    # checkpoint (the final epoch's): it writes the summary again and trains nothing that
+    # checkpoint holds. --retrain works too, but trains the whole run again.
+    fix = ("restore the file (git checkout, a backup), or move summary.json aside (e.g. to summary.corrupt.json) and ask for the run "
+           "again: it resumes from its last checkpoint, rewriting metrics.csv and summary.json and training nothing that checkpoint "
+           "holds (without checkpoint.pt it trains the run again, as --retrain would)")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: corrupted ({e}); {fix}") from None
+    if not isinstance(summary, dict):
+        raise RunError(f"{path}: corrupted (a JSON {type(summary).__name__}, not a run summary); {fix}")
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise RunError(f"{path}: corrupted (not a run summary: no {', '.join(missing)}); {fix}")
+    wrong = [f"{k} is {v!r}" for k in SUMMARY_NUMBERS if k in summary
+             and not (type(v := summary[k]) in (int, float) or (v is None and k in NULLABLE))]
+    if wrong:
+        raise RunError(f"{path}: damaged ({', '.join(wrong)}, not a number); {fix}")
+    if summary["epochs"] != cfg.epochs or summary.get("config_hash", cfg.short_hash()) != cfg.short_hash():
+        raise RunError(f"{path}: damaged (it is of {summary['epochs']} epochs, config hash {summary.get('config_hash')}; "
+                       f"config.json: {cfg.epochs} epochs, hash {cfg.short_hash()}); {fix}")
+    if epochs_in_metrics != cfg.epochs:
+        raise RunError(f"{path.with_name('metrics.csv')}: damaged (it holds {epochs_in_metrics} epochs, the finished run "
+                       f"{cfg.epochs}); {fix}")
+    return summary
 
 
 def _restore_replaced(d: Path, log: Callable[[str], None] | None) -> None:
@@ -271,54 +330,40 @@ class RunStore:
     # -- reading ------------------------------------------------------------------------
 
     def load(self, run_id: str) -> Run:
+        """A run from its records, checked against each other (config.json against the folder's
+        name, summary.json against both and metrics.csv): one that does not agree raises
+        RunError naming the file and the fix; a damaged run is never handed back."""
         d = self.path(run_id)
-        cfg_path = d / "config.json"
         if not d.exists():
             raise RunError(f"no run {run_id} in {self.root} (`python -m labkit runs --runs-dir {self.root}` lists them)")
-        if not cfg_path.is_file():
-            raise RunError(f"{d}: no config.json; not a run folder")
-        try:
-            meta = json.loads(cfg_path.read_text())
-            cfg = TrainConfig.from_dict(meta["config"])
-        except (json.JSONDecodeError, KeyError, ConfigError, TypeError) as e:
-            raise RunError(f"{cfg_path}: unreadable run config ({e})") from None
-        summary = None
-        if (d / "summary.json").is_file():
-            path = d / "summary.json"
-            # Without its summary the run is unfinished, and asked for again it resumes from its last
-            # checkpoint (the final epoch's): it writes the summary again and trains nothing that
-            # checkpoint holds. --retrain works too, but trains the whole run again.
-            fix = ("move it aside (e.g. to summary.corrupt.json) and ask for the run again: it resumes from its last "
-                   "checkpoint and writes a new summary, training nothing that checkpoint holds (--retrain would train it all again)")
-            try:
-                summary = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise RunError(f"{path}: corrupted ({e}); {fix}") from None
-            if not isinstance(summary, dict):
-                raise RunError(f"{path}: corrupted (a JSON {type(summary).__name__}, not a run summary); {fix}")
-            missing = [k for k in SUMMARY_KEYS if k not in summary]
-            if missing:
-                raise RunError(f"{path}: corrupted (not a run summary: no {', '.join(missing)}); {fix}")
+        name, cfg = _read_config(d)
         hist = _read_metrics(d / "metrics.csv")
-        return Run(run_id, meta.get("name", run_id.rsplit("-", 1)[0]), d, cfg, summary, hist)
+        summary = _read_summary(d / "summary.json", cfg, len(hist)) if (d / "summary.json").is_file() else None
+        return Run(run_id, name, d, cfg, summary, hist)
 
     def find(self, cfg: TrainConfig, name: str) -> Run | None:
-        rid = self.run_id(cfg, name)
-        return self.load(rid) if (self.path(rid) / "config.json").is_file() else None
+        d = self.path(self.run_id(cfg, name))
+        return self.load(d.name) if (d / "config.json").is_file() or _records(d) else None
+
+    def run_dirs(self) -> list[Path]:
+        """The store's run folders: those with a config.json, and those without one that hold a
+        run's files (damaged: `load` names them; never skipped in silence)."""
+        if not self.root.is_dir():
+            return []
+        return [p for p in sorted(self.root.iterdir()) if (p / "config.json").is_file() or _records(p)]
 
     def on_other_data(self, source: dict) -> list[Run]:
         """The runs of this store trained on other files than `source` describes: finished
         ones by their summary, unfinished ones by their checkpoint (a run that cannot be read
         is left to whoever reads it)."""
         out = []
-        for p in sorted(self.root.iterdir()) if self.root.is_dir() else []:
-            if (p / "config.json").is_file():
-                try:
-                    r = self.load(p.name)
-                except RunError:
-                    continue
-                if not same_data(recorded_data(r), source):
-                    out.append(r)
+        for p in self.run_dirs():
+            try:
+                r = self.load(p.name)
+            except RunError:
+                continue
+            if not same_data(recorded_data(r), source):
+                out.append(r)
         return out
 
     @staticmethod
@@ -327,9 +372,7 @@ class RunStore:
         return "; ".join(sorted({str((recorded_data(r) or {}).get("description")) for r in runs}))
 
     def all(self) -> list[Run]:
-        if not self.root.is_dir():
-            return []
-        return [self.load(p.name) for p in sorted(self.root.iterdir()) if (p / "config.json").is_file()]
+        return [self.load(p.name) for p in self.run_dirs()]
 
     def set_aside_code(self, versions: Iterable[str], dest: str | os.PathLike) -> list[str]:
         """Move the finished runs trained by code `versions` (a commit, which also matches that
@@ -504,16 +547,11 @@ class RunStore:
         """RunStore.get's training, in the run's locked folder."""
         from .train import train  # at call time, not import time: tests replace labkit.train.train
 
-        cfg_path = d / "config.json"
-        if cfg_path.is_file():
-            try:
-                old = TrainConfig.from_dict(json.loads(cfg_path.read_text())["config"])
-            except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
-                raise RunError(f"{cfg_path}: unreadable run config ({e}); move the folder {d} aside") from None
-            if old.identity() != cfg.identity():
+        if (d / "config.json").is_file() or _records(d):  # a run's records: resumed only if they agree
+            if _read_config(d)[1].identity() != cfg.identity():
                 raise RunError(f"{d}: holds a different config than asked for (hash collision?)")
         else:
-            atomic_write_text(cfg_path, json.dumps({"name": name, "config": cfg.to_dict()}, indent=2))
+            atomic_write_text(d / "config.json", json.dumps({"name": name, "config": cfg.to_dict()}, indent=2))
         # A checkpoint that cannot be read is set aside, never trusted: the previous good
         # one takes its place. metrics.csv is made to match the checkpoint resumed from.
         state = recover_checkpoint(d, log)

@@ -115,14 +115,18 @@ def finished_runs(runs: Path) -> Stamps:
     return out
 
 
-def recorded_run(store: Path, source: dict, run_id: str = "x-0000000000") -> Path:
-    """A finished run's folder with only its records (default config, every number 1), trained
-    on the data `source` describes: for checks that read what a store's runs were trained on."""
-    d = store / run_id
+def recorded_run(store: Path, source: dict, name: str = "x", cfg: TrainConfig | None = None) -> Path:
+    """A finished run's folder with only its records (default config, every number 1, a
+    metrics row per epoch), trained on the data `source` describes: for checks that read what
+    a store's runs were trained on. Its records agree with each other, as RunStore.load checks."""
+    from labkit.runs import SUMMARY_KEYS
+
+    cfg = cfg or TrainConfig()
+    d = store / f"{name}-{cfg.short_hash()}"
     d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"name": run_id.rsplit("-", 1)[0], "config": TrainConfig().to_dict()}))
-    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
-    (d / "summary.json").write_text(json.dumps({**summary, "data": source}))
+    (d / "config.json").write_text(json.dumps({"name": name, "config": cfg.to_dict()}))
+    (d / "metrics.csv").write_text("epoch\n" + "".join(f"{e}\n" for e in range(1, cfg.epochs + 1)))
+    (d / "summary.json").write_text(json.dumps({**dict.fromkeys(SUMMARY_KEYS, 1), "epochs": cfg.epochs, "data": source}))
     return d
 
 

@@ -84,6 +84,16 @@ def test_train_without_a_validation_set_prints_no_nan(tmp_path, capsys, monkeypa
     assert re.search(r"val_acc \d\.\d{4}  test_acc", lines[-1]), lines[-1]
 
 
+def _copy_as(run_dir: Path, store: Path, name: str) -> Path:
+    """A copy of a run under another name: its folder and its config.json say so (as a run
+    trained under that name would; RunStore.load checks that they agree)."""
+    d = store / f"{name}-{run_dir.name.rsplit('-', 1)[1]}"
+    shutil.copytree(run_dir, d)
+    meta = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**meta, "name": name}))
+    return d
+
+
 def test_runs_prints_a_table(trained, capsys):
     tmp, _ = trained
     assert main(["runs", "--runs-dir", str(tmp / "runs")]) == 0
@@ -103,13 +113,14 @@ def test_runs_says_how_far_an_unfinished_run_got(trained, tmp_path, capsys):
     meta = json.loads((run_dir / "config.json").read_text())
     meta["config"]["device"] = "auto"  # an execution setting: the same run
     (tmp_path / run_dir.name / "config.json").write_text(json.dumps(meta))
-    (tmp_path / "begun-0123456789").mkdir()  # no checkpoint yet
-    (tmp_path / "begun-0123456789" / "config.json").write_text(json.dumps(meta))
+    begun = tmp_path / f"begun-{run_dir.name.rsplit('-', 1)[1]}"
+    begun.mkdir()  # no checkpoint yet
+    (begun / "config.json").write_text(json.dumps({**meta, "name": "begun"}))
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     # where it ran, as a finished run shows it, from its checkpoint (not the config's "auto")
     assert lines[2].split()[1:3] == ["False", "2/2"] and lines[2].split()[-1] == "cpu"
-    assert lines[1].split()[:3] == ["begun-0123456789", "False", "0/2"] and lines[1].split()[-1] == "—"
+    assert lines[1].split()[:3] == [begun.name, "False", "0/2"] and lines[1].split()[-1] == "—"
 
 
 def test_runs_set_aside_moves_only_the_named_code_and_never_overwrites(trained, tmp_path, capsys):
@@ -119,12 +130,13 @@ def test_runs_set_aside_moves_only_the_named_code_and_never_overwrites(trained, 
     tmp, _ = trained
     (run_dir,) = (tmp / "runs").iterdir()
     store = tmp_path / "store"
-    for name, version in (("a-1", "3887dc1"), ("b-2", "3887dc1+dropout-eager"), ("c-3", "8721feb"), ("d-4", "3887dc12")):
-        shutil.copytree(run_dir, store / name)
-        summary = json.loads((store / name / "summary.json").read_text())
-        (store / name / "summary.json").write_text(json.dumps({**summary, "code_version": version}))
-    shutil.copytree(run_dir, store / "e-5")
-    (store / "e-5" / "summary.json").unlink()  # unfinished: stays, its own checkpoint resumes it
+    ids = {}
+    for name, version in (("a", "3887dc1"), ("b", "3887dc1+dropout-eager"), ("c", "8721feb"), ("d", "3887dc12")):
+        ids[name] = _copy_as(run_dir, store, name).name
+        summary = json.loads((store / ids[name] / "summary.json").read_text())
+        (store / ids[name] / "summary.json").write_text(json.dumps({**summary, "code_version": version}))
+    ids["e"] = _copy_as(run_dir, store, "e").name
+    (store / ids["e"] / "summary.json").unlink()  # unfinished: stays, its own checkpoint resumes it
     aside = tmp_path / "aside"
 
     def refused(args: list[str], why: str) -> None:
@@ -132,19 +144,19 @@ def test_runs_set_aside_moves_only_the_named_code_and_never_overwrites(trained, 
         assert why in capsys.readouterr().err
     assert main(["runs", "--runs-dir", str(store), "--set-aside", "3887dc1", "--to", str(aside)]) == 0
     assert "moved 2 finished run(s) of code 3887dc1" in capsys.readouterr().out
-    assert sorted(p.name for p in aside.iterdir()) == ["a-1", "b-2"]
-    assert sorted(p.name for p in store.iterdir()) == ["c-3", "d-4", "e-5"]
+    assert sorted(p.name for p in aside.iterdir()) == [ids["a"], ids["b"]]
+    assert sorted(p.name for p in store.iterdir()) == [ids["c"], ids["d"], ids["e"]]
     # again: a name already in the destination stops the move, before anything moved
-    shutil.copytree(aside / "a-1", store / "a-1")
-    shutil.copytree(aside / "a-1", store / "f-6")
-    refused(["--set-aside", "3887dc1", "--to", str(aside)], "already holds a-1; nothing moved")
-    assert (store / "a-1" / "summary.json").is_file() and (store / "f-6").is_dir()
+    shutil.copytree(aside / ids["a"], store / ids["a"])
+    f6 = _copy_as(aside / ids["a"], store, "f")
+    refused(["--set-aside", "3887dc1", "--to", str(aside)], f"already holds {ids['a']}; nothing moved")
+    assert (store / ids["a"] / "summary.json").is_file() and f6.is_dir()
     # a run in training (its lock held) stops it too
-    shutil.rmtree(store / "a-1")
-    with open(store / "f-6" / ".lock", "w") as f:
+    shutil.rmtree(store / ids["a"])
+    with open(f6 / ".lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         refused(["--set-aside", "3887dc1", "--to", str(tmp_path / "other")], "another process is training this run")
-    assert (store / "f-6" / "summary.json").is_file() and not (tmp_path / "other").exists()
+    assert (f6 / "summary.json").is_file() and not (tmp_path / "other").exists()
     refused(["--set-aside", "8721feb", "--to", str(store / "old")], "lies in the run store")
     refused(["--set-aside", "8721feb"], "needs --to")
     refused(["--to", str(aside)], "--to goes with --set-aside")
@@ -614,7 +626,7 @@ def test_a_corrupted_summary_says_what_to_do_and_that_works_training_nothing(tra
     argv = [*TRAIN, "--set", "device=cpu", "--runs-dir", str(store), "--data-dir", str(tmp / "data")]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "summary.json: corrupted" in err and "move it aside (e.g. to summary.corrupt.json) and ask for the run again" in err
+    assert "summary.json: corrupted" in err and "move summary.json aside (e.g. to summary.corrupt.json) and ask for the run again" in err
     (run_dir / "summary.json").rename(run_dir / "summary.corrupt.json")
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -622,6 +634,36 @@ def test_a_corrupted_summary_says_what_to_do_and_that_works_training_nothing(tra
     after = json.loads((run_dir / "summary.json").read_text())
     for k in ("final_loss_sum", "final_val_acc", "test_acc", "test_loss", "train_seconds", "selected_epoch", "data"):
         assert after[k] == before[k], k
+
+
+@pytest.mark.parametrize("damage, named", [
+    ({"final_loss_sum": None}, "final_loss_sum is None, not a number"),  # before: a TypeError traceback
+    ({"test_acc": "0.9"}, "test_acc is '0.9', not a number"),
+    ("shortened metrics", "metrics.csv: damaged (it holds 1 epochs, the finished run 2)"),  # before: accepted
+])
+def test_train_names_a_damaged_record_in_one_line_and_its_fix_works(trained, tmp_path, capsys, damage, named):
+    tmp, _ = trained
+    store = tmp_path / "runs"
+    shutil.copytree(tmp / "runs", store)
+    (run_dir,) = store.iterdir()
+    before = json.loads((run_dir / "summary.json").read_text())
+    if isinstance(damage, dict):
+        (run_dir / "summary.json").write_text(json.dumps({**before, **damage}))
+    else:
+        rows = (run_dir / "metrics.csv").read_text().splitlines(keepends=True)
+        (run_dir / "metrics.csv").write_text("".join(rows[:-1]))
+    argv = [*TRAIN, "--set", "device=cpu", "--runs-dir", str(store), "--data-dir", str(tmp / "data")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run_dir}/") and named in err and err.count("\n") == 1, err
+    # the fix it gives: the summary moved aside, the run resumes from its last checkpoint
+    assert "move summary.json aside (e.g. to summary.corrupt.json) and ask for the run again" in err
+    (run_dir / "summary.json").rename(run_dir / "summary.corrupt.json")
+    assert main(argv) == 0
+    assert not [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch")]  # nothing trained
+    after = json.loads((run_dir / "summary.json").read_text())
+    assert [after[k] for k in ("final_loss_sum", "test_acc", "epochs")] == [before[k] for k in ("final_loss_sum", "test_acc", "epochs")]
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 3  # the header and both epochs
 
 
 def test_train_notes_data_that_are_not_the_official_files_once_unless_labelled(trained, tmp_path, capsys, monkeypatch):

@@ -138,9 +138,9 @@ def test_a_store_of_runs_on_other_data_gets_no_more_runs_from_these(tmp_path, sy
 
     store = RunStore(tmp_path / "runs")
     source = load_cifar10(synth_root, allow_download=False).source
-    recorded_run(store.root, source)
+    d = recorded_run(store.root, source)
     other = make_synthetic_cifar10(tmp_path / "other", per_batch=200, seed=7).parent
-    assert [r.id for r in store.on_other_data(load_cifar10(other, allow_download=False).source)] == ["x-0000000000"]
+    assert [r.id for r in store.on_other_data(load_cifar10(other, allow_download=False).source)] == [d.name]
     assert store.on_other_data(source) == []
     import labkit.lab as L
 

@@ -410,6 +410,8 @@ def test_data_label(monkeypatch, tmp_path):
 
 
 def test_summary_runs_and_the_recorded_data_source(tmp_path):
+    from conftest import recorded_run
+
     from labkit.lab import Lab, plan
 
     lab = Lab("smoke", root=tmp_path, allow_train=False, progress=False, log=None)
@@ -417,11 +419,8 @@ def test_summary_runs_and_the_recorded_data_source(tmp_path):
     assert (abl, final, depth, modern) == ([], [], [], [])
     assert sorted(missing) == sorted(lab.store.run_id(c, n) for _, n, c in plan("smoke", 2))  # the baseline once
     assert A.recorded_source(lab) is None
-    run = lab.store.path(missing[0])
-    run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"name": "ablation-baseline", "config": plan("smoke", 1)[0][2].to_dict()}))
-    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
-    (run / "summary.json").write_text(json.dumps({**summary, "data": {"official": False, "folder": "x"}}))
+    run = recorded_run(lab.store.root, {"official": False, "folder": "x"}, "ablation-baseline", plan("smoke", 1)[0][2])
+    assert run.name == missing[0]
     assert A.recorded_source(lab) == {"official": False, "folder": "x"}
     (abl, *_), missing2 = A.summary_runs(lab, 2, 1)
     assert [r.id for r in abl] == [missing[0]] and len(missing2) == len(missing) - 1
@@ -747,15 +746,13 @@ def test_committed_report_names_no_machine_paths():
 
 
 def _recorded_full_runs(store, source: dict) -> None:
-    """The records (config, summary) of the full plan's first run in `store`, trained on `source`."""
+    """The records of the full plan's first run in `store`, trained on `source`."""
+    from conftest import recorded_run
+
     from labkit.lab import plan
 
     _, name, cfg = plan("full", 1)[0]
-    d = store / f"{name}-{cfg.short_hash()}"
-    d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"name": name, "config": cfg.to_dict()}))
-    summary = dict.fromkeys(("epochs", "final_loss_sum", "final_val_acc", "best_val_acc", "test_acc", "train_seconds"), 1)
-    (d / "summary.json").write_text(json.dumps({**summary, "data": source}))
+    recorded_run(store, source, name, cfg)
 
 
 def test_other_data_get_a_store_and_report_of_their_own(tmp_path, synth_root, monkeypatch, capsys):

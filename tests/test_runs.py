@@ -463,3 +463,92 @@ def test_a_waiter_says_the_other_process_finished_the_run(tmp_path, cfg, synth_d
         f"{done.id}: the other process finished it; its result is used, nothing trained here",
     ]
     assert got[0].finished and got[0].summary == done.summary
+
+
+# ---------------------------------------------------------------------------------------
+# Damaged records: named with the file and the mismatch, never finished, never hidden
+# ---------------------------------------------------------------------------------------
+
+
+def _edit(path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _edit_config(d, **changes) -> None:
+    meta = json.loads((d / "config.json").read_text())
+    _edit(d / "config.json", config={**meta["config"], **changes})
+
+
+def _drop_last_row(path) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+# case: (the file named, the mismatch named, the damage done)
+DAMAGE = {
+    "config_edited": ("config.json", "a different config (or name) than its folder", lambda d: _edit_config(d, lr=0.5)),
+    "config_edited_unfinished": ("config.json", "a different config (or name) than its folder",
+                                 lambda d: ((d / "summary.json").unlink(), _edit_config(d, lr=0.5))),
+    "name_edited": ("config.json", "a different config (or name) than its folder", lambda d: _edit(d / "config.json", name="other")),
+    "metrics_shortened": ("metrics.csv", "it holds 2 epochs, the finished run 3", lambda d: _drop_last_row(d / "metrics.csv")),
+    "summary_null": ("summary.json", "test_acc is None, not a number", lambda d: _edit(d / "summary.json", test_acc=None)),
+    "summary_string": ("summary.json", "train_seconds is '12.5', not a number", lambda d: _edit(d / "summary.json", train_seconds="12.5")),
+    "summary_epochs": ("summary.json", "it is of 4 epochs", lambda d: _edit(d / "summary.json", epochs=4)),
+    "summary_hash": ("summary.json", "config hash 0123456789", lambda d: _edit(d / "summary.json", config_hash="0123456789")),
+    "config_gone": ("", "no config.json; a damaged run folder (it holds checkpoint.pt, checkpoint.prev.pt, metrics.csv, summary.json)",
+                    lambda d: (d / "config.json").unlink()),
+}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, synth_data):
+    """A store of two finished runs of one config, 'r' (to damage) and 'ok'."""
+    from conftest import _tiny_config
+
+    store = RunStore(tmp_path_factory.mktemp("two"))
+    cfg = _tiny_config(epochs=3, train_subset=128, batch_size=64)
+    for name in ("r", "ok"):
+        store.get(cfg, name, synth_data, progress=False, log=None)
+    return store.root, cfg
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_run_is_named_never_handed_back_never_hidden(case, two_runs, tmp_path, synth_data, monkeypatch, capsys):
+    import re
+    import shutil
+
+    from labkit.cli import main
+
+    file, problem, damage = DAMAGE[case]
+    src, cfg = two_runs
+    store = RunStore(shutil.copytree(src, tmp_path / "runs"))
+    rid, ok = store.run_id(cfg, "r"), store.run_id(cfg, "ok")
+    d = store.path(rid)
+    damage(d)
+    before = {p.name: p.read_bytes() for p in d.iterdir() if not p.name.startswith(".")}
+    monkeypatch.setattr(T, "train", lambda *a, **k: pytest.fail("a damaged run was trained over"))
+    named = rf"^{re.escape(str(d / file))}: .*{re.escape(problem)}.*(put back|restore)"
+    for read in (lambda: store.load(rid), lambda: store.find(cfg, "r"), store.all,
+                 lambda: store.get(cfg, "r", synth_data, progress=False, log=None)):
+        with pytest.raises(RunError, match=named):
+            read()
+    assert [r.id for r in store.on_other_data({})] == [ok]  # the damaged one is left to whoever reads it
+    # `labkit runs`: the good run listed, the damaged one named on one line, exit 1
+    assert main(["runs", "--runs-dir", str(store.root)]) == 1
+    out, err = capsys.readouterr()
+    assert ok in out and rid not in out
+    assert err.startswith(f"error: damaged run {rid}: {d / file}: ") and problem in err and err.count("\n") == 1, err
+    # nothing lost: every file as it was
+    assert {p.name: p.read_bytes() for p in d.iterdir() if not p.name.startswith(".")} == before
+
+
+def test_the_committed_runs_load_as_finished():
+    """report/runs (31 runs, some from before fields existed, null val accuracies where no
+    validation set) pass every check of their records."""
+    from pathlib import Path
+
+    recorded = Path(__file__).resolve().parent.parent / "report" / "runs"
+    if not recorded.is_dir():
+        pytest.skip("no recorded runs in report/runs")
+    runs = RunStore(recorded).all()
+    assert len(runs) == len(list(recorded.iterdir())) and all(r.finished for r in runs)
+    assert any(r.summary["final_val_acc"] is None for r in runs)  # the null a split without validation records
