@@ -3,6 +3,7 @@ checked), recovery from a bad one. Apart from the loop: the run store and analys
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from .config import TrainConfig
 
 __all__ = [
     "CheckpointError",
+    "DiskFullError",
     "RESUME_KEYS",
     "atomic_write",
     "save_checkpoint",
@@ -29,6 +31,10 @@ __all__ = [
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupted or carries code."""
+
+
+class DiskFullError(OSError):
+    """A write found no space left on its device (errno ENOSPC); its message is one line."""
 
 
 # What train() needs to resume; a checkpoint without them is not one it can resume from.
@@ -56,9 +62,37 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _no_space(e: BaseException | None) -> bool:
+    """Whether `e` comes from a full disk: torch's zip writer raises a RuntimeError of its
+    own (an 'enforce fail' without the path), the OSError in its __context__."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n:,} bytes"
+
+
+class _Counter:
+    """A file that only counts the bytes written to it: the size a failed write needed."""
+
+    n = 0
+
+    def write(self, b) -> int:
+        self.n += len(b)
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+
 def atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] | None = None) -> None:
     """`write(f)` into a temp file in the same folder, fsync, rename: readers see the old
-    file or the new one, never half of one; a failed write leaves no temp file behind."""
+    file or the new one, never half of one; a failed write leaves no temp file behind, and
+    a full disk is a DiskFullError naming the folder, the space needed and the space free."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -69,9 +103,18 @@ def atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] 
         if before_rename is not None:
             before_rename()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise
+        if not _no_space(e):
+            raise
+        write(need := _Counter())
+        err = DiskFullError(
+            f"no space left on the device of {path.parent}: writing {path.name} needs about {_size(need.n)} "
+            f"(its size, without the filesystem's overhead), {_size(shutil.disk_usage(path.parent).free)} are free; "
+            f"{path.name} is as it was and no temporary file is left: free some space and run the same command again"
+        )
+        err.errno = errno.ENOSPC
+        raise err from None
     _fsync_dir(path.parent)
 
 

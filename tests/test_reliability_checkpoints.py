@@ -5,10 +5,12 @@ previous good one; a checkpoint that carries code is refused without running it.
 from __future__ import annotations
 
 import ast
+import errno
 import importlib
 import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -150,6 +152,82 @@ def test_text_write_fault_keeps_the_old_file(tmp_path, monkeypatch, where):
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"test_acc": 0.5}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+class _FullDisk:
+    """A file on a disk that fills after `room` bytes: a write past it raises ENOSPC, as the kernel does."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _disk_fills(monkeypatch, room: int, when=lambda path: True) -> None:
+    """atomic_write's temp files (those `when` picks) land on a disk with `room` bytes free."""
+    import labkit.checkpoint as C
+
+    monkeypatch.setattr(C, "open", lambda p, *a, **k: _FullDisk(open(p, *a, **k), room) if when(Path(p)) else open(p, *a, **k),
+                        raising=False)
+
+
+# room 0: torch.save raises the OSError; 100 and 5000: torch's zip writer turns it into a RuntimeError without the path
+@pytest.mark.parametrize("room", [0, 100, 5000])
+@pytest.mark.parametrize("what", ["checkpoint", "text"])
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_space(tmp_path, monkeypatch, room, what):
+    from labkit.checkpoint import DiskFullError
+
+    path = tmp_path / ("checkpoint.pt" if what == "checkpoint" else "summary.json")
+    new = {"model": {"w": torch.zeros(10_000)}, "epoch": 1}
+    if what == "checkpoint":
+        save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 0})
+    else:
+        atomic_write_text(path, "{}")
+    old = path.read_bytes()
+    _disk_fills(monkeypatch, room)
+    with pytest.raises(DiskFullError) as e:
+        if what == "checkpoint":
+            save_checkpoint(path, new, keep_previous=True)
+        else:
+            atomic_write_text(path, json.dumps({"padding": "x" * 10_000}))
+    msg = str(e.value)
+    assert "\n" not in msg and e.value.errno == errno.ENOSPC and e.value.__suppress_context__
+    assert re.match(rf"no space left on the device of {tmp_path}: writing {path.name} needs about [\d,]+ bytes .*, [\d,.]+ (MB|bytes) are free; ", msg)
+    assert "free some space and run the same command again" in msg
+    assert path.read_bytes() == old  # the last good file intact
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
+
+
+def test_train_on_a_full_disk_says_so_in_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    from labkit.cli import main
+    from labkit.synthetic import make_synthetic_cifar10
+
+    make_synthetic_cifar10(tmp_path / "data", per_batch=50)
+    argv = ["train", "--epochs", "2", "--synthetic", "--synthetic-size", "50", "--data-dir", str(tmp_path / "data"),
+            "--runs-dir", str(tmp_path / "runs"), "--set", "width=8", "--set", "device=cpu"]
+    # the disk fills after the first epoch's checkpoint: the second one does not fit
+    _disk_fills(monkeypatch, 1000, when=lambda p: p.name.startswith(".checkpoint.pt") and p.with_name("checkpoint.pt").exists())
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    (d,) = (tmp_path / "runs").iterdir()
+    assert err.startswith(f"error: no space left on the device of {d}: writing checkpoint.pt needs about ") and err.count("\n") == 1, err
+    assert load_checkpoint(d / "checkpoint.pt")["epoch"] == 0 and not list(d.glob(".*.tmp"))
+    monkeypatch.undo()  # space freed: the same command resumes from that checkpoint
+    assert main(argv) == 0
+    assert f"resumed from {d / 'checkpoint.pt'} at epoch 1/2" in capsys.readouterr().out
 
 
 def test_every_checkpoint_keeps_the_one_before(tmp_path, synth_data, cfg):
