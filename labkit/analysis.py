@@ -141,6 +141,7 @@ def open_lab(
     from .config import check_notebook_parameters
     from .lab import get_profile
 
+    _errors_in_one_line()
     check_notebook_parameters()
     check_bool("allow_train", allow_train)
     check_bool("allow_cpu", allow_cpu)
@@ -161,7 +162,7 @@ def open_lab(
     # A file where the run store goes is refused here, before anything runs: the store is
     # made only when the first run trains, after its data are loaded.
     where = f"runs_dir {runs_dir!r}" if runs_dir else f"the {prof.name} profile's run store {store}"
-    _refuse_file_in_the_way(store, where, "the runs (made when a run is trained)")
+    _check_folder(store, where, "the runs (made when a run is trained)", write=allow_train)
     data_label = data_label or os.environ.get("LABKIT_DATA_LABEL") or None
     lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log, data_label=data_label,
               allow_cpu=allow_cpu)
@@ -180,27 +181,54 @@ def from_project(path: str | None) -> str | None:
 
 
 def depth_checkpoints_dir(lab: Lab, checkpoints_dir: str | Path | None) -> Path:
-    """Notebook 03's `checkpoints_dir`, checked in its set-up cell: the checkpoints are
-    written in its last cell, after the runs have trained. None: check_points/ beside the
+    """Notebook 03's `checkpoints_dir`, checked in its set-up cell (the checkpoints are
+    written in its last cell, after the runs have trained). None: check_points/ beside the
     profile's report folder (the project's own for the full profile)."""
-    if checkpoints_dir is None:
-        return lab.report_dir.parent / "check_points"
     if isinstance(checkpoints_dir, Path):  # this cell run again: the folder it gave the first time
         return checkpoints_dir
-    if not isinstance(checkpoints_dir, str):
+    if checkpoints_dir is not None and not isinstance(checkpoints_dir, str):
         raise ConfigError(f"checkpoints_dir must be a path string or None, got {type(checkpoints_dir).__name__} {checkpoints_dir!r}")
-    path = Path(from_project(checkpoints_dir))
-    _refuse_file_in_the_way(path, f"checkpoints_dir {checkpoints_dir!r}", "the checkpoints")
+    if checkpoints_dir is None:
+        path = lab.report_dir.parent / "check_points"
+        _check_folder(path, f"the {lab.profile.name} profile's checkpoints folder {path} (checkpoints_dir None)", "the checkpoints")
+    else:
+        path = Path(from_project(checkpoints_dir))
+        _check_folder(path, f"checkpoints_dir {checkpoints_dir!r}", "the checkpoints")
     return path
 
 
-def _refuse_file_in_the_way(folder: Path, where: str, what: str) -> None:
-    """A folder parameter that a file sits at (or above) could never be made: say so by name."""
+def _check_folder(folder: Path, where: str, what: str, write: bool = True) -> None:
+    """A folder parameter that could never be made (a file at or above it) or, with `write`,
+    written into: refused by name in the set-up cell, before anything runs."""
+    import tempfile
+
     from .data import file_in_the_way
 
     blocker = file_in_the_way(folder)
     if blocker is not None:
         raise ConfigError(f"{where}: {blocker} is a file, not a folder; give a folder for {what}")
+    if write:  # a probe without a name, gone when closed: nothing is left behind
+        there = next(p for p in (folder, *folder.parents) if p.is_dir())
+        try:
+            tempfile.TemporaryFile(dir=there).close()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot write in {there} ({e.strerror or e}); give a folder you can write to for {what}") from None
+
+
+def _errors_in_one_line() -> None:
+    """In a kernel, labkit's own errors show as their one line, not as a traceback through
+    labkit's code: in the notebook, and in papermill's error (`%tb` still shows the traceback)."""
+    from IPython import get_ipython
+
+    from .checkpoint import CheckpointError, DiskFullError
+    from .data import DataError
+    from .runs import RunError
+
+    def one_line(shell, etype, value, tb, tb_offset=None):
+        shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])  # what ipykernel sends as the error
+
+    if (shell := get_ipython()) is not None:
+        shell.set_custom_exc((ConfigError, DataError, RunError, CheckpointError, DiskFullError), one_line)
 
 
 def stderr_log(msg: str) -> None:

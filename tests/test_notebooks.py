@@ -125,7 +125,8 @@ def _set_up_error(name: str, params: dict, monkeypatch) -> tuple[BaseException, 
     nb = _read(name)
     i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     sources = [nb.cells[i].source, translate_parameters("python3", "python", params, "Parameters"), nb.cells[i + 1].source]
-    shell = type("Shell", (), {"user_ns": {"In": ["", *sources]}})()  # In[0] is empty in a kernel
+    # In[0] is empty in a kernel; labkit's errors are shown as one line there (tested under papermill)
+    shell = type("Shell", (), {"user_ns": {"In": ["", *sources]}, "set_custom_exc": lambda self, *a: None})()
     monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
     # figures' format, seaborn's theme, pandas' options: a notebook's, not this process's
     monkeypatch.setattr(A, "setup_notebook", lambda lab=None: None)
@@ -187,6 +188,9 @@ PATHS = [
     # a run store below a file: found only when the first run was trained, its data loaded
     ("04_ablations", {"runs_dir": "{tmp}/a_file/runs"}, "runs_dir '{tmp}/a_file/runs': {tmp}/a_file is a file"),
     ("05_final", {"runs_dir": "{tmp}/a_file"}, "runs_dir '{tmp}/a_file': {tmp}/a_file is a file"),
+    # folders that cannot be written (/sys refuses new files, to root too): found only when written
+    ("03_depth_limit", {"checkpoints_dir": "/sys/labkit-checkpoints"}, "checkpoints_dir '/sys/labkit-checkpoints': cannot write in /sys ("),
+    ("04_ablations", {"runs_dir": "/sys/labkit-runs", "allow_train": True}, "runs_dir '/sys/labkit-runs': cannot write in /sys ("),
 ]
 
 
@@ -208,6 +212,19 @@ def test_paths_that_cannot_be_written_fail_in_the_set_up_cell(tmp_path, monkeypa
     assert not (tmp_path / "build").exists()  # nothing made: no data, no run store
 
 
+def test_the_default_checkpoints_folder_is_checked_in_the_set_up_cell_too(tmp_path, monkeypatch):
+    """checkpoints_dir None: a file where its folder goes was found only by the last cell, after every run had trained."""
+    from labkit.config import ConfigError
+
+    blocked = tmp_path / "build" / "smoke" / "check_points"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("x")
+    err, cell = _set_up_error("03_depth_limit", {"profile": "smoke", "root": str(tmp_path), "seeds": 1}, monkeypatch)
+    assert isinstance(err, ConfigError) and f"checkpoints folder {blocked} (checkpoints_dir None): {blocked} is a file" in str(err), repr(err)
+    assert "A.open_lab(" in cell
+    assert sorted(p.name for p in blocked.parent.iterdir()) == ["check_points"]  # no run store, nothing trained
+
+
 def test_a_path_that_cannot_be_written_fails_under_papermill(tmp_path):
     """The same check in a real kernel: papermill stops in the set-up cell."""
     papermill = pytest.importorskip("papermill")
@@ -223,7 +240,7 @@ def test_a_path_that_cannot_be_written_fails_under_papermill(tmp_path):
             progress_bar=False,
         )
     assert e.value.ename == "ConfigError" and "A.open_lab(" in e.value.source  # the set-up cell
-    assert message in e.value.evalue
+    assert message in e.value.evalue and e.value.traceback == [f"ConfigError: {e.value.evalue}"]  # one line
     assert not (tmp_path / "build").exists()
 
 

@@ -127,11 +127,18 @@ def _papermill(src: Path, out: Path, params: dict, cwd: Path = ROOT):
     return e.value
 
 
-def test_papermill_bad_value_stops_the_validation_cell(tmp_path):
+def test_papermill_bad_value_stops_the_validation_cell_in_one_line(tmp_path):
+    import nbformat
+
     err = _papermill(ROOT / "notebooks" / "05_final.ipynb", tmp_path / "out.ipynb", {"profile": "smoke", "root": str(tmp_path), "seeds": -1})
     assert err.ename == "ConfigError" and "seeds" in err.evalue
     assert err.exec_count == 3  # parameters, papermill's injected cell, then validation: nothing else ran
     assert not (tmp_path / "build").exists()  # no run store, no data, nothing trained
+    # labkit's line, not a traceback through labkit's code: in papermill's error and in the executed notebook
+    line = "ConfigError: seeds must be a positive int (runs per configuration), got -1"
+    assert err.traceback == [line] and str(err).rstrip().endswith(f'Exception encountered at "In [3]":\n{line}')
+    cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    assert [o.traceback for c in cells for o in c.get("outputs", []) if o.output_type == "error"] == [[line]]
 
 
 def test_check_notebook_parameters_compares_injected_with_declared():
