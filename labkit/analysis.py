@@ -202,11 +202,11 @@ def _check_folder(folder: Path, where: str, what: str, write: bool = True) -> No
     written into: refused by name in the set-up cell, before anything runs."""
     import tempfile
 
-    from .data import file_in_the_way
+    from .data import file_in_the_way, in_the_way
 
     blocker = file_in_the_way(folder)
     if blocker is not None:
-        raise ConfigError(f"{where}: {blocker} is a file, not a folder; give a folder for {what}")
+        raise ConfigError(f"{where}: {in_the_way(blocker)}, not a folder; give a folder for {what}")
     if write:  # a probe without a name, gone when closed: nothing is left behind
         there = next(p for p in (folder, *folder.parents) if p.is_dir())
         try:

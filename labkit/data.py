@@ -120,10 +120,20 @@ class _Refused(pickle.UnpicklingError):
     """The pickle asks for a global outside _ALLOWED: it is not a CIFAR-10 batch."""
 
 
+def _empty_bytes(*args) -> bytes:
+    """bytes() as protocol 2 writes b'' (an empty array's buffer): with no argument only, so
+    a pickle cannot ask for bytes(10**12)."""
+    if args:
+        raise _Refused(f"refused bytes{args!r:.40}: protocol 2 calls bytes() only for an empty buffer")
+    return b""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D401
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
+        if (module, name) == ("__builtin__", "bytes"):
+            return _empty_bytes
         raise _Refused(
             f"refused global {module}.{name}: a CIFAR-10 batch holds only arrays, lists, "
             "strings and ints, so this file is not one (it may try to run code)"
@@ -160,6 +170,8 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
         raise DataError(f"{path}: 'data' must be uint8 [N, 3072], found {dtype} {shape}")
+    if not len(data):
+        raise DataError(f"{path}: holds no images ('data' is 0 x 3072); a CIFAR-10 batch holds 10,000: put a good copy in its place")
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: 'labels' must be {len(data)} integers, found {labels.dtype} {labels.shape}")
@@ -189,22 +201,33 @@ def default_data_dir(root: str | os.PathLike = ".") -> Path:
 
 
 def file_in_the_way(root: str | os.PathLike) -> Path | None:
-    """The file at `root` or at the first of its parents that exists, if that is not a folder.
+    """The file at `root` or at the first of its parents that exists, if that is not a folder,
+    or a symbolic link there that loops or leads nowhere.
 
     A data folder there could neither be read nor made (mkdir would fail with a bare
-    "File exists" or "Not a directory"), so callers refuse such a path by name first.
+    "File exists" or "Not a directory"), so callers refuse such a path by name first
+    (`in_the_way` says what it is).
     """
     p = Path(root)
     for cand in (p, *p.parents):
         if cand.exists():
             return None if cand.is_dir() else cand
+        if cand.is_symlink():
+            return cand
     return None
+
+
+def in_the_way(path: Path) -> str:
+    """What file_in_the_way found, in words."""
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a symbolic link (to {os.readlink(path)}) that loops or leads nowhere"
+    return f"{path} is a file"
 
 
 def _check_folder(root: Path) -> None:
     f = file_in_the_way(root)
     if f is not None:
-        where = f"{root} is a file" if f == root else f"{root}: {f} is a file"
+        where = in_the_way(root) if f == root else f"{root}: {in_the_way(f)}"
         raise DataError(
             f"{where}, not a folder: give --data-dir (or LABKIT_DATA) the folder holding {FOLDER}, "
             "or that folder itself"

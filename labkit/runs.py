@@ -39,7 +39,7 @@ import pandas as pd
 from . import distributed
 from .checkpoint import atomic_write, load_checkpoint, recover_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import Dataset, check_same_data, file_in_the_way, same_data
+from .data import Dataset, check_same_data, file_in_the_way, in_the_way, same_data
 
 __all__ = [
     "Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "command_line", "code_version",
@@ -75,7 +75,7 @@ def check_writable(path: str | None, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: is a folder; give a file name")
     blocker = file_in_the_way(p.parent)
     if blocker is not None:
-        raise ConfigError(f"{flag} {path}: cannot write there: {blocker} is a file, not a folder")
+        raise ConfigError(f"{flag} {path}: cannot write there: {in_the_way(blocker)}, not a folder")
     if not p.parent.is_dir():
         raise ConfigError(
             f"{flag} {path}: cannot write there: the folder {p.parent} does not exist; "

@@ -17,7 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import BATCH_MD5, CLASSES, FOLDER, SYNTHETIC_KEY, SYNTHETIC_MADE_KEY, DataError, file_in_the_way, md5
+from .data import (
+    BATCH_MD5,
+    CLASSES,
+    FOLDER,
+    SYNTHETIC_KEY,
+    SYNTHETIC_MADE_KEY,
+    DataError,
+    file_in_the_way,
+    in_the_way,
+    md5,
+)
 
 __all__ = ["make_synthetic_cifar10"]
 
@@ -72,10 +82,10 @@ def make_synthetic_cifar10(
     _check_int("seed", seed, 0, "a numpy seed")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0 (the pixel noise's SD), got {noise!r}")
-    in_the_way = file_in_the_way(Path(root) / FOLDER)
-    if in_the_way is not None:  # before any folder is made
+    blocker = file_in_the_way(Path(root) / FOLDER)
+    if blocker is not None:  # before any folder is made
         raise DataError(
-            f"{in_the_way} is a file, not a folder: give the folder to write {FOLDER} into (made if missing)"
+            f"{in_the_way(blocker)}, not a folder: give the folder to write {FOLDER} into (made if missing)"
         )
     if any((Path(root) / n).exists() for n in BATCH_MD5):  # a data folder accepts either; this writes below root
         raise DataError(f"{root} itself holds CIFAR-10 batch files: give the folder above it, where {FOLDER} would go")

@@ -119,6 +119,8 @@ BAD_BATCHES = {
     "label_out_of_range_high": (_batch({b"labels": [0] * 19 + [255]}), "0..9"),
     "label_out_of_range_low": (_batch({b"labels": np.array([-3] + [0] * 19)}), "0..9"),
     "no_data_key": ({b"labels": [0] * 20}, "'data' and 'labels'"),
+    # saved with protocol 2, an empty buffer is bytes(): before, refused as hostile
+    "no_images": (_batch({b"data": np.zeros((0, 3072), np.uint8), b"labels": [], b"filenames": []}), "holds no images ('data' is 0 x 3072)"),
     "none": (None, "expected a dict"),
     "a_string": ("data_batch", "expected a dict"),
 }
@@ -134,6 +136,27 @@ def test_mis_shaped_or_mislabelled_batch(tmp_path, kind):
         with pytest.raises(DataError) as e:
             call()
         assert "data_batch_4" in str(e.value) and expected in str(e.value), str(e.value)
+
+
+def test_bytes_in_a_protocol_2_pickle_only_as_the_empty_buffer(tmp_path):
+    """bytes() is what protocol 2 writes for b''; bytes(10**12), 30 bytes of pickle, would fill the memory."""
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(b"\x80\x02c__builtin__\nbytes\n\x8a\x06\x00\x10\xa5\xd4\xe8\x00\x85R.")
+    with pytest.raises(DataError, match=r"data_batch_1: refused bytes\(1000000000000,\)"):
+        read_batch(p)
+
+
+@pytest.mark.parametrize("synthetic", [False, True])
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+def test_a_data_folder_that_is_a_broken_link_is_named_as_one(tmp_path, capsys, link, synthetic):
+    """Before: "[Errno 17] File exists" (mkdir on the link)."""
+    d = tmp_path / "data"
+    d.symlink_to(d if link == "loop" else tmp_path / "gone")
+    argv = ["train", "--set", "width=8", "--epochs", "1", "--data-dir", str(d), "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv + ["--synthetic"] * synthetic) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {d} is a symbolic link (to {os.readlink(d)}) that loops or leads nowhere, not a folder: give ")
+    assert err.count("\n") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing made
 
 
 @pytest.mark.parametrize("cut", [0, 1, 100, 0.5, 0.999])
