@@ -221,7 +221,7 @@ def _read_config(d: Path) -> tuple[str, TrainConfig]:
         meta = json.loads(path.read_text())
         cfg = TrainConfig.from_dict(meta["config"])
         name = meta.get("name", d.name.rsplit("-", 1)[0])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ConfigError, TypeError, AttributeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ConfigError, TypeError) as e:
         raise RunError(f"{path}: unreadable run config ({e}); {fix}") from None
     if d.name != f"{name}-{cfg.short_hash()}":
         raise RunError(f"{path}: a different config (or name) than its folder {d.name} names: it is run {name}-{cfg.short_hash()} "
@@ -232,9 +232,6 @@ def _read_config(d: Path) -> tuple[str, TrainConfig]:
 def _read_summary(path: Path, cfg: TrainConfig, epochs_in_metrics: int) -> dict:
     """summary.json, checked: a dict of SUMMARY_KEYS, numbers where numbers belong, as many
     epochs as its config and metrics.csv."""
-    # Without its summary the run is unfinished, and asked for again it resumes from its last
-    # checkpoint (the final epoch's): it writes the summary again and trains nothing that
-    # checkpoint holds. --retrain works too, but trains the whole run again.
     fix = ("restore the file (git checkout, a backup), or move summary.json aside (e.g. to summary.corrupt.json) and ask for the run "
            "again: it resumes from its last checkpoint, rewriting metrics.csv and summary.json and training nothing that checkpoint "
            "holds (without checkpoint.pt it trains the run again, as --retrain would)")
