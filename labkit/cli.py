@@ -59,7 +59,6 @@ def _one_value(field: str, flag_value, flag: str, set_value):
 
 
 def cmd_train(args) -> int:
-    from . import distributed
     from .data import DataNotFound
     from .runs import RunStore
     from .train import kept_if_interrupted, resolve_device
@@ -76,11 +75,13 @@ def cmd_train(args) -> int:
     store = RunStore(args.runs_dir)
     name = args.name or args.preset
     # Under torchrun with several processes: join them (one run, DDP); otherwise nothing.
-    distributed.init(cfg.device)
+    from .scale import distributed
+
+    group = distributed.init(cfg.device)
     try:
-        main = distributed.is_main()
+        main = group is None or group.rank == 0
         if main:
-            where = f" on {distributed.world()} processes" if distributed.world() > 1 else ""
+            where = f" on {group.world} processes" if group is not None else ""
             print(f"run {store.run_id(cfg, name)} in {store.root}{where}")
         # Not read with --retrain: a run whose summary is corrupted is trained again, not refused.
         found = None if args.retrain else store.find(cfg, name)
@@ -108,16 +109,11 @@ def cmd_train(args) -> int:
             data = lambda: load(cfg)  # noqa: E731
             if main and handed_back:
                 print(f"note: the data were not found here, so the finished run was not compared with them ({e})")
-        run = store.get(
-            cfg,
-            name,
-            data,
-            retrain=args.retrain,
-            wait=not args.no_wait,
-            checkpoint_every=args.checkpoint_every,
-            progress=False,
-            log=print if main else None,
-        )
+        kw = {"retrain": args.retrain, "wait": not args.no_wait, "checkpoint_every": args.checkpoint_every, "progress": False}
+        if group is None:
+            run = store.get(cfg, name, data, log=print, **kw)
+        else:
+            run = distributed.get(store, group, cfg, name, data, log=print if main else None, **kw)
     finally:
         distributed.shutdown()
     if not main:
@@ -259,7 +255,7 @@ def cmd_sweep(args) -> int:
 
     from .lab import Lab, plan, project_root
     from .runs import atomic_write_text, check_writable
-    from .sweep import execution_from_bench, lanes_used, sweep, sweep_record, with_compile
+    from .scale.sweep import execution_from_bench, lanes_used, sweep, sweep_record, with_compile
 
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0 = this process), got {args.workers}")
@@ -501,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accuracy-seeds", type=int, default=3, help="seeds per side for --accuracy-epochs (default 3)")
     p.add_argument("--accuracy-runs", help="run store whose ablation-baseline runs are labkit's side (trained there if missing)")
     p.add_argument("--out", help="write the JSON result here")
-    p.set_defaults(fn=lambda a: __import__("labkit.bench", fromlist=["main_bench"]).main_bench(a))
+    p.set_defaults(fn=lambda a: __import__("labkit.scale.bench", fromlist=["main_bench"]).main_bench(a))
 
     p = sub.add_parser("sweep", help="train a profile's planned runs in priority order, side by side, in a time budget")
     p.add_argument("--profile", default="full", help="full | quick | smoke")

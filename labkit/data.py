@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import tarfile
-from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,31 +384,6 @@ def check_same_data(recorded: dict | None, source: dict, what: str, fix: str) ->
         raise DataError(
             f"{what} was trained on other data ({recorded.get('description')}) than the data given here "
             f"({source.get('description')}; {how}): {fix}"
-        )
-
-
-def refuse_runs_on_other_data(
-    store,
-    source: dict,
-    data_at: str | os.PathLike,
-    fix: str,
-    *,
-    runs: str = "run(s)",
-    root: str | os.PathLike | None = None,
-    only: Container[str] | None = None,
-    error: type[Exception] = DataError,
-) -> None:
-    """Raise `error` when runs of `store` (a RunStore; only those with an id in `only`, if
-    given) were trained, or begun, on other files than `source`, the data at `data_at`.
-
-    A run's id names its configuration, not its data: a run trained beside them, or a report
-    made of them, would pass another copy's runs for these data's. `fix` ends the message
-    (what to do instead); `runs` and `root` name the runs and the store in it."""
-    other = [r for r in store.on_other_data(source) if only is None or r.id in only]
-    if other:
-        raise error(
-            f"{len(other)} {runs} in {root if root is not None else store.root} (finished, or begun) were trained on other "
-            f"data ({store.data_of(other)}) than {data_at} ({source['description']}): {fix}"
         )
 
 

@@ -40,7 +40,6 @@ from .data import (
     find_batches,
     fingerprint,
     load_cifar10,
-    refuse_runs_on_other_data,
     source_of,
 )
 from .runs import Run, RunStore, recorded_data
@@ -353,7 +352,7 @@ class Lab:
                         f"holds {n_train:,} and {n_test:,} (synthetic data? use the smoke profile)"
                     )
                 # a run trained here now would sit beside them under the same kind of id
-                refuse_runs_on_other_data(self.store, d.source, self.data_dir, "give the data they were trained on, or another run store")
+                self.store.refuse_other_data(d.source, self.data_dir, "give the data they were trained on, or another run store")
                 self._data[key] = d
         return self._data[key]
 
@@ -382,7 +381,7 @@ class Lab:
         gpus = torch.cuda.device_count()
         if not self.allow_train or gpus < 2:
             return
-        from .sweep import sweep
+        from .scale.sweep import sweep
 
         todo = [(name, self.config(cfg)) for name, cfg in pairs]
         todo = [(n, c) for n, c in todo if not self.finished(n, c)]

@@ -30,7 +30,7 @@ class Dropout(nn.Module):
     """nn.Dropout that draws its masks from `generator` when one is set (the trainer sets
     the run's own), else from torch's global generator as nn.Dropout does.
 
-    Runs trained side by side in threads (labkit.sweep's lanes) share the global generator,
+    Runs trained side by side in threads (labkit.scale.sweep's lanes) share the global generator,
     so each run's masks would depend on the others'. The arithmetic is that of torch's CPU
     dropout, so on a CPU a generator seeded like the global one gives the same masks.
     No state: the state_dict is nn.Dropout's (empty).

@@ -320,7 +320,7 @@ def train_plan(lab: Lab, todo: list, lanes: int, log: Callable[[str], None]) -> 
     """Train the plan's missing runs before the notebooks run, `lanes` side by side on each GPU
     (about 1.3x the throughput of one at a time on an H200), a worker process per GPU where
     there are several; runs that failed side by side are tried again one at a time."""
-    from .sweep import sweep
+    from .scale.sweep import sweep
 
     cuda = torch.cuda.is_available()
     gpus = torch.cuda.device_count() if cuda else 0

@@ -13,9 +13,8 @@ serialise on a lock. Every file is written to a temp file, fsynced and renamed i
 so a half-written file is never read as good; a checkpoint that fails to load is moved
 aside and the run falls back to the previous good one.
 
-Under torchrun every rank calls RunStore.get; rank 0 holds the lock and writes every file,
-the others train beside it and read the folder only after it (so the folder must be on a
-filesystem every node sees).
+Under torchrun rank 0 asks the store and writes every file; the other ranks train beside it
+(labkit.scale.distributed.get), so the folder must be on a filesystem every node sees.
 """
 
 from __future__ import annotations
@@ -36,10 +35,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import distributed
 from .checkpoint import atomic_write, load_checkpoint, recover_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import Dataset, check_same_data, file_in_the_way, in_the_way, same_data
+from .data import DataError, Dataset, check_same_data, file_in_the_way, in_the_way, same_data
 
 __all__ = [
     "Run", "RunStore", "RunError", "default_runs_dir", "atomic_write_text", "command_line", "code_version",
@@ -363,6 +361,16 @@ class RunStore:
                 out.append(r)
         return out
 
+    def refuse_other_data(self, source: dict, data_at, fix: str, *, only=None, error: type[Exception] = DataError) -> None:
+        """Raise `error` when runs of this store (those with an id in `only`, if given) were
+        trained, or begun, on other files than `source`, the data at `data_at`: a run trained
+        beside them, or a report made of them, would pass another copy's runs for these
+        data's (run ids name no data). `fix` ends the message."""
+        other = [r for r in self.on_other_data(source) if only is None or r.id in only]
+        if other:
+            raise error(f"{len(other)} run(s) in {self.root} (finished, or begun) were trained on other data "
+                        f"({self.data_of(other)}) than {data_at} ({source['description']}): {fix}")
+
     @staticmethod
     def data_of(runs: Iterable[Run]) -> str:
         """The data the runs recorded, in words (for a message about them)."""
@@ -478,33 +486,34 @@ class RunStore:
         progress: bool = True,
         log: Callable[[str], None] | None = print,
         on_epoch: Callable[[list[dict]], None] | None = None,
+        on_train: Callable[[], None] | None = None,
+        hooks=None,
     ) -> Run:
         """The finished run of `cfg` under `name`: loaded if done, else trained (or resumed).
 
         `data` may be a callable, so that finished runs never load the data. `on_epoch` sees
         the metric rows after each epoch is stored; raising there stops the run resumably.
-        Under torchrun every rank calls this (on_epoch runs on every rank); rank 0 decides.
+        `on_train` is called once the run's folder is ready, before it trains; `hooks` go to
+        the loop (labkit.train.Hooks: labkit.scale's lanes and ranks).
         """
-        from .train import check_fits
+        from .train import Hooks, check_fits
 
         rid = self.run_id(cfg, name)
         d = self.path(rid)
-        if distributed.rank() != 0:
-            return self._follow(cfg, name, data, checkpoint_every, on_epoch)
         if not retrain and (d / "summary.json").is_file():
-            distributed.broadcast_flag(False)  # under torchrun: tell the other ranks (else a no-op)
             return self._finished(rid, data)
         # Checked before the run's folder exists, so a missing parent or unreadable data
         # leaves nothing behind (and a run to retrain untouched).
         init_state = self._parent_weights(cfg) if cfg.init_from else None
         dataset = data() if callable(data) else data
         check_fits(cfg, dataset)
+        train_kw = {"init_state": init_state, "checkpoint_every": checkpoint_every, "progress": progress, "log": log,
+                    "hooks": hooks or Hooks()}
         with self._lock(d, wait, log) as waited:
             _restore_replaced(d, log)  # a retrain killed before it could put the old run back
             if not retrain and (d / "summary.json").is_file():  # finished while we waited
                 if waited and log:
                     log(f"{rid}: the other process finished it; its result is used, nothing trained here")
-                distributed.broadcast_flag(False)
                 return self._finished(rid, dataset)
             # Temp files of a process killed mid-write: never read, removed (we hold the lock).
             for tmp in d.glob(".*.tmp"):
@@ -516,7 +525,7 @@ class RunStore:
                     if (d / f).exists():
                         os.replace(d / f, d / REPLACED / f)
             try:
-                self._train_here(d, rid, cfg, name, dataset, init_state, checkpoint_every, progress, log, on_epoch)
+                self._train_here(d, rid, cfg, name, dataset, train_kw, on_epoch, on_train)
             except BaseException:
                 if retrain:
                     _restore_replaced(d, log)
@@ -540,7 +549,7 @@ class RunStore:
             )
         return run
 
-    def _train_here(self, d, rid, cfg, name, dataset, init_state, checkpoint_every, progress, log, on_epoch) -> None:
+    def _train_here(self, d, rid, cfg, name, dataset, train_kw: dict, on_epoch, on_train) -> None:
         """RunStore.get's training, in the run's locked folder."""
         from .train import train  # at call time, not import time: tests replace labkit.train.train
 
@@ -551,11 +560,12 @@ class RunStore:
             atomic_write_text(d / "config.json", json.dumps({"name": name, "config": cfg.to_dict()}, indent=2))
         # A checkpoint that cannot be read is set aside, never trusted: the previous good
         # one takes its place. metrics.csv is made to match the checkpoint resumed from.
-        state = recover_checkpoint(d, log)
+        state = recover_checkpoint(d, train_kw["log"])
         if state is not None or (d / "metrics.csv").exists():
             _write_metrics(d / "metrics.csv", list(state["history"]) if state else [])
         del state
-        distributed.broadcast_flag(True)  # the folder is ready: the other ranks train too
+        if on_train:
+            on_train()
 
         def stored(history: list[dict]) -> None:
             _write_metrics(d / "metrics.csv", history)
@@ -563,16 +573,7 @@ class RunStore:
                 on_epoch(history)
 
         t0 = time.time()
-        result = train(
-            cfg,
-            dataset,
-            run_dir=d,
-            init_state=init_state,
-            checkpoint_every=checkpoint_every,
-            progress=progress,
-            log=log,
-            on_epoch=stored,
-        )
+        result = train(cfg, dataset, run_dir=d, on_epoch=stored, **train_kw)
         _write_metrics(d / "metrics.csv", result.history)
         summary = {
             "run": rid,
@@ -586,22 +587,3 @@ class RunStore:
         # NaN (no validation set) as null: strict JSON, readable by any tool (older runs hold NaN)
         summary = json.loads(json.dumps(summary), parse_constant=lambda c: None)
         atomic_write_text(d / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
-        distributed.barrier()  # the other ranks read the run once it is written
-
-    def _follow(self, cfg, name, data, checkpoint_every, on_epoch) -> Run:
-        """RunStore.get on a rank other than 0 under torchrun: no lock, no writes.
-
-        Rank 0 says whether the run trains (it may have found it finished); if so, this rank
-        trains beside it, resuming from the checkpoint rank 0 has just checked, then waits
-        until rank 0 has written the run.
-        """
-        from .train import train  # at call time, not import time: tests replace labkit.train.train
-
-        rid = self.run_id(cfg, name)
-        if distributed.broadcast_flag(None):
-            init_state = self._parent_weights(cfg) if cfg.init_from else None
-            dataset = data() if callable(data) else data
-            train(cfg, dataset, run_dir=self.path(rid), init_state=init_state, checkpoint_every=checkpoint_every,
-                  progress=False, log=None, on_epoch=on_epoch)
-            distributed.barrier()
-        return self.load(rid)

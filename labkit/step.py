@@ -1,94 +1,18 @@
-"""The training step, replayed from a CUDA graph where it can be, and the GPU gate that lets
-runs in threads capture graphs; apart from the loop, since the benchmark profiles the same step."""
+"""The training step, replayed from a CUDA graph where it can be; apart from the loop, since
+the benchmark profiles the same step."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import threading
 
 import torch
 from torch import Tensor, nn
 
-from . import distributed
 from .config import TrainConfig
 from .data import normalize
 from .model import Dropout
 
-__all__ = ["GPU_GATE", "GpuGate", "Stepper", "autocast", "autocast_dtype", "gated", "make_optimizer", "prep"]
-
-
-class GpuGate:
-    """Lets runs train side by side in threads yet capture CUDA graphs safely.
-
-    A capture fails if any other thread issues CUDA work meanwhile (seen on an H200:
-    "operation not permitted when stream is capturing" from a run in another thread).
-    Every run holds the gate shared while it trains and offers it at each step;
-    a capture takes it exclusively, so it runs while every other run waits between steps.
-    """
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._readers = 0
-        self._writers_waiting = 0
-        self._writing = False
-
-    def enter(self) -> None:
-        with self._cv:
-            while self._writing or self._writers_waiting:
-                self._cv.wait()
-            self._readers += 1
-
-    def leave(self) -> None:
-        with self._cv:
-            self._readers -= 1
-            self._cv.notify_all()
-
-    def pause_point(self) -> None:
-        if self._writers_waiting:  # unlocked read: a stale value only delays by one step
-            self.leave()
-            self.enter()
-
-    @contextlib.contextmanager
-    def shared(self):
-        self.enter()
-        try:
-            yield
-        finally:
-            self.leave()
-
-    @contextlib.contextmanager
-    def exclusive(self):
-        """For a thread that holds the gate shared: wait until it is alone, then run."""
-        with self._cv:
-            self._readers -= 1
-            self._writers_waiting += 1
-            self._cv.notify_all()
-            while self._readers or self._writing:
-                self._cv.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._writing = False
-                self._readers += 1
-                self._cv.notify_all()
-
-
-GPU_GATE = GpuGate()
-
-
-def gated(fn):
-    """Run `fn` holding the GPU gate shared (see GpuGate)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with GPU_GATE.shared():
-            return fn(*args, **kwargs)
-
-    return wrapper
+__all__ = ["Stepper", "autocast", "autocast_dtype", "make_optimizer", "prep"]
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -142,8 +66,10 @@ class Stepper:
     (fused) after this. On the CPU every step is eager.
     """
 
-    def __init__(self, model, loss_fn, cfg: TrainConfig, device, amp_dtype):
+    def __init__(self, model, loss_fn, cfg: TrainConfig, device, amp_dtype, graphable: bool = True,
+                 capture_alone=contextlib.nullcontext):
         self.model, self.loss_fn, self.cfg, self.device, self.amp = model, loss_fn, cfg, device, amp_dtype
+        self.capture_alone = capture_alone  # runs side by side in threads: no other run's CUDA work during a capture
         self.graph: torch.cuda.CUDAGraph | None = None
         self.mode = "eager"
         # Dropout draws its masks outside the graph (labkit.model.Dropout.redraw before each
@@ -156,7 +82,7 @@ class Stepper:
             cfg.cuda_graphs
             and device.type == "cuda"
             and not (cfg.dropout and cfg.compile)
-            and not distributed.active()
+            and graphable
         )
         self.dropouts: list[Dropout] = []  # whose masks are redrawn before each replay
         self.graph_error = ""
@@ -228,7 +154,7 @@ class Stepper:
         full = len(y) == self.cfg.batch_size
         if full and self.want_graph and self.graph is None:
             try:
-                with GPU_GATE.exclusive():  # no other run's CUDA work during a capture
+                with self.capture_alone():
                     self._capture(x, y, optimizer)
             except Exception as e:  # an op that cannot be captured: fall back, say why
                 self.want_graph, self.graph, self.graph_error = False, None, _capture_error(e)

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit.bench import (
+from labkit.cli import main
+from labkit.config import SEED
+from labkit.runs import RunStore
+from labkit.scale.bench import (
     accuracy_check,
     compare_accuracies,
     format_bench,
@@ -19,9 +22,6 @@ from labkit.bench import (
     seed_recipe,
     step_breakdown,
 )
-from labkit.cli import main
-from labkit.config import SEED
-from labkit.runs import RunStore
 
 CPU = torch.device("cpu")
 
@@ -44,7 +44,7 @@ def test_speed_record_has_both_sides_and_their_ratio(tiny_data):
 
 def _compile_fails(monkeypatch, message: str) -> None:
     """labkit's path under compile raises `message`; uncompiled, it is timed as usual."""
-    from labkit import bench
+    from labkit.scale import bench
 
     real = bench.labkit_epoch_times
 
@@ -66,7 +66,7 @@ def test_a_compile_that_fails_is_reported_beside_both_sides(tiny_data, monkeypat
 
 
 def test_bench_cli_keeps_its_numbers_when_the_step_breakdown_fails(tmp_path, monkeypatch, capsys):
-    from labkit import bench
+    from labkit.scale import bench
 
     def broken(*a, **k):
         raise RuntimeError("profiler unavailable")
@@ -80,7 +80,7 @@ def test_bench_cli_keeps_its_numbers_when_the_step_breakdown_fails(tmp_path, mon
 
 
 def test_bench_cli_times_compile_last_with_everything_else_saved(tmp_path, monkeypatch):
-    from labkit import bench
+    from labkit.scale import bench
 
     out = tmp_path / "b.json"
     seen = {}
@@ -200,7 +200,7 @@ class _Started(Exception):
 
 def test_bench_without_a_gpu_refuses_the_full_benchmark_unless_allowed(tmp_path, capsys, monkeypatch):
     # Without --cpu-check it would time the width-64 net on all 40,000 images: hours on a CPU.
-    from labkit import bench
+    from labkit.scale import bench
 
     def started(*a, **kw):
         raise _Started
@@ -258,8 +258,9 @@ def test_accuracy_check_reads_the_labs_own_baseline_runs(tmp_path, monkeypatch, 
     seed recipe, labkit's train and the timing stubbed, and a store that records what is asked."""
     import types
 
-    from labkit import bench, runs
+    from labkit import runs
     from labkit.lab import plan
+    from labkit.scale import bench
 
     planned = [RunStore.run_id(c, n) for _, n, c in plan("full", 3) if n == "ablation-baseline"]
     asked, seed_side = [], []
@@ -299,8 +300,7 @@ def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, 
     import contextlib
     import time
 
-    from labkit import bench
-    from labkit.step import GPU_GATE
+    from labkit.scale import bench
 
     class _Stream:
         def synchronize(self):
@@ -311,16 +311,15 @@ def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, 
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _Stream())
     finished = []
 
-    def fake_train(cfg, data, on_epoch=None, **kw):
-        with GPU_GATE.shared():
-            try:
-                if cfg.seed == 1:
-                    raise MemoryError("out of memory in lane 1")
-                time.sleep(0.2)  # lane 0 is still in its warm-up epoch when lane 1 fails
-                on_epoch([{"epoch": 1}])
-            finally:
-                time.sleep(0.2)
-                finished.append(cfg.seed)
+    def fake_train(cfg, data, on_epoch=None, **kw):  # the probe holds the GPU gate shared around it, as a sweep does
+        try:
+            if cfg.seed == 1:
+                raise MemoryError("out of memory in lane 1")
+            time.sleep(0.2)  # lane 0 is still in its warm-up epoch when lane 1 fails
+            on_epoch([{"epoch": 1}])
+        finally:
+            time.sleep(0.2)
+            finished.append(cfg.seed)
 
     monkeypatch.setattr(bench, "train", fake_train)
     with pytest.raises(RuntimeError, match="lane 1: MemoryError: out of memory in lane 1"):
@@ -332,9 +331,9 @@ def test_accuracy_runs_trained_on_other_data_are_refused_before_any_timing(tmp_p
     """The accuracy check would set the seed recipe on these data beside baseline runs of another copy."""
     from conftest import recorded_run
 
-    from labkit import bench
     from labkit.cli import main
     from labkit.data import load_cifar10
+    from labkit.scale import bench
     from labkit.synthetic import make_synthetic_cifar10
 
     store = tmp_path / "runs"

@@ -28,7 +28,7 @@ from labkit.checkpoint import load_checkpoint
 from labkit.config import ConfigError, parse_overrides, preset
 from labkit.data import DataError, load_cifar10
 from labkit.runs import RunStore
-from labkit.sweep import sweep
+from labkit.scale.sweep import sweep
 
 EPOCHS = 5
 # 201 images in batches of 64: the last batch (9) splits 4 / 5 over the two ranks.
@@ -156,8 +156,8 @@ def test_two_processes_killed_then_resumed(lab, tmp_path):
 def _rank_main(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from labkit.distributed import DistributedBatchNorm2d
-    from labkit.train import train
+    from labkit.scale.distributed import DistributedBatchNorm2d, Group
+    from labkit.train import Hooks, train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -179,7 +179,8 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         dist.all_reduce(grads)
         results[size] = {"y": y.detach(), "x_grad": xs.grad, "grads": grads, **{k: v.clone() for k, v in bn.state_dict().items()}}
     try:
-        train(preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=33, device="cpu"), None, progress=False, log=None)
+        train(preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=33, device="cpu"), None, progress=False, log=None,
+              hooks=Hooks(group=Group()))
     except ConfigError as e:
         results["error"] = str(e)
     torch.save(results, f"{out}.{rank}")

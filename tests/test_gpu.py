@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from labkit.runs import RunStore
-from labkit.sweep import sweep
+from labkit.scale.sweep import sweep
 
 T = importlib.import_module("labkit.train")
 

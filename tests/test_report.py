@@ -847,7 +847,7 @@ def test_lab_on_a_gpu_says_nothing_of_a_data_dir_nobody_gave(tmp_path, monkeypat
     was given the default data folder and said it was not used, with no --data-dir asked."""
     import torch
 
-    import labkit.sweep
+    import labkit.scale.sweep
 
     class Reached(Exception):
         pass
@@ -857,7 +857,7 @@ def test_lab_on_a_gpu_says_nothing_of_a_data_dir_nobody_gave(tmp_path, monkeypat
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(labkit.sweep, "sweep", fake_sweep)
+    monkeypatch.setattr(labkit.scale.sweep, "sweep", fake_sweep)
     seen: list[str] = []
     with pytest.raises(Reached):
         R.run_lab("smoke", root=tmp_path, out=tmp_path / "out", log=seen.append)

@@ -15,8 +15,7 @@ from labkit.cli import main
 from labkit.config import ConfigError, preset
 from labkit.lab import plan
 from labkit.runs import RunStore
-from labkit.step import GpuGate
-from labkit.sweep import execution_from_bench, sweep, with_compile
+from labkit.scale.sweep import GpuGate, execution_from_bench, sweep, with_compile
 from labkit.synthetic import make_synthetic_cifar10
 
 
@@ -115,7 +114,7 @@ def test_a_run_past_the_deadline_stops_between_epochs_but_keeps_its_last(tmp_pat
     # not start; a one-epoch run's only epoch is its last, and throwing that away (no test,
     # no summary) would only lose a trained run.
     clock = {"now": 1000.0}
-    monkeypatch.setattr("labkit.sweep.time", types.SimpleNamespace(time=lambda: clock["now"]))
+    monkeypatch.setattr("labkit.scale.sweep.time", types.SimpleNamespace(time=lambda: clock["now"]))
     deadline = 1010.0
 
     class DeadlinePassesInTraining(RunStore):
@@ -154,7 +153,7 @@ def test_runs_are_skipped_by_the_rate_measured_on_finished_runs(tmp_path, tiny_d
     # No rate_guess: the first run starts unestimated. A fake clock makes it take 100 s, so
     # the rate measured on it says its twin (the same work) needs 100 s, with 50 s left.
     clock = {"now": 1000.0}
-    monkeypatch.setattr("labkit.sweep.time", types.SimpleNamespace(time=lambda: clock["now"]))
+    monkeypatch.setattr("labkit.scale.sweep.time", types.SimpleNamespace(time=lambda: clock["now"]))
 
     class HundredSecondRuns(RunStore):
         def get(self, *args, **kwargs):
@@ -255,7 +254,7 @@ def test_seed_protocol_leaves_out_only_the_modern_runs():
 
 def test_timing_record_says_whether_it_timed_the_whole_plan(tmp_path):
     from labkit.runs import RunStore
-    from labkit.sweep import sweep_record
+    from labkit.scale.sweep import sweep_record
 
     store = RunStore(tmp_path / "runs")
     assert sweep_record([], store, 1.0, only=None)["whole_plan"] is True
@@ -319,7 +318,7 @@ def test_sweep_rejects_bad_options_before_training(tmp_path, capsys, monkeypatch
 def fake_sweep(monkeypatch):
     """labkit.sweep.sweep, as the CLI calls it, replaced by one that trains nothing: it
     records what it was given and reports every job cached. Returns the record."""
-    from labkit import sweep as sweep_module
+    from labkit.scale import sweep as sweep_module
 
     seen = {}
 
@@ -368,7 +367,7 @@ def test_sweep_says_and_records_the_lanes_it_runs_not_those_asked(tmp_path, caps
 def test_lanes_used_on_a_gpu_only_when_every_run_may_use_it(monkeypatch):
     import torch
 
-    from labkit.sweep import lanes_used
+    from labkit.scale.sweep import lanes_used
 
     base = preset("seed", width=8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

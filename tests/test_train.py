@@ -111,10 +111,13 @@ def test_deterministic_and_seeded(synth_data, tiny_config):
 
 
 def test_dropout_run_beside_another_draws_its_own_masks(synth_data, tiny_config):
-    # Sweep lanes train runs in threads of one process. Dropout must draw from the run's own
-    # generator: if it drew from torch's global one, each lane's reseeding and draws would
-    # change the other's masks, and a run trained beside another would not be the run alone.
+    # Sweep lanes train runs in threads of one process (as the sweep runs them: the GPU gate
+    # held shared, its hooks in the loop). Dropout must draw from the run's own generator: if
+    # it drew from torch's global one, each lane's reseeding and draws would change the
+    # other's masks, and a run trained beside another would not be the run alone.
     import threading
+
+    from labkit.scale.sweep import GPU_GATE, LANE_HOOKS
 
     cfg = tiny_config(epochs=2, dropout=0.5, train_subset=256, batch_size=32)
     alone = train(cfg, synth_data, progress=False, log=None)
@@ -123,7 +126,8 @@ def test_dropout_run_beside_another_draws_its_own_masks(synth_data, tiny_config)
 
     def lane(i: int) -> None:
         start.wait()
-        results[i] = train(cfg.replace(seed=cfg.seed + i), synth_data, progress=False, log=None)
+        with GPU_GATE.shared():
+            results[i] = train(cfg.replace(seed=cfg.seed + i), synth_data, progress=False, log=None, hooks=LANE_HOOKS)
 
     threads = [threading.Thread(target=lane, args=(i,)) for i in range(2)]
     for t in threads:

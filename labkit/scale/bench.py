@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import SEED, TrainConfig
-from .data import NORMS, Dataset, load_cifar10, refuse_runs_on_other_data
-from .model import build_model, flops_per_image
-from .runs import command_line
-from .train import machine_name, resolve_device, train
+from ..config import SEED, TrainConfig
+from ..data import NORMS, Dataset, load_cifar10
+from ..model import build_model, flops_per_image
+from ..runs import command_line
+from ..train import device_name, resolve_device, train
+from .sweep import GPU_GATE, LANE_HOOKS, machine_name
 
 __all__ = [
     "seed_recipe", "labkit_epoch_times", "accuracy_check", "compare_accuracies", "step_breakdown", "bf16_peak_tflops", "run_bench",
@@ -122,7 +123,7 @@ def accuracy_check(
     labkit side. A CI that holds 0 shows no difference, which at a few seeds is weak evidence
     of equality; the verdict says which.
     """
-    from .train import evaluate
+    from ..train import evaluate
 
     if epochs < 1 or seeds < 1:
         raise ValueError(f"accuracy check needs epochs >= 1 and seeds >= 1, got epochs={epochs}, seeds={seeds}")
@@ -152,7 +153,7 @@ def compare_accuracies(ours: list[float], theirs: list[float]) -> dict:
     pooled SD of one run), which is what "the same accuracy within run-to-run noise" asks.
     A CI that holds 0 is weak evidence of equality at a few seeds; its width says how large
     a difference could still hide."""
-    from .stats import estimate, welch
+    from ..stats import estimate, welch
 
     a, b, d = estimate(ours, bounds=(0.0, 1.0)), estimate(theirs, bounds=(0.0, 1.0)), welch(ours, theirs)
     shown = d.lo == d.lo and not (d.lo <= 0.0 <= d.hi)
@@ -189,8 +190,6 @@ def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 3) ->
     tuning, graph capture) before the clock starts, so only overlapped epochs count."""
     import threading
 
-    from .step import GPU_GATE
-
     barrier = threading.Barrier(lanes + 1)
     ends: list[float] = [0.0] * lanes
     n = min(cfg.train_subset or len(data.train_y), len(data.train_y))
@@ -209,11 +208,10 @@ def lanes_probe(cfg: TrainConfig, data: Dataset, lanes: int, epochs: int = 3) ->
 
     def one(i: int) -> None:
         try:
-            with torch.cuda.stream(torch.cuda.Stream()):
+            with torch.cuda.stream(torch.cuda.Stream()), GPU_GATE.shared():
                 train(cfg.replace(epochs=epochs, seed=cfg.seed + i), data, progress=False, log=None,
-                      on_epoch=lambda h: after_epoch(i, h))
-                with GPU_GATE.shared():
-                    torch.cuda.current_stream().synchronize()
+                      on_epoch=lambda h: after_epoch(i, h), hooks=LANE_HOOKS)
+                torch.cuda.current_stream().synchronize()
             ends[i] = time.perf_counter()
         except BaseException as e:  # the others stop at the barrier; the probe reports this
             if not isinstance(e, threading.BrokenBarrierError):
@@ -264,9 +262,8 @@ def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int
     from the profiler; the graph removes launch gaps, not the kernels' own time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .data import augment
-    from .step import Stepper, autocast_dtype, make_optimizer, prep
-    from .train import device_name
+    from ..data import augment
+    from ..step import Stepper, autocast_dtype, make_optimizer, prep
 
     if steps < 1 or warmup < 0:
         raise ValueError(f"step breakdown needs steps >= 1 and warmup >= 0, got {steps}, {warmup}")
@@ -481,8 +478,8 @@ def format_bench(res: dict) -> str:
 
 
 def main_bench(args) -> int:
-    from .config import ConfigError
-    from .runs import check_writable
+    from ..config import ConfigError
+    from ..runs import check_writable
 
     check_writable(args.out, "--out")
     if args.accuracy_epochs < 0 or args.accuracy_seeds < 2:
@@ -514,7 +511,7 @@ def main_bench(args) -> int:
     if args.cpu_check:
         import tempfile
 
-        from .synthetic import make_synthetic_cifar10
+        from ..synthetic import make_synthetic_cifar10
 
         with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:  # read into memory, then gone
             make_synthetic_cifar10(tmp, per_batch=128)
@@ -526,11 +523,11 @@ def main_bench(args) -> int:
     else:
         data = load_cifar10(args.data_dir, "seed")
         if args.accuracy_runs:  # before minutes of benchmark: its baseline runs must be of these data
-            from .runs import RunStore
+            from ..runs import RunStore
 
-            refuse_runs_on_other_data(
-                RunStore(args.accuracy_runs), data.source, args.data_dir or "the default data folder",
-                "give --data-dir the data they were trained on, or another --accuracy-runs store", root=args.accuracy_runs,
+            RunStore(args.accuracy_runs).refuse_other_data(
+                data.source, args.data_dir or "the default data folder",
+                "give --data-dir the data they were trained on, or another --accuracy-runs store",
             )
         epochs = args.epochs
         res = run_bench(data, epochs=epochs, workers=args.workers, command=args.command)
@@ -555,7 +552,7 @@ def main_bench(args) -> int:
             res["breakdown"] = {"error": _error_text(e)}
         save()
     if args.accuracy_epochs:
-        from .runs import RunStore
+        from ..runs import RunStore
 
         store = RunStore(args.accuracy_runs) if args.accuracy_runs else None
         res["accuracy"] = accuracy_check(

@@ -19,10 +19,12 @@ keeps two from training the same run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
 import pickle
+import platform
 import queue
 import threading
 import time
@@ -32,10 +34,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ConfigError, TrainConfig
-from .data import Dataset
-from .model import run_gflop
-from .runs import RunStore
+from ..config import ConfigError, TrainConfig
+from ..data import Dataset
+from ..model import run_gflop
+from ..runs import RunStore
+from ..train import Hooks, device_name
 
 __all__ = ["Job", "sweep", "Deadline", "execution_from_bench", "lanes_used", "sweep_record", "with_compile"]
 
@@ -54,6 +57,72 @@ class Job:
     worker: int = -1  # the worker process that took it (sweep(workers=N))
     error: str = ""
     work: float = field(default=0.0)  # GFLOP of training this job costs (estimate)
+
+
+class GpuGate:
+    """Lets runs train side by side in threads yet capture CUDA graphs safely.
+
+    A capture fails if any other thread issues CUDA work meanwhile (seen on an H200:
+    "operation not permitted when stream is capturing" from a run in another thread).
+    Every run holds the gate shared while it trains and offers it at each step;
+    a capture takes it exclusively, so it runs while every other run waits between steps.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._readers = 0
+        self._writers_waiting = 0
+        self._writing = False
+
+    def enter(self) -> None:
+        with self._cv:
+            while self._writing or self._writers_waiting:
+                self._cv.wait()
+            self._readers += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self._readers -= 1
+            self._cv.notify_all()
+
+    def pause_point(self) -> None:
+        if self._writers_waiting:  # unlocked read: a stale value only delays by one step
+            self.leave()
+            self.enter()
+
+    @contextlib.contextmanager
+    def shared(self):
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """For a thread that holds the gate shared: wait until it is alone, then run."""
+        with self._cv:
+            self._readers -= 1
+            self._writers_waiting += 1
+            self._cv.notify_all()
+            while self._readers or self._writing:
+                self._cv.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._writing = False
+                self._readers += 1
+                self._cv.notify_all()
+
+
+GPU_GATE = GpuGate()
+
+
+# Lanes pause between steps and take the GPU alone to seed a network and capture a graph.
+LANE_HOOKS = Hooks(between_steps=GPU_GATE.pause_point, alone=GPU_GATE.exclusive)
 
 
 def sweep(
@@ -180,15 +249,9 @@ def _sweep_here(
             while (j := next_job(lane)) is not None:
                 t0 = time.time()
                 try:
-                    store.get(
-                        j.cfg,
-                        j.name,
-                        dataset(j.cfg),
-                        checkpoint_every=checkpoint_every,
-                        progress=False,
-                        log=None,
-                        on_epoch=functools.partial(stop_at_deadline, epochs=j.cfg.epochs),
-                    )
+                    with GPU_GATE.shared():
+                        store.get(j.cfg, j.name, dataset(j.cfg), checkpoint_every=checkpoint_every, progress=False, log=None,
+                                  on_epoch=functools.partial(stop_at_deadline, epochs=j.cfg.epochs), hooks=LANE_HOOKS)
                     j.status = "done"
                 except Deadline as e:
                     j.status, j.error = "stopped", str(e)
@@ -210,8 +273,6 @@ def _sweep_here(
                     )
         finally:
             if stream_ctx is not None:
-                from .step import GPU_GATE
-
                 with GPU_GATE.shared():
                     torch.cuda.current_stream().synchronize()
                 stream_ctx.__exit__(None, None, None)
@@ -387,6 +448,13 @@ def with_compile(jobs: list[tuple[str, TrainConfig]], mode: str, chosen: bool) -
     return out, sum(1 for _, c in jobs if chosen and c.dropout)
 
 
+def machine_name(device: torch.device) -> str:
+    """Where a benchmark or a sweep ran: the GPU's name, or the CPU's kind and torch's threads."""
+    if device.type == "cuda":
+        return device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) -> dict:
     """What a sweep took, run by run, as JSON-able data: the whole-lab wall time record.
 
@@ -396,10 +464,8 @@ def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) 
     the protocol's time.
     """
     import datetime as _dt
-    import platform
 
-    from .runs import code_version
-    from .train import machine_name
+    from ..runs import code_version
 
     rows = []
     for j in done:

@@ -1,0 +1,3 @@
+"""labkit at scale: many runs side by side or in processes (sweep), one run over several
+GPUs under torchrun (distributed), the speed benchmark (bench). The core never imports this
+package; it plugs into the loop through labkit.train.Hooks."""
