@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -130,26 +129,17 @@ def cmd_train(args) -> int:
     return 0
 
 
-# How runs recorded before data.source_of kept "made" said the same, in their description.
-_SYNTHETIC_MADE = re.compile(r"\(seed (\d+), (\d+) images per training batch, (\d+) test images\)")
-
-
 def _synthetic_made(source: dict) -> tuple[int, int, int] | None:
     """(seed, images per training batch, test images) of a run's synthetic data, from its
-    recorded `source`; None for other data, or synthetic data recorded without their sizes."""
-    if not source.get("synthetic"):
-        return None
-    made = source.get("made")
-    if isinstance(made, dict):
-        return made["seed"], made["per_batch"], made["test_size"]
-    m = _SYNTHETIC_MADE.search(str(source.get("description")))
-    return tuple(map(int, m.groups())) if m else None
+    recorded `source`; None for other data."""
+    made = source.get("made") if source.get("synthetic") else None
+    return (made["seed"], made["per_batch"], made["test_size"]) if isinstance(made, dict) else None
 
 
 def _synthetic_flags(source: dict) -> str:
     """How to give a run's synthetic data (its recorded `source`) to eval again."""
     made = _synthetic_made(source)
-    if not made:  # recorded before the sizes were
+    if not made:
         return "--synthetic and the --synthetic-size it was trained with"
     seed, per, test = made
     if (seed, test) == (0, per):  # what --synthetic makes
@@ -351,7 +341,7 @@ def cmd_sweep(args) -> int:
 def cmd_lab(args) -> int:
     import logging
 
-    from .report import run_lab
+    from .job import run_lab
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     run_lab(

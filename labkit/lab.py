@@ -9,7 +9,7 @@ Profiles:
   smoke  synthetic CIFAR-format data and a tiny net: minutes on a CPU, for CI and a first look
 
 The main job (`python -m labkit lab`: train the plan, execute the notebooks, export the
-report) is labkit.report.run_lab; the sweep that trains a plan is labkit.sweep.
+report) is labkit.job.run_lab; the sweep that trains a plan is labkit.scale.sweep.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from labkit.synthetic import make_synthetic_cifar10
 PER_BATCH = 200
 
 if TYPE_CHECKING:
-    from labkit.report import LabReport
+    from labkit.job import LabReport
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -94,7 +94,7 @@ def tiny_config():
 SMOKE_JOB = """
 import sys
 from pathlib import Path
-from labkit.report import run_lab
+from labkit.job import run_lab
 
 root = Path(sys.argv[1])
 run_lab("smoke", root=root, out=root / "out")
@@ -174,7 +174,7 @@ def smoke_lab(tmp_path_factory) -> SmokeLab:
     """
     import reliability_cli as cli
 
-    from labkit.report import run_lab
+    from labkit.job import run_lab
 
     root = tmp_path_factory.mktemp("lab")
     runs = root / "build" / "smoke" / "runs"

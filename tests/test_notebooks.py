@@ -85,7 +85,7 @@ def test_validation_right_after_parameters(name):
 
 def test_the_lab_job_passes_each_notebook_only_parameters_it_declares():
     # an undeclared -p name is refused by the notebook's set-up cell (check_notebook_parameters)
-    from labkit.report import jobs
+    from labkit.job import jobs
 
     common = {"profile": "smoke", "data_dir": None, "allow_train": False, "root": None, "runs_dir": None}
     for job in jobs(common, seeds=2, lab_started=1.0):

@@ -1,4 +1,4 @@
-"""The main job (labkit.report, `python -m labkit lab`) and the statistics behind the report.
+"""The main job (labkit.job, `python -m labkit lab`) and the statistics behind the report.
 
 The end-to-end tests run the smoke profile as CI does: papermill executes every notebook,
 nbconvert exports one HTML, headless Chromium prints the PDF (that assertion is skipped when
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from labkit import analysis as A
-from labkit import report as R
+from labkit import job as R
 from labkit import stats as S
 from labkit.config import ABLATION_GROUPS, CLAIMS, SEED_ABLATIONS, ConfigError
 

@@ -206,24 +206,8 @@ def run_lab(
     rows = lab.plan(seeds)
     todo = [r for r in rows if not lab.finished(r[1], r[2])] if allow_train else []
     if dry_run:
-        _print_plan(lab, rows, todo, reason, cuda, log)
-        return None
-    _check_places(lab, rows)
-    log(reason)
-    if lab.own_store:
-        log(f"note: {lab.own_store}")
-    how = ("Use --no-train to render a report from recorded runs (report/runs for full), --profile smoke for a check in "
-           "minutes, or --allow-cpu if you really mean it.")
-    estimate = lab.refuse_long_cpu_training(todo, how)
-    _check_kernel()
-    for note in (_data_note(lab), estimate and f"training: {estimate}"):
-        if note:
-            log(note)
-    if lanes is not None and lanes > 1 and allow_train and not cuda:
-        log(f"note: lanes ({lanes}) share a GPU; without one, runs train one at a time")
-    n_seeds = seeds or lab.profile.seeds
-    log(f"lab: profile {name}, {n_seeds} seed(s), {len(rows)} planned runs ({len(todo)} to train), runs in {_rel(lab.store.root, root)}, "
-        f"report in {lab.report_dir}")
+        return _print_plan(lab, rows, todo, reason, cuda, log)
+    _prepare(lab, rows, todo, reason, lanes, log)
     if todo:
         train_plan(lab, todo, lanes or 2, log)
     common = {
@@ -235,18 +219,43 @@ def run_lab(
         "root": None if root == NOTEBOOK_DIR.parent else _rel(root),
         "runs_dir": _rel(runs_dir) if runs_dir else None,
     }
+    n_seeds = seeds or lab.profile.seeds
+    done, timings = _run_notebooks(lab, jobs(common, n_seeds, lab_started=t0), log)
+    html_path, pdf_path = _export(lab, done, reason, n_seeds, pdf, timings, log)
+    seconds = time.time() - t0
+    log(f"lab done in {seconds:.1f} s")
+    return LabReport(name, lab.report_dir, [p for _, p in done], html_path, pdf_path, seconds, timings, reason)
+
+
+def _prepare(lab: Lab, rows: list, todo: list, reason: str, lanes: int | None, log: Callable[[str], None]) -> None:
+    """Everything refused before anything is written, then what the job is about to do."""
+    _check_places(lab, rows)
+    log(reason)
+    if lab.own_store:
+        log(f"note: {lab.own_store}")
+    how = ("Use --no-train to render a report from recorded runs (report/runs for full), --profile smoke for a check in "
+           "minutes, or --allow-cpu if you really mean it.")
+    estimate = lab.refuse_long_cpu_training(todo, how)
+    _check_kernel()
+    for note in (_data_note(lab), estimate and f"training: {estimate}"):
+        if note:
+            log(note)
+    if lanes is not None and lanes > 1 and todo and not torch.cuda.is_available():
+        log(f"note: lanes ({lanes}) share a GPU; without one, runs train one at a time")
+    log(f"lab: profile {lab.profile.name}, {len(rows)} planned runs ({len(todo)} to train), runs in "
+        f"{_rel(lab.store.root, lab.root)}, report in {lab.report_dir}")
+
+
+def _run_notebooks(lab: Lab, notebooks: list[NotebookJob], log: Callable[[str], None]) -> tuple[list, dict]:
     done, timings = [], {}
     lab.report_dir.mkdir(parents=True, exist_ok=True)
-    for i, job in enumerate(notebooks := jobs(common, n_seeds, lab_started=t0), 1):
+    for i, job in enumerate(notebooks, 1):
         extra = f" ({job.parameters['ablation']})" if "ablation" in job.parameters else ""
         log(f"[{i}/{len(notebooks)}] running {job.notebook}{extra} -> {lab.report_dir / (job.key + '.ipynb')}")
         t = time.time()
         done.append((job, execute(job, lab.report_dir)))
         timings[job.key] = time.time() - t
-    html_path, pdf_path = _export(lab, done, reason, n_seeds, pdf, timings, log)
-    seconds = time.time() - t0
-    log(f"lab done in {seconds:.1f} s")
-    return LabReport(name, lab.report_dir, [p for _, p in done], html_path, pdf_path, seconds, timings, reason)
+    return done, timings
 
 
 def _print_plan(lab: Lab, rows: list, todo: list, reason: str, cuda: bool, log: Callable[[str], None]) -> None:
