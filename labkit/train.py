@@ -521,6 +521,40 @@ def _finish(r: _Run) -> TrainResult:
     return TrainResult(cfg, r.history, summary, scored)
 
 
+class _CpuNote:
+    """On a CPU, times steps 1..k of the first epoch trained here (step 0 warms up; with one
+    step an epoch, the epoch) and says how long the rest takes, when that is long."""
+
+    def __init__(self, r: _Run, checkpoint_every: int, log) -> None:
+        self.r, self.every, self.log, self.t = r, checkpoint_every, log, 0.0
+        steps = math.ceil(len(r.d.train_y) / r.cfg.batch_size)
+        self.k = min(4, steps - 1) if r.device.type == "cpu" and log else -1
+
+    def __call__(self, step: int | None, steps: int, seconds: float = 0.0) -> None:
+        r, k = self.r, self.k
+        if k < 0:
+            return
+        if step is None:  # the first epoch's end
+            self.k = -1
+            if k == 0:
+                _cpu_note(r, seconds, r.cfg.epochs - r.start - 1, self.every, self.log)
+        elif k > 0 and step == 0:
+            self.t = time.perf_counter()
+        elif k > 0 and step == k:
+            per_step = (time.perf_counter() - self.t) / k
+            _cpu_note(r, per_step, steps * (r.cfg.epochs - r.start) - step - 1, self.every, self.log)
+
+
+def _show(row: dict, cfg: TrainConfig, has_val: bool, bar: Progress | None, log) -> None:
+    """The epoch on the progress bar, or as a line; no validation set: nothing to show, not "nan"."""
+    if bar:
+        bar.update(f"loss {row['loss_sum']:.2f}" + (f", val {row['val_acc']:.4f}" if has_val else ""))
+    elif log:  # metrics.csv keeps every row either way
+        log(f"epoch {row['epoch']:3d}/{cfg.epochs}  lr {row['lr']:.3g}  loss_sum {row['loss_sum']:9.4f}  "
+            f"train_acc {row['train_acc']:.4f}  " + (f"val_acc {row['val_acc']:.4f}  " if has_val else "")
+            + f"{row['seconds']:6.2f}s  {row['images_per_s']:8.0f} img/s")
+
+
 def train(
     cfg: TrainConfig,
     data: Dataset,
@@ -550,24 +584,7 @@ def train(
     for m in r.model.modules():  # dropout draws from the run's own generator, never the global one
         if isinstance(m, Dropout):
             m.generator = drop_gen
-    # On a CPU, time steps 1..k of the first epoch trained here (step 0 warms up); one step per epoch: the epoch.
-    k = min(4, math.ceil(len(r.d.train_y) / cfg.batch_size) - 1) if r.device.type == "cpu" and log else -1
-    clock: dict = {}
-
-    def note(step: int | None, steps: int, seconds: float = 0.0) -> None:
-        """Time a CPU run's first steps here (step 0 warms up) and say how long the rest takes."""
-        if k < 0 or "done" in clock:
-            return
-        if step is None:  # the first epoch's end: with one step an epoch, the epoch is the timing
-            clock["done"] = True
-            if k == 0:
-                _cpu_note(r, seconds, cfg.epochs - r.start - 1, checkpoint_every, log)
-        elif k > 0 and step == 0:
-            clock["t"] = time.perf_counter()
-        elif k > 0 and step == k:
-            per_step = (time.perf_counter() - clock["t"]) / k
-            _cpu_note(r, per_step, steps * (cfg.epochs - r.start) - step - 1, checkpoint_every, log)
-
+    note = _CpuNote(r, checkpoint_every, log)
     bar = Progress(cfg.epochs, r.start, f"train {cfg.short_hash()}") if progress and r.start < cfg.epochs else None
     try:  # the bar is closed however the loop ends: an open tqdm bar draws every later bar a line lower
         for epoch in range(r.start, cfg.epochs):
@@ -579,13 +596,7 @@ def train(
                 _save(r, epoch)
             if on_epoch:
                 on_epoch(r.history)
-            has_val = len(r.d.val_y) > 0  # no validation set (split "full", val_size 0): nothing to show, not "nan"
-            if bar:
-                bar.update(f"loss {row['loss_sum']:.2f}" + (f", val {row['val_acc']:.4f}" if has_val else ""))
-            elif log:  # the bar shows the epoch; metrics.csv keeps every row either way
-                log(f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {row['lr']:.3g}  loss_sum {row['loss_sum']:9.4f}  "
-                    f"train_acc {row['train_acc']:.4f}  " + (f"val_acc {row['val_acc']:.4f}  " if has_val else "")
-                    + f"{row['seconds']:6.2f}s  {row['images_per_s']:8.0f} img/s")
+            _show(row, cfg, len(r.d.val_y) > 0, bar, log)
     finally:
         if bar:
             bar.close()
