@@ -1,11 +1,11 @@
-"""CIFAR-10: safe reading of the official python batches, download, splits, GPU augmentation.
+"""CIFAR-10: safe reading of the official python batches, download, splits, augmentation on any device.
 
-The batch files are pickles. A pickle can run arbitrary code when loaded, so they are
-read with an unpickler that admits only what the official files contain.
+The batch files are pickles, which can run code when loaded: an unpickler admits only what they hold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -21,27 +21,6 @@ import torch
 
 from .config import SPLITS
 
-__all__ = [
-    "ARCHIVE_MD5",
-    "BATCH_MD5",
-    "CLASSES",
-    "DataError",
-    "DataNotFound",
-    "Dataset",
-    "NORMS",
-    "cutout",
-    "unlabelled_note",
-    "augment",
-    "default_data_dir",
-    "download",
-    "find_batches",
-    "fingerprint",
-    "load_cifar10",
-    "normalize",
-    "read_batch",
-    "source_of",
-]
-
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
@@ -56,12 +35,13 @@ BATCH_MD5 = {
     "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
-SYNTHETIC_KEY = "labkit_synthetic"  # in batches.meta of labkit's synthetic data: how it was made
-SYNTHETIC_MADE_KEY = "labkit_synthetic_made"  # ... and the same as numbers: {"seed", "per_batch", "test_size"}
+BATCHES = [*TRAIN_FILES, "test_batch"]
+SYNTHETIC_KEY = "labkit_synthetic"  # in batches.meta of labkit's synthetic data: how they were made, in words
+SYNTHETIC_MADE_KEY = "labkit_synthetic_made"  # ... and as numbers: {"seed", "per_batch", "test_size"}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# Per-channel constants, one pair for each of config.NORMS. "seed": the seed report's (its std is the mean of per-image stds);
-# "dataset": mean and std over all 50,000 official training pixels.
+# (mean, std) per channel for each of config.NORMS. "seed": the seed report's (its std is the mean of
+# per-image stds); "dataset": over all 50,000 official training pixels.
 NORMS = {
     "seed": ((0.49139968, 0.48215841, 0.44653091), (0.20220212, 0.19931542, 0.20086346)),
     "dataset": ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
@@ -73,9 +53,8 @@ class DataError(RuntimeError):
 
 
 class DataNotFound(DataError):
-    """No CIFAR-10 batches at all where the data were looked for, nor downloaded there (not: a
-    file there, or batches there that cannot be read: those are plain DataErrors). `folder`
-    and `why` let a notebook say it in its own terms (its data_dir parameter)."""
+    """No CIFAR-10 batches where they were looked for, nor downloaded there; `folder` and `why`
+    let a notebook say it in its own terms."""
 
     def __init__(self, folder: Path, why: str) -> None:
         self.folder, self.why = folder, why
@@ -89,8 +68,7 @@ class DataNotFound(DataError):
 
 
 def unlabelled_note(source: dict, folder) -> str:
-    """The console note for data that are not the official files, unless LABKIT_DATA_LABEL
-    names them; '' otherwise."""
+    """The console note for data that are not the official files, unless LABKIT_DATA_LABEL names them; else ''."""
     if source.get("official") or os.environ.get("LABKIT_DATA_LABEL"):
         return ""
     return (
@@ -99,11 +77,7 @@ def unlabelled_note(source: dict, folder) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------
-# Safe reading
-# ---------------------------------------------------------------------------------------
-
-# Everything a CIFAR batch pickle needs to rebuild its numpy array, and nothing else.
+# Everything a CIFAR batch pickle needs to rebuild its numpy arrays, and nothing else.
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -116,19 +90,18 @@ _ALLOWED = {
 
 
 class _Refused(pickle.UnpicklingError):
-    """The pickle asks for a global outside _ALLOWED: it is not a CIFAR-10 batch."""
+    pass
 
 
 def _empty_bytes(*args) -> bytes:
-    """bytes() as protocol 2 writes b'' (an empty array's buffer): with no argument only, so
-    a pickle cannot ask for bytes(10**12)."""
+    # Protocol 2 writes b'' (an empty array's buffer) as bytes(); with an argument it could ask for bytes(10**12).
     if args:
         raise _Refused(f"refused bytes{args!r:.40}: protocol 2 calls bytes() only for an empty buffer")
     return b""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):  # noqa: D401
+    def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
         if (module, name) == ("__builtin__", "bytes"):
@@ -140,57 +113,46 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _safe_load(path: Path) -> dict:
-    raw = path.read_bytes()
+    """The pickled dict in `path`, its byte-string keys (as in the official files) decoded."""
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        obj = _RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except _Refused as e:
         raise DataError(f"{path}: {e}") from None
-    except Exception as e:  # truncated or garbled pickle
+    except Exception as e:  # truncated or garbled
         raise DataError(
             f"{path}: not a readable CIFAR-10 batch, truncated or corrupted ({type(e).__name__}: {e}); "
             "expected a pickled dict with 'data' (uint8 [N, 3072]) and 'labels'"
         ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
-    # The official files use byte-string keys (Python 2); accept str keys too.
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
 def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read one batch file. Returns images uint8 [N, 3, 32, 32] and labels int64 [N]."""
+    """Images uint8 [N, 3, 32, 32] and labels int64 [N] of one batch file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     d = _safe_load(path)
     if "data" not in d or "labels" not in d:
         raise DataError(f"{path}: expected keys 'data' and 'labels', found {sorted(map(repr, d))}")
-    data, labels = d["data"], d["labels"]
+    data, labels = d["data"], np.asarray(d["labels"])
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
-        raise DataError(f"{path}: 'data' must be uint8 [N, 3072], found {dtype} {shape}")
+        raise DataError(f"{path}: 'data' must be uint8 [N, 3072], found {dtype} {getattr(data, 'shape', None)}")
     if not len(data):
-        raise DataError(f"{path}: holds no images ('data' is 0 x 3072); a CIFAR-10 batch holds 10,000: put a good copy in its place")
-    labels = np.asarray(labels)
+        raise DataError(f"{path}: holds no images ('data' is 0 x 3072); a CIFAR-10 batch holds 10,000: "
+                        "put a good copy in its place")
     if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: 'labels' must be {len(data)} integers, found {labels.dtype} {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+    if labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
-    # [N, 3072] is CHW row-major per image.
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)  # each row is an image's CHW, row-major
 
 
-def md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
+def md5(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------
-# Locating and downloading
-# ---------------------------------------------------------------------------------------
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def default_data_dir(root: str | os.PathLike = ".") -> Path:
@@ -200,13 +162,8 @@ def default_data_dir(root: str | os.PathLike = ".") -> Path:
 
 
 def file_in_the_way(root: str | os.PathLike) -> Path | None:
-    """The file at `root` or at the first of its parents that exists, if that is not a folder,
-    or a symbolic link there that loops or leads nowhere.
-
-    A data folder there could neither be read nor made (mkdir would fail with a bare
-    "File exists" or "Not a directory"), so callers refuse such a path by name first
-    (`in_the_way` says what it is).
-    """
+    """The first of `root` and its parents that exists, if it is not a folder, or a symbolic link there that
+    loops or leads nowhere: no folder can be read or made there, so callers refuse it by name (`in_the_way`)."""
     p = Path(root)
     for cand in (p, *p.parents):
         if cand.exists():
@@ -223,20 +180,13 @@ def in_the_way(path: Path) -> str:
     return f"{path} is a file"
 
 
-def _check_folder(root: Path) -> None:
-    f = file_in_the_way(root)
-    if f is not None:
-        where = in_the_way(root) if f == root else f"{root}: {in_the_way(f)}"
-        raise DataError(
-            f"{where}, not a folder: give --data-dir (or LABKIT_DATA) the folder holding {FOLDER}, "
-            "or that folder itself"
-        )
-
-
 def find_batches(root: str | os.PathLike) -> Path:
-    """Return the `cifar-10-batches-py` folder under or at `root`."""
+    """The `cifar-10-batches-py` folder under or at `root`."""
     root = Path(root)
-    _check_folder(root)
+    if (f := file_in_the_way(root)) is not None:
+        where = in_the_way(root) if f == root else f"{root}: {in_the_way(f)}"
+        raise DataError(f"{where}, not a folder: give --data-dir (or LABKIT_DATA) the folder holding {FOLDER}, "
+                        "or that folder itself")
     for cand in (root, root / FOLDER):
         if (cand / "test_batch").is_file() or (cand / "data_batch_1").is_file():
             return cand
@@ -244,31 +194,25 @@ def find_batches(root: str | os.PathLike) -> Path:
 
 
 def download(root: str | os.PathLike) -> Path:
-    """Download and unpack the official archive into `root`, checking its md5."""
+    """Download the official archive into `root` and unpack it, once its md5 is checked; returns the batch folder."""
     root = Path(root)
     made = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     archive = root / ARCHIVE
     have = md5(archive) if archive.is_file() else None
-    if have != ARCHIVE_MD5:
+    if have != ARCHIVE_MD5:  # a partial download or another file is never unpacked: the download replaces it
         from torchvision.datasets.utils import download_url
 
-        # An archive already there with the wrong md5 (a partial download, another file)
-        # is never unpacked; the download replaces it.
-        stale = (
-            f" {archive} is there, but its md5 is {have}, not the official {ARCHIVE_MD5} "
-            "(a partial download or another file): it was not used."
-            if have
-            else ""
-        )
         try:
             download_url(URL, str(root), ARCHIVE, md5=ARCHIVE_MD5)
         except Exception as e:
-            if made and not any(root.iterdir()):  # leave no empty folder behind a failed download
+            if made and not any(root.iterdir()):  # leave no empty folder behind
                 root.rmdir()
-            raise DataNotFound(root, f"the download from {URL} failed: {type(e).__name__}: {e}.{stale}") from None
-    have = md5(archive)
-    if have != ARCHIVE_MD5:
+            why = f"the download from {URL} failed: {type(e).__name__}: {e}."
+            if have:
+                why += f" {archive} is there, but its md5 is {have}, not the official {ARCHIVE_MD5}: not used."
+            raise DataNotFound(root, why) from None
+    if (have := md5(archive)) != ARCHIVE_MD5:
         raise DataError(
             f"{archive}: md5 {have} is not the official {ARCHIVE_MD5} (expected the CIFAR-10 python "
             f"archive from {URL}); delete it and retry"
@@ -278,71 +222,62 @@ def download(root: str | os.PathLike) -> Path:
 
 
 def extract(archive: Path, root: Path) -> None:
-    """Unpack only regular files inside `cifar-10-batches-py/` (no links, no escapes)."""
-    try:
-        tar = tarfile.open(archive, "r:gz")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{archive}: not a readable .tar.gz ({type(e).__name__}: {e}); expected the CIFAR-10 python archive") from None
-    with tar:
-        members = []
+    """Unpack only regular files inside `cifar-10-batches-py/` (no links, no escapes), all checked first."""
+    with contextlib.ExitStack() as stack:
         try:
-            listed = tar.getmembers()
+            tar = stack.enter_context(tarfile.open(archive, "r:gz"))
+            members = tar.getmembers()
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"{archive}: truncated or corrupted .tar.gz ({type(e).__name__}: {e}); expected the CIFAR-10 python archive") from None
-        for m in listed:
+            raise DataError(f"{archive}: not a readable .tar.gz, truncated or corrupted ({type(e).__name__}: {e}); "
+                            "expected the CIFAR-10 python archive") from None
+        members = [m for m in members if not (m.isdir() and Path(m.name).parts == (FOLDER,))]
+        for m in members:
             parts = Path(m.name).parts
-            if m.isdir() and parts == (FOLDER,):
-                continue
             if not m.isfile() or len(parts) != 2 or parts[0] != FOLDER or parts[1] in ("..", "."):
                 raise DataError(f"{archive}: unexpected member {m.name!r}; not the CIFAR-10 archive")
-            members.append(m)
         (root / FOLDER).mkdir(parents=True, exist_ok=True)
         for m in members:
-            src = tar.extractfile(m)
-            assert src is not None
-            dst = root / m.name
-            tmp = dst.with_name(dst.name + ".part")
-            tmp.write_bytes(src.read())
-            os.replace(tmp, dst)
+            tmp = root / f"{m.name}.part"
+            tmp.write_bytes(tar.extractfile(m).read())
+            os.replace(tmp, root / m.name)
 
 
 def locate(data_dir: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
+    """The batch folder in `data_dir` (default: default_data_dir()), downloaded there if missing and allowed."""
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    _check_folder(root)  # a file there is no missing dataset: downloading would only fail on it
     try:
         return find_batches(root)
-    except DataError:
+    except DataNotFound:
         if not allow_download:
             raise
     return download(root)
 
 
 def source_of(folder: Path) -> dict:
-    """What a run records about its data (Dataset.source): which copy of CIFAR-10 the batch
-    files in `folder` are, from their md5s (and, for labkit's synthetic data, the note in
-    batches.meta that says so)."""
-    sums = {n: md5(folder / n) for n in TRAIN_FILES + ["test_batch"]}
-    mismatched = [n for n, m in sums.items() if m != BATCH_MD5[n]]
+    """What a run records about its data (Dataset.source): which copy of CIFAR-10 the batches in `folder` are,
+    from their md5s (and, for labkit's synthetic data, the note in batches.meta that says so)."""
+    sums = {n: md5(folder / n) for n in BATCHES}
+    mismatched = [n for n in BATCHES if sums[n] != BATCH_MD5[n]]
     source = {
         "folder": folder.name,
         "official": not mismatched,
         "md5_mismatch": mismatched,
         "md5": sums,  # which copy: two stand-ins differ here even where their description is the same
-        "description": "official CIFAR-10 (md5 verified)"
-        if not mismatched
-        else f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)",
+        "description": f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)"
+        if mismatched
+        else "official CIFAR-10 (md5 verified)",
     }
     note, made = _synthetic_note(folder) if mismatched else (None, None)
     if note:
-        source.update(synthetic=True, description=f"labkit's synthetic CIFAR-format data ({note}); not the official CIFAR-10 files")
-        if made:  # what eval needs to make the same data again, without reading the description
+        source.update(synthetic=True,
+                      description=f"labkit's synthetic CIFAR-format data ({note}); not the official CIFAR-10 files")
+        if made:  # what eval needs to make the same data again
             source["made"] = made
     return source
 
 
 def _synthetic_note(folder: Path) -> tuple[str | None, dict | None]:
-    """The note labkit.synthetic leaves in batches.meta, and its sizes as numbers (absent in
-    data made before they were written); (None, None) for any other data."""
+    """labkit.synthetic's note in batches.meta and its sizes (None in data made before they were written)."""
     try:
         meta = _safe_load(folder / "batches.meta")
     except (OSError, DataError):  # no or unreadable meta file: the batches are what counts
@@ -351,8 +286,7 @@ def _synthetic_note(folder: Path) -> tuple[str | None, dict | None]:
     note = note.decode("utf-8", "replace") if isinstance(note, bytes) else note
     if not (isinstance(note, str) and note):
         return None, None
-    made = meta.get(SYNTHETIC_MADE_KEY)
-    keys = ("seed", "per_batch", "test_size")
+    made, keys = meta.get(SYNTHETIC_MADE_KEY), ("seed", "per_batch", "test_size")
     ok = isinstance(made, dict) and all(type(made.get(k)) is int and made[k] >= 0 for k in keys)
     return note, ({k: made[k] for k in keys} if ok else None)
 
@@ -363,10 +297,8 @@ def fingerprint(source: dict) -> str:
 
 
 def same_data(recorded: dict | None, source: dict) -> bool:
-    """Whether a run that recorded `recorded` (its summary's "data") was trained on the files
-    `source` describes. Runs recorded before the md5s were kept compare by description: a
-    weaker check that tells official from other files only. Nothing recorded: nothing to
-    compare, taken as the same."""
+    """Whether a run that recorded `recorded` (its summary's "data"; nothing: taken as the same) was trained on
+    the files `source` describes. Runs recorded before the md5s compare by description: official or not."""
     if not recorded:
         return True
     if "md5" in recorded and "md5" in source:
@@ -377,8 +309,7 @@ def same_data(recorded: dict | None, source: dict) -> bool:
 
 
 def check_same_data(recorded: dict | None, source: dict, what: str, fix: str) -> None:
-    """Raise DataError when `what` (a run, a checkpoint) was trained on other files than
-    `source`: its numbers would be read, or its training continued, as if they were these."""
+    """Raise DataError when `what` (a run, a checkpoint) was trained on other files than `source`."""
     if not same_data(recorded, source):
         how = "the md5s of their batch files differ" if "md5" in recorded else "their descriptions differ"
         raise DataError(
@@ -387,14 +318,9 @@ def check_same_data(recorded: dict | None, source: dict, what: str, fix: str) ->
         )
 
 
-# ---------------------------------------------------------------------------------------
-# Splits
-# ---------------------------------------------------------------------------------------
-
-
 @dataclass
 class Dataset:
-    """Images stay uint8 [N, 3, 32, 32]; labels int64 [N]. `val` may be empty."""
+    """Images uint8 [N, 3, 32, 32], labels int64 [N]; `val` may be empty."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -402,9 +328,8 @@ class Dataset:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    source: dict  # where the data came from: folder, official or not, md5 mismatches
-    # The split that made it (load_cifar10 sets both): training checks them against the
-    # config, whose run id names them. None for a Dataset built by hand: not checked.
+    source: dict  # source_of's record
+    # The split that made it, which training checks against the config; None for a Dataset built by hand.
     split: str | None = None
     val_size: int = 0
 
@@ -416,71 +341,39 @@ class Dataset:
         return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
 
 
-def load_cifar10(
-    data_dir: str | os.PathLike | None = None,
-    split: str = "seed",
-    val_size: int = 0,
-    allow_download: bool = True,
-) -> Dataset:
-    """Load CIFAR-10 with one of the lab's splits.
-
-    Args:
-        data_dir: a folder holding `cifar-10-batches-py` (or that folder itself);
-            default `$LABKIT_DATA` or `./data`. Downloaded there when missing.
-        split: "seed" = train on batches 1-4, validate on batch 5 (the seed's code);
-            "full" = train on all five batches, with `val_size` images held out of them
-            (the last ones of batch 5) for validation.
-        val_size: only for split "full" (split "seed" validates on batch 5: 0 there).
-        allow_download: False = never download; a missing copy raises DataError.
-    """
+def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "seed", val_size: int = 0,
+                 allow_download: bool = True) -> Dataset:
+    """CIFAR-10 from `data_dir` (see locate), split "seed" (train on batches 1-4, validate on batch 5, as the
+    seed's code) or "full" (train on all five, the last `val_size` images of batch 5 held out for validation)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "seed" and val_size:
-        raise ValueError(f"val_size is only for split 'full' (split 'seed' validates on data_batch_5), got val_size={val_size}")
+        raise ValueError(f"val_size is only for split 'full' (split 'seed' validates on data_batch_5), got {val_size}")
     folder = locate(data_dir, allow_download)
-    missing = [n for n in TRAIN_FILES + ["test_batch"] if not (folder / n).is_file()]
+    missing = [n for n in BATCHES if not (folder / n).is_file()]
     if missing:
         raise DataError(
             f"{folder}: incomplete CIFAR-10, missing {', '.join(missing)} "
             "(expected data_batch_1..5 and test_batch, as in the official cifar-10-batches-py)"
         )
-    parts = {name: read_batch(folder / name) for name in TRAIN_FILES + ["test_batch"]}
-    source = source_of(folder)
-    cat = lambda names, i: np.concatenate([parts[n][i] for n in names])  # noqa: E731
-    if split == "seed":
-        tx, ty = cat(TRAIN_FILES[:4], 0), cat(TRAIN_FILES[:4], 1)
-        vx, vy = parts["data_batch_5"]
-    else:
-        x, y = cat(TRAIN_FILES, 0), cat(TRAIN_FILES, 1)
-        if not 0 <= val_size < len(y):
-            raise ValueError(f"val_size must lie in [0, {len(y)}), got {val_size}")
-        n = len(y) - val_size
-        tx, ty, vx, vy = x[:n], y[:n], x[n:], y[n:]
+    parts = {n: read_batch(folder / n) for n in BATCHES}
+    x = np.concatenate([parts[n][0] for n in TRAIN_FILES])
+    y = np.concatenate([parts[n][1] for n in TRAIN_FILES])
+    held = len(parts["data_batch_5"][1]) if split == "seed" else val_size
+    if not 0 <= held < len(y):
+        raise ValueError(f"val_size must lie in [0, {len(y)}), got {val_size}")
+    n = len(y) - held
     t = torch.from_numpy
     return Dataset(
-        t(tx), t(ty), t(np.ascontiguousarray(vx)), t(vy), *map(t, parts["test_batch"]), source=source, split=split, val_size=val_size
+        t(x[:n]), t(y[:n]), t(x[n:]), t(y[n:]), *map(t, parts["test_batch"]),
+        source=source_of(folder), split=split, val_size=val_size,
     )
 
 
-# ---------------------------------------------------------------------------------------
-# Augmentation and normalisation, on whole batches on any device
-# ---------------------------------------------------------------------------------------
-
-
-def augment(
-    x: torch.Tensor,
-    generator: torch.Generator | None = None,
-    padding: int = 4,
-    offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
-    flips: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """RandomCrop(32, padding, zero fill) then RandomHorizontalFlip(0.5), per image.
-
-    Same semantics as torchvision's transforms applied image by image: each image gets its
-    own crop offset (top, left) in [0, 2*padding] and its own coin for the flip. `offsets`
-    and `flips` may be given (tests compare against torchvision with them).
-    x: uint8 or float [B, C, H, W] -> same dtype [B, C, H, W].
-    """
+def augment(x: torch.Tensor, generator: torch.Generator | None = None, padding: int = 4,
+            offsets: tuple[torch.Tensor, torch.Tensor] | None = None, flips: torch.Tensor | None = None):
+    """RandomCrop(32, padding, zero fill) then RandomHorizontalFlip(0.5), each image its own offset (top, left)
+    in [0, 2*padding] and coin, as torchvision image by image. `offsets`, `flips`: given by tests. Same dtype."""
     b, c, h, w = x.shape
     dev = x.device
     if offsets is None:
@@ -492,7 +385,7 @@ def augment(
         flips = torch.rand(b, device=dev, generator=generator) < 0.5
     padded = torch.nn.functional.pad(x, (padding,) * 4)  # [B, C, H+2p, W+2p]
     rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [B, 1, H, 1]
-    cols = (left[:, None] + torch.arange(w, device=dev))  # [B, W]
+    cols = left[:, None] + torch.arange(w, device=dev)  # [B, W]
     # A flipped crop reads its columns right to left.
     cols = torch.where(flips.to(dev)[:, None], cols.flip(1), cols)[:, None, None, :]  # [B, 1, 1, W]
     bi = torch.arange(b, device=dev)[:, None, None, None]
@@ -500,18 +393,11 @@ def augment(
     return padded[bi, ci, rows, cols]
 
 
-def cutout(
-    x: torch.Tensor,
-    size: int,
-    fill: tuple[float, float, float],
-    generator: torch.Generator | None = None,
-    centers: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Cutout (DeVries & Taylor, 2017): per image, a size x size square centred on a uniformly
-    drawn pixel (clipped at the border) is set to `fill`, the mean colour in [0, 1], so that
-    after normalisation it is about zero, as in the paper (which cuts after normalising).
-    x: uint8 [B, 3, H, W] -> a new uint8 tensor. `centers` (rows, cols) may be given (tests).
-    """
+def cutout(x: torch.Tensor, size: int, fill: tuple[float, float, float], generator: torch.Generator | None = None,
+           centers: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Cutout (DeVries & Taylor, 2017) of uint8 images: per image a size x size square around a uniformly drawn
+    pixel (clipped at the border) set to `fill`, the mean colour in [0, 1], so about zero once normalised, as
+    the paper cuts after normalising. Returns a new tensor; `centers` (rows, cols): given by tests."""
     b, _, h, w = x.shape
     dev = x.device
     if centers is None:
@@ -524,33 +410,25 @@ def cutout(
     in_rows = (r >= lo_y) & (r < lo_y + size)  # [B, H]
     in_cols = (c >= lo_x) & (c < lo_x + size)  # [B, W]
     mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B, 1, H, W]
-    colour = _per_channel(tuple(round(255 * v) for v in fill), dev, x.dtype)
-    return torch.where(mask, colour, x)
+    return torch.where(mask, _per_channel(tuple(round(255 * v) for v in fill), dev, x.dtype), x)
 
 
 @functools.lru_cache(maxsize=64)
 def _per_channel(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A constant [1, C, 1, 1] tensor, made once per device and dtype and then only read.
-
-    torch.tensor(..., device="cuda") copies from pageable memory and waits for the stream:
-    made anew in every step, it would make the host wait for the GPU at every step.
-    """
+    """A constant [1, C, 1, 1] tensor, made once per device and dtype, then only read: made in every step,
+    torch.tensor(..., device="cuda") would make the host wait for the GPU at every step."""
     return torch.tensor(values, device=device, dtype=dtype).view(1, len(values), 1, 1)
 
 
 def normalize(x: torch.Tensor, norm: str = "seed", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float, (x/255 - mean) / std with the chosen constants."""
+    """uint8 [B, 3, H, W] -> (x/255 - mean) / std with NORMS[norm], as `dtype`."""
     mean, std = NORMS[norm]
-    m, s = _per_channel(mean, x.device, dtype), _per_channel(std, x.device, dtype)
-    return (x.to(dtype) / 255.0 - m) / s
+    return (x.to(dtype) / 255.0 - _per_channel(mean, x.device, dtype)) / _per_channel(std, x.device, dtype)
 
 
 def channel_stats(x: torch.Tensor) -> dict[str, list[float]]:
-    """Per-channel mean, dataset-wide std and mean of per-image stds of uint8 images.
-
-    Population stds (divided by the pixel count, numpy's default): an image's pixels are all
-    of it, not a sample. With n - 1 the per-image figure would be 0.05% larger.
-    """
+    """Per-channel mean, dataset-wide std and mean of per-image stds of uint8 images: population stds (an
+    image's pixels are all of it, not a sample; with n - 1 the per-image figure would be 0.05% larger)."""
     f = x.double() / 255.0
     return {
         "mean": f.mean(dim=(0, 2, 3)).tolist(),
