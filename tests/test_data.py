@@ -511,8 +511,6 @@ def test_channel_stats_are_population_stds():
 
 
 def test_synthetic_data_never_replaces_a_dataset_by_accident(tmp_path, monkeypatch):
-    from labkit import synthetic
-
     folder = make_synthetic_cifar10(tmp_path, per_batch=10, seed=1)
     before = (folder / "data_batch_1").read_bytes()
     with pytest.raises(DataError, match="already holds CIFAR-10 files"):
@@ -524,7 +522,7 @@ def test_synthetic_data_never_replaces_a_dataset_by_accident(tmp_path, monkeypat
     with pytest.raises(DataError, match="itself holds CIFAR-10 batch files"):  # not a nested copy inside it
         make_synthetic_cifar10(folder, per_batch=10, overwrite=True)
     # Files with the official md5 are refused even with overwrite.
-    monkeypatch.setattr(synthetic, "BATCH_MD5", {**synthetic.BATCH_MD5, "test_batch": md5(folder / "test_batch")})
+    monkeypatch.setattr(data, "BATCH_MD5", {**data.BATCH_MD5, "test_batch": md5(folder / "test_batch")})
     with pytest.raises(DataError, match="holds the official CIFAR-10 \\(test_batch\\)"):
         make_synthetic_cifar10(tmp_path, per_batch=20, overwrite=True)
 
