@@ -1,8 +1,8 @@
-"""Checkpoint files: atomic writes that keep the one before, safe loads (weights_only, CRCs
-checked), recovery from a bad one. Apart from the loop: the run store and analysis read them too."""
+"""Checkpoints: atomic writes that keep the one before, safe loads (weights_only, CRCs checked), recovery."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -15,18 +15,6 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
-
-__all__ = [
-    "CheckpointError",
-    "DiskFullError",
-    "RESUME_KEYS",
-    "atomic_write",
-    "save_checkpoint",
-    "load_checkpoint",
-    "previous_checkpoint",
-    "evaluated_weights",
-    "recover_checkpoint",
-]
 
 
 class CheckpointError(RuntimeError):
@@ -42,29 +30,14 @@ RESUME_KEYS = ("model", "optimizer", "epoch", "history")
 
 
 def previous_checkpoint(path: Path) -> Path:
-    """Where save_checkpoint(keep_previous=True) keeps the checkpoint it replaced:
-    checkpoint.pt -> checkpoint.prev.pt."""
+    """Where save_checkpoint(keep_previous=True) keeps the one it replaced: checkpoint.pt -> checkpoint.prev.pt."""
     path = Path(path)
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _no_space(e: BaseException | None) -> bool:
-    """Whether `e` comes from a full disk: torch's zip writer raises a RuntimeError of its
-    own (an 'enforce fail' without the path), the OSError in its __context__."""
+    """Whether `e` comes from a full disk: torch's zip writer raises a RuntimeError of its own (without the
+    path), the OSError in its __context__."""
     while e is not None:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
@@ -90,9 +63,8 @@ class _Counter:
 
 
 def atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] | None = None) -> None:
-    """`write(f)` into a temp file in the same folder, fsync, rename: readers see the old
-    file or the new one, never half of one; a failed write leaves no temp file behind, and
-    a full disk is a DiskFullError naming the folder, the space needed and the space free."""
+    """`write(f)` into a temp file in the same folder, fsync, rename: readers see the old file or the new one,
+    never half of one, and a failed write leaves no temp file; a full disk is a DiskFullError in one line."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -115,16 +87,18 @@ def atomic_write(path: Path, write: Callable, before_rename: Callable[[], None] 
         )
         err.errno = errno.ENOSPC
         raise err from None
-    _fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # make the rename durable, where the filesystem allows it
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> None:
-    """Write a checkpoint atomically (atomic_write).
-
-    keep_previous: first keep the checkpoint being replaced as `previous_checkpoint(path)`,
-    the fallback when `path` is later found corrupted. It is hard-linked and renamed into
-    place, so `path` itself always holds a complete checkpoint, whenever a kill lands.
-    """
+    """Write a checkpoint with atomic_write; keep_previous: first keep the one it replaces as
+    previous_checkpoint(path), the fallback if `path` is found corrupted (hard-linked, then renamed into place,
+    so `path` holds a complete checkpoint whenever a kill lands)."""
     path = Path(path)
     prev = previous_checkpoint(path)
     link = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
@@ -146,8 +120,8 @@ def save_checkpoint(path: Path, state: dict, keep_previous: bool = False) -> Non
 
 
 def _archive_problem(path: Path) -> str | None:
-    """torch.save writes a zip whose members carry CRC-32s that torch.load never checks:
-    check them, so a flipped byte in the weights is caught, not trained on."""
+    """torch.load never checks the CRC-32s of torch.save's zip members: checked here, a flipped byte in the
+    weights is caught, not trained on."""
     if not zipfile.is_zipfile(path):
         return None  # truncated (no central directory) or the legacy format: torch.load decides
     try:
@@ -159,8 +133,8 @@ def _archive_problem(path: Path) -> str | None:
 
 
 def _load_failure(e: Exception) -> str:
-    """What torch.load(weights_only=True) refused, in one line (its own text advises
-    weights_only=False, which would run whatever the file carries)."""
+    """What torch.load(weights_only=True) refused, in one line (its own text advises weights_only=False,
+    which would run whatever the file carries)."""
     text = str(e)
     wanted = re.search(r"GLOBAL ([\w.]+)", text)
     if wanted:
@@ -169,17 +143,15 @@ def _load_failure(e: Exception) -> str:
             "nothing in it was run. Only load checkpoints written by labkit"
         )
     skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(skip) and "weights_only" not in ln]
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(skip) and "weights_only" not in ln]
     detail = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
     return f"unreadable: truncated or corrupted ({detail})"
 
 
 def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = ("model",)) -> dict:
-    """Load a checkpoint with weights_only=True: tensors and plain data, never code.
-
-    Raises CheckpointError, naming the file, when it is missing, truncated, corrupted,
-    carries code or lacks one of the `require`d entries.
-    """
+    """A checkpoint loaded with weights_only=True (tensors and plain data, never code); CheckpointError naming
+    the file when it is missing, truncated, corrupted, carries code or lacks a `require`d entry."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -199,8 +171,8 @@ def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = (
 
 
 def evaluated_weights(state: dict, cfg: TrainConfig) -> dict:
-    """The weights in a checkpoint that a run's test numbers come from: those selected on
-    validation (select 'best_val'), else the moving average (ema), else the last ones."""
+    """The weights a run's test numbers come from: selected on validation (select 'best_val'), else the moving
+    average (ema), else the last ones."""
     if cfg.select == "best_val" and state.get("best_state") is not None:
         return state["best_state"]
     return state.get("ema") or state["model"]
@@ -218,12 +190,8 @@ def _set_aside(path: Path) -> Path:
 
 
 def recover_checkpoint(d: Path, log: Callable[[str], None] | None = print) -> dict | None:
-    """Make `d/checkpoint.pt` a checkpoint that loads, or remove it; return its state or None.
-
-    A checkpoint that fails to load (truncated, corrupted, carrying code, incomplete) is
-    moved aside with a message naming it, and the previous good one
-    (checkpoint.prev.pt) takes its place; with none left the run starts from scratch.
-    """
+    """The state of `d/checkpoint.pt`, or None: one that fails to load is moved aside, saying so, and the
+    previous good one (checkpoint.prev.pt) takes its place; with none left the run starts from scratch."""
     ckpt = d / "checkpoint.pt"
     prev = previous_checkpoint(ckpt)
     bad_seen = False
@@ -241,10 +209,8 @@ def recover_checkpoint(d: Path, log: Callable[[str], None] | None = print) -> di
         if cand == prev:
             os.replace(prev, ckpt)
             if log:
-                log(
-                    f"{d.name}: resuming from the previous good checkpoint {prev.name} "
-                    f"(after epoch {int(state['epoch']) + 1}); {ckpt.name} was corrupted or missing"
-                )
+                log(f"{d.name}: resuming from the previous good checkpoint {prev.name} "
+                    f"(after epoch {int(state['epoch']) + 1}); {ckpt.name} was corrupted or missing")
         return state
     if bad_seen and log:
         log(f"{d.name}: no good checkpoint left; training this run from the start")
