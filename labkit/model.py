@@ -1,11 +1,9 @@
-"""The seed's configurable ResNet, in torchvision's BasicBlock / _make_layer shape.
-
-Two defects of the seed's code are kept as switches so that its numbers can be
-reproduced, and are off by default:
-  - `seed_extra_block`: its `_make_lay` appends one block and then `n` more, so
-    `lays=[2,2,2,2]` builds 3 blocks per stage (a 26-layer net called ResNet18);
-  - `softmax_head`: the net ends in Softmax although it is trained with cross-entropy,
-    so softmax is applied twice and the loss cannot fall below about 1.46.
+"""The seed's ResNet, in torchvision's BasicBlock / _make_layer shape, with the two defects of the seed's code
+as switches (off by default) so that its numbers can be reproduced:
+  - `seed_extra_block`: its `_make_lay` appends one block and then `n` more, so `lays=[2,2,2,2]` builds
+    3 blocks per stage (a 26-layer net called ResNet18);
+  - `softmax_head`: the net ends in Softmax although it is trained with cross-entropy, so softmax is applied
+    twice and the loss cannot fall below about 1.46.
 """
 
 from __future__ import annotations
@@ -13,33 +11,26 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
 
 from .config import STEMS
 
-__all__ = ["BasicBlock", "Dropout", "ResNet", "build_model", "count_params", "flops_per_image", "run_gflop", "measure_gflops", "STEMS"]
-
-WIDTH_MULTIPLIERS = (1, 2, 4, 8)
-STRIDES = (1, 2, 2, 2)
+# The config fields build_model reads: what a network's cost depends on.
+NETWORK_FIELDS = ("lays", "stem", "stem_bn", "dropout", "seed_extra_block", "softmax_head", "width")
+# Those that shape its weights: weights trained with one value of these do not load into a net built with another.
+WEIGHT_SHAPE_FIELDS = ("lays", "stem", "stem_bn", "seed_extra_block", "width")
 
 
 class Dropout(nn.Module):
-    """nn.Dropout that draws its masks from `generator` when one is set (the trainer sets
-    the run's own), else from torch's global generator as nn.Dropout does.
+    """nn.Dropout that draws its masks from `generator` when one is set (the trainer sets the run's own): runs
+    side by side in threads (labkit.scale.sweep's lanes) would otherwise share torch's global generator. The
+    arithmetic is torch's CPU dropout's, so a generator seeded like the global one gives the same masks; no state.
 
-    Runs trained side by side in threads (labkit.scale.sweep's lanes) share the global generator,
-    so each run's masks would depend on the others'. The arithmetic is that of torch's CPU
-    dropout, so on a CPU a generator seeded like the global one gives the same masks.
-    No state: the state_dict is nn.Dropout's (empty).
-
-    Under CUDA-graph capture (with a generator) the mask is not drawn inside the graph: the
-    forward pass multiplies by `static_keep`, a buffer allocated during the capture, and the
-    trainer calls `redraw()` before every replay. The draw is the eager one, from the same
-    generator, so a graphed run drops the same units as the eager run, and no random-number
-    offsets have to be replayed by the graph.
+    Under CUDA-graph capture the forward pass multiplies by `static_keep`, a buffer allocated in the capture,
+    which the trainer fills with `redraw()` (the eager draw, from the same generator) before every replay: a
+    graphed run drops the eager run's units, and the graph replays no random-number offsets.
     """
 
     def __init__(self, p: float = 0.5) -> None:
@@ -50,17 +41,13 @@ class Dropout(nn.Module):
         self.generator: torch.Generator | None = None
         self.static_keep: Tensor | None = None
 
-    def keep_mask(self, like: Tensor) -> Tensor:
-        """A fresh mask of kept units, already scaled by 1 / (1 - p)."""
-        return self._draw(torch.empty_like(like))
-
     def redraw(self) -> None:
         """Draw the next mask into `static_keep` (outside the graph, before a replay)."""
         if self.static_keep is None:
             raise RuntimeError("redraw() needs a mask buffer: none was captured in a CUDA graph")
         self._draw(self.static_keep)
 
-    def _draw(self, out: Tensor) -> Tensor:
+    def _draw(self, out: Tensor) -> Tensor:  # a mask of kept units, scaled by 1 / (1 - p)
         return out.bernoulli_(1.0 - self.p, generator=self.generator).div_(1.0 - self.p)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -71,7 +58,7 @@ class Dropout(nn.Module):
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             self.static_keep = torch.empty_like(x)  # in the graph's memory; filled by redraw()
             return x * self.static_keep
-        return x * self.keep_mask(x)
+        return x * self._draw(torch.empty_like(x))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -86,11 +73,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module = nn.Identity()
-        # A 1x1 projection only where the shape changes, as in torchvision.
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+        if stride != 1 or in_planes != planes:  # a 1x1 projection only where the shape changes, as in torchvision
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -99,31 +83,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem, four stages of BasicBlocks (64/128/256/512 wide by default), pool, dropout, linear.
+    """Stem, four stages of `lays` BasicBlocks (`width` x 1, 2, 4, 8 channels; the seed's width is 64), pool,
+    `dropout`, linear. stem "3x3": stride 1, the CIFAR stem; "7x7": stride 2, the ImageNet conv (the seed builds
+    its max-pool but never uses it, so neither do we); stem_bn: BatchNorm after it."""
 
-    Args:
-        lays: blocks per stage, four positive ints.
-        stem: "3x3" (stride 1, the CIFAR stem) or "7x7" (stride 2, the ImageNet conv;
-            the seed builds its max-pool but never uses it, so neither do we).
-        stem_bn: BatchNorm after the stem conv.
-        dropout: probability before the classifier.
-        seed_extra_block: build n+1 blocks per stage, as the seed's code does.
-        softmax_head: end in Softmax, as the seed's code does.
-        width: channels of the stem and first stage (stages are 1x, 2x, 4x, 8x); the seed
-            uses 64. Smaller widths serve tests and the smoke profile.
-    """
-
-    def __init__(
-        self,
-        lays: Sequence[int] = (2, 2, 2, 2),
-        stem: str = "3x3",
-        stem_bn: bool = True,
-        dropout: float = 0.0,
-        num_classes: int = 10,
-        seed_extra_block: bool = False,
-        softmax_head: bool = False,
-        width: int = 64,
-    ) -> None:
+    def __init__(self, lays: Sequence[int] = (2, 2, 2, 2), stem: str = "3x3", stem_bn: bool = True,
+                 dropout: float = 0.0, num_classes: int = 10, seed_extra_block: bool = False,
+                 softmax_head: bool = False, width: int = 64) -> None:
         super().__init__()
         # 2.5 blocks is not a depth: refuse non-integers rather than truncate them.
         if len(lays) != 4 or any(isinstance(n, bool) or int(n) != n or n < 1 for n in lays):
@@ -133,15 +99,15 @@ class ResNet(nn.Module):
         if width < 1:
             raise ValueError(f"width must be a positive int, got {width}")
         k, s, p = (3, 1, 1) if stem == "3x3" else (7, 2, 3)
-        # The seed's stem conv has a bias even when BatchNorm follows; kept for fidelity.
-        widths = [width * m for m in WIDTH_MULTIPLIERS]
-        self.conv1 = nn.Conv2d(3, width, k, s, p, bias=True)
+        widths = [width * m for m in (1, 2, 4, 8)]
+        self.conv1 = nn.Conv2d(3, width, k, s, p, bias=True)  # the seed's has a bias even before BatchNorm
         self.bn1: nn.Module = nn.BatchNorm2d(width) if stem_bn else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
-        self.in_planes = width
         self.blocks_per_stage = [int(n) + int(seed_extra_block) for n in lays]
+        stages = zip([width, *widths[:3]], widths, self.blocks_per_stage, (1, 2, 2, 2), strict=True)
         self.layer1, self.layer2, self.layer3, self.layer4 = (
-            self._make_layer(w, n, st) for w, n, st in zip(widths, self.blocks_per_stage, STRIDES, strict=True)
+            nn.Sequential(BasicBlock(cin, cout, stride), *(BasicBlock(cout, cout) for _ in range(n - 1)))
+            for cin, cout, n, stride in stages
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = Dropout(dropout)
@@ -151,12 +117,6 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = [BasicBlock(self.in_planes, planes, stride)]
-        self.in_planes = planes
-        layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
-        return nn.Sequential(*layers)
-
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))  # [B, 64, 32, 32] (3x3) or [B, 64, 16, 16] (7x7)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, 8*width, H/8, W/8]
@@ -165,16 +125,8 @@ class ResNet(nn.Module):
 
 
 def build_model(cfg) -> ResNet:
-    """A ResNet from any object with the TrainConfig model fields."""
-    return ResNet(
-        lays=cfg.lays,
-        stem=cfg.stem,
-        stem_bn=cfg.stem_bn,
-        dropout=cfg.dropout,
-        seed_extra_block=cfg.seed_extra_block,
-        softmax_head=cfg.softmax_head,
-        width=cfg.width,
-    )
+    """A ResNet from any object with the NETWORK_FIELDS of a TrainConfig."""
+    return ResNet(**{k: getattr(cfg, k) for k in NETWORK_FIELDS})
 
 
 def count_params(model: nn.Module) -> int:
@@ -183,28 +135,18 @@ def count_params(model: nn.Module) -> int:
 
 def weight_layers(model: nn.Module) -> int:
     """Convolutions and linear layers on the main path (shortcut projections excluded)."""
-    return sum(
-        1
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and "downsample" not in name
-    )
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) and "downsample" not in name for name, m in model.named_modules())
 
 
 @torch.no_grad()
 def flops_per_image(model: nn.Module, train: bool = True, size: int = 32) -> float:
-    """Multiply-adds x2 of convolutions and linear layers for one image.
-
-    Training (forward + backward) counts 3x the forward, the usual estimate.
-    """
+    """2 x the multiply-adds of convolutions and linear layers for one image; training (forward + backward)
+    counts 3 x the forward, the usual estimate."""
     total = 0
 
     def hook(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
         nonlocal total
-        if isinstance(m, nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-            total += 2 * out.numel() * k
-        elif isinstance(m, nn.Linear):
-            total += 2 * m.in_features * m.out_features
+        total += 2 * out.numel() * m.weight[0].numel()  # each output: one multiply-add per weight of its filter/row
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
@@ -219,32 +161,25 @@ def flops_per_image(model: nn.Module, train: bool = True, size: int = 32) -> flo
     return float(total * (3 if train else 1))
 
 
-# The config fields build_model reads: what a network's cost depends on.
-NETWORK_FIELDS = ("lays", "stem", "stem_bn", "dropout", "seed_extra_block", "softmax_head", "width")
-# Those of them that shape its weights (dropout and softmax_head add none): weights trained
-# with one value of these do not load into a network built with another.
-WEIGHT_SHAPE_FIELDS = ("lays", "stem", "stem_bn", "seed_extra_block", "width")
-
-
 @functools.lru_cache(maxsize=64)
 def _train_gflop_per_image(arch: tuple) -> float:
-    # On the meta device: no memory, and no draw from torch's global generator, which a run
-    # being seeded in another lane (a thread) at this moment would otherwise share.
+    # On the meta device: no memory, and no draw from torch's global generator, which a run being seeded in
+    # another lane (a thread) at this moment would otherwise share.
     with torch.device("meta"):
-        model = build_model(SimpleNamespace(**dict(zip(NETWORK_FIELDS, arch, strict=True))))
+        model = ResNet(**dict(zip(NETWORK_FIELDS, arch, strict=True)))
     return flops_per_image(model) / 1e9
 
 
 def run_gflop(cfg, train_images: int, eval_images: int) -> float:
-    """GFLOP a run costs: `cfg.epochs` epochs of training on `train_images`, evaluating
-    `eval_images` per epoch (a forward pass: a third of a training step's cost)."""
+    """GFLOP a run costs: `cfg.epochs` epochs of training on `train_images`, evaluating `eval_images` per epoch
+    (a forward pass: a third of a training step's cost)."""
     f = _train_gflop_per_image(tuple(getattr(cfg, k) for k in NETWORK_FIELDS))
     return cfg.epochs * (train_images * f + eval_images * f / 3)
 
 
 def measure_gflops(cfg, device: str = "cpu", batch: int = 16, steps: int = 2) -> float:
-    """Training GFLOP/s of `cfg`'s network on `device`, from a few steps on random images
-    (after one untimed step): enough to tell minutes from days before starting."""
+    """Training GFLOP/s of `cfg`'s network on `device`, timed over a few steps on random images after an untimed
+    one: enough to tell minutes from days before starting."""
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(cfg.replace(device=dev.type)).to(dev)
