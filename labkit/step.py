@@ -1,5 +1,4 @@
-"""The training step, replayed from a CUDA graph where it can be; apart from the loop, since
-the benchmark profiles the same step."""
+"""The training step, replayed from a CUDA graph where it can be (the benchmark profiles the same step)."""
 
 from __future__ import annotations
 
@@ -11,8 +10,6 @@ from torch import Tensor, nn
 from .config import TrainConfig
 from .data import normalize
 from .model import Dropout
-
-__all__ = ["Stepper", "autocast", "autocast_dtype", "make_optimizer", "prep"]
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -33,23 +30,15 @@ def prep(x_u8: Tensor, cfg: TrainConfig) -> Tensor:
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    fused = {"fused": True} if device.type == "cuda" else {}
+    kw = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **({"fused": True} if device.type == "cuda" else {})}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-        **fused,
-    )
+        return torch.optim.Adam(model.parameters(), **kw)
+    return torch.optim.SGD(model.parameters(), momentum=cfg.momentum, nesterov=cfg.nesterov, **kw)
 
 
 def _capture_error(e: BaseException) -> str:
-    """Why a capture failed. An op that breaks a capture often surfaces as capture_end()'s
-    generic "operation failed due to a previous error during capture", raised while the
-    op's own error was handled: that one (its __context__) says what went wrong."""
+    """Why a capture failed: capture_end()'s generic "operation failed due to a previous error during capture"
+    is raised while the failing op's own error (its __context__) is handled, which says what went wrong."""
     text = f"{type(e).__name__}: {e}"
     first = e.__context__
     if first is not None and e.__cause__ is None and not e.__suppress_context__:
@@ -58,13 +47,9 @@ def _capture_error(e: BaseException) -> str:
 
 
 class Stepper:
-    """Forward + backward of one batch; returns the (detached) loss and logits.
-
-    On CUDA with cuda_graphs, full batches replay a graph captured once (the ~400 kernel
-    launches of a step otherwise cost more than the maths at batch 512); other batch sizes
-    (the last, partial batch) run eagerly. The optimiser step is not inside: it runs eagerly
-    (fused) after this. On the CPU every step is eager.
-    """
+    """Forward + backward of one batch, returning the detached loss and logits. On CUDA with cuda_graphs, full
+    batches replay a graph captured once (a step's ~400 kernel launches otherwise cost more than the maths at
+    batch 512); a partial batch, and every step on the CPU, runs eagerly. The optimiser step runs after this."""
 
     def __init__(self, model, loss_fn, cfg: TrainConfig, device, amp_dtype, graphable: bool = True,
                  capture_alone=contextlib.nullcontext):
@@ -72,28 +57,17 @@ class Stepper:
         self.capture_alone = capture_alone  # runs side by side in threads: no other run's CUDA work during a capture
         self.graph: torch.cuda.CUDAGraph | None = None
         self.mode = "eager"
-        # Dropout draws its masks outside the graph (labkit.model.Dropout.redraw before each
-        # replay): random-number offsets drawn inside a graph failed to replay ("Offset
-        # increment outside graph capture", torch 2.11, H200). A compiled net traces
-        # Dropout's eager branch, so with dropout it is not captured. Nor are DDP runs:
-        # DDP all-reduces gradients from hooks in the backward pass, with buckets and
-        # streams it manages itself; gloo cannot be captured at all.
-        self.want_graph = (
-            cfg.cuda_graphs
-            and device.type == "cuda"
-            and not (cfg.dropout and cfg.compile)
-            and graphable
-        )
+        # Dropout's masks are drawn outside the graph (model.Dropout.redraw): offsets drawn inside failed to replay
+        # ("Offset increment outside graph capture", torch 2.11, H200). A compiled net traces Dropout's eager branch,
+        # so it is not captured with dropout; nor are DDP runs (graphable False): DDP all-reduces from backward
+        # hooks with buckets and streams of its own, and gloo cannot be captured at all.
+        self.want_graph = cfg.cuda_graphs and device.type == "cuda" and not (cfg.dropout and cfg.compile) and graphable
         self.dropouts: list[Dropout] = []  # whose masks are redrawn before each replay
         self.graph_error = ""
 
     def eager(self, x: Tensor, y: Tensor, optimizer) -> tuple[Tensor, Tensor]:
-        if self.graph is not None:
-            # After capture the .grad tensors are the graph's own buffers; zero them in place
-            # (never set to None) so the eager backward writes correct gradients into them.
-            optimizer.zero_grad(set_to_none=False)
-        else:
-            optimizer.zero_grad(set_to_none=True)
+        # After a capture the .grad tensors are the graph's buffers: zeroed in place, never set to None.
+        optimizer.zero_grad(set_to_none=self.graph is None)
         with autocast(self.device, self.amp):
             out = self.model(x)
             loss = self.loss_fn(out.float(), y)
@@ -123,21 +97,20 @@ class Stepper:
             torch.cuda.current_stream(self.device).wait_stream(side)
             optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
             g = torch.cuda.CUDAGraph()
-            # thread_local: runs training side by side in threads may launch work meanwhile.
+            # thread_local: runs trained side by side in threads may launch work meanwhile
             with torch.cuda.graph(g, stream=side, capture_error_mode="thread_local"):
                 with autocast(self.device, self.amp):
                     out = model(self.static_x)
                     self.static_loss = self.loss_fn(out.float(), self.static_y)
                 self.static_loss.backward()
                 self.static_out = out.detach()
-            # The graph replays the backward; keeping its autograd nodes would only tie later
-            # eager steps' gradient accumulation to `side` ("AccumulateGrad node's stream").
+            # The graph replays the backward: its autograd nodes would only tie later eager steps' gradient
+            # accumulation to `side` ("AccumulateGrad node's stream").
             self.static_loss = self.static_loss.detach()
         finally:  # captured or not, training goes on from the state before the warm-up
-            # A capture that fails in capture_end() leaves `side` current (torch.cuda.graph
-            # exits its stream context only after capture_end succeeds): back to this run's.
+            # A capture failing in capture_end() leaves `side` current (torch.cuda.graph leaves its stream context
+            # only after capture_end succeeds); then wait for what a failure may have left queued on `side`.
             torch.cuda.set_stream(prev)
-            # (after the warm-up's work on `side`, which a failure may have left queued)
             torch.cuda.current_stream(self.device).wait_stream(side)
             with torch.no_grad():
                 for k, v in model.state_dict().items():
