@@ -370,41 +370,32 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "seed",
     )
 
 
-def augment(x: torch.Tensor, generator: torch.Generator | None = None, padding: int = 4,
-            offsets: tuple[torch.Tensor, torch.Tensor] | None = None, flips: torch.Tensor | None = None):
-    """RandomCrop(32, padding, zero fill) then RandomHorizontalFlip(0.5), each image its own offset (top, left)
-    in [0, 2*padding] and coin, as torchvision image by image. `offsets`, `flips`: given by tests. Same dtype."""
+def augment(x: torch.Tensor, generator: torch.Generator | None = None, padding: int = 4) -> torch.Tensor:
+    """RandomCrop(32, padding, zero fill) then RandomHorizontalFlip(0.5), as torchvision applies them image by
+    image: each its own offset (top, left) in [0, 2*padding] and its own coin, drawn in that order."""
     b, c, h, w = x.shape
     dev = x.device
-    if offsets is None:
-        top = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
-        left = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
-    else:
-        top, left = offsets[0].to(dev), offsets[1].to(dev)
-    if flips is None:
-        flips = torch.rand(b, device=dev, generator=generator) < 0.5
+    top = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+    flips = torch.rand(b, device=dev, generator=generator) < 0.5
     padded = torch.nn.functional.pad(x, (padding,) * 4)  # [B, C, H+2p, W+2p]
     rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [B, 1, H, 1]
     cols = left[:, None] + torch.arange(w, device=dev)  # [B, W]
     # A flipped crop reads its columns right to left.
-    cols = torch.where(flips.to(dev)[:, None], cols.flip(1), cols)[:, None, None, :]  # [B, 1, 1, W]
+    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]  # [B, 1, 1, W]
     bi = torch.arange(b, device=dev)[:, None, None, None]
     ci = torch.arange(c, device=dev)[None, :, None, None]
     return padded[bi, ci, rows, cols]
 
 
-def cutout(x: torch.Tensor, size: int, fill: tuple[float, float, float], generator: torch.Generator | None = None,
-           centers: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Cutout (DeVries & Taylor, 2017) of uint8 images: per image a size x size square around a uniformly drawn
-    pixel (clipped at the border) set to `fill`, the mean colour in [0, 1], so about zero once normalised, as
-    the paper cuts after normalising. Returns a new tensor; `centers` (rows, cols): given by tests."""
+def cutout(x: torch.Tensor, size: int, fill: tuple[float, float, float], generator: torch.Generator | None = None):
+    """Cutout (DeVries & Taylor, 2017) of uint8 images, into a new tensor: per image a size x size square around
+    a uniformly drawn pixel (its row, then its column; clipped at the border) set to `fill`, the mean colour in
+    [0, 1], so about zero once normalised, as the paper cuts after normalising."""
     b, _, h, w = x.shape
     dev = x.device
-    if centers is None:
-        cy = torch.randint(0, h, (b,), device=dev, generator=generator)
-        cx = torch.randint(0, w, (b,), device=dev, generator=generator)
-    else:
-        cy, cx = centers[0].to(dev), centers[1].to(dev)
+    cy = torch.randint(0, h, (b,), device=dev, generator=generator)
+    cx = torch.randint(0, w, (b,), device=dev, generator=generator)
     lo_y, lo_x = (cy - size // 2)[:, None], (cx - size // 2)[:, None]
     r, c = torch.arange(h, device=dev)[None, :], torch.arange(w, device=dev)[None, :]
     in_rows = (r >= lo_y) & (r < lo_y + size)  # [B, H]

@@ -404,17 +404,12 @@ def test_a_downloaded_archive_with_another_md5_is_refused_and_never_unpacked(tmp
 
 def test_augment_matches_torchvision(synth_data):
     x = synth_data.train_x[:64]
-    g = torch.Generator().manual_seed(0)
-    top = torch.randint(0, 9, (64,), generator=g)
-    left = torch.randint(0, 9, (64,), generator=g)
+    out = augment(x, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)  # the same draws, in augment's order: rows, columns, coins
+    top, left = torch.randint(0, 9, (64,), generator=g), torch.randint(0, 9, (64,), generator=g)
     flips = torch.rand(64, generator=g) < 0.5
-    # make sure the extremes and both flip states are exercised
-    top[:4], left[:4], flips[:4] = (
-        torch.tensor([0, 8, 0, 8]),
-        torch.tensor([0, 8, 8, 0]),
-        torch.tensor([1, 0, 1, 0]).bool(),
-    )
-    out = augment(x, offsets=(top, left), flips=flips)
+    # the extremes and both flip states are exercised
+    assert {0, 8} <= set(top.tolist()) & set(left.tolist()) and 0 < int(flips.sum()) < 64
     assert out.dtype == torch.uint8 and out.shape == x.shape
     for i in range(64):
         ref = TF.pad(x[i], [4], fill=0)
@@ -423,8 +418,7 @@ def test_augment_matches_torchvision(synth_data):
             ref = TF.horizontal_flip(ref)
         assert torch.equal(out[i], ref), f"image {i} (top {int(top[i])}, left {int(left[i])}, flip {bool(flips[i])})"
     # the float path gives the same pixels
-    outf = augment(x.float(), offsets=(top, left), flips=flips)
-    assert torch.equal(outf, out.float())
+    assert torch.equal(augment(x.float(), generator=torch.Generator().manual_seed(0)), out.float())
 
 
 def test_augment_generator(synth_data):
@@ -473,16 +467,20 @@ def test_normalize_uses_seed_constants():
 
 
 def test_cutout_sets_a_clipped_square_to_the_mean_colour():
-    x = torch.full((3, 3, 32, 32), 7, dtype=torch.uint8)
-    fill = (0.5, 0.25, 1.0)
-    # centres: the middle, a corner (square clipped to 4 x 4) and the far edge
-    out = cutout(x, 8, fill, centers=(torch.tensor([16, 0, 31]), torch.tensor([16, 0, 10])))
+    x = torch.full((64, 3, 32, 32), 7, dtype=torch.uint8)
+    out = cutout(x, 8, (0.5, 0.25, 1.0), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)  # the same draws, in cutout's order: rows, then columns
+    cy, cx = torch.randint(0, 32, (64,), generator=g).tolist(), torch.randint(0, 32, (64,), generator=g).tolist()
     colour = torch.tensor([128, 64, 255], dtype=torch.uint8).view(3, 1, 1)
-    assert torch.equal(out[0, :, 12:20, 12:20], colour.expand(3, 8, 8))
-    assert (out[0] != 7).sum() == 3 * 64
-    assert torch.equal(out[1, :, 0:4, 0:4], colour.expand(3, 4, 4)) and (out[1] != 7).sum() == 3 * 16
-    assert torch.equal(out[2, :, 27:32, 6:14], colour.expand(3, 5, 8)) and (out[2] != 7).sum() == 3 * 40
-    assert torch.equal(x, torch.full((3, 3, 32, 32), 7, dtype=torch.uint8))  # the input is left alone
+    areas = []
+    for i in range(64):  # an 8 x 8 square from 4 above and left of its centre, clipped at the border
+        rows, cols = slice(max(cy[i] - 4, 0), min(cy[i] + 4, 32)), slice(max(cx[i] - 4, 0), min(cx[i] + 4, 32))
+        expected = x[i].clone()
+        expected[:, rows, cols] = colour
+        assert torch.equal(out[i], expected), (i, cy[i], cx[i])
+        areas.append((rows.stop - rows.start) * (cols.stop - cols.start))
+    assert max(areas) == 64 and min(areas) < 64  # whole squares and clipped ones
+    assert torch.equal(x, torch.full((64, 3, 32, 32), 7, dtype=torch.uint8))  # the input is left alone
 
 
 def test_cutout_draws_a_centre_per_image_from_the_generator(synth_data):
