@@ -263,32 +263,23 @@ def source_of(folder: Path) -> dict:
         "official": not mismatched,
         "md5_mismatch": mismatched,
         "md5": sums,  # which copy: two stand-ins differ here even where their description is the same
-        "description": f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)"
-        if mismatched
-        else "official CIFAR-10 (md5 verified)",
+        "description": "official CIFAR-10 (md5 verified)",
     }
-    note, made = _synthetic_note(folder) if mismatched else (None, None)
-    if note:
-        source.update(synthetic=True,
-                      description=f"labkit's synthetic CIFAR-format data ({note}); not the official CIFAR-10 files")
-        if made:  # what eval needs to make the same data again
-            source["made"] = made
-    return source
-
-
-def _synthetic_note(folder: Path) -> tuple[str | None, dict | None]:
-    """labkit.synthetic's note in batches.meta and its sizes (None in data made before they were written)."""
+    if mismatched:
+        source["description"] = f"not the official CIFAR-10 files (md5 differs for {len(mismatched)} of 6 batches)"
     try:
-        meta = _safe_load(folder / "batches.meta")
+        meta = _safe_load(folder / "batches.meta") if mismatched else {}
     except (OSError, DataError):  # no or unreadable meta file: the batches are what counts
-        return None, None
-    note = meta.get(SYNTHETIC_KEY)
-    note = note.decode("utf-8", "replace") if isinstance(note, bytes) else note
-    if not (isinstance(note, str) and note):
-        return None, None
-    made, keys = meta.get(SYNTHETIC_MADE_KEY), ("seed", "per_batch", "test_size")
-    ok = isinstance(made, dict) and all(type(made.get(k)) is int and made[k] >= 0 for k in keys)
-    return note, ({k: made[k] for k in keys} if ok else None)
+        meta = {}
+    note, made = meta.get(SYNTHETIC_KEY), meta.get(SYNTHETIC_MADE_KEY)  # labkit.synthetic writes them
+    if isinstance(note, bytes) and note:
+        how = note.decode("utf-8", "replace")
+        source["description"] = f"labkit's synthetic CIFAR-format data ({how}); not the official CIFAR-10 files"
+        source["synthetic"] = True
+        keys = ("seed", "per_batch", "test_size")  # absent in data made before they were written
+        if isinstance(made, dict) and all(type(made.get(k)) is int and made[k] >= 0 for k in keys):
+            source["made"] = {k: made[k] for k in keys}  # what eval needs to make the same data again
+    return source
 
 
 def fingerprint(source: dict) -> str:
