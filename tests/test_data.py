@@ -29,124 +29,33 @@ def _write_pickle(path: Path, obj) -> Path:
     return path
 
 
-def _official_like(n: int = 20, labels=None, data_=None) -> dict:
-    rng = np.random.default_rng(0)
-    return {
-        b"batch_label": b"testing batch 1 of 1",
-        b"labels": list(range(10)) * (n // 10) if labels is None else labels,
-        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8) if data_ is None else data_,
-        b"filenames": [b"x.png"] * n,
-    }
-
-
 # ---------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("str_keys", [False, True], ids=["bytes_keys", "str_keys"])
-def test_round_trip_official_layout(tmp_path, str_keys):
-    folder = make_synthetic_cifar10(tmp_path, per_batch=30, test_size=20, seed=3, str_keys=str_keys)
-    assert folder == tmp_path / "cifar-10-batches-py"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(BATCHES + ["batches.meta"])
-    for name in BATCHES:
-        with open(folder / name, "rb") as f:
-            raw = pickle.load(f, encoding="bytes")  # how the official files are read elsewhere
-        key = "data" if str_keys else b"data"
-        assert key in raw and type(next(iter(raw))) is (str if str_keys else bytes)
-        x, y = read_batch(folder / name)
-        n = 20 if name == "test_batch" else 30
-        assert x.shape == (n, 3, 32, 32) and x.dtype == np.uint8
-        assert y.shape == (n,) and y.dtype == np.int64
-        # [N, 3072] is CHW row-major per image
-        np.testing.assert_array_equal(x, raw[key].reshape(n, 3, 32, 32))
-        np.testing.assert_array_equal(y, np.asarray(raw["labels" if str_keys else b"labels"]))
-    assert sorted(np.bincount(read_batch(folder / "data_batch_1")[1]).tolist()) == [3] * 10  # balanced
-
-
-def test_both_key_encodings_read_identically(tmp_path):
-    a = make_synthetic_cifar10(tmp_path / "a", per_batch=20, seed=5)
-    b = make_synthetic_cifar10(tmp_path / "b", per_batch=20, seed=5, str_keys=True)
-    for name in BATCHES:
-        xa, ya = read_batch(a / name)
-        xb, yb = read_batch(b / name)
-        np.testing.assert_array_equal(xa, xb)
-        np.testing.assert_array_equal(ya, yb)
-
-
-class _Evil:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.target}",))
-
-
-def test_refuses_pickle_that_runs_code(tmp_path):
-    target = tmp_path / "PWNED"
-    path = _write_pickle(tmp_path / "data_batch_1", {b"data": _Evil(target), b"labels": [0]})
-    # Sanity: a plain unpickler would have run the command.
-    assert b"system" in path.read_bytes()
-    with pytest.raises(DataError, match="data_batch_1") as e:
-        read_batch(path)
-    assert "refused" in str(e.value)
-    assert not target.exists()
-
-
-def test_refuses_code_in_a_whole_folder(tmp_path):
-    folder = make_synthetic_cifar10(tmp_path, per_batch=10)
-    target = tmp_path / "PWNED2"
-    _write_pickle(folder / "data_batch_3", _Evil(target))
-    with pytest.raises(DataError, match="data_batch_3"):
-        load_cifar10(tmp_path, allow_download=False)
-    assert not target.exists()
-
-
-def test_truncated_file(tmp_path):
-    folder = make_synthetic_cifar10(tmp_path, per_batch=10)
-    p = folder / "data_batch_2"
-    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-    with pytest.raises(DataError, match="data_batch_2"):
-        read_batch(p)
-    with pytest.raises(DataError, match="data_batch_2"):
-        load_cifar10(tmp_path, allow_download=False)
-
-
-@pytest.mark.parametrize(
-    "obj, what",
-    [
-        (_official_like(data_=np.zeros((20, 1024), np.uint8)), "3072"),
-        (_official_like(data_=np.zeros((20, 3072), np.float32)), "uint8"),
-        (_official_like(data_=np.zeros((20, 3, 32, 32), np.uint8)), "3072"),
-        (_official_like(labels=[0] * 19), "labels"),
-        (_official_like(labels=[10] * 20), "0..9"),
-        (_official_like(labels=[-1] + [0] * 19), "0..9"),
-        (_official_like(labels=[b"cat"] * 20), "labels"),
-        ({b"data": np.zeros((2, 3072), np.uint8)}, "labels"),
-        ([1, 2, 3], "dict"),
-    ],
-    ids=["short_rows", "float", "4d", "label_count", "label_10", "label_neg", "label_bytes", "no_labels", "list"],
-)
-def test_wrong_contents(tmp_path, obj, what):
-    p = _write_pickle(tmp_path / "test_batch", obj)
-    with pytest.raises(DataError, match="test_batch") as e:
-        read_batch(p)
-    assert what in str(e.value)
-
-
-def test_valid_hand_made_batch_reads(tmp_path):
-    # the positive control of test_wrong_contents
-    x, y = read_batch(_write_pickle(tmp_path / "test_batch", _official_like()))
-    assert x.shape == (20, 3, 32, 32) and y.tolist() == list(range(10)) * 2
-
-
-def test_missing_file(tmp_path):
-    folder = make_synthetic_cifar10(tmp_path, per_batch=10)
-    (folder / "data_batch_4").unlink()
-    with pytest.raises(DataError, match="data_batch_4"):
-        read_batch(folder / "data_batch_4")
-    with pytest.raises(DataError, match="data_batch_4"):
-        load_cifar10(tmp_path, allow_download=False)
+def test_round_trip_official_layout_with_either_key_encoding(tmp_path):
+    read = {}
+    for str_keys in (False, True):
+        folder = make_synthetic_cifar10(tmp_path / str(str_keys), per_batch=30, test_size=20, seed=3, str_keys=str_keys)
+        assert folder == tmp_path / str(str_keys) / "cifar-10-batches-py"
+        assert sorted(p.name for p in folder.iterdir()) == sorted(BATCHES + ["batches.meta"])
+        for name in BATCHES:
+            with open(folder / name, "rb") as f:
+                raw = pickle.load(f, encoding="bytes")  # how the official files are read elsewhere
+            key = "data" if str_keys else b"data"
+            assert key in raw and type(next(iter(raw))) is (str if str_keys else bytes)
+            x, y = read[str_keys, name] = read_batch(folder / name)
+            n = 20 if name == "test_batch" else 30
+            assert x.shape == (n, 3, 32, 32) and x.dtype == np.uint8
+            assert y.shape == (n,) and y.dtype == np.int64
+            # [N, 3072] is CHW row-major per image
+            np.testing.assert_array_equal(x, raw[key].reshape(n, 3, 32, 32))
+            np.testing.assert_array_equal(y, np.asarray(raw["labels" if str_keys else b"labels"]))
+        assert sorted(np.bincount(read[str_keys, "data_batch_1"][1]).tolist()) == [3] * 10  # balanced
+    for name in BATCHES:  # the same seed gives the same images whatever the keys
+        for a, b in zip(read[False, name], read[True, name], strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_folder_that_is_not_cifar10(tmp_path):
@@ -163,18 +72,6 @@ def test_folder_that_is_not_cifar10(tmp_path):
         read_batch(folder / "data_batch_1")
     with pytest.raises(DataError, match="data_batch_2"):
         read_batch(folder / "data_batch_2")
-
-
-def test_dict_with_unsortable_keys(tmp_path):
-    p = _write_pickle(tmp_path / "data_batch_1", {1: "a", "b": 2})
-    with pytest.raises(DataError, match="data_batch_1"):
-        read_batch(p)
-
-
-def test_empty_folder_says_how_to_fix(tmp_path):
-    with pytest.raises(DataError) as e:
-        load_cifar10(tmp_path, allow_download=False)
-    assert str(tmp_path) in str(e.value) and "--data-dir" in str(e.value)
 
 
 def test_a_file_given_as_the_data_folder_is_named(tmp_path, monkeypatch):
