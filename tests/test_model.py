@@ -11,28 +11,21 @@ from labkit.model import BasicBlock, ResNet, build_model, count_params, flops_pe
 
 
 @pytest.mark.parametrize(
-    "lays, extra, expected",
-    [((2, 2, 2, 2), True, 3), ((2, 2, 2, 2), False, 2), ((3, 3, 3, 3), True, 4), ((3, 3, 3, 3), False, 3)],
+    "lays, extra, blocks, layers",
+    [
+        ((2, 2, 2, 2), True, [3] * 4, 26),
+        ((2, 2, 2, 2), False, [2] * 4, 18),
+        ((3, 3, 3, 3), True, [4] * 4, 34),
+        ((3, 3, 3, 3), False, [3] * 4, 26),
+        ((1, 2, 3, 1), False, [1, 2, 3, 1], 16),
+    ],
 )
-def test_blocks_per_stage(lays, extra, expected):
+def test_blocks_per_stage_and_weight_layers(lays, extra, blocks, layers):
     m = ResNet(lays=lays, seed_extra_block=extra, width=8)
     stages = [m.layer1, m.layer2, m.layer3, m.layer4]
-    assert [len(s) for s in stages] == [expected] * 4
-    assert m.blocks_per_stage == [expected] * 4
+    assert [len(s) for s in stages] == m.blocks_per_stage == blocks
     assert all(isinstance(b, BasicBlock) for s in stages for b in s)
-
-
-def test_uneven_lays():
-    m = ResNet(lays=(1, 2, 3, 1), width=8)
-    assert [len(s) for s in (m.layer1, m.layer2, m.layer3, m.layer4)] == [1, 2, 3, 1]
-
-
-@pytest.mark.parametrize(
-    "lays, extra, layers",
-    [((2, 2, 2, 2), True, 26), ((2, 2, 2, 2), False, 18), ((3, 3, 3, 3), True, 34), ((3, 3, 3, 3), False, 26)],
-)
-def test_weight_layers(lays, extra, layers):
-    assert weight_layers(ResNet(lays=lays, seed_extra_block=extra, width=8)) == layers
+    assert weight_layers(m) == layers
 
 
 def test_shortcut_projection_only_where_shape_changes():
@@ -144,7 +137,6 @@ def test_invalid_arguments(kw):
 def test_counting_a_runs_cost_draws_no_random_numbers():
     # Sweep lanes count a job's GFLOP while another lane seeds and builds its model from
     # torch's global generator: counting must not draw from it.
-    from labkit.config import TrainConfig
     from labkit.model import run_gflop
 
     cfg = TrainConfig(width=8, lays=(1, 2, 1, 2), stem="7x7")  # an architecture not counted before
