@@ -192,6 +192,7 @@ def _set_aside(path: Path) -> Path:
 def recover_checkpoint(d: Path, log: Callable[[str], None] | None = print) -> dict | None:
     """The state of `d/checkpoint.pt`, or None: one that fails to load is moved aside, saying so, and the
     previous good one (checkpoint.prev.pt) takes its place; with none left the run starts from scratch."""
+    log = log or (lambda _: None)
     ckpt = d / "checkpoint.pt"
     prev = previous_checkpoint(ckpt)
     bad_seen = False
@@ -203,15 +204,13 @@ def recover_checkpoint(d: Path, log: Callable[[str], None] | None = print) -> di
         except CheckpointError as e:
             bad_seen = True
             bad = _set_aside(cand)
-            if log:
-                log(f"{e}; moved aside to {bad.name}")
+            log(f"{e}; moved aside to {bad.name}")
             continue
         if cand == prev:
             os.replace(prev, ckpt)
-            if log:
-                log(f"{d.name}: resuming from the previous good checkpoint {prev.name} "
-                    f"(after epoch {int(state['epoch']) + 1}); {ckpt.name} was corrupted or missing")
+            log(f"{d.name}: resuming from the previous good checkpoint {prev.name} "
+                f"(after epoch {int(state['epoch']) + 1}); {ckpt.name} was corrupted or missing")
         return state
-    if bad_seen and log:
+    if bad_seen:
         log(f"{d.name}: no good checkpoint left; training this run from the start")
     return None
