@@ -1,7 +1,5 @@
-"""CIFAR-10: safe reading of the official python batches, download, splits, augmentation on any device.
-
-The batch files are pickles, which can run code when loaded: an unpickler admits only what they hold.
-"""
+"""CIFAR-10: the official python batches read safely (pickles, which can run code when loaded: an unpickler
+admits only what they hold), download, splits, and augmentation on any device."""
 
 from __future__ import annotations
 

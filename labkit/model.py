@@ -27,11 +27,9 @@ class Dropout(nn.Module):
     """nn.Dropout that draws its masks from `generator` when one is set (the trainer sets the run's own): runs
     side by side in threads (labkit.scale.sweep's lanes) would otherwise share torch's global generator. The
     arithmetic is torch's CPU dropout's, so a generator seeded like the global one gives the same masks; no state.
-
     Under CUDA-graph capture the forward pass multiplies by `static_keep`, a buffer allocated in the capture,
     which the trainer fills with `redraw()` (the eager draw, from the same generator) before every replay: a
-    graphed run drops the eager run's units, and the graph replays no random-number offsets.
-    """
+    graphed run drops the eager run's units, and the graph replays no random-number offsets."""
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
