@@ -102,10 +102,9 @@ class ResNet(nn.Module):
         self.bn1: nn.Module = nn.BatchNorm2d(width) if stem_bn else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
         self.blocks_per_stage = [int(n) + int(seed_extra_block) for n in lays]
-        stages = zip([width, *widths[:3]], widths, self.blocks_per_stage, (1, 2, 2, 2), strict=True)
+        self.in_planes = width
         self.layer1, self.layer2, self.layer3, self.layer4 = (
-            nn.Sequential(BasicBlock(cin, cout, stride), *(BasicBlock(cout, cout) for _ in range(n - 1)))
-            for cin, cout, n, stride in stages
+            self._make_layer(w, n, stride) for w, n, stride in zip(widths, self.blocks_per_stage, (1, 2, 2, 2), strict=True)
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = Dropout(dropout)
@@ -114,6 +113,12 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = [BasicBlock(self.in_planes, planes, stride)]
+        self.in_planes = planes
+        layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))  # [B, 64, 32, 32] (3x3) or [B, 64, 16, 16] (7x7)
