@@ -1,7 +1,7 @@
 """Statistics, tables and figures for the lab's notebooks: the seed's numbers beside ours.
 
 Every number shown comes from a run in the store or from a computation here; the seed's own
-numbers come from labkit.config (SEED_ABLATIONS, SEED_NUMBERS).
+numbers come from labkit.config (paper.ABLATIONS, paper.NUMBERS).
 
 The statistics (means with Student-t intervals, Welch differences, verdicts) are in
 labkit.stats; its names are importable from here too (A.estimate, A.welch, ...).
@@ -21,18 +21,8 @@ from pathlib import Path
 import pandas as pd
 from bs4 import BeautifulSoup
 
-from .config import (
-    ABLATION_GROUPS,
-    CLAIMS,
-    SEED_ABLATIONS,
-    SEED_NUMBERS,
-    ConfigError,
-    TrainConfig,
-    ablation,
-    check_choice,
-    check_positive_int,
-    seed_ablation_config,
-)
+from . import paper
+from .config import ConfigError, TrainConfig, check_choice, check_positive_int
 from .data import DataError, DataNotFound, Dataset
 from .lab import (
     DEPTH_RECIPES,
@@ -81,10 +71,10 @@ __all__ = [
     "plot_val_curves",
     "provenance",
     "recorded_source",
-    "seed_ablation_values",
-    "seed_figures",
-    "seed_test_accuracies",
-    "seed_vs_ours",
+    "paper_ablation_values",
+    "paper_figures",
+    "paper_test_accuracies",
+    "paper_vs_ours",
     "setup_notebook",
     "show_figure",
     "show_note",
@@ -293,7 +283,7 @@ def summary_runs(lab: Lab, seeds: int, depth_seeds: int) -> tuple[tuple[list[Run
 
     Every ablation row once (the baseline belongs to each group), `seeds` runs each, as
     notebooks 04 and 05 run them; the depths with `depth_seeds`, as notebook 03."""
-    every_row = list({pair: None for g in ABLATION_GROUPS for pair in ablation_runs(g, seeds)})
+    every_row = list({pair: None for g in paper.ABLATION_GROUPS for pair in ablation_runs(g, seeds)})
     got = [get_runs(lab, pairs) for pairs in (every_row, final_runs(seeds), depth_runs(depth_seeds), modern_runs(seeds))]
     return tuple(runs for runs, _ in got), [m for _, missing in got for m in missing]
 
@@ -507,27 +497,27 @@ def _by_key(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return out
 
 
-def _seed_group(group: str) -> None:
-    if group not in ABLATION_GROUPS:
+def _paper_group(group: str) -> None:
+    if group not in paper.ABLATION_GROUPS:
         raise ConfigError(
-            f"{group!r} is not one of the seed's ablation groups {list(ABLATION_GROUPS)}: these tables set the "
+            f"{group!r} is not one of the seed's ablation groups {list(paper.ABLATION_GROUPS)}: these tables set the "
             "seed's numbers beside ours. For your own variants use estimates_frame(runs, field, label_of) with "
             "plot_estimates, and welch(a, b) with judge"
         )
 
 
 def ablation_table(group: str, runs: Sequence[Run]) -> pd.DataFrame:
-    """The seed's table for one of its ablation groups (ABLATION_GROUPS), its numbers beside
+    """The seed's table for one of its ablation groups (paper.ABLATION_GROUPS), its numbers beside
     ours (mean ± SD over seeds). Runs are matched to rows by name ("ablation-<row key>")."""
-    _seed_group(group)
+    _paper_group(group)
     by = _by_key(runs)
     base_acc = _values(by.get("baseline", []), "final_val_acc")
-    base_seed = ablation("baseline").seed_val_acc
+    base_paper = paper.ablation("baseline").paper_val_acc
     rows = []
-    for key in ABLATION_GROUPS[group]:
-        a = ablation(key)
+    for key in paper.ABLATION_GROUPS[group]:
+        a = paper.ablation(key)
         rs = by.get(key, [])
-        cfg = rs[0].config if rs else seed_ablation_config(key)
+        cfg = rs[0].config if rs else paper.ablation_config(key)
         loss, acc = _estimate(rs, "final_loss_sum"), _estimate(rs, "final_val_acc")
         rows.append(
             {
@@ -541,12 +531,12 @@ def ablation_table(group: str, runs: Sequence[Run]) -> pd.DataFrame:
                 "dropout": cfg.dropout,
                 "stem": f"{cfg.stem}{' +BN' if cfg.stem_bn else ' no BN'}",
                 "n": acc.n,
-                "final loss (sum): seed": a.seed_loss,
+                "final loss (sum): seed": a.paper_loss,
                 "final loss (sum): ours, mean ± SD": loss.fmt(digits=3, show_n=False),
-                "val acc %: seed": a.seed_val_acc * 100,
+                "val acc %: seed": a.paper_val_acc * 100,
                 "val acc %: ours, mean ± SD": acc.fmt(scale=100, show_n=False),
                 "val acc %: ours, 95% CI": acc.fmt_ci(scale=100),
-                "Δ vs baseline, pts: seed": None if key == "baseline" else (a.seed_val_acc - base_seed) * 100,
+                "Δ vs baseline, pts: seed": None if key == "baseline" else (a.paper_val_acc - base_paper) * 100,
                 "Δ vs baseline, pts: ours [95% CI]": "—" if key == "baseline" else welch(_values(rs, "final_val_acc"), base_acc).fmt(unit=""),
             }
         )
@@ -577,22 +567,22 @@ def ablation_view(table: pd.DataFrame, formats: dict | None = None) -> pd.DataFr
     return pd.DataFrame({"": [c for c in table.columns if c != "row"], **body})
 
 
-def seed_ablation_values(field: str) -> dict[str, float]:
-    """One of the seed's numbers (an Ablation field: "seed_loss", its final summed loss at
-    epoch 30, or "seed_val_acc") for each ablation row key: what the figures mark."""
-    return {a.key: getattr(a, field) for a in SEED_ABLATIONS}
+def paper_ablation_values(field: str) -> dict[str, float]:
+    """One of the seed's numbers (an Ablation field: "paper_loss", its final summed loss at
+    epoch 30, or "paper_val_acc") for each ablation row key: what the figures mark."""
+    return {a.key: getattr(a, field) for a in paper.ABLATIONS}
 
 
-def seed_figures(group: str) -> str:
+def paper_figures(group: str) -> str:
     """The seed's figure numbers of one ablation group's rows, e.g. "2, 6, 7, 9, 1, 3"."""
-    _seed_group(group)
-    return ", ".join(str(t) for key in ABLATION_GROUPS[group] for t in ablation(key).tables)
+    _paper_group(group)
+    return ", ".join(str(t) for key in paper.ABLATION_GROUPS[group] for t in paper.ablation(key).tables)
 
 
-def seed_test_accuracies() -> dict[str, float]:
+def paper_test_accuracies() -> dict[str, float]:
     """The seed's test accuracy beside each of notebook 05's run names: its final run's,
     and beside the modern preset its best (the deeper net, tuned on test)."""
-    return {FINAL_NAME: SEED_NUMBERS["final_test_acc"], MODERN_NAME: SEED_NUMBERS["depth_test_acc"][DEPTHS[-1]]}
+    return {FINAL_NAME: paper.NUMBERS["final_test_acc"], MODERN_NAME: paper.NUMBERS["depth_test_acc"][DEPTHS[-1]]}
 
 
 def estimates_frame(runs: Sequence[Run], field: str, label_of: Callable[[Run], str] | None = None) -> pd.DataFrame:
@@ -616,23 +606,23 @@ def estimates_frame(runs: Sequence[Run], field: str, label_of: Callable[[Run], s
 
 
 def _tested(claim: str, better: Sequence[Run], worse: Sequence[Run], field: str, comparison: str, measure: str,
-            section: str, seed_diff: float | None = None, sized: bool = False, **extra) -> dict:
+            section: str, paper_diff: float | None = None, sized: bool = False, **extra) -> dict:
     """The claim "`better` beats `worse`" on the summary `field`, tested with a Welch interval.
 
     A row with neutral keys: section, claim, comparison ("a − b"), measure ("val acc"),
-    seed_diff (the seed's own difference, a fraction; None: it gives none), ours (our
+    paper_diff (the seed's own difference, a fraction; None: it gives none), ours (our
     difference, "+d pts [lo, hi]"), runs ("na vs nb"), verdict; `sized`: the verdict says
-    whether seed_diff lies inside our interval. `extra` keys are kept (e.g. recipe)."""
+    whether paper_diff lies inside our interval. `extra` keys are kept (e.g. recipe)."""
     d = welch(_values(better, field), _values(worse, field))
     return {
         "section": section,
         "claim": claim,
         "comparison": comparison,
         "measure": measure,
-        "seed_diff": seed_diff,
+        "paper_diff": paper_diff,
         "ours": d.fmt(),
         "runs": f"{d.na} vs {d.nb}",
-        "verdict": judge(d, seed_diff if sized else None),
+        "verdict": judge(d, paper_diff if sized else None),
         **extra,
     }
 
@@ -644,11 +634,11 @@ def _claims_frame(rows: Sequence[dict], columns: dict[str, str | Callable[[dict]
 
 
 def _points(row: dict) -> float:
-    return row["seed_diff"] * 100
+    return row["paper_diff"] * 100
 
 
 def _signed_points(row: dict) -> str:
-    return "—" if row["seed_diff"] is None else f"{row['seed_diff'] * 100:+.2f}"
+    return "—" if row["paper_diff"] is None else f"{row['paper_diff'] * 100:+.2f}"
 
 
 def _with_measure(row: dict) -> str:
@@ -684,21 +674,21 @@ FINDINGS_COLUMNS = {
 
 
 def _ablation_tests(group: str, runs: Sequence[Run]) -> list[dict]:
-    """The seed's conclusions (CLAIMS) about one ablation group, tested on `runs`."""
-    _seed_group(group)
+    """The seed's conclusions (paper.CLAIMS) about one ablation group, tested on `runs`."""
+    _paper_group(group)
     by = _by_key(runs)
     rows = []
-    for claim, better, worse, sized in CLAIMS[group]:
-        seed_d = ablation(better).seed_val_acc - ablation(worse).seed_val_acc
+    for claim, better, worse, sized in paper.CLAIMS[group]:
+        paper_d = paper.ablation(better).paper_val_acc - paper.ablation(worse).paper_val_acc
         rows.append(
             _tested(claim, by.get(better, []), by.get(worse, []), "final_val_acc", f"{better} − {worse}", "val acc",
-                    f"4 ({group})", seed_d, sized)
+                    f"4 ({group})", paper_d, sized)
         )
     return rows
 
 
 def ablation_claims(group: str, runs: Sequence[Run]) -> pd.DataFrame:
-    """Each of the seed's conclusions (CLAIMS) about one of its ablation groups, tested on our
+    """Each of the seed's conclusions (paper.CLAIMS) about one of its ablation groups, tested on our
     runs (final validation accuracy) with a Welch interval and a verdict."""
     return _claims_frame(_ablation_tests(group, runs), ABLATION_CLAIM_COLUMNS)
 
@@ -714,20 +704,20 @@ def plot_loss_curves(
     title: str = "",
     label_of=None,
     ax=None,
-    seed_final: dict[str, float] | None = None,
-    seed_epoch: int | None = None,
+    paper_final: dict[str, float] | None = None,
+    paper_epoch: int | None = None,
 ):
     """One line per run (colour: configuration, one line per seed), `y` against epoch.
 
-    `seed_final` (label -> the seed's final summed loss, reached at `seed_epoch`) marks the
+    `paper_final` (label -> the seed's final summed loss, reached at `paper_epoch`) marks the
     seed's own number as an x in its configuration's colour, so each of the seed's loss
-    figures can be read against ours. Runs that stop before `seed_epoch` (quick and smoke
+    figures can be read against ours. Runs that stop before `paper_epoch` (quick and smoke
     profiles) get no marks, and the title says so, rather than a stretched axis."""
     import seaborn as sns
     from matplotlib.ticker import MaxNLocator
 
-    if seed_final and (y != "loss_sum" or seed_epoch is None):
-        raise ValueError("seed_final marks the seed's summed loss: it needs y='loss_sum' and seed_epoch")
+    if paper_final and (y != "loss_sum" or paper_epoch is None):
+        raise ValueError("paper_final marks the seed's summed loss: it needs y='loss_sum' and paper_epoch")
     label_of = label_of or _key_of
     frames = []
     for r in runs:
@@ -741,15 +731,15 @@ def plot_loss_curves(
     if frames:
         df = pd.concat(frames, ignore_index=True)
         sns.lineplot(data=df, x="epoch", y=y, hue="config", units="run", estimator=None, marker="o", ax=ax, lw=1.4, ms=4)
-        marks = {k: v for k, v in (seed_final or {}).items() if k in set(df["config"])}
-        if marks and df["epoch"].max() >= seed_epoch:
+        marks = {k: v for k, v in (paper_final or {}).items() if k in set(df["config"])}
+        if marks and df["epoch"].max() >= paper_epoch:
             colours = {label: h.get_color() for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
             for label, v in marks.items():
-                ax.plot(seed_epoch, v, "x", color=colours[label], ms=10, mew=2.5, zorder=5)
+                ax.plot(paper_epoch, v, "x", color=colours[label], ms=10, mew=2.5, zorder=5)
             # in grey in the legend: each mark takes its configuration's colour
             ax.plot([], [], "x", color="0.3", ms=8, mew=2, label="the seed's final loss (x)")
         elif marks:
-            title += f"\n(the seed's final losses, at epoch {seed_epoch}, are not marked: these runs are shorter)"
+            title += f"\n(the seed's final losses, at epoch {paper_epoch}, are not marked: these runs are shorter)"
         ax.legend(title=None, fontsize=8)
     else:
         ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
@@ -759,13 +749,13 @@ def plot_loss_curves(
     return fig if fig is not None else ax.figure
 
 
-def plot_estimates(est: pd.DataFrame, seed_values: dict[str, float] | None = None, xlabel: str = "", title: str = "", scale: float = 100.0):
+def plot_estimates(est: pd.DataFrame, paper_values: dict[str, float] | None = None, xlabel: str = "", title: str = "", scale: float = 100.0):
     """Mean with 95% CI error bars per label, each run as a dot, the seed's number as a red x.
 
-    `est` is an estimates_frame(...); `seed_values` maps some of its labels to a number to
+    `est` is an estimates_frame(...); `paper_values` maps some of its labels to a number to
     mark (the seed's); `scale` 100 shows fractions as percent (1 for anything else)."""
     fig, ax = _figure(figsize=(7.5, 0.55 * max(len(est), 2) + 1.4))
-    seed_values = {k: v for k, v in (seed_values or {}).items() if k in set(est["label"])} if len(est) else {}
+    paper_values = {k: v for k, v in (paper_values or {}).items() if k in set(est["label"])} if len(est) else {}
     seen: set[str] = set()
 
     def once(label: str) -> str | None:
@@ -781,9 +771,9 @@ def plot_estimates(est: pd.DataFrame, seed_values: dict[str, float] | None = Non
             ax.errorbar(row.mean * scale, i, xerr=err, fmt="o", color="C0", capsize=4, zorder=3, label=once("mean, 95% CI"))
         elif row.n == 1:
             ax.plot(row.mean * scale, i, "o", color="C0", zorder=3, label=once("one run only: no CI"))
-        if row.label in seed_values:
-            ax.plot(seed_values[row.label] * scale, i, "x", color="C3", ms=9, mew=2, zorder=4, label=once("the seed's number"))
-    pts = [v * scale for vs in est["values"] for v in vs] + [v * scale for v in seed_values.values()] if len(est) else []
+        if row.label in paper_values:
+            ax.plot(paper_values[row.label] * scale, i, "x", color="C3", ms=9, mew=2, zorder=4, label=once("the seed's number"))
+    pts = [v * scale for vs in est["values"] for v in vs] + [v * scale for v in paper_values.values()] if len(est) else []
     if pts:
         # Intervals from 2-3 runs can be wider than the data; keep the axis on the data.
         lo, hi = min(pts), max(pts)
@@ -872,17 +862,17 @@ def show_recipes(runs: Sequence[Run]) -> None:
         show_note("<br>".join(f"<b><code>{k}</code></b>: {v}" for k, v in seen.items()), "provenance")
 
 
-def _vs_seed(runs: Sequence[Run], field: str, seed_value: float | None) -> dict:
+def _vs_paper(runs: Sequence[Run], field: str, paper_value: float | None) -> dict:
     """Our runs' `field` (n, mean ± SD, 95% CI) beside the seed's number (None: it gives
     none): accuracies in percent with 2 decimals, summed losses with 3."""
     scale, digits = (1, 3) if "loss" in field else (100, 2)
     e = _estimate(runs, field)
     return {
-        "seed's number": "—" if seed_value is None else f"{seed_value * scale:.{digits}f}",
+        "seed's number": "—" if paper_value is None else f"{paper_value * scale:.{digits}f}",
         "n": e.n,
         "ours: mean ± SD": e.fmt(scale=scale, digits=digits, show_n=False),
         "ours: 95% CI": e.fmt_ci(scale=scale, digits=digits),
-        "Δ ours − seed": "—" if seed_value is None or not e.n else f"{(e.mean - seed_value) * scale:+.{digits}f}",
+        "Δ ours − seed": "—" if paper_value is None or not e.n else f"{(e.mean - paper_value) * scale:+.{digits}f}",
     }
 
 
@@ -893,34 +883,34 @@ MEASURES = {
 }
 
 
-def seed_vs_ours(
+def paper_vs_ours(
     ablation_runs: Sequence[Run], final_runs: Sequence[Run], depth_runs: Sequence[Run], modern_runs: Sequence[Run]
 ) -> pd.DataFrame:
     rows = []
 
-    def add(where, what, seed_value, runs, field, recipe):
-        rows.append({"seed report": where, "measure": what, **_vs_seed(runs, field, seed_value), "recipe": recipe})
+    def add(where, what, paper_value, runs, field, recipe):
+        rows.append({"seed report": where, "measure": what, **_vs_paper(runs, field, paper_value), "recipe": recipe})
 
     by = _by_key(ablation_runs)
-    for a in SEED_ABLATIONS:
+    for a in paper.ABLATIONS:
         where = f"table{'s' if len(a.tables) > 1 else ''} {', '.join(map(str, a.tables))}: {a.key}"
         rs = by.get(a.key, [])
-        add(where, MEASURES["final_loss_sum"], a.seed_loss, rs, "final_loss_sum", f"seed-faithful, {_epochs(rs, 30)}")
-        add(where, MEASURES["final_val_acc"], a.seed_val_acc, rs, "final_val_acc", f"seed-faithful, {_epochs(rs, 30)}")
+        add(where, MEASURES["final_loss_sum"], a.paper_loss, rs, "final_loss_sum", f"seed-faithful, {_epochs(rs, 30)}")
+        add(where, MEASURES["final_val_acc"], a.paper_val_acc, rs, "final_val_acc", f"seed-faithful, {_epochs(rs, 30)}")
     final = f"seed-faithful, {_epochs(final_runs, 60)}"
-    add("table 11 (final)", MEASURES["final_loss_sum"], SEED_NUMBERS["final_loss"], final_runs, "final_loss_sum", final)
-    add("table 11 (final)", MEASURES["test_acc"], SEED_NUMBERS["final_test_acc"], final_runs, "test_acc", final)
-    for lays, seed_acc in SEED_NUMBERS["depth_test_acc"].items():
+    add("table 11 (final)", MEASURES["final_loss_sum"], paper.NUMBERS["final_loss"], final_runs, "final_loss_sum", final)
+    add("table 11 (final)", MEASURES["test_acc"], paper.NUMBERS["final_test_acc"], final_runs, "test_acc", final)
+    for lays, paper_acc in paper.NUMBERS["depth_test_acc"].items():
         for recipe in DEPTH_RECIPES:
             rs = [r for r in depth_runs if r.name == depth_name(lays, recipe)]
             desc = "seed-faithful net and optimiser" if recipe == "seed" else "corrected net, modern recipe"
             desc += views_at_test(rs)
-            add(f"§4.1 depth limit, lays {lays}", "test accuracy % (ours selected on validation; the seed's tuned on test)", seed_acc, rs, "test_acc", desc)
+            add(f"§4.1 depth limit, lays {lays}", "test accuracy % (ours selected on validation; the seed's tuned on test)", paper_acc, rs, "test_acc", desc)
     blocks = "/".join(str(n) for n in sorted({r.config.lays[0] + int(r.config.seed_extra_block) for r in modern_runs})) or "2"
     add(
         "§4.1 best (lays 3: 4 blocks per stage in its code)",
         "test accuracy %: labkit's best (modern preset; the seed's tuned on test)",
-        SEED_NUMBERS["depth_test_acc"][3],
+        paper.NUMBERS["depth_test_acc"][3],
         modern_runs,
         "test_acc",
         f"modern preset, {_epochs(modern_runs, 40)}, {blocks} blocks per stage, {_images(modern_runs)}{views_at_test(modern_runs)}",
@@ -932,7 +922,7 @@ def findings(ablation_runs: Sequence[Run], final_runs: Sequence[Run], depth_runs
     """Every conclusion of the seed (§4.6), then labkit's two claims (its modern preset
     beats the seed's final recipe, and the seed's best number), each with the verdict of
     our runs: the report's findings in one table (the sections show each one)."""
-    rows = [r for group in CLAIMS for r in _ablation_tests(group, [r for r in ablation_runs if _key_of(r) in ABLATION_GROUPS[group]])]
+    rows = [r for group in paper.CLAIMS for r in _ablation_tests(group, [r for r in ablation_runs if _key_of(r) in paper.ABLATION_GROUPS[group]])]
     rows += _depth_tests(depth_runs) + _labkit_tests(final_runs, modern_runs)
     return _claims_frame(rows, FINDINGS_COLUMNS)
 
@@ -1110,7 +1100,7 @@ def architecture_table(cfg: TrainConfig, corrected: TrainConfig) -> pd.DataFrame
     from .model import build_model, count_params
 
     rows = []
-    nets = {"seed": build_model(cfg).eval(), "corrected": build_model(corrected).eval()}
+    nets = {"paper": build_model(cfg).eval(), "corrected": build_model(corrected).eval()}
     shapes: dict[str, dict[str, tuple]] = {k: {} for k in nets}
     for key, net in nets.items():
         hooks = [
@@ -1121,8 +1111,8 @@ def architecture_table(cfg: TrainConfig, corrected: TrainConfig) -> pd.DataFrame
             net(torch.zeros(1, 3, 32, 32))
         for h in hooks:
             h.remove()
-    s, c = nets["seed"], nets["corrected"]
-    rows.append({"stage": "stem", "seed's blocks": "—", "corrected blocks": "—", "conv": f"{cfg.stem}", "output (C, H, W)": str(shapes["seed"]["relu"]), "params (seed's net)": count_params(s.conv1) + count_params(s.bn1)})
+    s, c = nets["paper"], nets["corrected"]
+    rows.append({"stage": "stem", "seed's blocks": "—", "corrected blocks": "—", "conv": f"{cfg.stem}", "output (C, H, W)": str(shapes["paper"]["relu"]), "params (seed's net)": count_params(s.conv1) + count_params(s.bn1)})
     for i in range(1, 5):
         ls, lc = getattr(s, f"layer{i}"), getattr(c, f"layer{i}")
         rows.append(
@@ -1131,11 +1121,11 @@ def architecture_table(cfg: TrainConfig, corrected: TrainConfig) -> pd.DataFrame
                 "seed's blocks": len(ls),
                 "corrected blocks": len(lc),
                 "conv": f"3x3, stride {ls[0].conv1.stride[0]}, {ls[0].conv2.out_channels} ch",
-                "output (C, H, W)": str(shapes["seed"][f"layer{i}"]),
+                "output (C, H, W)": str(shapes["paper"][f"layer{i}"]),
                 "params (seed's net)": count_params(ls),
             }
         )
-    rows.append({"stage": "head", "seed's blocks": "—", "corrected blocks": "—", "conv": f"avgpool, dropout, linear{', softmax' if cfg.softmax_head else ''}", "output (C, H, W)": str(shapes["seed"]["fc"]), "params (seed's net)": count_params(s.fc)})
+    rows.append({"stage": "head", "seed's blocks": "—", "corrected blocks": "—", "conv": f"avgpool, dropout, linear{', softmax' if cfg.softmax_head else ''}", "output (C, H, W)": str(shapes["paper"]["fc"]), "params (seed's net)": count_params(s.fc)})
     rows.append({"stage": "total", "seed's blocks": sum(s.blocks_per_stage), "corrected blocks": sum(c.blocks_per_stage), "conv": "", "output (C, H, W)": "", "params (seed's net)": count_params(s)})
     return pd.DataFrame(rows)
 
@@ -1209,15 +1199,15 @@ def block_counts(named_depths: Sequence[int] = DEPTHS) -> pd.DataFrame:
 
     rows = []
     for lays in named_depths:
-        seed_net = ResNet(lays=(lays,) * 4, seed_extra_block=True, width=8)
+        paper_net = ResNet(lays=(lays,) * 4, seed_extra_block=True, width=8)
         fixed = ResNet(lays=(lays,) * 4, width=8)
         rows.append(
             {
                 "lays": str([lays] * 4),
                 "the seed calls it": f"ResNet-{2 * 4 * lays + 2}",
-                "blocks per stage (seed's code)": seed_net.blocks_per_stage[0],
+                "blocks per stage (seed's code)": paper_net.blocks_per_stage[0],
                 "blocks per stage (corrected)": fixed.blocks_per_stage[0],
-                "weight layers (seed's code)": weight_layers(seed_net),
+                "weight layers (seed's code)": weight_layers(paper_net),
                 "weight layers (corrected)": weight_layers(fixed),
             }
         )
@@ -1246,8 +1236,8 @@ def loss_floor(classes: int = 10) -> dict[str, float]:
 def loss_floor_table(floor: float, train_images: int = 40000, batch: int = 512) -> pd.DataFrame:
     """The seed's reported final summed losses per batch, against the floor."""
     batches = math.ceil(train_images / batch)
-    rows = [(f"table{'s' if len(a.tables) > 1 else ''} {', '.join(map(str, a.tables))}: {a.key}", a.seed_loss) for a in SEED_ABLATIONS]
-    rows.append(("table 11: final (60 epochs)", SEED_NUMBERS["final_loss"]))
+    rows = [(f"table{'s' if len(a.tables) > 1 else ''} {', '.join(map(str, a.tables))}: {a.key}", a.paper_loss) for a in paper.ABLATIONS]
+    rows.append(("table 11: final (60 epochs)", paper.NUMBERS["final_loss"]))
     return pd.DataFrame(
         [
             {"seed's run": k, "final summed loss": v, "batches per epoch": batches, "loss per batch": v / batches, "floor": floor, "above the floor": v / batches - floor}
@@ -1280,7 +1270,7 @@ def plot_loss_floor(table: pd.DataFrame, floor: float):
 
 def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
     rows = []
-    for lays, seed_acc in SEED_NUMBERS["depth_test_acc"].items():
+    for lays, paper_acc in paper.NUMBERS["depth_test_acc"].items():
         for recipe in DEPTH_RECIPES:
             rs = [r for r in runs if r.name == depth_name(lays, recipe)]
             cfg = rs[0].config if rs else None
@@ -1295,8 +1285,8 @@ def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
                     "best val acc %": _estimate(rs, "best_val_acc").fmt(scale=100),
                     "test acc % (once)": e.fmt(scale=100),
                     "95% CI": e.fmt_ci(scale=100),
-                    "seed: test acc % (tuned on test)": seed_acc * 100,
-                    "Δ ours − seed, pts": e.mean * 100 - seed_acc * 100 if e.n else None,
+                    "seed: test acc % (tuned on test)": paper_acc * 100,
+                    "Δ ours − seed, pts": e.mean * 100 - paper_acc * 100 if e.n else None,
                 }
             )
     return pd.DataFrame(rows)
@@ -1305,10 +1295,10 @@ def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
 def _depth_tests(runs: Sequence[Run]) -> list[dict]:
     """The seed's "deeper is better" (its deeper net beats its shallower on test accuracy), per recipe."""
     shallow, deep = DEPTHS
-    seed_d = SEED_NUMBERS["depth_test_acc"][deep] - SEED_NUMBERS["depth_test_acc"][shallow]
+    paper_d = paper.NUMBERS["depth_test_acc"][deep] - paper.NUMBERS["depth_test_acc"][shallow]
     return [
         _tested("deeper is better", [r for r in runs if r.name == depth_name(deep, recipe)], [r for r in runs if r.name == depth_name(shallow, recipe)],
-                "test_acc", f"lays {deep} − lays {shallow}", "test acc", "3 (depth)", seed_d, recipe=recipe)
+                "test_acc", f"lays {deep} − lays {shallow}", "test acc", "3 (depth)", paper_d, recipe=recipe)
         for recipe in DEPTH_RECIPES
     ]
 
@@ -1391,12 +1381,12 @@ def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
 def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
     what = f"table 11: seed-faithful, {_epochs(final, 60)}"
     rows = [
-        (what, final, "test_acc", SEED_NUMBERS["final_test_acc"]),
-        (what, final, "final_loss_sum", SEED_NUMBERS["final_loss"]),
+        (what, final, "test_acc", paper.NUMBERS["final_test_acc"]),
+        (what, final, "final_loss_sum", paper.NUMBERS["final_loss"]),
         (what, final, "final_val_acc", None),
-        (f"labkit's best: modern preset{views_at_test(modern)}", modern, "test_acc", SEED_NUMBERS["depth_test_acc"][3]),
+        (f"labkit's best: modern preset{views_at_test(modern)}", modern, "test_acc", paper.NUMBERS["depth_test_acc"][3]),
     ]
-    return pd.DataFrame([{"run": w, "measure": MEASURES[f], **_vs_seed(rs, f, v)} for w, rs, f, v in rows])
+    return pd.DataFrame([{"run": w, "measure": MEASURES[f], **_vs_paper(rs, f, v)} for w, rs, f, v in rows])
 
 
 def _labkit_tests(final: Sequence[Run], modern: Sequence[Run]) -> list[dict]:
@@ -1405,28 +1395,28 @@ def _labkit_tests(final: Sequence[Run], modern: Sequence[Run]) -> list[dict]:
     vs_final = _tested("labkit: the modern preset beats the seed's final recipe", modern, final, "test_acc",
                        "modern − seed-faithful final", "test acc", "5")
     m = _estimate(modern, "test_acc")
-    seed_best = SEED_NUMBERS["depth_test_acc"][3]
+    paper_best = paper.NUMBERS["depth_test_acc"][3]
     if m.n >= 2:
-        where = "below" if m.lo > seed_best else "above" if m.hi < seed_best else "inside"
-        verdict = f"the seed's {seed_best * 100:.2f}% lies {where} our 95% CI"
+        where = "below" if m.lo > paper_best else "above" if m.hi < paper_best else "inside"
+        verdict = f"the seed's {paper_best * 100:.2f}% lies {where} our 95% CI"
     else:
         verdict = "one run: no interval"
     vs_best = {
         "section": "5",
-        "claim": f"labkit: the modern preset beats the seed's best, {seed_best * 100:.2f}% (tuned on test)",
+        "claim": f"labkit: the modern preset beats the seed's best, {paper_best * 100:.2f}% (tuned on test)",
         "comparison": f"modern preset{views_at_test(modern)}",
         "measure": "test acc",
-        "seed_diff": None,
-        "ours": "—" if not m.n else f"{(m.mean - seed_best) * 100:+.2f} pts",
+        "paper_diff": None,
+        "ours": "—" if not m.n else f"{(m.mean - paper_best) * 100:+.2f} pts",
         "runs": str(m.n),
         "verdict": verdict,
     }
     return [vs_final, vs_best]
 
 
-def best_vs_seed(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
-    seed_best = SEED_NUMBERS["depth_test_acc"][3]
+def best_vs_paper(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
+    paper_best = paper.NUMBERS["depth_test_acc"][3]
     # This table's own words for the second comparison; the findings name the modern runs' test-time views.
-    words = ["modern − seed-faithful final, test acc", f"modern vs the seed's best ({seed_best * 100:.2f}%, lays 3, tuned on test)"]
+    words = ["modern − seed-faithful final, test acc", f"modern vs the seed's best ({paper_best * 100:.2f}%, lays 3, tuned on test)"]
     rows = [{**r, "comparison": w} for r, w in zip(_labkit_tests(final, modern), words, strict=True)]
     return _claims_frame(rows, {"comparison": "comparison", "Δ, pts [95% Welch CI]": "ours", "runs": "runs", "note": "verdict"})

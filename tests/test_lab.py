@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from labkit.analysis import get_runs
-from labkit.config import SEED_ABLATIONS, ConfigError, TrainConfig, preset, seed_ablation_config
+from labkit.config import ConfigError, TrainConfig, preset
 from labkit.lab import PROFILES, Lab, RunMissing, depth_runs, get_profile, plan
+from labkit.paper import ABLATIONS as SEED_ABLATIONS
+from labkit.paper import ablation_config as seed_ablation_config
 from labkit.runs import RunStore
 
 

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 from labkit import analysis as A
+from labkit import paper
 from labkit import report as R
 from labkit import stats as S
-from labkit.config import ABLATION_GROUPS, CLAIMS, SEED_ABLATIONS, ConfigError
+from labkit.config import ConfigError
+from labkit.paper import ABLATION_GROUPS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,8 +84,8 @@ def test_loss_figures_mark_the_seed_s_final_loss_in_each_configuration_s_colour(
 
     runs = [run("ablation-baseline", s, [150.0 - e for e in range(30)]) for s in (0, 1)]
     runs.append(run("ablation-decay_1.0", 0, [155.0 - e for e in range(30)]))
-    seed = {"baseline": 130.229, "decay_1.0": 132.086, "stem_7x7": 138.715}  # no stem_7x7 runs: no mark
-    fig = A.plot_loss_curves(runs, seed_final=seed, seed_epoch=30)
+    paper_final = {"baseline": 130.229, "decay_1.0": 132.086, "stem_7x7": 138.715}  # no stem_7x7 runs: no mark
+    fig = A.plot_loss_curves(runs, paper_final=paper_final, paper_epoch=30)
     ax = fig.axes[0]
     marks = [ln for ln in ax.get_lines() if ln.get_marker() == "x" and len(ln.get_xdata())]
     assert sorted((ln.get_xdata()[0], ln.get_ydata()[0]) for ln in marks) == [(30, 130.229), (30, 132.086)]
@@ -93,11 +95,11 @@ def test_loss_figures_mark_the_seed_s_final_loss_in_each_configuration_s_colour(
     assert "the seed's final loss (x)" in [t.get_text() for t in ax.get_legend().get_texts()]
     # runs shorter than the seed's 30 epochs: no marks, and the title says why
     short = [run("ablation-baseline", 0, [150.0, 149.0])]
-    ax = A.plot_loss_curves(short, title="t", seed_final=seed, seed_epoch=30).axes[0]
+    ax = A.plot_loss_curves(short, title="t", paper_final=paper_final, paper_epoch=30).axes[0]
     assert not [ln for ln in ax.get_lines() if ln.get_marker() == "x" and len(ln.get_xdata())]
     assert "not marked: these runs are shorter" in ax.get_title()
     with pytest.raises(ValueError, match="loss_sum"):
-        A.plot_loss_curves(short, y="loss_mean", seed_final=seed, seed_epoch=30)
+        A.plot_loss_curves(short, y="loss_mean", paper_final=paper_final, paper_epoch=30)
 
 
 def test_welch_with_unequal_run_counts_and_the_verdicts_word_for_word():
@@ -117,11 +119,11 @@ def test_welch_with_unequal_run_counts_and_the_verdicts_word_for_word():
 
 def _stub_runs(key_values: dict[str, list[float]], field: str, prefix: str = "ablation-") -> list:
     """Finished-run stand-ins: one per value, named prefix + key, with the seed's config."""
-    from labkit.config import TrainConfig, seed_ablation_config
+    from labkit.config import TrainConfig
 
     out = []
     for key, values in key_values.items():
-        cfg = seed_ablation_config(key) if prefix == "ablation-" else TrainConfig()
+        cfg = paper.ablation_config(key) if prefix == "ablation-" else TrainConfig()
         for seed, v in enumerate(values):
             out.append(SimpleNamespace(id=f"{prefix}{key}-{seed}", name=f"{prefix}{key}", config=cfg.replace(seed=seed), summary={field: v, "final_loss_sum": 130.0}))
     return out
@@ -136,7 +138,7 @@ def test_the_seed_s_tables_take_differences_the_right_way_round():
     (claim,) = A.ablation_claims("stem_bn", runs).to_dict("records")
     assert "confirmed" in claim["verdict"] and "the seed's 2.6-point size is outside the CI" in claim["verdict"]
     final = _stub_runs({"final": [0.85, 0.86, 0.87]}, "test_acc", prefix="")
-    row = A.seed_vs_ours([], final, [], []).set_index("measure").loc["test accuracy %"]
+    row = A.paper_vs_ours([], final, [], []).set_index("measure").loc["test accuracy %"]
     assert row["Δ ours − seed"] == f"{(0.86 - 0.8336) * 100:+.2f}"  # ours above the seed's 83.36%: positive
 
 
@@ -151,7 +153,7 @@ def test_findings_gather_every_claim_with_its_verdict(monkeypatch):
     depth = [SimpleNamespace(id=n, name=n, config=None, summary={"test_acc": v}) for n, v in
              (("depth-2-seed", 0.8), ("depth-3-seed", 0.7), ("depth-2-corrected", 0.9), ("depth-3-corrected", 0.91))]  # fmt: skip
     f = A.findings(abl, final, depth, modern)
-    assert len(f) == sum(len(c) for c in CLAIMS.values()) + 2 + 2
+    assert len(f) == sum(len(c) for c in paper.CLAIMS.values()) + 2 + 2
     by = f.set_index("claim")["verdict"]
     assert by["decay 1.0 beats 0.45"].startswith("confirmed") and by["dropout 0.4 hurts at 30 epochs"].startswith("not shown")
     assert by["deeper is better (seed recipe)"].startswith("not testable: 1 run on each side")
@@ -163,7 +165,7 @@ def test_findings_gather_every_claim_with_its_verdict(monkeypatch):
     monkeypatch.setattr(A, "ABLATION_CLAIM_COLUMNS", {"renamed": "claim"})
     monkeypatch.setattr(A, "DEPTH_CLAIM_COLUMNS", {"renamed": "claim"})
     assert A.findings(abl, final, depth, modern).equals(f)
-    best = A.best_vs_seed(final, modern)
+    best = A.best_vs_paper(final, modern)
     assert list(best["comparison"]) == ["modern − seed-faithful final, test acc", "modern vs the seed's best (89.27%, lays 3, tuned on test)"]
     assert list(best["note"]) == [by["labkit: the modern preset beats the seed's final recipe"], "the seed's 89.27% lies below our 95% CI"]
 
@@ -288,7 +290,7 @@ def test_final_table_and_best_vs_seed_numbers_by_hand():
     assert list(t.iloc[3][cols]) == expect([0.90, 0.92, 0.94], 0.8927) == ["89.27", 3, "92.00 ± 2.00", "[87.03, 96.97]", "+2.73"]
     assert t.iloc[3]["run"] == "labkit's best: modern preset, test-time flip" and t.iloc[0]["run"] == f"table 11: seed-faithful, {final_cfg.epochs} epochs"
     # best_vs_seed: modern − final by Welch (equal SDs and n: df 4), then the seed's best against our CI
-    best = A.best_vs_seed(final, modern)
+    best = A.best_vs_paper(final, modern)
     half = T975[4] * math.sqrt(0.02**2 / 3 + 0.02**2 / 3)
     assert list(best["Δ, pts [95% Welch CI]"]) == [f"+10.00 pts [{(0.10 - half) * 100:+.2f}, {(0.10 + half) * 100:+.2f}]", "+2.73 pts"]
     assert list(best["runs"]) == ["3 vs 3", "3"]
@@ -299,10 +301,10 @@ def test_final_table_and_best_vs_seed_numbers_by_hand():
     worse = _named_runs("modern", MODERN, test_acc=[0.70, 0.72, 0.74])
     _, _, h = _by_hand([0.70, 0.72, 0.74])
     assert 0.72 + h < 0.8927
-    best = A.best_vs_seed(final, worse)
+    best = A.best_vs_paper(final, worse)
     assert list(best["Δ, pts [95% Welch CI]"]) == ["-10.00 pts [-14.53, -5.47]", "-17.27 pts"]
     assert list(best["note"]) == ["refuted: the opposite holds (CI below 0)", "the seed's 89.27% lies above our 95% CI"]
-    assert list(A.best_vs_seed(final, worse[:1])["note"])[1] == "one run: no interval"
+    assert list(A.best_vs_paper(final, worse[:1])["note"])[1] == "one run: no interval"
 
 
 def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
@@ -427,11 +429,11 @@ def test_summary_runs_and_the_recorded_data_source(tmp_path):
 
 
 def test_the_seed_s_numbers_the_figures_mark():
-    assert A.seed_ablation_values("seed_loss")["stem_7x7"] == 138.71478 and len(A.seed_ablation_values("seed_val_acc")) == len(SEED_ABLATIONS)
-    assert A.seed_figures("lr_decay") == "2, 6, 7, 9, 1, 3" and A.seed_figures("stem_kernel") == "2, 6, 7, 9, 10"
+    assert A.paper_ablation_values("paper_loss")["stem_7x7"] == 138.71478 and len(A.paper_ablation_values("paper_val_acc")) == len(paper.ABLATIONS)
+    assert A.paper_figures("lr_decay") == "2, 6, 7, 9, 1, 3" and A.paper_figures("stem_kernel") == "2, 6, 7, 9, 10"
     with pytest.raises(ConfigError, match="not one of the seed's ablation groups"):
-        A.seed_figures("width")
-    assert A.seed_test_accuracies() == {"final": 0.8336, "modern": 0.8927}
+        A.paper_figures("width")
+    assert A.paper_test_accuracies() == {"final": 0.8336, "modern": 0.8927}
 
 
 def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
@@ -480,7 +482,7 @@ def test_parameter_checks(tmp_path):
     smoke = Lab("smoke", root=tmp_path, allow_train=False, progress=False, log=None)
     assert A.check_seeds(None, smoke) == 2 and A.check_seeds(3, smoke) == 3
     with pytest.raises(ConfigError, match="ablation must be one of"):
-        A.check_choice("ablation", "nope", ABLATION_GROUPS)
+        A.check_choice("ablation", "nope", paper.ABLATION_GROUPS)
     with pytest.raises(ConfigError, match="allow_train"):
         A.check_bool("allow_train", "False")
 
@@ -645,8 +647,8 @@ def test_smoke_report_has_every_table_and_figure(smoke_lab):
     for key in ["00_summary", "01_data", "02_model", "03_depth_limit", "05_final", *[f"04_ablations-{a}" for a in ABLATION_GROUPS]]:
         assert f'href="#sec-{key}"' in html and f'id="sec-{key}"' in html
     # Every number the seed reports is in the summary, and the data's provenance is shown.
-    for a in SEED_ABLATIONS:
-        assert f"{a.seed_loss:.3f}" in html and f"{a.seed_val_acc * 100:.2f}" in html
+    for a in paper.ABLATIONS:
+        assert f"{a.paper_loss:.3f}" in html and f"{a.paper_val_acc * 100:.2f}" in html
     for n in ("126.536", "83.36", "86.32", "89.27"):
         assert n in html
     assert "synthetic CIFAR-format data" in html and "not the official CIFAR-10 files" in html
