@@ -41,7 +41,7 @@ from .lab import (
 )
 from .model import NETWORK_FIELDS
 from .runs import Run
-from .stats import Difference, Estimate, bounds_of, clean_values, estimate, judge, t_ppf, welch
+from .stats import Difference, Estimate, bounds_of, clean_values, estimate, judge, welch
 
 __all__ = [
     "Difference",
@@ -82,7 +82,6 @@ __all__ = [
     "show_table",
     "stderr_log",
     "summary_runs",
-    "t_ppf",
     "views_at_test",
     "welch",
 ]

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import nbformat
 import numpy as np
 import pytest
+import scipy.stats
 
 from labkit import analysis as A
 from labkit import paper
@@ -33,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("df, q", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423), (1e6, 1.9600)])
-def test_t_quantile_matches_tables(df, q):
-    assert S.t_ppf(0.975, df) == pytest.approx(q, abs=1e-3)
-    assert S.t_ppf(0.025, df) == pytest.approx(-q, abs=1e-3)
+@pytest.mark.parametrize("df, q", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423), (1000, 1.9623)])
+def test_t_intervals_take_the_quantiles_of_printed_tables(df, q):
+    e = S.estimate([0.5 + 0.01 * (i % 3) for i in range(df + 1)])
+    half = q * e.sd / math.sqrt(df + 1)
+    assert e.hi - e.mean == pytest.approx(half, rel=1e-4) and e.mean - e.lo == pytest.approx(half, rel=1e-4)
 
 
 def test_estimate_mean_sd_and_t_interval():
@@ -108,7 +110,7 @@ def test_welch_with_unequal_run_counts_and_the_verdicts_word_for_word():
     va, vb = S.estimate(a).sd ** 2 / 5, S.estimate(b).sd ** 2 / 2  # each side's variance over its own n
     df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 1)
     assert (d.na, d.nb) == (5, 2) and d.df == pytest.approx(df)
-    assert d.hi - d.diff == pytest.approx(S.t_ppf(0.975, df) * math.sqrt(va + vb))
+    assert d.hi - d.diff == pytest.approx(scipy.stats.t.ppf(0.975, df) * math.sqrt(va + vb))
     assert S.judge(S.welch([0.8], [0.7])) == "not testable: 1 run on each side, no spread measured (needs seeds ≥ 2)"
     assert S.judge(S.welch([0.8, 0.9], [0.7])) == "not testable: 1 run on one side, no spread measured (needs seeds ≥ 2)"
     assert S.judge(S.welch([0.8, 0.8], [0.7, 0.7])) == "not testable: every run on each side gave the same value, no spread measured"
@@ -363,7 +365,7 @@ def test_welch_difference_and_verdicts():
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
     assert d.diff == pytest.approx(0.11)
     assert d.df == pytest.approx(df)
-    assert d.hi - d.diff == pytest.approx(S.t_ppf(0.975, df) * math.sqrt(va + vb))
+    assert d.hi - d.diff == pytest.approx(scipy.stats.t.ppf(0.975, df) * math.sqrt(va + vb))
     assert S.judge(d).startswith("confirmed")
     assert S.judge(S.welch(b, a)).startswith("refuted")
     assert S.judge(S.welch([0.8, 0.7], [0.75, 0.76])).startswith("not shown")
