@@ -25,7 +25,6 @@ __all__ = [
     "parse_overrides",
     "check_choice",
     "check_positive_int",
-    "check_notebook_parameters",
 ]
 
 
@@ -266,50 +265,6 @@ def _check_types(cfg: TrainConfig) -> None:
             finite = "a finite " if t is float else ""
             raise ConfigError(f"{f.name} must be {finite}{tname}, got {type(v).__name__} {v!r}")
         object.__setattr__(cfg, f.name, cast(v))
-
-
-def _assigned_names(source: str) -> set[str] | None:
-    """Names a cell of plain `name = value` lines assigns; None if it is not such a cell."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return None
-    names = set()
-    for node in tree.body:
-        if not (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets)):
-            return None
-        names.update(t.id for t in node.targets)
-    return names
-
-
-def check_notebook_parameters(history: list[str] | None = None) -> None:
-    """In a notebook run by papermill: refuse parameters the notebook does not declare.
-
-    papermill only warns about an unknown `-p name value` and injects it anyway, so a typo
-    (`-p seed 2` for `seeds`) would silently run with the defaults. Called in the cell after
-    the `parameters` cell, this compares the names papermill injected (its cell opens with
-    `# Parameters`) with those the `parameters` cell, run just before it, declares.
-    `history`: the kernel's cell sources in order (default: IPython's `In`).
-    """
-    if history is None:
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return
-        shell = get_ipython()
-        history = list(shell.user_ns.get("In", [])) if shell is not None else []
-    injected = [i for i, src in enumerate(history) if i > 0 and src.lstrip().startswith("# Parameters")]
-    if not injected:
-        return  # not run by papermill, or run without parameters
-    i = injected[-1]
-    declared, given = _assigned_names(history[i - 1]), _assigned_names(history[i])
-    if declared is None or given is None:
-        return  # cells run by hand in another order: nothing to compare
-    unknown = sorted(given - declared)
-    if unknown:
-        raise ConfigError(
-            f"unknown notebook parameter(s) {unknown} (papermill -p){did_you_mean(unknown[0], declared)}; this notebook takes {sorted(declared)}"
-        )
 
 
 def parse_overrides(items: list[str]) -> dict:

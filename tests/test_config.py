@@ -273,7 +273,8 @@ def test_a_preset_shortened_below_its_warm_up_says_what_to_set():
 
 
 def test_near_misses_are_named_with_the_close_match():
-    from labkit.config import TrainConfig, check_notebook_parameters, preset
+    from labkit.config import TrainConfig, preset
+    from labkit.notebook import check_notebook_parameters
 
     with pytest.raises(ConfigError, match=r"unknown preset 'sed'; did you mean 'seed'\?"):
         preset("sed")

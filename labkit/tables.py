@@ -1,362 +1,21 @@
-"""Statistics, tables and figures for the lab's notebooks: the seed's numbers beside ours.
-
-Every number shown comes from a run in the store or from a computation here; the seed's own
-numbers come from labkit.config (paper.ABLATIONS, paper.NUMBERS).
-
-The statistics (means with Student-t intervals, Welch differences, verdicts) are in
-labkit.stats; its names are importable from here too (A.estimate, A.welch, ...).
-"""
+"""Every table the report shows, as a DataFrame: the paper's numbers beside ours, claims tested,
+provenance, and the data and model tables."""
 
 from __future__ import annotations
 
 import math
-import numbers
-import os
-import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from html import escape as html_escape
-from pathlib import Path
 
 import pandas as pd
-from bs4 import BeautifulSoup
 
 from . import paper
-from .config import ConfigError, TrainConfig, check_choice, check_positive_int
-from .data import DataError, DataNotFound, Dataset
-from .lab import (
-    DEPTH_RECIPES,
-    DEPTHS,
-    FINAL_NAME,
-    MODERN_NAME,
-    Lab,
-    RunMissing,
-    ablation_key,
-    ablation_runs,
-    depth_name,
-    depth_runs,
-    final_runs,
-    modern_runs,
-    project_root,
-)
+from .config import ConfigError, TrainConfig
+from .lab import DEPTH_RECIPES, DEPTHS, FINAL_NAME, MODERN_NAME, Lab, ablation_key, depth_name
 from .model import NETWORK_FIELDS
 from .runs import Run
-from .stats import Difference, Estimate, bounds_of, clean_values, estimate, judge, welch
-
-__all__ = [
-    "Difference",
-    "Estimate",
-    "ablation_claims",
-    "ablation_table",
-    "bounds_of",
-    "check_bool",
-    "check_choice",
-    "check_number",
-    "check_seeds",
-    "code_versions",
-    "compare_runs",
-    "data_caveat",
-    "data_label",
-    "depth_checkpoints_dir",
-    "describe_recipe",
-    "estimate",
-    "estimates_frame",
-    "findings",
-    "from_project",
-    "get_runs",
-    "judge",
-    "open_lab",
-    "plot_estimates",
-    "plot_loss_curves",
-    "plot_val_curves",
-    "provenance",
-    "recorded_source",
-    "paper_ablation_values",
-    "paper_figures",
-    "paper_test_accuracies",
-    "paper_vs_ours",
-    "setup_notebook",
-    "show_figure",
-    "show_note",
-    "show_recipes",
-    "show_table",
-    "stderr_log",
-    "summary_runs",
-    "views_at_test",
-    "welch",
-]
-
-# ---------------------------------------------------------------------------------------
-# Notebook plumbing: validation, display, progress
-# ---------------------------------------------------------------------------------------
-
-
-def check_seeds(seeds, lab: Lab | None = None) -> int:
-    """`seeds` checked; None means the profile's own number (with `lab`)."""
-    if seeds is None and lab is not None:
-        return lab.profile.seeds
-    return check_positive_int("seeds", seeds, "runs per configuration")
-
-
-def check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return value
-
-
-def check_number(name: str, value, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= minimum:
-        raise ConfigError(f"{name} must be a number >= {minimum:g}, got {type(value).__name__} {value!r}")
-    return float(value)
-
-
-def open_lab(
-    profile: str,
-    data_dir: str | None = None,
-    runs_dir: str | None = None,
-    allow_train: bool = True,
-    root: str | None = None,
-    data_label: str | None = None,
-    allow_cpu: bool = False,
-) -> Lab:
-    """Validate a notebook's common parameters and open its Lab; a bad value raises ConfigError.
-
-    Called in the cell after `parameters`: it also refuses a papermill `-p` name the
-    notebook does not declare (papermill itself only warns). Relative paths are taken from
-    the project's folder, wherever the kernel runs (from_project). `data_label` names data
-    that are not the official files (None: $LABKIT_DATA_LABEL); it is read here once, into
-    lab.data_label, which the provenance, source table and data caveat take it from.
-    """
-    from .config import check_notebook_parameters
-    from .lab import get_profile
-
-    _errors_in_one_line()
-    check_notebook_parameters()
-    check_bool("allow_train", allow_train)
-    check_bool("allow_cpu", allow_cpu)
-    for name, v in (("data_dir", data_dir), ("runs_dir", runs_dir)):
-        if v is not None and not isinstance(v, str):
-            raise ConfigError(f"{name} must be a path string or None, got {type(v).__name__} {v!r}")
-    if data_label is not None and not isinstance(data_label, str):
-        raise ConfigError(f"data_label must be a string or None, got {type(data_label).__name__} {data_label!r}")
-    if root is not None and not isinstance(root, str):
-        raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
-    data_dir, runs_dir, root = (from_project(v) for v in (data_dir, runs_dir, root))
-    if root is None:  # relative, as "." was: no machine's folders in an executed notebook
-        root = os.path.relpath(project_root())
-    if not Path(root).is_dir():
-        raise ConfigError(f"root must be the project's root folder (a path string, or None to find it), got {root!r}")
-    prof = get_profile(profile)
-    store = Path(runs_dir) if runs_dir else Path(root) / prof.runs_dir
-    # A file where the run store goes is refused here, before anything runs: the store is
-    # made only when the first run trains, after its data are loaded.
-    where = f"runs_dir {runs_dir!r}" if runs_dir else f"the {prof.name} profile's run store {store}"
-    _check_folder(store, where, "the runs (made when a run is trained)", write=allow_train)
-    data_label = data_label or os.environ.get("LABKIT_DATA_LABEL") or None
-    lab = Lab(profile, data_dir=data_dir, runs_dir=runs_dir, allow_train=allow_train, root=root, log=stderr_log, data_label=data_label,
-              allow_cpu=allow_cpu)
-    setup_notebook(lab)
-    return lab
-
-
-def from_project(path: str | None) -> str | None:
-    """A path given in a notebook's parameters, relative ones taken from the project's folder
-    (the one holding notebooks/): the lab job runs the notebooks there and gives its paths
-    relative to it, while JupyterLab runs them in notebooks/, where the same path would name
-    another folder (a second run store, trained all over again)."""
-    if path is None or os.path.isabs(path):
-        return path
-    return os.path.normpath(os.path.join(os.path.relpath(project_root()), path))
-
-
-def depth_checkpoints_dir(lab: Lab, checkpoints_dir: str | Path | None) -> Path:
-    """Notebook 03's `checkpoints_dir`, checked in its set-up cell (the checkpoints are
-    written in its last cell, after the runs have trained). None: check_points/ beside the
-    profile's report folder (the project's own for the full profile)."""
-    if isinstance(checkpoints_dir, Path):  # this cell run again: the folder it gave the first time
-        return checkpoints_dir
-    if checkpoints_dir is not None and not isinstance(checkpoints_dir, str):
-        raise ConfigError(f"checkpoints_dir must be a path string or None, got {type(checkpoints_dir).__name__} {checkpoints_dir!r}")
-    if checkpoints_dir is None:
-        path = lab.report_dir.parent / "check_points"
-        _check_folder(path, f"the {lab.profile.name} profile's checkpoints folder {path} (checkpoints_dir None)", "the checkpoints")
-    else:
-        path = Path(from_project(checkpoints_dir))
-        _check_folder(path, f"checkpoints_dir {checkpoints_dir!r}", "the checkpoints")
-    return path
-
-
-def _check_folder(folder: Path, where: str, what: str, write: bool = True) -> None:
-    """A folder parameter that could never be made (a file at or above it) or, with `write`,
-    written into: refused by name in the set-up cell, before anything runs."""
-    import tempfile
-
-    from .data import file_in_the_way, in_the_way
-
-    blocker = file_in_the_way(folder)
-    if blocker is not None:
-        raise ConfigError(f"{where}: {in_the_way(blocker)}, not a folder; give a folder for {what}")
-    if write:  # a probe without a name, gone when closed: nothing is left behind
-        there = next(p for p in (folder, *folder.parents) if p.is_dir())
-        try:
-            tempfile.TemporaryFile(dir=there).close()
-        except OSError as e:
-            raise ConfigError(f"{where}: cannot write in {there} ({e.strerror or e}); give a folder you can write to for {what}") from None
-
-
-def _errors_in_one_line() -> None:
-    """In a kernel, labkit's own errors show as their one line, not as a traceback through
-    labkit's code: in the notebook, and in papermill's error (`%tb` still shows the traceback)."""
-    from IPython import get_ipython
-
-    from .checkpoint import CheckpointError, DiskFullError
-    from .data import DataError
-    from .runs import RunError
-
-    def one_line(shell, etype, value, tb, tb_offset=None):
-        shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])  # what ipykernel sends as the error
-
-    if (shell := get_ipython()) is not None:
-        shell.set_custom_exc((ConfigError, DataError, RunError, CheckpointError, DiskFullError), one_line)
-
-
-def stderr_log(msg: str) -> None:
-    """Run logs go to stderr: live in the terminal of `labkit lab`, left out of the report.
-
-    Per-epoch lines are dropped: the epoch bar shows them, and metrics.csv keeps them.
-    """
-    if not msg.startswith("epoch "):
-        print(msg, file=sys.stderr, flush=True)
-
-
-def setup_notebook(lab: Lab | None = None) -> None:
-    """Figures as SVG, seaborn's theme, wide tables; one thread for tiny nets."""
-    import matplotlib
-    import seaborn as sns
-
-    try:
-        from matplotlib_inline.backend_inline import set_matplotlib_formats
-
-        set_matplotlib_formats("svg")
-    except ImportError:  # matplotlib-inline comes with ipykernel; without it, PNG stays
-        pass
-    sns.set_theme(style="whitegrid", context="notebook")
-    matplotlib.rcParams.update({"figure.dpi": 100, "svg.fonttype": "path"})
-    pd.set_option("display.max_columns", 50)
-    pd.set_option("display.width", 200)
-    if lab is not None and lab.profile.synthetic:
-        import torch
-
-        if not torch.cuda.is_available():
-            # Width-8 nets: a second OpenMP thread on a busy small machine slows them down.
-            torch.set_num_threads(1)
-
-
-# What a notebook says when it would train for long on a CPU: its own parameters, not CLI flags.
-NOTEBOOK_CPU_HOW = (
-    "Set allow_train = False in the parameters cell to show the recorded runs only, profile = \"smoke\" for a check in "
-    "minutes, or allow_cpu = True to train anyway (papermill: -p allow_train False, -p profile smoke, -p allow_cpu True)."
-)
-
-
-def get_runs(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> tuple[list[Run], list[str]]:
-    """The finished runs of `pairs` (trained if the lab allows), and the ids of missing ones.
-    On a CPU, training that would take long is refused first (Lab.refuse_long_cpu_training)."""
-    missing_rows = [("", n, lab.config(c)) for n, c in pairs if not lab.finished(n, lab.config(c))]
-    if (estimate := lab.refuse_long_cpu_training(missing_rows, NOTEBOOK_CPU_HOW)) and lab.log:
-        lab.log(f"training: {estimate}")
-    lab.prefetch(pairs)  # with several GPUs: the missing runs trained side by side, one process per GPU
-    runs, missing = [], []
-    for i, (name, cfg) in enumerate(pairs, 1):
-        if lab.allow_train and not lab.finished(name, lab.config(cfg)):
-            stderr_log(f"training run {i}/{len(pairs)}: {lab.store.run_id(lab.config(cfg), name)} ({lab.config(cfg).epochs} epochs)")
-        try:
-            runs.append(lab.run(name, cfg))
-        except RunMissing:
-            missing.append(lab.store.run_id(lab.config(cfg), name))
-    return runs, missing
-
-
-def summary_runs(lab: Lab, seeds: int, depth_seeds: int) -> tuple[tuple[list[Run], list[Run], list[Run], list[Run]], list[str]]:
-    """Notebook 00's runs: (ablation, final, depth, modern) runs, and the ids of missing ones.
-
-    Every ablation row once (the baseline belongs to each group), `seeds` runs each, as
-    notebooks 04 and 05 run them; the depths with `depth_seeds`, as notebook 03."""
-    every_row = list({pair: None for g in paper.ABLATION_GROUPS for pair in ablation_runs(g, seeds)})
-    got = [get_runs(lab, pairs) for pairs in (every_row, final_runs(seeds), depth_runs(depth_seeds), modern_runs(seeds))]
-    return tuple(runs for runs, _ in got), [m for _, missing in got for m in missing]
-
-
-NOTE_STYLE = "font-size: 12px; padding: 4px 10px; margin: 0.5em 0; border-left: 4px solid "
-NOTE_COLOURS = {"note": "#5b8bd1; background: #f4f7fb", "provenance": "#5b8bd1; background: #f4f7fb", "warning": "#e0a030; background: #fff6e5"}
-
-
-def show_note(markup: str, kind: str = "note") -> None:
-    """A boxed note (kind: note | provenance | warning), styled inline so that JupyterLab shows
-    it as the report does. `markup` is HTML: put any text into it through html.escape."""
-    from IPython.display import HTML, display
-
-    display(HTML(f'<div class="lk-{kind}" style="{NOTE_STYLE}{NOTE_COLOURS[kind]}"><p>{markup}</p></div>'))
-
-
-def show_missing(missing: Sequence[str], lab: Lab) -> None:
-    if missing:
-        items = "".join(f"<li><code>{html_escape(m)}</code></li>" for m in missing)
-        show_note(
-            f"<b>{len(missing)} run(s) missing</b> from <code>{html_escape(str(lab.store.root))}</code>, and training is off "
-            "(<code>allow_train = False</code>; papermill: <code>-p allow_train True</code> trains them); "
-            f"the tables below leave them out:<ul>{items}</ul>",
-            "warning",
-        )
-
-
-def show_table(df: pd.DataFrame | None, key: str, caption: str, formats: dict | None = None, index: bool = False,
-               absent: str = "nothing to show") -> None:
-    """A pandas-rendered HTML table with a stable id (`tbl-<key>`) the tests look for; with no
-    table (None), one line that says why (`absent`)."""
-    from IPython.display import display
-
-    if df is None:
-        return show_note(f"<i>{html_escape(caption)}</i>: not shown, {html_escape(absent)}.")
-    st = df.style.set_uuid(f"tbl-{key}").set_caption(caption).set_table_attributes('class="lk-table"')
-    if formats:
-        st = st.format({k: v for k, v in formats.items() if k in df.columns}, na_rep="—")
-    else:
-        st = st.format(na_rep="—", precision=4)
-    text_cols = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
-    if text_cols:
-        st = st.set_properties(subset=text_cols, **{"text-align": "left"})
-    if not index:
-        st = st.hide(axis="index")
-    display(st)
-
-
-def show_figure(fig, key: str, caption: str, absent: str = "nothing to show") -> None:
-    """Display a figure, its caption as its alternative text, then the caption with a stable id
-    (`fig-<key>`); with no figure (None), one line that says why (`absent`)."""
-    from IPython.display import HTML, display
-
-    if fig is None:
-        return show_note(f"<i>Figure</i> ({html_escape(caption)}): not shown, {html_escape(absent)}.")
-    alt = " ".join(BeautifulSoup(caption, "html.parser").get_text().split())
-    display(fig, metadata={"image/svg+xml": {"alt": alt}, "image/png": {"alt": alt}})
-    display(HTML(f'<p class="lk-caption" id="fig-{key}"><b>Figure.</b> {caption}</p>'))
-
-
-def _figure(*grid: int, **kw):
-    """A figure and its axes, closed at once: shown where it is displayed (or returned as a
-    cell's value), never drawn a second time by the inline backend, which draws every figure
-    pyplot holds open when a cell ends."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(*grid, **kw)
-    plt.close(fig)
-    return fig, axes
-
-
-# ---------------------------------------------------------------------------------------
-# Provenance
-# ---------------------------------------------------------------------------------------
+from .stats import Estimate, bounds_of, clean_values, estimate, judge, welch
 
 
 def data_label(source: dict | None, synthetic: bool = False, label: str | None = None) -> str:
@@ -465,16 +124,6 @@ def describe_sittings(sittings: Sequence[tuple[datetime, datetime]]) -> str:
 def _dates(runs: Sequence[Run]) -> list[str]:
     """The UTC days the runs finished on, sorted."""
     return sorted({str(d)[:10] for r in runs if (d := (r.summary or {}).get("finished_at"))})
-
-
-def show_provenance(runs: Sequence[Run], lab: Lab) -> None:
-    p = provenance(runs, lab)
-    show_note("<br>".join(f"<b>{html_escape(k)}:</b> {html_escape(v)}" for k, v in p.items()), "provenance")
-
-
-# ---------------------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------------------
 
 
 def _key_of(run: Run) -> str:
@@ -599,11 +248,6 @@ def estimates_frame(runs: Sequence[Run], field: str, label_of: Callable[[Run], s
     return pd.DataFrame(rows, columns=["label", "n", "mean", "sd", "lo", "hi", "values"])
 
 
-# ---------------------------------------------------------------------------------------
-# Claims tested: one row builder with neutral keys; each table names and formats them
-# ---------------------------------------------------------------------------------------
-
-
 def _tested(claim: str, better: Sequence[Run], worse: Sequence[Run], field: str, comparison: str, measure: str,
             section: str, paper_diff: float | None = None, sized: bool = False, **extra) -> dict:
     """The claim "`better` beats `worse`" on the summary `field`, tested with a Welch interval.
@@ -652,6 +296,8 @@ ABLATION_CLAIM_COLUMNS = {
     "runs": "runs",
     "verdict": "verdict",
 }
+
+
 DEPTH_CLAIM_COLUMNS = {
     "seed's conclusion (§4.6)": "claim",
     "recipe": "recipe",
@@ -661,6 +307,8 @@ DEPTH_CLAIM_COLUMNS = {
     "runs": "runs",
     "verdict": "verdict",
 }
+
+
 FINDINGS_COLUMNS = {
     "section": "section",
     "claim": lambda r: r["claim"] + (f" ({r['recipe']} recipe)" if "recipe" in r else ""),
@@ -690,110 +338,6 @@ def ablation_claims(group: str, runs: Sequence[Run]) -> pd.DataFrame:
     """Each of the seed's conclusions (paper.CLAIMS) about one of its ablation groups, tested on our
     runs (final validation accuracy) with a Welch interval and a verdict."""
     return _claims_frame(_ablation_tests(group, runs), ABLATION_CLAIM_COLUMNS)
-
-
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
-
-
-def plot_loss_curves(
-    runs: Sequence[Run],
-    y: str = "loss_sum",
-    title: str = "",
-    label_of=None,
-    ax=None,
-    paper_final: dict[str, float] | None = None,
-    paper_epoch: int | None = None,
-):
-    """One line per run (colour: configuration, one line per seed), `y` against epoch.
-
-    `paper_final` (label -> the seed's final summed loss, reached at `paper_epoch`) marks the
-    seed's own number as an x in its configuration's colour, so each of the seed's loss
-    figures can be read against ours. Runs that stop before `paper_epoch` (quick and smoke
-    profiles) get no marks, and the title says so, rather than a stretched axis."""
-    import seaborn as sns
-    from matplotlib.ticker import MaxNLocator
-
-    if paper_final and (y != "loss_sum" or paper_epoch is None):
-        raise ValueError("paper_final marks the seed's summed loss: it needs y='loss_sum' and paper_epoch")
-    label_of = label_of or _key_of
-    frames = []
-    for r in runs:
-        if len(r.history):
-            h = r.history[["epoch", y]].copy()
-            h["run"], h["config"], h["seed"] = r.id, label_of(r), r.config.seed
-            frames.append(h)
-    fig = None
-    if ax is None:
-        fig, ax = _figure(figsize=(7.5, 3.8))
-    if frames:
-        df = pd.concat(frames, ignore_index=True)
-        sns.lineplot(data=df, x="epoch", y=y, hue="config", units="run", estimator=None, marker="o", ax=ax, lw=1.4, ms=4)
-        marks = {k: v for k, v in (paper_final or {}).items() if k in set(df["config"])}
-        if marks and df["epoch"].max() >= paper_epoch:
-            colours = {label: h.get_color() for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
-            for label, v in marks.items():
-                ax.plot(paper_epoch, v, "x", color=colours[label], ms=10, mew=2.5, zorder=5)
-            # in grey in the legend: each mark takes its configuration's colour
-            ax.plot([], [], "x", color="0.3", ms=8, mew=2, label="the seed's final loss (x)")
-        elif marks:
-            title += f"\n(the seed's final losses, at epoch {paper_epoch}, are not marked: these runs are shorter)"
-        ax.legend(title=None, fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(title)
-    ax.set_ylabel({"loss_sum": "training loss, summed over the epoch's batches", "loss_mean": "training loss per batch"}.get(y, y), fontsize=9)
-    return fig if fig is not None else ax.figure
-
-
-def plot_estimates(est: pd.DataFrame, paper_values: dict[str, float] | None = None, xlabel: str = "", title: str = "", scale: float = 100.0):
-    """Mean with 95% CI error bars per label, each run as a dot, the seed's number as a red x.
-
-    `est` is an estimates_frame(...); `paper_values` maps some of its labels to a number to
-    mark (the seed's); `scale` 100 shows fractions as percent (1 for anything else)."""
-    fig, ax = _figure(figsize=(7.5, 0.55 * max(len(est), 2) + 1.4))
-    paper_values = {k: v for k, v in (paper_values or {}).items() if k in set(est["label"])} if len(est) else {}
-    seen: set[str] = set()
-
-    def once(label: str) -> str | None:
-        if label in seen:
-            return None
-        seen.add(label)
-        return label
-
-    for i, row in enumerate(est.itertuples()):
-        ax.scatter([v * scale for v in row.values], [i] * len(row.values), s=14, color="0.55", zorder=2, label=once("one run"))
-        if row.n >= 2:
-            err = [[(row.mean - row.lo) * scale], [(row.hi - row.mean) * scale]]
-            ax.errorbar(row.mean * scale, i, xerr=err, fmt="o", color="C0", capsize=4, zorder=3, label=once("mean, 95% CI"))
-        elif row.n == 1:
-            ax.plot(row.mean * scale, i, "o", color="C0", zorder=3, label=once("one run only: no CI"))
-        if row.label in paper_values:
-            ax.plot(paper_values[row.label] * scale, i, "x", color="C3", ms=9, mew=2, zorder=4, label=once("the seed's number"))
-    pts = [v * scale for vs in est["values"] for v in vs] + [v * scale for v in paper_values.values()] if len(est) else []
-    if pts:
-        # Intervals from 2-3 runs can be wider than the data; keep the axis on the data.
-        lo, hi = min(pts), max(pts)
-        pad = max(2.0, 0.25 * (hi - lo))
-        ax.set_xlim(max(0.0, lo - pad) if scale == 100 else lo - pad, min(100.0, hi + pad) if scale == 100 else hi + pad)
-        x0, x1 = ax.get_xlim()
-        if any(r.n >= 2 and (r.lo * scale < x0 or r.hi * scale > x1) for r in est.itertuples()):
-            title += "\n(some error bars are cut at the axis: their CI runs beyond it)"
-    ax.set_yticks(range(len(est)), list(est["label"]))
-    ax.invert_yaxis()
-    ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=10)
-    if seen:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    return fig
-
-
-# ---------------------------------------------------------------------------------------
-# The summary: every number the seed reports, beside ours
-# ---------------------------------------------------------------------------------------
 
 
 def _epochs(runs: Sequence[Run], protocol: int) -> str:
@@ -850,15 +394,6 @@ def describe_recipe(c: TrainConfig) -> str:
         ev += f" (moving average, decay {c.ema:g} per step)"
     ev += ", tested once" + (f" with {_views_words(c)}" if _views_words(c) else ", one view per image")
     return f"<b>network:</b> {net}. <b>training:</b> {opt}. <b>data:</b> {data}. <b>test number:</b> {ev}."
-
-
-def show_recipes(runs: Sequence[Run]) -> None:
-    """Each configuration's recipe in words, one line per run name (seeds left out)."""
-    seen: dict[str, str] = {}
-    for r in runs:
-        seen.setdefault(ablation_key(r.name), describe_recipe(r.config))
-    if seen:
-        show_note("<br>".join(f"<b><code>{k}</code></b>: {v}" for k, v in seen.items()), "provenance")
 
 
 def _vs_paper(runs: Sequence[Run], field: str, paper_value: float | None) -> dict:
@@ -943,37 +478,6 @@ def data_caveat(runs: Sequence[Run], lab: Lab) -> str | None:
     )
 
 
-# ---------------------------------------------------------------------------------------
-# Notebook 01: the data
-# ---------------------------------------------------------------------------------------
-
-
-def load_data(lab: Lab) -> tuple[Dataset | None, Dataset | None]:
-    """Notebook 01's data: the seed split, and all five training batches for the channel
-    statistics; never downloaded with training off (a render from records). Without data,
-    a note that says why in the notebook's own terms, and (None, None)."""
-    try:
-        if lab.profile.synthetic or lab.allow_train:
-            return lab.data("seed"), lab.data("full")
-        from .data import load_cifar10
-
-        return load_cifar10(lab.data_dir, "seed", allow_download=False), load_cifar10(lab.data_dir, "full", allow_download=False)
-    except DataNotFound as e:
-        show_note(
-            f"No CIFAR-10 batches at <code>{html_escape(str(e.folder))}</code> ({html_escape(e.why)}), so this section shows "
-            "what the runs recorded of their data, and no images or statistics. To show them, set <code>data_dir</code> in "
-            "the parameters cell to a folder holding <code>cifar-10-batches-py</code> (papermill: <code>-p data_dir DIR</code>), "
-            "or <code>LABKIT_DATA</code>.",
-            "warning" if lab.allow_train else "note",
-        )
-    except DataError as e:
-        show_note(f"<b>The data could not be loaded</b>, so this section shows no images or statistics: {html_escape(str(e))}", "warning")
-    return None, None
-
-
-NO_DATA = "the data are not on this machine (see above)"
-
-
 def class_counts(ds) -> pd.DataFrame | None:
     from .data import CLASSES
 
@@ -1008,74 +512,6 @@ def channel_table(ds) -> pd.DataFrame | None:
     return pd.DataFrame([{"statistic": k, "R": v[0], "G": v[1], "B": v[2]} for k, v in rows])
 
 
-def _chw_to_img(x):
-    return x.permute(1, 2, 0).cpu().numpy()  # [3, 32, 32] -> [32, 32, 3]
-
-
-def plot_samples(ds, per_class: int = 6, seed: int = 0):
-    """A grid of random training images: one column per class."""
-    import torch
-
-    if ds is None:
-        return None
-    from .data import CLASSES
-
-    g = torch.Generator().manual_seed(seed)
-    fig, axes = _figure(per_class, len(CLASSES), figsize=(len(CLASSES) * 0.78, per_class * 0.78 + 0.3))
-    for c, name in enumerate(CLASSES):
-        idx = torch.nonzero(ds.train_y == c).flatten()
-        pick = idx[torch.randperm(len(idx), generator=g)[:per_class]]
-        for j in range(per_class):
-            ax = axes[j, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for sp in ax.spines.values():
-                sp.set_visible(False)
-            if j < len(pick):
-                ax.imshow(_chw_to_img(ds.train_x[pick[j]]), interpolation="nearest")
-        axes[0, c].set_title(name, fontsize=8)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.01, wspace=0.06, hspace=0.06)
-    return fig
-
-
-def plot_augmentation(ds, images: int = 4, copies: int = 6, seed: int = 0):
-    """Each row: an original training image, then `copies` draws of the training augmentation."""
-    import torch
-
-    if ds is None:
-        return None
-    from .data import CLASSES, augment
-
-    g = torch.Generator().manual_seed(seed)
-    x = ds.train_x[:images]
-    fig, axes = _figure(images, copies + 1, figsize=((copies + 1) * 1.1, images * 1.1 + 0.3))
-    for i in range(images):
-        axes[i, 0].imshow(_chw_to_img(x[i]), interpolation="nearest")
-        axes[i, 0].set_ylabel(CLASSES[int(ds.train_y[i])], rotation=0, ha="right", va="center", fontsize=9)
-        aug = augment(x[i : i + 1].repeat(copies, 1, 1, 1), generator=g)  # [copies, 3, 32, 32]
-        for j in range(copies):
-            axes[i, j + 1].imshow(_chw_to_img(aug[j]), interpolation="nearest")
-    axes[0, 0].set_title("original", fontsize=9)
-    for j in range(copies):
-        axes[0, j + 1].set_title(f"augmented {j + 1}", fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for sp in ax.spines.values():
-            sp.set_visible(False)
-    fig.subplots_adjust(left=0.13, right=0.99, top=0.9, bottom=0.01, wspace=0.08, hspace=0.08)
-    return fig
-
-
-def recorded_source(lab: Lab) -> dict | None:
-    """The data record of the first finished run in the lab's store (None: no run has one):
-    what the recorded runs were trained on, shown when the data themselves are not there."""
-    for r in lab.store.all():
-        if r.finished and isinstance((r.summary or {}).get("data"), dict):
-            return r.summary["data"]
-    return None
-
-
 def source_table(source: dict, lab: Lab) -> pd.DataFrame:
     """Where `source` (a Dataset's or a run's data record) came from, named with lab.data_label."""
     rows = [
@@ -1085,11 +521,6 @@ def source_table(source: dict, lab: Lab) -> pd.DataFrame:
         ("files whose md5 differs", ", ".join(source.get("md5_mismatch") or []) or "none"),
     ]
     return pd.DataFrame(rows, columns=["", "value"])
-
-
-# ---------------------------------------------------------------------------------------
-# Notebook 02: the model
-# ---------------------------------------------------------------------------------------
 
 
 def architecture_table(cfg: TrainConfig, corrected: TrainConfig) -> pd.DataFrame:
@@ -1245,28 +676,6 @@ def loss_floor_table(floor: float, train_images: int = 40000, batch: int = 512) 
     )
 
 
-def plot_loss_floor(table: pd.DataFrame, floor: float):
-    fig, ax = _figure(figsize=(7.5, 3.2))
-    ys = range(len(table))
-    ax.hlines(ys, floor, table["loss per batch"], color="0.7", lw=2)
-    ax.plot(table["loss per batch"], ys, "o", color="C0", label="the seed's final loss per batch")
-    ax.axvline(floor, color="C3", lw=2, label=f"floor of a softmax head: {floor:.4f}")
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlim(-0.05, max(table["loss per batch"]) * 1.08)
-    ax.set_yticks(list(ys), list(table["seed's run"]))
-    ax.invert_yaxis()
-    ax.set_xlabel("final training loss per batch (the seed's summed loss / batches per epoch)")
-    ax.legend(fontsize=8, loc="center left")
-    ax.tick_params(axis="y", labelsize=8)
-    fig.tight_layout()
-    return fig
-
-
-# ---------------------------------------------------------------------------------------
-# Notebook 03: the depth limit
-# ---------------------------------------------------------------------------------------
-
-
 def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
     rows = []
     for lays, paper_acc in paper.NUMBERS["depth_test_acc"].items():
@@ -1304,77 +713,6 @@ def _depth_tests(runs: Sequence[Run]) -> list[dict]:
 
 def depth_claim(runs: Sequence[Run]) -> pd.DataFrame:
     return _claims_frame(_depth_tests(runs), DEPTH_CLAIM_COLUMNS)
-
-
-def plot_val_curves(runs: Sequence[Run], title: str = ""):
-    """Validation accuracy per epoch, the selected (best-validation) epoch marked."""
-    fig, ax = _figure(figsize=(7.5, 3.8))
-    for i, r in enumerate(runs):
-        if not len(r.history):
-            continue
-        h = r.history
-        ax.plot(h["epoch"], h["val_acc"] * 100, marker="o", ms=3, lw=1.3, color=f"C{i % 10}", label=f"{r.name} (seed {r.config.seed})")
-        sel = (r.summary or {}).get("selected_epoch")
-        if sel is not None and sel in set(h["epoch"]):
-            v = float(h.loc[h["epoch"] == sel, "val_acc"].iloc[0]) * 100
-            ax.plot([sel], [v], marker="*", ms=13, color=f"C{i % 10}", mec="k")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy %")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
-    """Write check_points/checkpoint-block-{2,3}.pth: the selected weights of the corrected runs.
-
-    Of several seeds, the one with the best validation accuracy is taken (selection on
-    validation only). A run rendered from records has no checkpoint.pt: then nothing is written.
-    """
-    from .checkpoint import CheckpointError, evaluated_weights, load_checkpoint, save_checkpoint
-
-    out_dir = Path(out_dir)
-    rows = []
-    for lays in DEPTHS:
-        rs = [r for r in runs if r.name == depth_name(lays, "corrected")]
-        target = out_dir / f"checkpoint-block-{lays}.pth"
-        if not rs:
-            rows.append({"file": str(target), "run": "—", "status": "not written: run missing"})
-            continue
-        best = max(rs, key=lambda r: (r.summary or {}).get("best_val_acc") or -1)
-        if not best.checkpoint.is_file():
-            rows.append({"file": str(target), "run": best.id, "status": "not written here: this report was rendered from the runs' records, which "
-                         "keep no weights (checkpoints stay out of git); the lab job that trains the run writes this file"})
-            continue
-        try:
-            state = load_checkpoint(best.checkpoint)
-        except CheckpointError as e:
-            rows.append({"file": str(target), "run": best.id, "status": f"not written: {e}"})
-            continue
-        weights = evaluated_weights(state, best.config)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(  # atomic: a temp file, fsync, rename; none left behind if it fails
-            target,
-            {
-                "model": weights,
-                "config": best.config.to_dict(),
-                "run": best.id,
-                "selected_epoch": (best.summary or {}).get("selected_epoch"),
-                "val_acc": (best.summary or {}).get("best_val_acc"),
-                "test_acc": (best.summary or {}).get("test_acc"),
-            },
-        )
-        rows.append({"file": str(target), "run": best.id, "status": f"written: weights of epoch {(best.summary or {}).get('selected_epoch')} (best validation accuracy)"})
-    return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------------------------------
-# Notebook 05: the final run and labkit's best
-# ---------------------------------------------------------------------------------------
 
 
 def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
