@@ -30,7 +30,7 @@ class Estimate:
     level: float = LEVEL
 
     def fmt(self, scale: float = 1.0, digits: int = 2, show_n: bool = True) -> str:
-        """"mean ± SD (n=k)"; with show_n=False "mean ± SD" (for tables with an n column)."""
+        """ "mean ± SD (n=k)"; with show_n=False "mean ± SD" (for tables with an n column)."""
         if self.n == 0:
             return "no runs"
         m = f"{self.mean * scale:.{digits}f}"
@@ -101,7 +101,7 @@ class Difference:
         return not math.isnan(self.lo)
 
     def fmt(self, scale: float = 100.0, digits: int = 2, unit: str = " pts") -> str:
-        """"+d [lo, hi]" with unit: accuracies in points by default; scale=1, unit="" for others."""
+        """ "+d [lo, hi]" with unit: accuracies in points by default; scale=1, unit="" for others."""
         if math.isnan(self.diff):
             return "—"
         s = f"{self.diff * scale:+.{digits}f}{unit}"

@@ -383,7 +383,8 @@ def test_data_label(monkeypatch, tmp_path):
     assert T.data_label(other).startswith("not the official")  # the label comes from the lab, read once by open_lab
     assert T.data_label(other, label="stand-in").startswith("stand-in; not the official")
     assert T.data_label(official, label="stand-in") == "official CIFAR-10 (md5 verified)"  # never relabels official data
-    assert "synthetic" in T.data_label(other, synthetic=True)
+    synthetic = {"official": False, "synthetic": True, "description": "labkit's synthetic CIFAR-format data (x)"}
+    assert T.data_label(synthetic, label="stand-in") == "labkit's synthetic CIFAR-format data (x)"  # says what it is
     # open_lab: the data_label parameter, else $LABKIT_DATA_LABEL, into lab.data_label
     assert N.open_lab("smoke", root=str(tmp_path), allow_train=False).data_label == "CIFAR-10 re-encoded as JPEG"
     assert N.open_lab("smoke", root=str(tmp_path), allow_train=False, data_label="mine").data_label == "mine"
