@@ -34,8 +34,8 @@ from .lab import (
     modern_runs,
     project_root,
 )
+from .methods import describe_recipe, provenance
 from .runs import Run, RunError
-from .tables import describe_recipe, provenance
 
 __all__ = ["check_choice"]  # and everything below; notebook 04 checks its `ablation` with check_choice
 

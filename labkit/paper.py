@@ -17,6 +17,11 @@ class Ablation:
     paper_loss: float = 0.0  # final epoch's summed training loss, as reported
     paper_val_acc: float = 0.0  # final validation accuracy, as reported
 
+    @property
+    def where(self) -> str:
+        """Where the report gives this row, e.g. "tables 2, 6, 7, 9: baseline"."""
+        return f"table{'s' if len(self.tables) > 1 else ''} {', '.join(map(str, self.tables))}: {self.key}"
+
 
 # Its ablation tables 1-10: seven distinct 30-epoch configurations, one run each.
 ABLATIONS: tuple[Ablation, ...] = (

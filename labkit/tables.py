@@ -1,22 +1,17 @@
-"""Every table the report shows, as a DataFrame: the paper's numbers beside ours, its claims
-tested, provenance, and the data and model tables."""
+"""The lab's results as tables: the paper's numbers beside ours, its claims and labkit's tested on
+our runs, the ablation, depth and final tables, and estimates over seeds (the set-up's tables: methods.py)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from html import escape as html_escape
 
 import pandas as pd
-import torch
-import torch.nn.functional as nnf
 
 from . import paper
-from .config import ConfigError, TrainConfig
-from .data import CLASSES, NORMS, channel_stats
+from .config import ConfigError
 from .lab import DEPTH_RECIPES, DEPTHS, FINAL_NAME, MODERN_NAME, Lab, ablation_key, depth_name
-from .model import NETWORK_FIELDS, ResNet, build_model, count_params, flops_per_image, weight_layers
+from .methods import views_at_test
 from .runs import Run
 from .stats import Estimate, bounds_of, clean_values, estimate, judge, welch
 
@@ -46,109 +41,6 @@ def _by_key(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------
-# Provenance
-# ---------------------------------------------------------------------------------------
-
-
-def data_label(source: dict | None, label: str | None = None) -> str:
-    """Where the data came from, in words; `label` (lab.data_label) names data that are not official."""
-    if not source:
-        return "unknown (no data record)"
-    official = source.get("official")
-    desc = source.get("description") or (
-        "official CIFAR-10 (md5 verified)" if official else "not the official CIFAR-10 files"
-    )
-    return f"{label}; {desc}" if label and not official and not source.get("synthetic") else desc
-
-
-def provenance(runs: Sequence[Run], lab: Lab) -> dict[str, str]:
-    """Profile, data, devices, training time and code of a set of runs, as display strings."""
-    summaries = [r.summary or {} for r in runs]
-    datas = sorted({data_label(s.get("data"), lab.data_label) for s in summaries})
-    if datas and lab.source is None and not lab.profile.synthetic:
-        datas.append(
-            f"as the runs recorded them: not checked against the files (no CIFAR-10 batches at {lab.data_dir})"
-        )
-    devices = pd.Series([s.get("device", "?") for s in summaries]).value_counts()
-    secs = sum(float(s.get("train_seconds") or 0.0) for s in summaries)
-    dates = sorted({str(d)[:10] for s in summaries if (d := s.get("finished_at"))})
-    store, root = lab.store.root.resolve(), lab.root.resolve()
-    synthetic = " (synthetic data, tiny net: not comparable to the seed's numbers)" if lab.profile.synthetic else ""
-    return {
-        "profile": lab.profile.name + synthetic,
-        "run store": str(store.relative_to(root) if store.is_relative_to(root) else store),
-        "data": "; ".join(datas) or "no runs",
-        "device": ", ".join(f"{d} ({c} runs)" for d, c in devices.items()) or "no runs",
-        "training time": f"{secs:.1f} s summed over {len(runs)} runs",
-        "trained": " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "—",
-        "training wall time": describe_sittings(training_sittings(runs)),
-        "code version": code_versions(runs),
-    }
-
-
-def code_versions(runs: Sequence[Run]) -> str:
-    """'abc1234 (12 runs), abc1234+name (4 runs)': the commits that trained the runs."""
-    counts = pd.Series([str((r.summary or {}).get("code_version", "?")) for r in runs]).value_counts().sort_index()
-    text = ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in counts.items())
-    if any("+" in v for v in counts.index):
-        text += "; a version with + is that commit with an uncommitted change of that name"
-    return text or "—"
-
-
-def compare_runs(new: Sequence[Run], old: Sequence[Run]) -> pd.DataFrame:
-    """The finished runs of both sets (same id), their results and code versions side by side."""
-    before = {r.id: r for r in old if r.finished}
-    rows = []
-    for r in sorted((r for r in new if r.finished and r.id in before), key=lambda r: r.id):
-        a, b = r.summary or {}, before[r.id].summary or {}
-        row = {"run": r.id, "code (new)": a.get("code_version", "?"), "code (old)": b.get("code_version", "?")}
-        for field in ("final_val_acc", "test_acc"):
-            x, y = a.get(field), b.get(field)
-            row[f"{field} new"], row[f"{field} old"] = x, y
-            row[f"{field} new − old, pts"] = None if x is None or y is None else round((x - y) * 100, 2)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def training_sittings(runs: Sequence[Run], gap_s: float = 60.0) -> list[tuple[datetime, datetime]]:
-    """The spans of UTC time in which the runs trained, sorted: runs side by side, or within
-    `gap_s` of each other (a sweep between two runs), are one sitting; a longer pause is not."""
-    spans = []
-    for r in runs:
-        s = r.summary or {}
-        end, secs = s.get("finished_at"), s.get("wall_seconds", s.get("train_seconds"))
-        if not end or secs is None:
-            continue
-        try:
-            end = datetime.fromisoformat(str(end)).astimezone(UTC)
-        except ValueError:
-            raise ValueError(f"run {r.id}: finished_at {end!r} in its summary.json is not an ISO 8601 time") from None
-        spans.append((end - timedelta(seconds=float(secs)), end))
-    out: list[tuple[datetime, datetime]] = []
-    for start, end in sorted(spans):
-        if out and (start - out[-1][1]).total_seconds() <= gap_s:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
-
-
-def describe_sittings(sittings: Sequence[tuple[datetime, datetime]]) -> str:
-    """'2026-11-28 17:44-17:57 UTC (13.2 min)', one per sitting, and the total if several."""
-    if not sittings:
-        return "—"
-    mins = [(e - s).total_seconds() / 60 for s, e in sittings]
-    parts = [f"{s:%Y-%m-%d %H:%M}-{e:%H:%M} UTC ({m:.1f} min)" for (s, e), m in zip(sittings, mins, strict=True)]
-    total = f"; {sum(mins):.1f} min in {len(sittings)} sittings" if len(sittings) > 1 else ""
-    return ", ".join(parts) + total
-
-
-# ---------------------------------------------------------------------------------------
-# Recipes in words
-# ---------------------------------------------------------------------------------------
-
-
 def _epochs(runs: Sequence[Run], protocol: int) -> str:
     """The runs' epochs ("30 epochs"); the paper's `protocol` when there are no runs."""
     return "/".join(map(str, sorted({r.config.epochs for r in runs}) or [protocol])) + " epochs"
@@ -157,63 +49,6 @@ def _epochs(runs: Sequence[Run], protocol: int) -> str:
 def _images(runs: Sequence[Run]) -> str:
     n = sorted({int(s["train_images"]) for r in runs if (s := r.summary or {}).get("train_images")})
     return "all 50,000 training images" if n in ([], [50_000]) else "/".join(f"{k:,}" for k in n) + " training images"
-
-
-def _views_words(c: TrainConfig) -> str:
-    words = (["test-time flip"] if c.tta_flip else []) + (
-        [f"{c.tta_translate}-pixel shifts"] if c.tta_translate else []
-    )
-    return " + ".join(words)
-
-
-def views_at_test(runs: Sequence[Run]) -> str:
-    """', test-time flip' (or shifts) when the runs' test numbers average several views of each
-    image, as the paper's never do; '' when none do."""
-    views = {_views_words(r.config) for r in runs if r.config is not None}
-    if not views or views == {""}:
-        return ""
-    return f", {views.pop()}" if len(views) == 1 else ", test-time views differ between runs"
-
-
-def describe_recipe(c: TrainConfig) -> str:
-    """Everything a run's numbers depend on, in one line of words (HTML)."""
-    defects = [
-        d for d, on in (("n+1 blocks per stage", c.seed_extra_block), ("softmax before the loss", c.softmax_head)) if on
-    ]
-    net = (
-        f"lays {list(c.lays)} ({c.lays[0] + int(c.seed_extra_block)} blocks per stage), width {c.width}, "
-        f"{c.stem}{' stride 2' if c.stem == '7x7' else ''} stem {'with' if c.stem_bn else 'without'} BN, "
-        f"dropout {c.dropout:g}" + (f"; the seed's defects: {', '.join(defects)}" if defects else "; corrected network")
-    )
-    opt = f"Adam lr {c.lr:g}"
-    if c.optimizer == "sgd":
-        opt = f"SGD{' Nesterov' if c.nesterov else ''} lr {c.lr:g}, momentum {c.momentum:g}"
-    opt += f", weight decay {c.weight_decay:g}" if c.weight_decay else ""
-    if c.schedule == "exp":
-        opt += f", lr × {c.decay_rate:g} per epoch"
-    else:
-        opt += f", {c.warmup_epochs:g}-epoch warm-up then {c.schedule} decay"
-    opt += f", label smoothing {c.label_smoothing:g}" if c.label_smoothing else ""
-    opt += f", batch {c.batch_size}, {c.epochs} epochs"
-    data = "train on batches 1-4, validate on batch 5" if c.split == "seed" else "all 50,000 training images"
-    if c.split == "full" and c.val_size:
-        data = f"batches 1-5 less {c.val_size:,} held out for validation"
-    data += f" (the first {c.train_subset:,} training images only)" if c.train_subset else ""
-    data += f", {c.norm} normalisation, " + ("random crop (pad 4) and flip" if c.augment else "no augmentation")
-    data += f", cutout {c.cutout}" if c.cutout else ""
-    ev = (
-        "the last epoch's weights"
-        if c.select == "last"
-        else "the weights of the epoch with the best validation accuracy"
-    )
-    ev += f" (moving average, decay {c.ema:g} per step)" if c.ema else ""
-    ev += ", tested once" + (f" with {_views_words(c)}" if _views_words(c) else ", one view per image")
-    return f"<b>network:</b> {net}. <b>training:</b> {opt}. <b>data:</b> {data}. <b>test number:</b> {ev}."
-
-
-# ---------------------------------------------------------------------------------------
-# The paper's numbers beside ours
-# ---------------------------------------------------------------------------------------
 
 
 def _vs_paper(runs: Sequence[Run], field: str, paper_value: float | None) -> dict:
@@ -229,10 +64,6 @@ def _vs_paper(runs: Sequence[Run], field: str, paper_value: float | None) -> dic
     }
 
 
-def _tables_of(a: paper.Ablation) -> str:
-    return f"table{'s' if len(a.tables) > 1 else ''} {', '.join(map(str, a.tables))}: {a.key}"
-
-
 def paper_vs_ours(
     abl: Sequence[Run], final: Sequence[Run], depth: Sequence[Run], modern: Sequence[Run]
 ) -> pd.DataFrame:
@@ -246,8 +77,8 @@ def paper_vs_ours(
     for a in paper.ABLATIONS:
         rs = by.get(a.key, [])
         recipe = f"seed-faithful, {_epochs(rs, 30)}"
-        add(_tables_of(a), MEASURES["final_loss_sum"], a.paper_loss, rs, "final_loss_sum", recipe)
-        add(_tables_of(a), MEASURES["final_val_acc"], a.paper_val_acc, rs, "final_val_acc", recipe)
+        add(a.where, MEASURES["final_loss_sum"], a.paper_loss, rs, "final_loss_sum", recipe)
+        add(a.where, MEASURES["final_val_acc"], a.paper_val_acc, rs, "final_val_acc", recipe)
     recipe = f"seed-faithful, {_epochs(final, 60)}"
     add("table 11 (final)", MEASURES["final_loss_sum"], paper.NUMBERS["final_loss"], final, "final_loss_sum", recipe)
     add("table 11 (final)", MEASURES["test_acc"], paper.NUMBERS["final_test_acc"], final, "test_acc", recipe)
@@ -257,20 +88,17 @@ def paper_vs_ours(
             rs = [r for r in depth if r.name == depth_name(lays, name)]
             recipe = "seed-faithful net and optimiser" if name == "seed" else "corrected net, modern recipe"
             add(f"§4.1 depth limit, lays {lays}", what, paper_acc, rs, "test_acc", recipe + views_at_test(rs))
-    blocks = (
-        "/".join(str(n) for n in sorted({r.config.lays[0] + int(r.config.seed_extra_block) for r in modern})) or "2"
-    )
-    recipe = (
-        f"modern preset, {_epochs(modern, 40)}, {blocks} blocks per stage, {_images(modern)}{views_at_test(modern)}"
-    )
-    what = "test accuracy %: labkit's best (modern preset; the seed's tuned on test)"
+    blocks = "/".join(str(n) for n in sorted({r.config.lays[0] + int(r.config.seed_extra_block) for r in modern}))
+    recipe = f"modern preset, {_epochs(modern, 40)}, {blocks or '2'} blocks per stage, {_images(modern)}"
+    where, what = "§4.1 best (lays 3: 4 blocks per stage in its code)", "test accuracy %: labkit's best"
+    best = paper.NUMBERS["depth_test_acc"][3]
     add(
-        "§4.1 best (lays 3: 4 blocks per stage in its code)",
-        what,
-        paper.NUMBERS["depth_test_acc"][3],
+        where,
+        f"{what} (modern preset; the seed's tuned on test)",
+        best,
         modern,
         "test_acc",
-        recipe,
+        recipe + views_at_test(modern),
     )
     return pd.DataFrame(rows)
 
@@ -292,17 +120,12 @@ def data_caveat(runs: Sequence[Run], lab: Lab) -> str | None:
 
 
 def final_table(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
-    what = f"table 11: seed-faithful, {_epochs(final, 60)}"
+    what, best = f"table 11: seed-faithful, {_epochs(final, 60)}", paper.NUMBERS["depth_test_acc"][3]
     rows = [
         (what, final, "test_acc", paper.NUMBERS["final_test_acc"]),
         (what, final, "final_loss_sum", paper.NUMBERS["final_loss"]),
         (what, final, "final_val_acc", None),
-        (
-            f"labkit's best: modern preset{views_at_test(modern)}",
-            modern,
-            "test_acc",
-            paper.NUMBERS["depth_test_acc"][3],
-        ),
+        (f"labkit's best: modern preset{views_at_test(modern)}", modern, "test_acc", best),
     ]
     return pd.DataFrame([{"run": w, "measure": MEASURES[f], **_vs_paper(rs, f, v)} for w, rs, f, v in rows])
 
@@ -312,8 +135,7 @@ def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
     for lays, paper_acc in paper.NUMBERS["depth_test_acc"].items():
         for recipe in DEPTH_RECIPES:
             rs = [r for r in runs if r.name == depth_name(lays, recipe)]
-            cfg = rs[0].config if rs else None
-            e = _estimate(rs, "test_acc")
+            cfg, e = rs[0].config if rs else None, _estimate(rs, "test_acc")
             words = (
                 "seed-faithful (both defects, Adam, exp decay)" if recipe == "seed" else "corrected net, modern recipe"
             )
@@ -332,11 +154,6 @@ def depth_table(runs: Sequence[Run]) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------------------------------
-# The paper's ablations
-# ---------------------------------------------------------------------------------------
 
 
 def _paper_group(group: str) -> None:
@@ -431,9 +248,22 @@ def estimates_frame(runs: Sequence[Run], field: str, label_of: Callable[[Run], s
     return pd.DataFrame(rows, columns=["label", "n", "mean", "sd", "lo", "hi", "values"])
 
 
-# ---------------------------------------------------------------------------------------
-# Claims tested: rows with neutral keys; each table names and formats its columns
-# ---------------------------------------------------------------------------------------
+def compare_runs(new: Sequence[Run], old: Sequence[Run]) -> pd.DataFrame:
+    """The finished runs of both sets (same id), their results and code versions side by side."""
+    before = {r.id: r for r in old if r.finished}
+    rows = []
+    for r in sorted((r for r in new if r.finished and r.id in before), key=lambda r: r.id):
+        a, b = r.summary or {}, before[r.id].summary or {}
+        row = {"run": r.id, "code (new)": a.get("code_version", "?"), "code (old)": b.get("code_version", "?")}
+        for field in ("final_val_acc", "test_acc"):
+            x, y = a.get(field), b.get(field)
+            row[f"{field} new"], row[f"{field} old"] = x, y
+            row[f"{field} new − old, pts"] = None if x is None or y is None else round((x - y) * 100, 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# Claims tested: _tested makes rows of neutral keys, and each table names and formats its columns.
 
 
 def _tested(claim, better, worse, field, comparison, measure, section, paper_diff=None, sized=False, **extra) -> dict:
@@ -441,19 +271,13 @@ def _tested(claim, better, worse, field, comparison, measure, section, paper_dif
     says whether the paper's own difference lies inside it."""
     d = welch(_values(better, field), _values(worse, field))
     row = dict(section=section, claim=claim, comparison=comparison, measure=measure, paper_diff=paper_diff)
-    return row | {
-        "ours": d.fmt(),
-        "runs": f"{d.na} vs {d.nb}",
-        "verdict": judge(d, paper_diff if sized else None),
-        **extra,
-    }
+    verdict = judge(d, paper_diff if sized else None)
+    return row | {"ours": d.fmt(), "runs": f"{d.na} vs {d.nb}", "verdict": verdict, **extra}
 
 
 def _claims_frame(rows: Sequence[dict], columns: dict[str, str | Callable[[dict], object]]) -> pd.DataFrame:
     """`rows` of _tested as a table: each column a row key, or a function of the row."""
-    return pd.DataFrame(
-        [{k: row[how] if isinstance(how, str) else how(row) for k, how in columns.items()} for row in rows]
-    )
+    return pd.DataFrame([{k: r[how] if isinstance(how, str) else how(r) for k, how in columns.items()} for r in rows])
 
 
 def _with_measure(row: dict) -> str:
@@ -493,10 +317,8 @@ def _ablation_tests(group: str, runs: Sequence[Run]) -> list[dict]:
     by, rows = _by_key(runs), []
     for claim, better, worse, sized in paper.CLAIMS[group]:
         paper_d = paper.ablation(better).paper_val_acc - paper.ablation(worse).paper_val_acc
-        a, b = by.get(better, []), by.get(worse, [])
-        rows.append(
-            _tested(claim, a, b, "final_val_acc", f"{better} − {worse}", "val acc", f"4 ({group})", paper_d, sized)
-        )
+        a, b, comparison = by.get(better, []), by.get(worse, []), f"{better} − {worse}"
+        rows.append(_tested(claim, a, b, "final_val_acc", comparison, "val acc", f"4 ({group})", paper_d, sized))
     return rows
 
 
@@ -521,7 +343,8 @@ def _labkit_tests(final: Sequence[Run], modern: Sequence[Run]) -> list[dict]:
     m, best = _estimate(modern, "test_acc"), paper.NUMBERS["depth_test_acc"][3]
     verdict = "one run: no interval"
     if m.n >= 2:
-        verdict = f"the seed's {best * 100:.2f}% lies {'below' if m.lo > best else 'above' if m.hi < best else 'inside'} our 95% CI"
+        where = "below" if m.lo > best else "above" if m.hi < best else "inside"
+        verdict = f"the seed's {best * 100:.2f}% lies {where} our 95% CI"
     vs_best = {
         "section": "5",
         "claim": f"labkit: the modern preset beats the seed's best, {best * 100:.2f}% (tuned on test)",
@@ -552,9 +375,8 @@ def best_vs_paper(final: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
         f"modern vs the seed's best ({best * 100:.2f}%, lays 3, tuned on test)",
     ]
     rows = [{**r, "comparison": w} for r, w in zip(_labkit_tests(final, modern), words, strict=True)]
-    return _claims_frame(
-        rows, {"comparison": "comparison", "Δ, pts [95% Welch CI]": "ours", "runs": "runs", "note": "verdict"}
-    )
+    columns = {"comparison": "comparison", "Δ, pts [95% Welch CI]": "ours", "runs": "runs", "note": "verdict"}
+    return _claims_frame(rows, columns)
 
 
 def findings(abl: Sequence[Run], final: Sequence[Run], depth: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
@@ -562,160 +384,4 @@ def findings(abl: Sequence[Run], final: Sequence[Run], depth: Sequence[Run], mod
     rows = [
         r for g in paper.CLAIMS for r in _ablation_tests(g, [r for r in abl if _key_of(r) in paper.ABLATION_GROUPS[g]])
     ]
-    rows += _depth_tests(depth) + _labkit_tests(final, modern)
-    return _claims_frame(rows, FINDINGS_COLUMNS)
-
-
-# ---------------------------------------------------------------------------------------
-# The data and the model
-# ---------------------------------------------------------------------------------------
-
-
-def class_counts(ds) -> pd.DataFrame | None:
-    if ds is None:
-        return None
-    cols = {}
-    for split in ("train", "val", "test"):
-        y = getattr(ds, f"{split}_y")
-        cols[f"{split} ({len(y):,})"] = [int((y == c).sum()) for c in range(len(CLASSES))]
-    return pd.DataFrame(cols, index=pd.Index(CLASSES, name="class")).reset_index()
-
-
-def channel_table(ds) -> pd.DataFrame | None:
-    """Per-channel statistics of `ds`'s training images beside the paper's and labkit's constants."""
-    if ds is None:
-        return None
-    s = channel_stats(ds.train_x)
-    rows = [
-        ("measured: mean", s["mean"]),
-        ("measured: dataset-wide std", s["std_dataset"]),
-        ("measured: mean of per-image stds", s["std_per_image_mean"]),
-        ("seed's constants: mean", NORMS["seed"][0]),
-        ("seed's constants: std", NORMS["seed"][1]),
-        ("labkit 'dataset' constants: std", NORMS["dataset"][1]),
-    ]
-    return pd.DataFrame([(k, *v) for k, v in rows], columns=["statistic", "R", "G", "B"])
-
-
-def source_table(source: dict, lab: Lab) -> pd.DataFrame:
-    """Where `source` (a Dataset's or a run's data record) came from."""
-    rows = [
-        ("data used", data_label(source, lab.data_label)),
-        ("folder", source.get("folder", "?")),
-        ("md5 of every batch file matches the official CIFAR-10", "yes" if source.get("official") else "no"),
-        ("files whose md5 differs", ", ".join(source.get("md5_mismatch") or []) or "none"),
-    ]
-    return pd.DataFrame(rows, columns=["", "value"])
-
-
-def _forward(net, x, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, tuple]]:
-    """`net(x)`, and the output shape of each named module, in the order they ran."""
-    shapes: dict[str, tuple] = {}
-    hooks = [
-        getattr(net, n).register_forward_hook(lambda m, i, o, n=n: shapes.update({n: tuple(o.shape)})) for n in names
-    ]
-    with torch.no_grad():
-        out = net.eval()(x)
-    for h in hooks:
-        h.remove()
-    return out, shapes
-
-
-def architecture_table(cfg: TrainConfig, corrected: TrainConfig) -> pd.DataFrame:
-    """The paper's network stage by stage beside the corrected one: blocks, conv, output shape, params."""
-    s, c = build_model(cfg), build_model(corrected)
-    _, shapes = _forward(s, torch.zeros(1, 3, 32, 32), ["relu", "layer1", "layer2", "layer3", "layer4", "fc"])
-    rows = [("stem", "—", "—", cfg.stem, str(shapes["relu"][1:]), count_params(s.conv1) + count_params(s.bn1))]
-    for i in range(1, 5):
-        ls, lc = getattr(s, f"layer{i}"), getattr(c, f"layer{i}")
-        conv = f"3x3, stride {ls[0].conv1.stride[0]}, {ls[0].conv2.out_channels} ch"
-        rows.append((f"layer{i}", len(ls), len(lc), conv, str(shapes[f"layer{i}"][1:]), count_params(ls)))
-    head = f"avgpool, dropout, linear{', softmax' if cfg.softmax_head else ''}"
-    rows.append(("head", "—", "—", head, str(shapes["fc"][1:]), count_params(s.fc)))
-    rows.append(("total", sum(s.blocks_per_stage), sum(c.blocks_per_stage), "", "", count_params(s)))
-    columns = ["stage", "seed's blocks", "corrected blocks", "conv", "output (C, H, W)", "params (seed's net)"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def variants_table(pairs: Sequence[tuple[str, str, TrainConfig]], full_width: int | None = None) -> pd.DataFrame:
-    """Parameters and FLOPs per image of every distinct network in `pairs` (notebook, name, cfg)."""
-    nets: dict[tuple, tuple[list[str], TrainConfig]] = {}
-    for _, name, cfg in pairs:
-        names, _ = nets.setdefault(tuple(getattr(cfg, f) for f in NETWORK_FIELDS), ([], cfg))
-        if name not in names:
-            names.append(name)
-    rows = []
-    for names, cfg in nets.values():
-        net = build_model(cfg)
-        row = {
-            "runs": ", ".join(ablation_key(n) for n in names),
-            "lays": cfg.lays[0] if len(set(cfg.lays)) == 1 else str(list(cfg.lays)),
-            "blocks/stage built": net.blocks_per_stage[0],
-            "stem": cfg.stem + (" +BN" if cfg.stem_bn else " no BN"),
-            "dropout": cfg.dropout,
-            "head": "softmax (defect)" if cfg.softmax_head else "logits",
-            "width": cfg.width,
-            "weight layers": weight_layers(net),
-            "params (M)": count_params(net) / 1e6,
-            "GFLOP/image fwd": flops_per_image(net, train=False) / 1e9,
-            "GFLOP/image train": flops_per_image(net, train=True) / 1e9,
-        }
-        if full_width and cfg.width != full_width:
-            big = build_model(cfg.replace(width=full_width))
-            row[f"params (M) at width {full_width}"] = count_params(big) / 1e6
-            row[f"GFLOP/image train at width {full_width}"] = flops_per_image(big, train=True) / 1e9
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def shape_check(cfg: TrainConfig, batch: int = 2) -> pd.DataFrame:
-    """The output shape of each stage in a forward pass; raises if the head's is wrong."""
-    x = torch.randn(batch, 3, 32, 32)
-    out, shapes = _forward(
-        build_model(cfg), x, ["conv1", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc", "head"]
-    )
-    if tuple(out.shape) != (batch, 10):
-        raise AssertionError(f"the network's output is {list(out.shape)}, expected [{batch}, 10]")
-    rows = [("input", str(list(x.shape)))] + [(n, str(list(s))) for n, s in shapes.items()]
-    what = " (softmax head: probabilities)" if cfg.softmax_head else " (logits)"
-    rows.append(("check", f"[{batch}, 10] ok; rows sum to {out.sum(1).mean():.4f}{what}"))
-    return pd.DataFrame(rows, columns=["module", "output shape"])
-
-
-def block_counts(named_depths: Sequence[int] = DEPTHS) -> pd.DataFrame:
-    """Defect 1: what `lays` asks for, what the paper's code builds, and the real depth."""
-    rows = []
-    for lays in named_depths:
-        built, fixed = ResNet(lays=(lays,) * 4, seed_extra_block=True, width=8), ResNet(lays=(lays,) * 4, width=8)
-        blocks = (built.blocks_per_stage[0], fixed.blocks_per_stage[0])
-        rows.append(
-            (str([lays] * 4), f"ResNet-{2 * 4 * lays + 2}", *blocks, weight_layers(built), weight_layers(fixed))
-        )
-    columns = ["lays", "the seed calls it", "blocks per stage (seed's code)", "blocks per stage (corrected)"]
-    return pd.DataFrame(rows, columns=[*columns, "weight layers (seed's code)", "weight layers (corrected)"])
-
-
-def loss_floor(classes: int = 10) -> dict[str, float]:
-    """Defect 2: the least cross-entropy of a softmax output (p one-hot) fed to softmax again,
-    -log(e / (e + classes - 1)), computed three ways."""
-    onehot = torch.eye(classes, dtype=torch.float64)  # the best a softmax head can output
-    logits = torch.zeros(classes, dtype=torch.float64)
-    logits[0] = 50.0  # from the logit side: softmax of ever larger logits approaches one-hot
-    return {
-        "analytic": -math.log(math.e / (math.e + classes - 1)),
-        "numeric (one-hot output)": nnf.cross_entropy(onehot, torch.arange(classes)).item(),
-        "numeric (softmax of logits 50 vs 0)": nnf.cross_entropy(
-            torch.softmax(logits, 0)[None], torch.tensor([0])
-        ).item(),
-    }
-
-
-def loss_floor_table(floor: float, train_images: int = 40000, batch: int = 512) -> pd.DataFrame:
-    """The paper's final summed losses per batch, against the floor."""
-    n = math.ceil(train_images / batch)
-    rows = [(_tables_of(a), a.paper_loss) for a in paper.ABLATIONS] + [
-        ("table 11: final (60 epochs)", paper.NUMBERS["final_loss"])
-    ]
-    rows = [(k, v, n, v / n, floor, v / n - floor) for k, v in rows]
-    columns = ["seed's run", "final summed loss", "batches per epoch", "loss per batch", "floor", "above the floor"]
-    return pd.DataFrame(rows, columns=columns)
+    return _claims_frame(rows + _depth_tests(depth) + _labkit_tests(final, modern), FINDINGS_COLUMNS)

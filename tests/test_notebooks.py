@@ -258,11 +258,11 @@ def test_a_kernel_shows_one_line_per_run_and_each_figure_once(tmp_path, synth_ro
     nb.metadata = _read("02_model").metadata
     nb.cells = [
         nbformat.v4.new_code_cell(
-            "from labkit import TrainConfig, load_cifar10\nfrom labkit import figures as F\nfrom labkit import notebook as N\nfrom labkit import tables as T\nfrom labkit.train import train\n"
+            "from labkit import TrainConfig, load_cifar10\nfrom labkit import figures as F\nfrom labkit import notebook as N\nfrom labkit import methods as M\nfrom labkit.train import train\n"
             f"cfg = TrainConfig(width=8, lays=(1, 1, 1, 1), batch_size=200, epochs=3, device='cpu', channels_last=False)\n"
             f"train(cfg, load_cifar10({str(synth_root)!r}, allow_download=False), log=None)\nNone"
         ),
-        nbformat.v4.new_code_cell("N.setup_notebook()\nfloor = T.loss_floor()['analytic']\nfig = F.plot_loss_floor(T.loss_floor_table(floor), floor)"),
+        nbformat.v4.new_code_cell("N.setup_notebook()\nfloor = M.loss_floor()['analytic']\nfig = F.plot_loss_floor(M.loss_floor_table(floor), floor)"),
         nbformat.v4.new_code_cell("N.show_figure(fig, 'floor', 'The floor.')"),
         nbformat.v4.new_code_cell("fig"),  # a cell's value: drawn there, once
     ]
@@ -290,8 +290,8 @@ def _shown(monkeypatch) -> list[str]:
 
 def test_notes_are_styled_where_shown_and_escape_what_they_quote(tmp_path, monkeypatch):
     import labkit.figures as F
+    import labkit.methods as M
     import labkit.notebook as N
-    import labkit.tables as T
     from labkit.data import DataNotFound
     from labkit.lab import Lab
 
@@ -307,7 +307,7 @@ def test_notes_are_styled_where_shown_and_escape_what_they_quote(tmp_path, monke
     assert 'style="font-size: 12px' in note and "lk-warning" in note  # styled in JupyterLab too, not only in the report
     assert "URLError: &lt;urlopen error [Errno -3] Temporary failure&gt;" in note  # escaped, not swallowed as a tag
     assert "<code>data_dir</code>" in note and "-p data_dir DIR" in note and "--data-dir" not in note  # its own parameter
-    N.show_table(T.class_counts(None), "class-counts", "Images per class", absent=N.NO_DATA)
+    N.show_table(M.class_counts(None), "class-counts", "Images per class", absent=N.NO_DATA)
     N.show_figure(F.plot_samples(None), "samples", "Six images of each class", absent=N.NO_DATA)
     assert [s.count("\n") for s in seen] == [0, 0] and all("not shown, the data are not on this machine" in s for s in seen)
     seen.clear()

@@ -16,9 +16,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from labkit import methods as M
 from labkit import paper
 from labkit import report as R
-from labkit import tables as T
 from labkit.config import ConfigError
 from labkit.paper import ABLATION_GROUPS
 
@@ -362,7 +362,7 @@ def test_no_data_renders_from_the_runs_records_and_says_they_were_not_checked(tm
     assert any("no data at" in m and "not checked against the files" in m for m in said), said
     lab = Lab("full", tmp_path / "none", root=tmp_path, allow_train=False)
     runs = lab.store.all()
-    assert "not checked against the files (no CIFAR-10 batches at" in T.provenance(runs, lab)["data"]
+    assert "not checked against the files (no CIFAR-10 batches at" in M.provenance(runs, lab)["data"]
 
 
 def test_lab_refuses_outputs_that_would_destroy_something(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import scipy.stats
 
 from labkit import figures as F
+from labkit import methods as M
 from labkit import notebook as N
 from labkit import paper
 from labkit import stats as S
@@ -295,25 +296,25 @@ def test_final_table_and_best_vs_seed_numbers_by_hand():
 def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
     from labkit.config import MODERN, SEED
 
-    seed, modern = T.describe_recipe(SEED), T.describe_recipe(MODERN)
+    seed, modern = M.describe_recipe(SEED), M.describe_recipe(MODERN)
     assert "(3 blocks per stage)" in seed and "the seed's defects: n+1 blocks per stage, softmax before the loss" in seed
     assert "Adam lr 0.001, lr × 0.9 per epoch, batch 512, 30 epochs" in seed and "one view per image" in seed
     assert "corrected network" in modern and "SGD Nesterov lr 0.2" in modern and "tested once with test-time flip" in modern
     assert "all 50,000 training images" in modern and f"{MODERN.epochs} epochs" in modern
-    assert "7x7 stride 2 stem without BN" in T.describe_recipe(SEED.replace(stem="7x7", stem_bn=False))
-    assert "cutout 12" in T.describe_recipe(MODERN.replace(cutout=12)) and "2-pixel shifts" in T.describe_recipe(MODERN.replace(tta_translate=2))
+    assert "7x7 stride 2 stem without BN" in M.describe_recipe(SEED.replace(stem="7x7", stem_bn=False))
+    assert "cutout 12" in M.describe_recipe(MODERN.replace(cutout=12)) and "2-pixel shifts" in M.describe_recipe(MODERN.replace(tta_translate=2))
     run = lambda c: SimpleNamespace(config=c)  # noqa: E731
-    assert T.views_at_test([run(SEED)]) == "" and T.views_at_test([]) == ""
-    assert T.views_at_test([run(MODERN)] * 2) == ", test-time flip"
-    assert T.views_at_test([run(MODERN), run(SEED)]) == ", test-time views differ between runs"
+    assert M.views_at_test([run(SEED)]) == "" and M.views_at_test([]) == ""
+    assert M.views_at_test([run(MODERN)] * 2) == ", test-time flip"
+    assert M.views_at_test([run(MODERN), run(SEED)]) == ", test-time views differ between runs"
 
 
 def test_code_versions_and_the_data_caveat():
     runs = [SimpleNamespace(summary={"code_version": v}) for v in ("8721feb", "3887dc1", "8721feb", "3887dc1+dropout-eager")]
-    assert T.code_versions(runs) == (
+    assert M.code_versions(runs) == (
         "3887dc1 (1 run), 3887dc1+dropout-eager (1 run), 8721feb (2 runs); a version with + is that commit with an uncommitted change of that name"
     )
-    assert T.code_versions(runs[:1]) == "8721feb (1 run)" and T.code_versions([]) == "—"
+    assert M.code_versions(runs[:1]) == "8721feb (1 run)" and M.code_versions([]) == "—"
     official = SimpleNamespace(summary={"data": {"official": True}})
     stand_in = SimpleNamespace(summary={"data": {"official": False}})
     unlabelled, labelled = SimpleNamespace(data_label=None), SimpleNamespace(data_label="JPEG <q75> copy")  # a Lab's
@@ -367,10 +368,10 @@ def test_welch_difference_and_verdicts():
 
 
 def test_loss_floor_of_a_softmax_head():
-    f = T.loss_floor()
+    f = M.loss_floor()
     assert f["analytic"] == pytest.approx(-math.log(math.e / (math.e + 9)))
     assert all(v == pytest.approx(1.4612, abs=1e-4) for v in f.values())
-    t = T.loss_floor_table(f["analytic"])
+    t = M.loss_floor_table(f["analytic"])
     assert (t["batches per epoch"] == 79).all()
     assert (t["loss per batch"] > f["analytic"]).all()  # every loss the seed reports sits above the floor
 
@@ -378,23 +379,23 @@ def test_loss_floor_of_a_softmax_head():
 def test_data_label(monkeypatch, tmp_path):
     official = {"official": True, "description": "official CIFAR-10 (md5 verified)"}
     other = {"official": False, "description": "not the official CIFAR-10 files (md5 differs for 6 of 6 batches)"}
-    assert T.data_label(official) == "official CIFAR-10 (md5 verified)"
+    assert M.data_label(official) == "official CIFAR-10 (md5 verified)"
     monkeypatch.setenv("LABKIT_DATA_LABEL", "CIFAR-10 re-encoded as JPEG")
-    assert T.data_label(other).startswith("not the official")  # the label comes from the lab, read once by open_lab
-    assert T.data_label(other, label="stand-in").startswith("stand-in; not the official")
-    assert T.data_label(official, label="stand-in") == "official CIFAR-10 (md5 verified)"  # never relabels official data
+    assert M.data_label(other).startswith("not the official")  # the label comes from the lab, read once by open_lab
+    assert M.data_label(other, label="stand-in").startswith("stand-in; not the official")
+    assert M.data_label(official, label="stand-in") == "official CIFAR-10 (md5 verified)"  # never relabels official data
     synthetic = {"official": False, "synthetic": True, "description": "labkit's synthetic CIFAR-format data (x)"}
-    assert T.data_label(synthetic, label="stand-in") == "labkit's synthetic CIFAR-format data (x)"  # says what it is
+    assert M.data_label(synthetic, label="stand-in") == "labkit's synthetic CIFAR-format data (x)"  # says what it is
     # open_lab: the data_label parameter, else $LABKIT_DATA_LABEL, into lab.data_label
     assert N.open_lab("smoke", root=str(tmp_path), allow_train=False).data_label == "CIFAR-10 re-encoded as JPEG"
     assert N.open_lab("smoke", root=str(tmp_path), allow_train=False, data_label="mine").data_label == "mine"
     monkeypatch.delenv("LABKIT_DATA_LABEL")
     lab = N.open_lab("full", root=str(tmp_path), allow_train=False)
     assert lab.data_label is None
-    table = T.source_table(other, lab).set_index("")["value"]
+    table = M.source_table(other, lab).set_index("")["value"]
     assert table["data used"].startswith("not the official") and table["md5 of every batch file matches the official CIFAR-10"] == "no"
     lab = N.open_lab("full", root=str(tmp_path), allow_train=False, data_label="stand-in")
-    assert T.source_table(other, lab).set_index("")["value"]["data used"].startswith("stand-in; not the official")
+    assert M.source_table(other, lab).set_index("")["value"]["data used"].startswith("stand-in; not the official")
 
 
 def test_summary_runs_and_the_recorded_data_source(tmp_path):
@@ -438,23 +439,23 @@ def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
         run("2026-11-28T13:00:00+00:00", None),  # no duration: left out
         SimpleNamespace(summary=None),  # unfinished: left out
     ]
-    sittings = T.training_sittings(runs)
+    sittings = M.training_sittings(runs)
     assert [(s.strftime("%H:%M:%S"), e.strftime("%H:%M:%S")) for s, e in sittings] == [
         ("10:00:00", "10:02:20"),
         ("10:08:30", "10:09:30"),
         ("10:58:00", "11:00:00"),
     ]
-    assert T.describe_sittings(sittings) == (
+    assert M.describe_sittings(sittings) == (
         "2026-11-28 10:00-10:02 UTC (2.3 min), 2026-11-28 10:08-10:09 UTC (1.0 min), "
         "2026-11-28 10:58-11:00 UTC (2.0 min); 5.3 min in 3 sittings"
     )
-    assert T.describe_sittings(sittings[:1]) == "2026-11-28 10:00-10:02 UTC (2.3 min)"
-    assert T.describe_sittings([]) == "—"
-    assert len(T.training_sittings(runs, gap_s=600)) == 2
-    assert len(T.training_sittings(runs, gap_s=0)) == 4
+    assert M.describe_sittings(sittings[:1]) == "2026-11-28 10:00-10:02 UTC (2.3 min)"
+    assert M.describe_sittings([]) == "—"
+    assert len(M.training_sittings(runs, gap_s=600)) == 2
+    assert len(M.training_sittings(runs, gap_s=0)) == 4
     bad = SimpleNamespace(id="final-0123456789", summary={"finished_at": "yesterday", "wall_seconds": 5})
     with pytest.raises(ValueError, match="final-0123456789: finished_at 'yesterday'"):
-        T.training_sittings([bad])
+        M.training_sittings([bad])
 
 
 def test_parameter_checks(tmp_path):
