@@ -27,7 +27,6 @@ class Estimate:
     sd: float
     lo: float
     hi: float
-    level: float = LEVEL
 
     def fmt(self, scale: float = 1.0, digits: int = 2, show_n: bool = True) -> str:
         """ "mean ± SD (n=k)"; with show_n=False "mean ± SD" (for tables with an n column)."""
@@ -53,7 +52,7 @@ def clean_values(values: Iterable) -> list[float]:
     return out
 
 
-def estimate(values: Iterable, level: float = LEVEL, bounds: tuple[float, float] | None = None) -> Estimate:
+def estimate(values: Iterable, bounds: tuple[float, float] | None = None) -> Estimate:
     """Mean, SD and t interval of `values`; with `bounds` (the range the measure can take, e.g.
     (0, 1) for an accuracy) the interval is cut to that range, which still holds the true mean."""
     v = clean_values(values)
@@ -64,17 +63,17 @@ def estimate(values: Iterable, level: float = LEVEL, bounds: tuple[float, float]
         if v and not bounds[0] <= min(v) <= max(v) <= bounds[1]:
             raise ValueError(f"values {v} lie outside their bounds {bounds}")
     if n == 0:
-        return Estimate(0, NAN, NAN, NAN, NAN, level)
+        return Estimate(0, NAN, NAN, NAN, NAN)
     mean = sum(v) / n
     if n < 2:
-        return Estimate(1, mean, NAN, NAN, NAN, level)
+        return Estimate(1, mean, NAN, NAN, NAN)
     if max(v) == min(v):  # exactly 0, not the rounding residue of a mean of equal values
-        return Estimate(n, mean, 0.0, mean, mean, level)
+        return Estimate(n, mean, 0.0, mean, mean)
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
-    lo, hi = scipy.stats.t.interval(level, n - 1, loc=mean, scale=sd / math.sqrt(n))
+    lo, hi = scipy.stats.t.interval(LEVEL, n - 1, loc=mean, scale=sd / math.sqrt(n))
     if bounds is not None:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-    return Estimate(n, mean, sd, float(lo), float(hi), level)
+    return Estimate(n, mean, sd, float(lo), float(hi))
 
 
 def bounds_of(field: str) -> tuple[float, float] | None:
@@ -94,7 +93,6 @@ class Difference:
     df: float
     na: int
     nb: int
-    level: float = LEVEL
 
     @property
     def has_ci(self) -> bool:
@@ -110,21 +108,21 @@ class Difference:
         return s
 
 
-def welch(a: Iterable, b: Iterable, level: float = LEVEL) -> Difference:
-    """mean(a) - mean(b) with its Welch `level` interval; None/NaN values left out."""
+def welch(a: Iterable, b: Iterable) -> Difference:
+    """mean(a) - mean(b) with its 95% Welch interval; None/NaN values left out."""
     a, b = clean_values(a), clean_values(b)
     na, nb = len(a), len(b)
     if na == 0 or nb == 0:
-        return Difference(NAN, NAN, NAN, NAN, na, nb, level)
+        return Difference(NAN, NAN, NAN, NAN, na, nb)
     ea, eb = estimate(a), estimate(b)
     diff = ea.mean - eb.mean
     if na < 2 or nb < 2 or ea.sd == eb.sd == 0:  # no spread measured: no interval
-        return Difference(diff, NAN, NAN, NAN, na, nb, level)
+        return Difference(diff, NAN, NAN, NAN, na, nb)
     with warnings.catch_warnings():  # one side's equal values: scipy warns of their zero variance
         warnings.simplefilter("ignore", RuntimeWarning)
         t = scipy.stats.ttest_ind(a, b, equal_var=False)
-        ci = t.confidence_interval(level)
-    return Difference(diff, float(ci.low), float(ci.high), float(t.df), na, nb, level)
+        ci = t.confidence_interval(LEVEL)
+    return Difference(diff, float(ci.low), float(ci.high), float(t.df), na, nb)
 
 
 def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> str:
