@@ -19,7 +19,8 @@ from IPython import display as ipd
 
 from . import paper
 from .checkpoint import CheckpointError, DiskFullError, evaluated_weights, load_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig, check_choice, check_positive_int, did_you_mean
+from .config import ConfigError, TrainConfig, check_positive_int, did_you_mean
+from .config import check_choice as check_choice  # notebook 04 checks its `ablation` with it
 from .data import DataError, DataNotFound, Dataset, file_in_the_way, in_the_way, load_cifar10
 from .lab import (
     DEPTHS,
@@ -36,8 +37,6 @@ from .lab import (
 )
 from .methods import describe_recipe, provenance
 from .runs import Run, RunError
-
-__all__ = ["check_choice"]  # and everything below; notebook 04 checks its `ablation` with check_choice
 
 NO_DATA = "the data are not on this machine (see above)"
 # What a notebook says when it would train for long on a CPU: its own parameters, not CLI flags.

@@ -110,12 +110,16 @@ def data_caveat(runs: Sequence[Run], lab: Lab) -> str | None:
     if not sources or all(s.get("official") for s in sources):
         return None
     if any(s.get("synthetic") for s in sources):
-        return "These runs trained on synthetic data: a check of the pipeline, not a result to set beside the seed's numbers."
+        return (
+            "These runs trained on synthetic data: a check of the pipeline, not a result to set beside the seed's "
+            "numbers."
+        )
     what = lab.data_label or "a copy that is not the official CIFAR-10 files"
     return (
         f"Our runs trained and were tested on {html_escape(what)}; the seed's numbers come from the official files. "
         "Each Δ ours − seed therefore holds the recipe's effect and the data's: a stand-in such as a JPEG re-encoding "
-        "costs a few points of accuracy by itself. Differences between our own runs share the data and are not affected."
+        "costs a few points of accuracy by itself. Differences between our own runs share the data and are not "
+        "affected."
     )
 
 
