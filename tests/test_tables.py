@@ -1,4 +1,4 @@
-"""The statistics, tables, figures and claims the report shows (labkit.stats, tables, figures, notebook)."""
+"""The statistics, tables, figures and claims the report shows (labkit.stats, tables, methods, figures, notebook)."""
 
 from __future__ import annotations
 
