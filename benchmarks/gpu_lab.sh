@@ -127,7 +127,7 @@ if [ "$MODE" = finish ] || [ "$MODE" = time ]; then
     # code of now, on this GPU, reproduce them (benchmarks/README.md, "An open question")?
     $PY -c "
 import sys
-from labkit.analysis import compare_runs
+from labkit.tables import compare_runs
 from labkit.runs import RunStore
 t = compare_runs(RunStore(sys.argv[1]).all(), RunStore(sys.argv[2]).all())
 print(t.to_string(index=False) if len(t) else f'no finished run of {sys.argv[1]} is in {sys.argv[2]}')
@@ -177,7 +177,7 @@ elif [ "$MODE" = confirm ]; then
   $PY -c "
 import sys
 import pandas as pd
-from labkit.analysis import estimates_frame
+from labkit.tables import estimates_frame
 from labkit.runs import RunStore
 runs = [r for r in RunStore(sys.argv[1]).all() if r.finished and r.name == sys.argv[2]]
 if not runs:

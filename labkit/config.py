@@ -1,7 +1,4 @@
-"""One frozen, validated config for a training run, its presets, and the seed's grid as data.
-
-Every value is checked before anything runs; a bad one raises ConfigError naming it.
-"""
+"""One frozen, validated config for a training run, and its presets: a bad value raises ConfigError naming it."""
 
 from __future__ import annotations
 
@@ -13,58 +10,38 @@ import json
 import math
 import numbers
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-
-__all__ = [
-    "ConfigError",
-    "TrainConfig",
-    "PRESETS",
-    "SEED_ABLATIONS",
-    "CLAIMS",
-    "SEED_NUMBERS",
-    "preset",
-    "parse_overrides",
-    "check_choice",
-    "check_positive_int",
-    "check_notebook_parameters",
-]
 
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("exp", "linear", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
-SPLITS = ("seed", "full")
-NORMS = ("seed", "dataset")
-STEMS = ("3x3", "7x7")
-SELECTS = ("last", "best_val")
-# torch.compile modes that leave CUDA graphs to labkit's own capture of the step.
-COMPILE_MODES = ("", "default", "max-autotune-no-cudagraphs")
+CHOICES = {
+    "optimizer": ("adam", "sgd"),
+    "schedule": ("exp", "linear", "cosine"),
+    "precision": ("auto", "fp32", "bf16"),
+    "device": ("auto", "cpu", "cuda"),
+    "split": ("seed", "full"),
+    "norm": ("seed", "dataset"),
+    "stem": ("3x3", "7x7"),
+    "select": ("last", "best_val"),
+    "compile": ("", "default", "max-autotune-no-cudagraphs"),  # modes that leave CUDA graphs to labkit's capture
+}
+SPLITS, STEMS = CHOICES["split"], CHOICES["stem"]
 
-# Fields that change how fast a run goes but not what it computes (up to float rounding):
-# left out of the run's identity, so a run trained on a GPU is found again on a CPU.
-# sync_bn is here too: it changes nothing in one process, and with it on a run over several
-# processes computes what one process would (BatchNorm over the global batch).
+# Fields that change how fast a run goes but not what it computes (up to float rounding): not
+# part of its identity, so a run trained on a GPU is found again on a CPU. sync_bn computes over
+# several processes what one process would (BatchNorm over the global batch).
 EXECUTION_FIELDS = ("device", "precision", "channels_last", "cuda_graphs", "sync_bn", "compile")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything one run computes, as plain data (frozen; validated when made).
-
-    Start from a preset (`preset("seed")`, `preset("modern")`) and change fields with
-    `preset(name, key=value)` or `cfg.replace(key=value)`: both refuse unknown keys, wrong
-    types and values out of range with a ConfigError naming the field. Each field's meaning
-    is in its comment in labkit/config.py. Fields in EXECUTION_FIELDS (device, precision,
-    channels_last, cuda_graphs, sync_bn, compile) change how fast a run goes, not what it
-    computes: they are not part of its identity (`short_hash`, the run id).
-    """
+    """Everything one run computes, as plain data, frozen and validated when made: start from a
+    preset and change fields with `preset(name, key=value)` or `cfg.replace(key=value)`."""
 
     # network (labkit.model.ResNet)
     lays: tuple[int, int, int, int] = (2, 2, 2, 2)  # blocks per stage
@@ -112,54 +89,48 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         c = self
-        check_choice("optimizer", c.optimizer, OPTIMIZERS)
-        check_choice("schedule", c.schedule, SCHEDULES)
-        check_choice("precision", c.precision, PRECISIONS)
-        check_choice("device", c.device, DEVICES)
-        check_choice("split", c.split, SPLITS)
-        check_choice("norm", c.norm, NORMS)
-        check_choice("stem", c.stem, STEMS)
-        check_choice("select", c.select, SELECTS)
-        check_choice("compile", c.compile, COMPILE_MODES)
-        if len(c.lays) != 4 or any(n < 1 for n in c.lays):
-            raise ConfigError(f"lays must be four positive ints (blocks per stage), got {list(c.lays)}")
-        _positive("width", c.width)
-        _positive("lr", c.lr)
-        _positive("batch_size", c.batch_size)
-        _positive("epochs", c.epochs)
-        if not 0.0 <= c.dropout < 1.0:
-            raise ConfigError(f"dropout must lie in [0, 1), got {c.dropout}")
-        if not 0.0 < c.decay_rate <= 1.0:
-            raise ConfigError(f"decay_rate must lie in (0, 1], got {c.decay_rate}")
-        if not 0.0 <= c.momentum < 1.0:
-            raise ConfigError(f"momentum must lie in [0, 1), got {c.momentum}")
-        if c.nesterov and (c.optimizer != "sgd" or c.momentum == 0):
-            raise ConfigError("nesterov needs optimizer 'sgd' with momentum > 0")
-        if c.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {c.weight_decay}")
-        if not 0.0 <= c.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must lie in [0, 1), got {c.label_smoothing}")
-        if not 0.0 <= c.warmup_epochs <= c.epochs:
-            raise ConfigError(
-                f"warmup_epochs must lie in [0, epochs={c.epochs}], got {c.warmup_epochs}"
-                + (" (a preset shortened below its warm-up: set warmup_epochs too)" if c.warmup_epochs > c.epochs else "")
-            )
-        if c.val_size < 0 or (c.val_size and c.split != "full"):
-            raise ConfigError(f"val_size must be >= 0 and is for split 'full' only, got {c.val_size}")
-        if not 0 <= c.cutout <= 32:
-            raise ConfigError(f"cutout must lie in [0, 32] (side of the square, 0 = off), got {c.cutout}")
-        if not 0 <= c.tta_translate <= 8:
-            raise ConfigError(f"tta_translate must lie in [0, 8] (pixels, 0 = off), got {c.tta_translate}")
-        if not 0.0 <= c.ema < 1.0:
-            raise ConfigError(f"ema must lie in [0, 1) (decay per step, 0 = off), got {c.ema}")
-        if c.train_subset < 0:
-            raise ConfigError(f"train_subset must be >= 0 (0 = all), got {c.train_subset}")
-        if c.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {c.seed}")
-        if c.select == "best_val" and c.split == "full" and c.val_size == 0:
-            raise ConfigError("select 'best_val' needs a validation set: split 'seed', or 'full' with val_size > 0")
-
-    # -- conversions ----------------------------------------------------------------------
+        for name, allowed in CHOICES.items():
+            check_choice(name, getattr(c, name), allowed)
+        lays_ok = len(c.lays) == 4 and all(n >= 1 for n in c.lays)
+        shortened = (
+            " (a preset shortened below its warm-up: set warmup_epochs too)" if c.warmup_epochs > c.epochs else ""
+        )
+        rules = [
+            (lays_ok, f"lays must be four positive ints (blocks per stage), got {list(c.lays)}"),
+            *(
+                (getattr(c, k) > 0, f"{k} must be > 0, got {getattr(c, k)}")
+                for k in ("width", "lr", "batch_size", "epochs")
+            ),
+            (0.0 <= c.dropout < 1.0, f"dropout must lie in [0, 1), got {c.dropout}"),
+            (0.0 < c.decay_rate <= 1.0, f"decay_rate must lie in (0, 1], got {c.decay_rate}"),
+            (0.0 <= c.momentum < 1.0, f"momentum must lie in [0, 1), got {c.momentum}"),
+            (
+                not c.nesterov or (c.optimizer == "sgd" and c.momentum != 0),
+                "nesterov needs optimizer 'sgd' with momentum > 0",
+            ),
+            (c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}"),
+            (0.0 <= c.label_smoothing < 1.0, f"label_smoothing must lie in [0, 1), got {c.label_smoothing}"),
+            (
+                0.0 <= c.warmup_epochs <= c.epochs,
+                f"warmup_epochs must lie in [0, epochs={c.epochs}], got {c.warmup_epochs}{shortened}",
+            ),
+            (
+                c.val_size == 0 or (c.val_size > 0 and c.split == "full"),
+                f"val_size must be >= 0 and is for split 'full' only, got {c.val_size}",
+            ),
+            (0 <= c.cutout <= 32, f"cutout must lie in [0, 32] (side of the square, 0 = off), got {c.cutout}"),
+            (0 <= c.tta_translate <= 8, f"tta_translate must lie in [0, 8] (pixels, 0 = off), got {c.tta_translate}"),
+            (0.0 <= c.ema < 1.0, f"ema must lie in [0, 1) (decay per step, 0 = off), got {c.ema}"),
+            (c.train_subset >= 0, f"train_subset must be >= 0 (0 = all), got {c.train_subset}"),
+            (c.seed >= 0, f"seed must be >= 0, got {c.seed}"),
+            (
+                c.select != "best_val" or c.split != "full" or c.val_size > 0,
+                "select 'best_val' needs a validation set: split 'seed', or 'full' with val_size > 0",
+            ),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise ConfigError(message)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -185,15 +156,10 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
 
     def short_hash(self) -> str:
-        """10 hex digits naming what the run computes.
-
-        A field added after the first recorded runs counts only when it differs from its
-        default, so adding a field never orphans the runs already in a store.
-        """
+        """10 hex digits naming what the run computes. A field added after the first recorded runs
+        counts only when it differs from its default: adding a field never orphans a store's runs."""
         defaults = TrainConfig.__dataclass_fields__
-        ident = {
-            k: v for k, v in self.identity().items() if k in HASHED_V1 or v != _default(defaults[k])
-        }
+        ident = {k: v for k, v in self.identity().items() if k in HASHED_V1 or v != _default(defaults[k])}
         blob = json.dumps(ident, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -207,17 +173,11 @@ HASHED_V1 = frozenset(
 
 
 def _default(f: dataclasses.Field):
-    v = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    return list(v) if isinstance(v, tuple) else v
-
-
-# ---------------------------------------------------------------------------------------
-# Validation helpers
-# ---------------------------------------------------------------------------------------
+    return list(f.default) if isinstance(f.default, tuple) else f.default
 
 
 def did_you_mean(value, known) -> str:
-    """"; did you mean 'width'?" when `value` is a near miss of one of `known`, else ''."""
+    """ "; did you mean 'width'?" when `value` is a near miss of one of `known`, else ''."""
     close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -234,11 +194,6 @@ def check_positive_int(name: str, value, what: str = "") -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive int{f' ({what})' if what else ''}, got {value!r}")
     return value
-
-
-def _positive(name: str, value) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
 
 
 def _check_types(cfg: TrainConfig) -> None:
@@ -271,50 +226,6 @@ def _check_types(cfg: TrainConfig) -> None:
         object.__setattr__(cfg, f.name, cast(v))
 
 
-def _assigned_names(source: str) -> set[str] | None:
-    """Names a cell of plain `name = value` lines assigns; None if it is not such a cell."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return None
-    names = set()
-    for node in tree.body:
-        if not (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets)):
-            return None
-        names.update(t.id for t in node.targets)
-    return names
-
-
-def check_notebook_parameters(history: list[str] | None = None) -> None:
-    """In a notebook run by papermill: refuse parameters the notebook does not declare.
-
-    papermill only warns about an unknown `-p name value` and injects it anyway, so a typo
-    (`-p seed 2` for `seeds`) would silently run with the defaults. Called in the cell after
-    the `parameters` cell, this compares the names papermill injected (its cell opens with
-    `# Parameters`) with those the `parameters` cell, run just before it, declares.
-    `history`: the kernel's cell sources in order (default: IPython's `In`).
-    """
-    if history is None:
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return
-        shell = get_ipython()
-        history = list(shell.user_ns.get("In", [])) if shell is not None else []
-    injected = [i for i, src in enumerate(history) if i > 0 and src.lstrip().startswith("# Parameters")]
-    if not injected:
-        return  # not run by papermill, or run without parameters
-    i = injected[-1]
-    declared, given = _assigned_names(history[i - 1]), _assigned_names(history[i])
-    if declared is None or given is None:
-        return  # cells run by hand in another order: nothing to compare
-    unknown = sorted(given - declared)
-    if unknown:
-        raise ConfigError(
-            f"unknown notebook parameter(s) {unknown} (papermill -p){did_you_mean(unknown[0], declared)}; this notebook takes {sorted(declared)}"
-        )
-
-
 def parse_overrides(items: list[str]) -> dict:
     """["lr=0.01", "lays=[3,3,3,3]", "stem=7x7"] -> dict; values read as Python literals."""
     out = {}
@@ -330,19 +241,13 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------
-# Presets and the seed's experiments
-# ---------------------------------------------------------------------------------------
-
-# The seed protocol exactly, as the seed report's code runs it: both defects on, Adam 1e-3
-# (the seed names no optimiser: see notebook 02), batch 512, per-epoch decay 0.9, 30 epochs,
-# train batches 1-4 / validate on 5.
+# The paper's protocol as its code runs it: both defects, Adam 1e-3 (it names no optimiser: see
+# notebook 02), batch 512, per-epoch decay 0.9, 30 epochs, train on batches 1-4, validate on 5.
 SEED = TrainConfig(seed_extra_block=True, softmax_head=True)
 
-# A plain modern recipe on the corrected network and all 50,000 training images. Set before
-# any run was trained (a plain recipe of labkit's own; lr 0.2 for batch 512) and not tuned since: with
-# split="full" there is no validation set, so any change must be chosen on a split="seed"
-# or val_size > 0 run, never on these runs' test numbers.
+# labkit's plain modern recipe on the corrected network and all 50,000 training images, set before
+# any run trained and not tuned since: with no validation set (split "full"), a change must be
+# chosen on a split "seed" or val_size > 0 run, never on these runs' test numbers.
 MODERN = TrainConfig(
     optimizer="sgd",
     lr=0.2,
@@ -367,73 +272,3 @@ def preset(name: str, **overrides: object) -> TrainConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)} (known: {sorted(PRESETS)})")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
-
-
-@dataclass(frozen=True)
-class Ablation:
-    """One row of the seed's ablation tables: its settings and its reported numbers."""
-
-    key: str
-    tables: tuple[int, ...]
-    changes: dict = field(default_factory=dict)
-    seed_loss: float = 0.0  # final epoch's summed training loss, as reported
-    seed_val_acc: float = 0.0  # final validation accuracy, as reported
-
-
-# The seed report's ablation tables 1-10: seven distinct 30-epoch configurations, one run each in the seed.
-SEED_ABLATIONS: tuple[Ablation, ...] = (
-    Ablation("baseline", (2, 6, 7, 9), {}, 130.22897, 0.7871),
-    Ablation("decay_1.0", (1,), {"decay_rate": 1.0}, 132.08587, 0.7645),
-    Ablation("decay_0.45", (3,), {"decay_rate": 0.45}, 154.83982, 0.5028),
-    Ablation("dropout_0.8", (4,), {"dropout": 0.8}, 135.25858, 0.7292),
-    Ablation("dropout_0.4", (5,), {"dropout": 0.4}, 132.42525, 0.7640),
-    Ablation("no_stem_bn", (8,), {"stem_bn": False}, 132.10440, 0.7608),
-    Ablation("stem_7x7", (10,), {"stem": "7x7"}, 138.71478, 0.6924),
-)
-
-# Which ablation rows each notebook-04 run compares (the baseline always included).
-ABLATION_GROUPS = {
-    "lr_decay": ("baseline", "decay_1.0", "decay_0.45"),
-    "dropout": ("baseline", "dropout_0.4", "dropout_0.8"),
-    "stem_bn": ("baseline", "no_stem_bn"),
-    "stem_kernel": ("baseline", "stem_7x7"),
-}
-
-# The seed's conclusions (the seed report §4.6), per ablation group: (claim, better row,
-# worse row, claimed size?). A claimed size is the seed's own difference, computed from
-# its reported accuracies.
-CLAIMS: dict[str, list[tuple[str, str, str, bool]]] = {
-    "lr_decay": [
-        ("decay 0.9 beats 1.0", "baseline", "decay_1.0", False),
-        ("decay 1.0 beats 0.45", "decay_1.0", "decay_0.45", False),
-    ],
-    "dropout": [
-        ("dropout 0.4 hurts at 30 epochs", "baseline", "dropout_0.4", False),
-        ("dropout 0.8 hurts at 30 epochs", "baseline", "dropout_0.8", False),
-    ],
-    "stem_bn": [("stem BN helps", "baseline", "no_stem_bn", True)],
-    "stem_kernel": [("a 3x3 stem beats 7x7 stride 2", "baseline", "stem_7x7", True)],
-}
-
-SEED_NUMBERS = {
-    "final_loss": 126.53595,  # table 11, 60 epochs
-    "final_test_acc": 0.8336,
-    "depth_test_acc": {2: 0.8632, 3: 0.8927},  # after test-set-watching checkpoint tuning
-}
-
-
-def ablation(key: str) -> Ablation:
-    for a in SEED_ABLATIONS:
-        if a.key == key:
-            return a
-    keys = [a.key for a in SEED_ABLATIONS]
-    raise ConfigError(f"unknown ablation {key!r}{did_you_mean(key, keys)} (known: {keys})")
-
-
-def seed_ablation_config(key: str, base: TrainConfig = SEED) -> TrainConfig:
-    return base.replace(**ablation(key).changes)
-
-
-# The seed's final run (table 11): its best ablation settings for 60 epochs, tested once.
-# Its best settings are its baseline's (decay 0.9, dropout 0, stem BN, 3x3 stem).
-SEED_FINAL = SEED.replace(epochs=60)

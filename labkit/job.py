@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 
-from .config import ABLATION_GROUPS, check_choice, check_positive_int
+from .config import check_choice, check_positive_int
 from .data import default_data_dir, fingerprint, locate
 from .export import NO_CHROMIUM, export_html, find_chromium, merge, print_pdf
 from .lab import PROFILES, Lab, LabError, get_profile
+from .paper import ABLATION_GROUPS
 from .train import duration
 
 __all__ = ["NotebookJob", "LabError", "LabReport", "choose_profile", "jobs", "run_lab"]

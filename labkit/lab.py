@@ -20,18 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import (
-    ABLATION_GROUPS,
-    MODERN,
-    SEED,
-    SEED_ABLATIONS,
-    SEED_FINAL,
-    ConfigError,
-    TrainConfig,
-    check_choice,
-    check_positive_int,
-    seed_ablation_config,
-)
+from .config import MODERN, SEED, ConfigError, TrainConfig, check_choice, check_positive_int
 from .data import (
     DataError,
     DataNotFound,
@@ -42,6 +31,10 @@ from .data import (
     load_cifar10,
     source_of,
 )
+from .paper import ABLATION_GROUPS
+from .paper import ABLATIONS as SEED_ABLATIONS
+from .paper import FINAL as SEED_FINAL
+from .paper import ablation_config as seed_ablation_config
 from .runs import Run, RunStore, recorded_data
 
 __all__ = [

@@ -1,34 +1,21 @@
 """Statistics over seeds: means with Student-t intervals, Welch differences, verdicts.
 
-Spread is always named: "±" is the sample SD over seeds; intervals are Student-t 95%
-confidence intervals for a mean (cut to the range the measure can take: an accuracy's at
-0 and 100%), or Welch intervals for a difference of two means (with 3-5 seeds a bootstrap
-has too few distinct resamples to be honest).
+"±" is the sample SD over seeds. Intervals are Student-t 95% intervals of a mean, cut to the
+range the measure can take, or Welch intervals of a difference of two means (with 3-5 seeds
+a bootstrap has too few distinct resamples to be honest).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import scipy.stats
 
-__all__ = ["LEVEL", "Difference", "Estimate", "bounds_of", "clean_values", "estimate", "judge", "t_ppf", "welch"]
-
 LEVEL = 0.95
-
-
-def t_ppf(p: float, df: float) -> float:
-    """Quantile of Student's t with `df` (real, > 0) degrees of freedom."""
-    if not 0.0 < p < 1.0 or not df > 0:
-        raise ValueError(f"t_ppf needs 0 < p < 1 and df > 0, got p={p}, df={df}")
-    return float(scipy.stats.t.ppf(p, df))
-
-
-# ---------------------------------------------------------------------------------------
-# Estimates over seeds
-# ---------------------------------------------------------------------------------------
+NAN = math.nan
 
 
 @dataclass(frozen=True)
@@ -40,10 +27,9 @@ class Estimate:
     sd: float
     lo: float
     hi: float
-    level: float = LEVEL
 
     def fmt(self, scale: float = 1.0, digits: int = 2, show_n: bool = True) -> str:
-        """"mean ± SD (n=k)"; with show_n=False "mean ± SD" (for tables that show n in a column)."""
+        """ "mean ± SD (n=k)"; with show_n=False "mean ± SD" (for tables with an n column)."""
         if self.n == 0:
             return "no runs"
         m = f"{self.mean * scale:.{digits}f}"
@@ -59,51 +45,42 @@ def clean_values(values: Iterable) -> list[float]:
     """The measured values as floats; None and NaN (a run without that number) left out."""
     out = []
     for v in values:
-        if v is None:
-            continue
         if isinstance(v, (bool, str, bytes)):
             raise TypeError(f"a measured value must be a number, got {v!r}")
-        f = float(v)
-        if not math.isnan(f):
-            out.append(f)
+        if v is not None and not math.isnan(v):
+            out.append(float(v))
     return out
 
 
-def estimate(values: Iterable, level: float = LEVEL, bounds: tuple[float, float] | None = None) -> Estimate:
-    """Mean, SD and t-interval of `values`. With `bounds` (the range the measure can take,
-    e.g. (0, 1) for an accuracy) the interval is cut to that range: the true mean lies in it,
-    so the cut interval covers it at least as often, and two seeds far apart no longer give
-    an accuracy CI reaching past 100%."""
+def estimate(values: Iterable, bounds: tuple[float, float] | None = None) -> Estimate:
+    """Mean, SD and t interval of `values`; with `bounds` (the range the measure can take, e.g.
+    (0, 1) for an accuracy) the interval is cut to that range, which still holds the true mean."""
     v = clean_values(values)
     n = len(v)
     if bounds is not None:
-        low, high = bounds
-        if not low < high:
+        if not bounds[0] < bounds[1]:
             raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
-        if v and not low <= min(v) <= max(v) <= high:
+        if v and not bounds[0] <= min(v) <= max(v) <= bounds[1]:
             raise ValueError(f"values {v} lie outside their bounds {bounds}")
     if n == 0:
-        return Estimate(0, math.nan, math.nan, math.nan, math.nan, level)
+        return Estimate(0, NAN, NAN, NAN, NAN)
     mean = sum(v) / n
     if n < 2:
-        return Estimate(1, mean, math.nan, math.nan, math.nan, level)
+        return Estimate(1, mean, NAN, NAN, NAN)
     if max(v) == min(v):  # exactly 0, not the rounding residue of a mean of equal values
-        return Estimate(n, mean, 0.0, mean, mean, level)
+        return Estimate(n, mean, 0.0, mean, mean)
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
-    half = t_ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    lo, hi = mean - half, mean + half
+    lo, hi = scipy.stats.t.interval(LEVEL, n - 1, loc=mean, scale=sd / math.sqrt(n))
     if bounds is not None:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-    return Estimate(n, mean, sd, lo, hi, level)
+    return Estimate(n, mean, sd, float(lo), float(hi))
 
 
 def bounds_of(field: str) -> tuple[float, float] | None:
     """The range a run's summary field can take: accuracies [0, 1], losses [0, inf)."""
     if field.endswith("_acc"):
         return (0.0, 1.0)
-    if "loss" in field:
-        return (0.0, math.inf)
-    return None
+    return (0.0, math.inf) if "loss" in field else None
 
 
 @dataclass(frozen=True)
@@ -116,15 +93,13 @@ class Difference:
     df: float
     na: int
     nb: int
-    level: float = LEVEL
 
     @property
     def has_ci(self) -> bool:
         return not math.isnan(self.lo)
 
     def fmt(self, scale: float = 100.0, digits: int = 2, unit: str = " pts") -> str:
-        """"+d [lo, hi]" with unit; the defaults suit accuracies (fractions shown as
-        percentage points): for a loss or seconds give scale=1, unit=""."""
+        """ "+d [lo, hi]" with unit: accuracies in points by default; scale=1, unit="" for others."""
         if math.isnan(self.diff):
             return "—"
         s = f"{self.diff * scale:+.{digits}f}{unit}"
@@ -133,26 +108,21 @@ class Difference:
         return s
 
 
-def welch(a: Iterable, b: Iterable, level: float = LEVEL) -> Difference:
-    """mean(a) - mean(b), with a Welch `level` interval (Student t, Welch-Satterthwaite
-    degrees of freedom); None/NaN values are left out. judge(welch(a, b)) says whether
-    "a beats b" is shown. Print it with .fmt() (accuracies, in points) or
-    .fmt(scale=1, unit="") (anything else)."""
+def welch(a: Iterable, b: Iterable) -> Difference:
+    """mean(a) - mean(b) with its 95% Welch interval; None/NaN values left out."""
     a, b = clean_values(a), clean_values(b)
     na, nb = len(a), len(b)
     if na == 0 or nb == 0:
-        return Difference(math.nan, math.nan, math.nan, math.nan, na, nb, level)
+        return Difference(NAN, NAN, NAN, NAN, na, nb)
     ea, eb = estimate(a), estimate(b)
     diff = ea.mean - eb.mean
-    if na < 2 or nb < 2:
-        return Difference(diff, math.nan, math.nan, math.nan, na, nb, level)
-    va, vb = ea.sd**2 / na, eb.sd**2 / nb
-    se = math.sqrt(va + vb)
-    if se == 0:  # every run on both sides gave the same value: no spread to build a CI on
-        return Difference(diff, math.nan, math.nan, math.nan, na, nb, level)
-    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
-    half = t_ppf(0.5 + level / 2, df) * se
-    return Difference(diff, diff - half, diff + half, df, na, nb, level)
+    if na < 2 or nb < 2 or ea.sd == eb.sd == 0:  # no spread measured: no interval
+        return Difference(diff, NAN, NAN, NAN, na, nb)
+    with warnings.catch_warnings():  # one side's equal values: scipy warns of their zero variance
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = scipy.stats.ttest_ind(a, b, equal_var=False)
+        ci = t.confidence_interval(LEVEL)
+    return Difference(diff, float(ci.low), float(ci.high), float(t.df), na, nb)
 
 
 def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> str:

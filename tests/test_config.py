@@ -13,13 +13,12 @@ import pytest
 from labkit.config import (
     EXECUTION_FIELDS,
     PRESETS,
-    SEED_ABLATIONS,
     ConfigError,
     TrainConfig,
     parse_overrides,
     preset,
-    seed_ablation_config,
 )
+from labkit.paper import ABLATIONS, ablation_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,19 +221,19 @@ def test_modern_preset_is_valid_and_uses_all_training_images():
     assert set(PRESETS) >= {"seed", "modern"}
 
 
-def test_seed_ablations():
-    assert len(SEED_ABLATIONS) == 7
-    assert len({a.key for a in SEED_ABLATIONS}) == 7
-    configs = [seed_ablation_config(a.key) for a in SEED_ABLATIONS]
+def test_paper_ablations():
+    assert len(ABLATIONS) == 7
+    assert len({a.key for a in ABLATIONS}) == 7
+    configs = [ablation_config(a.key) for a in ABLATIONS]
     assert len({c.short_hash() for c in configs}) == 7
     base = preset("seed")
-    for a, c in zip(SEED_ABLATIONS, configs, strict=True):
+    for a, c in zip(ABLATIONS, configs, strict=True):
         differs = {k for k, v in c.to_dict().items() if base.to_dict()[k] != v}
         assert differs == set(a.changes), a.key
-    tables = sorted(t for a in SEED_ABLATIONS for t in a.tables)
+    tables = sorted(t for a in ABLATIONS for t in a.tables)
     assert tables == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
-    baseline = next(a for a in SEED_ABLATIONS if a.key == "baseline")
-    assert baseline.seed_val_acc == 0.7871 and baseline.seed_loss == 130.22897
+    baseline = next(a for a in ABLATIONS if a.key == "baseline")
+    assert baseline.paper_val_acc == 0.7871 and baseline.paper_loss == 130.22897
 
 
 def test_config_is_frozen():
@@ -274,7 +273,8 @@ def test_a_preset_shortened_below_its_warm_up_says_what_to_set():
 
 
 def test_near_misses_are_named_with_the_close_match():
-    from labkit.config import TrainConfig, check_notebook_parameters, preset
+    from labkit.config import TrainConfig, preset
+    from labkit.notebook import check_notebook_parameters
 
     with pytest.raises(ConfigError, match=r"unknown preset 'sed'; did you mean 'seed'\?"):
         preset("sed")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from labkit.analysis import get_runs
-from labkit.config import SEED_ABLATIONS, ConfigError, TrainConfig, preset, seed_ablation_config
+from labkit.config import ConfigError, TrainConfig, preset
 from labkit.lab import PROFILES, Lab, RunMissing, depth_runs, get_profile, plan
+from labkit.notebook import get_runs
+from labkit.paper import ABLATIONS as SEED_ABLATIONS
+from labkit.paper import ablation_config as seed_ablation_config
 from labkit.runs import RunStore
 
 
@@ -113,8 +115,8 @@ def test_notebooks_find_the_project_root_from_their_own_folder(tmp_path, monkeyp
     # JupyterLab runs a notebook in notebooks/, the lab job in the root: one run store for both.
     from pathlib import Path
 
-    from labkit.analysis import open_lab
     from labkit.lab import project_root
+    from labkit.notebook import open_lab
 
     repo = Path(__file__).resolve().parent.parent
     assert project_root(repo / "notebooks") == repo and project_root(repo) == repo
@@ -167,7 +169,7 @@ def test_smoke_keeps_its_data_beside_its_store_and_says_it_ignores_data_dir(tmp_
 
 
 def test_the_seed_s_tables_name_their_groups_and_point_to_the_general_helpers():
-    from labkit import analysis as A
+    from labkit import tables as A
 
     for fn in (A.ablation_table, A.ablation_claims):
         with pytest.raises(ConfigError, match=r"'width' is not one of the seed's ablation groups .* estimates_frame"):
@@ -178,7 +180,7 @@ def test_relative_notebook_paths_start_at_the_project_root(tmp_path, monkeypatch
     # The lab job runs the notebooks in the project's folder and gives paths relative to it
     # (its log says "runs in build/smoke/runs"); JupyterLab runs them in notebooks/, where the
     # same runs_dir named notebooks/build/smoke/runs: a second store, trained all over again.
-    from labkit.analysis import depth_checkpoints_dir, open_lab
+    from labkit.notebook import depth_checkpoints_dir, open_lab
 
     proj = tmp_path / "proj"
     (proj / "notebooks").mkdir(parents=True)

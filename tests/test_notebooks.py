@@ -76,11 +76,11 @@ def test_validation_right_after_parameters(name):
     i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     assert nb.cells[i].cell_type == "code"
     nxt = nb.cells[i + 1]
-    assert nxt.cell_type == "code" and "A.open_lab(profile" in nxt.source
+    assert nxt.cell_type == "code" and "N.open_lab(profile" in nxt.source
     if name in SEEDS:
         assert "check_seeds(seeds" in nxt.source
     if name == "04_ablations":
-        assert 'A.check_choice("ablation"' in nxt.source
+        assert 'N.check_choice("ablation"' in nxt.source
 
 
 def test_the_lab_job_passes_each_notebook_only_parameters_it_declares():
@@ -118,7 +118,7 @@ def _set_up_error(name: str, params: dict, monkeypatch) -> tuple[BaseException, 
     import IPython
     from papermill.translators import translate_parameters
 
-    import labkit.analysis as A
+    import labkit.notebook as N
 
     if name != "00_summary":
         params = {"allow_train": False, **params}
@@ -129,7 +129,7 @@ def _set_up_error(name: str, params: dict, monkeypatch) -> tuple[BaseException, 
     shell = type("Shell", (), {"user_ns": {"In": ["", *sources]}, "set_custom_exc": lambda self, *a: None})()
     monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
     # figures' format, seaborn's theme, pandas' options: a notebook's, not this process's
-    monkeypatch.setattr(A, "setup_notebook", lambda lab=None: None)
+    monkeypatch.setattr(N, "setup_notebook", lambda lab=None: None)
     ns: dict = {}
     for src in sources:
         try:
@@ -164,7 +164,7 @@ def test_bad_parameters_fail_in_the_set_up_cell(tmp_path, monkeypatch, name, par
 
     err, cell = _set_up_error(name, {"profile": "smoke", "root": str(tmp_path), **params}, monkeypatch)
     assert isinstance(err, ConfigError) and message in str(err), repr(err)
-    assert "A.open_lab(" in cell  # the set-up cell, not the parameters
+    assert "N.open_lab(" in cell  # the set-up cell, not the parameters
     assert not (tmp_path / "build").exists()  # nothing trained: the run store was never created
 
 
@@ -176,7 +176,7 @@ def test_unknown_parameters_fail_in_the_set_up_cell(tmp_path, monkeypatch, name)
     extra = {"allow_train": False} if name == "00_summary" else {"lrate": 0.1}  # the summary takes no allow_train
     err, cell = _set_up_error(name, {"profile": "smoke", "root": str(tmp_path), **extra}, monkeypatch)
     assert isinstance(err, ConfigError) and f"unknown notebook parameter(s) {sorted(extra)}" in str(err), repr(err)
-    assert "A.open_lab(" in cell
+    assert "N.open_lab(" in cell
     assert not (tmp_path / "build").exists()
 
 
@@ -208,7 +208,7 @@ def test_paths_that_cannot_be_written_fail_in_the_set_up_cell(tmp_path, monkeypa
     params, message = _paths(tmp_path, params, message)
     err, cell = _set_up_error(name, params, monkeypatch)
     assert isinstance(err, ConfigError) and message in str(err), repr(err)
-    assert "A.open_lab(" in cell
+    assert "N.open_lab(" in cell
     assert not (tmp_path / "build").exists()  # nothing made: no data, no run store
 
 
@@ -221,7 +221,7 @@ def test_the_default_checkpoints_folder_is_checked_in_the_set_up_cell_too(tmp_pa
     blocked.write_text("x")
     err, cell = _set_up_error("03_depth_limit", {"profile": "smoke", "root": str(tmp_path), "seeds": 1}, monkeypatch)
     assert isinstance(err, ConfigError) and f"checkpoints folder {blocked} (checkpoints_dir None): {blocked} is a file" in str(err), repr(err)
-    assert "A.open_lab(" in cell
+    assert "N.open_lab(" in cell
     assert sorted(p.name for p in blocked.parent.iterdir()) == ["check_points"]  # no run store, nothing trained
 
 
@@ -239,7 +239,7 @@ def test_a_path_that_cannot_be_written_fails_under_papermill(tmp_path):
             cwd=str(ROOT),
             progress_bar=False,
         )
-    assert e.value.ename == "ConfigError" and "A.open_lab(" in e.value.source  # the set-up cell
+    assert e.value.ename == "ConfigError" and "N.open_lab(" in e.value.source  # the set-up cell
     assert message in e.value.evalue and e.value.traceback == [f"ConfigError: {e.value.evalue}"]  # one line
     assert not (tmp_path / "build").exists()
 
@@ -258,12 +258,12 @@ def test_a_kernel_shows_one_line_per_run_and_each_figure_once(tmp_path, synth_ro
     nb.metadata = _read("02_model").metadata
     nb.cells = [
         nbformat.v4.new_code_cell(
-            "from labkit import TrainConfig, load_cifar10\nfrom labkit import analysis as A\nfrom labkit.train import train\n"
+            "from labkit import TrainConfig, load_cifar10\nfrom labkit import figures as F\nfrom labkit import notebook as N\nfrom labkit import methods as M\nfrom labkit.train import train\n"
             f"cfg = TrainConfig(width=8, lays=(1, 1, 1, 1), batch_size=200, epochs=3, device='cpu', channels_last=False)\n"
             f"train(cfg, load_cifar10({str(synth_root)!r}, allow_download=False), log=None)\nNone"
         ),
-        nbformat.v4.new_code_cell("A.setup_notebook()\nfloor = A.loss_floor()['analytic']\nfig = A.plot_loss_floor(A.loss_floor_table(floor), floor)"),
-        nbformat.v4.new_code_cell("A.show_figure(fig, 'floor', 'The floor.')"),
+        nbformat.v4.new_code_cell("N.setup_notebook()\nfloor = M.loss_floor()['analytic']\nfig = F.plot_loss_floor(M.loss_floor_table(floor), floor)"),
+        nbformat.v4.new_code_cell("N.show_figure(fig, 'floor', 'The floor.')"),
         nbformat.v4.new_code_cell("fig"),  # a cell's value: drawn there, once
     ]
     nbformat.write(nb, tmp_path / "in.ipynb")
@@ -289,7 +289,9 @@ def _shown(monkeypatch) -> list[str]:
 
 
 def test_notes_are_styled_where_shown_and_escape_what_they_quote(tmp_path, monkeypatch):
-    import labkit.analysis as A
+    import labkit.figures as F
+    import labkit.methods as M
+    import labkit.notebook as N
     from labkit.data import DataNotFound
     from labkit.lab import Lab
 
@@ -300,29 +302,29 @@ def test_notes_are_styled_where_shown_and_escape_what_they_quote(tmp_path, monke
         raise DataNotFound(tmp_path / "none", "the download failed: URLError: <urlopen error [Errno -3] Temporary failure>.")
 
     monkeypatch.setattr(lab, "data", offline)
-    assert A.load_data(lab) == (None, None)
+    assert N.load_data(lab) == (None, None)
     note = seen.pop()
     assert 'style="font-size: 12px' in note and "lk-warning" in note  # styled in JupyterLab too, not only in the report
     assert "URLError: &lt;urlopen error [Errno -3] Temporary failure&gt;" in note  # escaped, not swallowed as a tag
     assert "<code>data_dir</code>" in note and "-p data_dir DIR" in note and "--data-dir" not in note  # its own parameter
-    A.show_table(A.class_counts(None), "class-counts", "Images per class", absent=A.NO_DATA)
-    A.show_figure(A.plot_samples(None), "samples", "Six images of each class", absent=A.NO_DATA)
+    N.show_table(M.class_counts(None), "class-counts", "Images per class", absent=N.NO_DATA)
+    N.show_figure(F.plot_samples(None), "samples", "Six images of each class", absent=N.NO_DATA)
     assert [s.count("\n") for s in seen] == [0, 0] and all("not shown, the data are not on this machine" in s for s in seen)
     seen.clear()
-    A.show_missing(["run-<1>"], lab)
+    N.show_missing(["run-<1>"], lab)
     assert "run-&lt;1&gt;" in seen[0] and "allow_train = False" in seen[0]
 
 
 def test_a_notebook_on_a_cpu_refuses_hours_of_training_naming_its_parameters(tmp_path, monkeypatch):
     import torch
 
-    import labkit.analysis as A
     import labkit.model
+    import labkit.notebook as N
     from labkit.lab import Lab, LabError, final_runs
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(labkit.model, "measure_gflops", lambda *a, **k: 150.0)
     lab = Lab("full", tmp_path / "none", root=tmp_path, log=None)
     with pytest.raises(LabError, match=r"about \d+ h of training on this CPU.*allow_train = False.*allow_cpu = True.*-p allow_cpu True"):
-        A.get_runs(lab, final_runs(1))
+        N.get_runs(lab, final_runs(1))
     assert not (tmp_path / "report").exists()  # nothing trained, nothing made

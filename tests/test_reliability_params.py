@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from labkit.cli import main
-from labkit.config import ConfigError, TrainConfig, check_notebook_parameters, parse_overrides, preset
+from labkit.config import ConfigError, TrainConfig, parse_overrides, preset
 from labkit.lab import Lab
+from labkit.notebook import check_notebook_parameters
 from labkit.runs import RunStore
 
 T = importlib.import_module("labkit.train")
@@ -152,12 +153,12 @@ def test_check_notebook_parameters_compares_injected_with_declared():
 
 def test_lab_notebooks_refuse_unknown_parameters(tmp_path):
     """papermill itself only warns of an unknown `-p` name: a lab notebook's set-up cell
-    (labkit.analysis.open_lab, through check_notebook_parameters and the kernel's `In`) refuses it."""
+    (labkit.notebook.open_lab, through check_notebook_parameters and the kernel's `In`) refuses it."""
     err = _papermill(
         ROOT / "notebooks" / "04_ablations.ipynb",
         tmp_path / "out.ipynb",
         {"profile": "smoke", "root": str(tmp_path), "seeds": 1, "lrate": 0.1},
     )
     assert err.ename == "ConfigError" and "unknown notebook parameter(s) ['lrate']" in err.evalue
-    assert err.exec_count == 3 and "A.open_lab(" in err.source  # the set-up cell: nothing else ran
+    assert err.exec_count == 3 and "N.open_lab(" in err.source  # the set-up cell: nothing else ran
     assert not (tmp_path / "build").exists()
