@@ -342,13 +342,13 @@ def test_augment_generator(synth_data):
     assert (a == 0).any()
 
 
-def test_normalize_uses_seed_constants():
+def test_normalize_uses_the_paper_s_constants():
     mean = (0.49139968, 0.48215841, 0.44653091)
     std = (0.20220212, 0.19931542, 0.20086346)
     assert NORMS["seed"] == (mean, std)
     from labkit import config
 
-    assert tuple(NORMS) == config.NORMS  # a constant pair for every norm a run config accepts
+    assert tuple(NORMS) == config.CHOICES["norm"]  # a constant pair for every norm a run config accepts
     assert NORMS["dataset"][0] == mean
     assert NORMS["dataset"][1] == pytest.approx((0.2470, 0.2435, 0.2616), abs=1e-4)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
