@@ -243,7 +243,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 # The paper's protocol as its code runs it: both defects, Adam 1e-3 (it names no optimiser: see
 # notebook 02), batch 512, per-epoch decay 0.9, 30 epochs, train on batches 1-4, validate on 5.
-SEED = TrainConfig(seed_extra_block=True, softmax_head=True)
+PAPER = TrainConfig(seed_extra_block=True, softmax_head=True)
 
 # labkit's plain modern recipe on the corrected network and all 50,000 training images, set before
 # any run trained and not tuned since: with no validation set (split "full"), a change must be
@@ -263,7 +263,7 @@ MODERN = TrainConfig(
     tta_flip=True,
 )
 
-PRESETS: dict[str, TrainConfig] = {"seed": SEED, "modern": MODERN}
+PRESETS: dict[str, TrainConfig] = {"seed": PAPER, "modern": MODERN}
 
 
 def preset(name: str, **overrides: object) -> TrainConfig:

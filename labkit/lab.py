@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MODERN, SEED, ConfigError, TrainConfig, check_choice, check_positive_int
+from .config import MODERN, PAPER, ConfigError, TrainConfig, check_choice, check_positive_int
 from .data import (
     DataError,
     DataNotFound,
@@ -31,10 +31,7 @@ from .data import (
     load_cifar10,
     source_of,
 )
-from .paper import ABLATION_GROUPS
-from .paper import ABLATIONS as SEED_ABLATIONS
-from .paper import FINAL as SEED_FINAL
-from .paper import ablation_config as seed_ablation_config
+from .paper import ABLATION_GROUPS, ABLATIONS, FINAL, ablation_config
 from .runs import Run, RunStore, recorded_data
 
 __all__ = [
@@ -100,7 +97,7 @@ DEPTH_EPOCHS = {"seed": 40, "corrected": 30}
 
 
 def ablation_name(key: str) -> str:
-    """The run name of one of the seed's ablation rows (SEED_ABLATIONS key)."""
+    """The run name of one of the paper's ablation rows (paper.ABLATIONS key)."""
     return ABLATION_PREFIX + key
 
 
@@ -115,11 +112,11 @@ def depth_name(lays: int, recipe: str) -> str:
 
 
 def ablation_run(key: str, seed: int) -> tuple[str, TrainConfig]:
-    return ablation_name(key), seed_ablation_config(key).replace(seed=seed)
+    return ablation_name(key), ablation_config(key).replace(seed=seed)
 
 
 def final_run(seed: int) -> tuple[str, TrainConfig]:
-    return FINAL_NAME, SEED_FINAL.replace(seed=seed)
+    return FINAL_NAME, FINAL.replace(seed=seed)
 
 
 def modern_run(seed: int) -> tuple[str, TrainConfig]:
@@ -131,7 +128,7 @@ def depth_run(lays: int, recipe: str, seed: int) -> tuple[str, TrainConfig]:
     decayed to 1.5% of the start by then: the seed's "limit" with no test-set tuning).
     corrected: the corrected net with the modern recipe on the seed's split, 30 epochs.
     Both pick the epoch with the best validation accuracy; test accuracy is computed once."""
-    base = SEED if recipe == "seed" else MODERN.replace(split="seed")
+    base = PAPER if recipe == "seed" else MODERN.replace(split="seed")
     return depth_name(lays, recipe), base.replace(lays=(lays,) * 4, epochs=DEPTH_EPOCHS[recipe], select="best_val", seed=seed)
 
 
@@ -171,9 +168,9 @@ def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> 
         raise ConfigError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
     p = get_profile(profile_name)
     n = p.seeds if seeds is None else check_positive_int("seeds", seeds, "runs per configuration")
-    rows = [("04_ablations", *ablation_run(a.key, 0)) for a in SEED_ABLATIONS]
+    rows = [("04_ablations", *ablation_run(a.key, 0)) for a in ABLATIONS]
     rows += [("05_final", *final_run(0))] + [("03_depth_limit", *r) for r in depth_runs(1)] + [("05_final", *modern_run(0))]
-    rows += [("04_ablations", *ablation_run(a.key, s)) for s in range(1, n) for a in SEED_ABLATIONS]
+    rows += [("04_ablations", *ablation_run(a.key, s)) for s in range(1, n) for a in ABLATIONS]
     rows += [("05_final", *modern_run(s)) for s in range(1, n)]
     rows += [("05_final", *final_run(s)) for s in range(1, n)]
     if protocol == "seed":
@@ -182,7 +179,7 @@ def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> 
 
 
 # CIFAR-10's sizes: what a plan costs can be counted before any data is there.
-CIFAR10_TRAIN, CIFAR10_TEST, SEED_SPLIT_VAL = 50_000, 10_000, 10_000
+CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 # On a CPU, training whose estimate passes this is refused without allow_cpu (the full
 # profile is refused whatever its estimate: days).
 CPU_LIMIT_S = 3600.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import SEED, ConfigError, TrainConfig, did_you_mean
+from .config import PAPER, ConfigError, TrainConfig, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,9 @@ def ablation(key: str) -> Ablation:
     raise ConfigError(f"unknown ablation {key!r}{did_you_mean(key, keys)} (known: {keys})")
 
 
-def ablation_config(key: str, base: TrainConfig = SEED) -> TrainConfig:
+def ablation_config(key: str, base: TrainConfig = PAPER) -> TrainConfig:
     return base.replace(**ablation(key).changes)
 
 
 # Its final run (table 11): its best ablation settings (the baseline's) for 60 epochs, tested once.
-FINAL = SEED.replace(epochs=60)
+FINAL = PAPER.replace(epochs=60)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from labkit.cli import main
-from labkit.config import SEED
+from labkit.config import PAPER
 from labkit.runs import RunStore
 from labkit.scale.bench import (
     accuracy_check,
@@ -27,7 +27,7 @@ CPU = torch.device("cpu")
 
 
 def _cfg(**changes):
-    return SEED.replace(width=8, lays=(1, 1, 1, 1), batch_size=64, device="cpu", channels_last=False, **changes)
+    return PAPER.replace(width=8, lays=(1, 1, 1, 1), batch_size=64, device="cpu", channels_last=False, **changes)
 
 
 def test_speed_record_has_both_sides_and_their_ratio(tiny_data):
@@ -292,7 +292,7 @@ def test_accuracy_check_reads_the_labs_own_baseline_runs(tmp_path, monkeypatch, 
     assert len(planned) == 3 and asked == planned
     assert json.loads(out.read_text())["accuracy"]["labkit_runs"] == [f"{rid} (from the store)" for rid in planned]
     # the seed recipe's side is the same configuration: the seed's, 30 epochs, seeds 0..2
-    assert [(c.identity(), e) for c, e in seed_side] == [(SEED.replace(seed=s, epochs=30).identity(), 30) for s in range(3)]
+    assert [(c.identity(), e) for c, e in seed_side] == [(PAPER.replace(seed=s, epochs=30).identity(), 30) for s in range(3)]
 
 
 def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, tiny_data):
@@ -323,7 +323,7 @@ def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, 
 
     monkeypatch.setattr(bench, "train", fake_train)
     with pytest.raises(RuntimeError, match="lane 1: MemoryError: out of memory in lane 1"):
-        bench.lanes_probe(SEED.replace(seed=0), tiny_data, lanes=2)
+        bench.lanes_probe(PAPER.replace(seed=0), tiny_data, lanes=2)
     assert sorted(finished) == [0, 1]  # both lanes ended before the probe returned
 
 

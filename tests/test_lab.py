@@ -7,8 +7,7 @@ import pytest
 from labkit.config import ConfigError, TrainConfig, preset
 from labkit.lab import PROFILES, Lab, RunMissing, depth_runs, get_profile, plan
 from labkit.notebook import get_runs
-from labkit.paper import ABLATIONS as SEED_ABLATIONS
-from labkit.paper import ablation_config as seed_ablation_config
+from labkit.paper import ABLATIONS, ablation_config
 from labkit.runs import RunStore
 
 
@@ -21,7 +20,7 @@ def test_plan_is_valid_and_unique(name):
     notebooks = {nb for nb, _, _ in rows}
     assert notebooks == {"03_depth_limit", "04_ablations", "05_final"}
     abl = {run for nb, run, _ in rows if nb == "04_ablations"}
-    assert abl == {f"ablation-{a.key}" for a in SEED_ABLATIONS}
+    assert abl == {f"ablation-{a.key}" for a in ABLATIONS}
     # seed 0 of everything comes before any further seed
     seeds = [cfg.seed for _, _, cfg in rows]
     first_other = next((i for i, s in enumerate(seeds) if s != 0), len(seeds))
@@ -32,10 +31,10 @@ def test_plan_is_valid_and_unique(name):
 def test_full_profile_is_the_protocol():
     rows = plan("full")
     baseline = next(cfg for _, run, cfg in rows if run == "ablation-baseline" and cfg.seed == 0)
-    assert baseline == seed_ablation_config("baseline") == preset("seed")
-    for a in SEED_ABLATIONS:
+    assert baseline == ablation_config("baseline") == preset("seed")
+    for a in ABLATIONS:
         cfg = next(c for _, run, c in rows if run == f"ablation-{a.key}" and c.seed == 0)
-        assert cfg == seed_ablation_config(a.key)
+        assert cfg == ablation_config(a.key)
         assert cfg.width == 64 and cfg.epochs == 30 and cfg.batch_size == 512
 
 

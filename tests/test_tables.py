@@ -294,19 +294,19 @@ def test_final_table_and_best_vs_seed_numbers_by_hand():
 
 
 def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
-    from labkit.config import MODERN, SEED
+    from labkit.config import MODERN, PAPER
 
-    seed, modern = M.describe_recipe(SEED), M.describe_recipe(MODERN)
+    seed, modern = M.describe_recipe(PAPER), M.describe_recipe(MODERN)
     assert "(3 blocks per stage)" in seed and "the seed's defects: n+1 blocks per stage, softmax before the loss" in seed
     assert "Adam lr 0.001, lr × 0.9 per epoch, batch 512, 30 epochs" in seed and "one view per image" in seed
     assert "corrected network" in modern and "SGD Nesterov lr 0.2" in modern and "tested once with test-time flip" in modern
     assert "all 50,000 training images" in modern and f"{MODERN.epochs} epochs" in modern
-    assert "7x7 stride 2 stem without BN" in M.describe_recipe(SEED.replace(stem="7x7", stem_bn=False))
+    assert "7x7 stride 2 stem without BN" in M.describe_recipe(PAPER.replace(stem="7x7", stem_bn=False))
     assert "cutout 12" in M.describe_recipe(MODERN.replace(cutout=12)) and "2-pixel shifts" in M.describe_recipe(MODERN.replace(tta_translate=2))
     run = lambda c: SimpleNamespace(config=c)  # noqa: E731
-    assert M.views_at_test([run(SEED)]) == "" and M.views_at_test([]) == ""
+    assert M.views_at_test([run(PAPER)]) == "" and M.views_at_test([]) == ""
     assert M.views_at_test([run(MODERN)] * 2) == ", test-time flip"
-    assert M.views_at_test([run(MODERN), run(SEED)]) == ", test-time views differ between runs"
+    assert M.views_at_test([run(MODERN), run(PAPER)]) == ", test-time views differ between runs"
 
 
 def test_code_versions_and_the_data_caveat():

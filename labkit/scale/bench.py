@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import SEED, TrainConfig
+from ..config import PAPER, TrainConfig
 from ..data import NORMS, Dataset, load_cifar10
 from ..model import build_model, flops_per_image
 from ..runs import command_line
@@ -349,7 +349,7 @@ def run_bench(
     compile_mode: str = "",
 ) -> dict:
     device = resolve_device(device_name)
-    cfg = (cfg or SEED).replace(device=device.type)
+    cfg = (cfg or PAPER).replace(device=device.type)
     if compile_mode:
         cfg.replace(compile=compile_mode)  # a bad mode fails now, not after the seed recipe's epochs
     n = len(data.train_y) if not cfg.train_subset else min(cfg.train_subset, len(data.train_y))
@@ -488,7 +488,7 @@ def main_bench(args) -> int:
             f"got {args.accuracy_epochs} and {args.accuracy_seeds}"
         )
     if args.compile:
-        SEED.replace(compile=args.compile)  # a bad mode fails now, not after minutes of benchmark
+        PAPER.replace(compile=args.compile)  # a bad mode fails now, not after minutes of benchmark
     if args.epochs < 2:  # the first epoch of each side is a warm-up, left out of the ratio
         raise ConfigError(f"--epochs must be >= 2 (the first of each side is a warm-up), got {args.epochs}")
     if args.workers < 0:
@@ -507,7 +507,7 @@ def main_bench(args) -> int:
             "CPU it would run for hours. Use --cpu-check for the small CPU check of the benchmark code, or "
             "--allow-cpu if you really mean to time the full benchmark on this CPU (--workers to fit its cores)"
         )
-    cfg, device = SEED, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg, device = PAPER, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.cpu_check:
         import tempfile
 
@@ -516,7 +516,7 @@ def main_bench(args) -> int:
         with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:  # read into memory, then gone
             make_synthetic_cifar10(tmp, per_batch=128)
             data = load_cifar10(tmp, "seed", allow_download=False)
-        cfg, device = SEED.replace(width=8, batch_size=64), torch.device("cpu")
+        cfg, device = PAPER.replace(width=8, batch_size=64), torch.device("cpu")
         epochs = 2
         res = run_bench(data, epochs=epochs, device_name="cpu", workers=0, cfg=cfg, command=args.command)
         res["note"] = "CPU check of the benchmark code on synthetic data and a width-8 net; not a speed figure"
@@ -539,7 +539,7 @@ def main_bench(args) -> int:
         res["lanes"] = []
         for k in sorted({1, *args.probe_lanes}):  # 1 lane measured the same way, evaluation included
             try:
-                res["lanes"].append(lanes_probe(SEED.replace(device="cuda"), data, k))
+                res["lanes"].append(lanes_probe(PAPER.replace(device="cuda"), data, k))
             except Exception as e:  # report, never lose the rest of the benchmark
                 traceback.print_exc()
                 res["lanes"].append({"lanes": k, "error": _error_text(e)})
