@@ -2,12 +2,9 @@
 
     torchrun --nproc_per_node 4 -m labkit train --preset modern --data-dir DIR
 
-torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; `init()` joins them
-in a process group (NCCL on GPUs, gloo on CPUs) and returns the `Group` the training loop
-takes as labkit.train.Hooks(group=...). Every rank draws the global batch as one process
-would and trains on its slice of it, so the run computes what one process would (up to
-rounding), and its id does not change. Rank 0 asks the run store and writes every file; the
-others train beside it (`get`). Without torchrun, or with one process, nothing here runs.
+Every rank draws the global batch as one process would and trains on its slice, so the run
+computes what one process would (up to rounding) under the same id. Rank 0 asks the run store
+and writes every file; the others train beside it (`get`).
 """
 
 from __future__ import annotations
@@ -21,8 +18,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError, TrainConfig
-
-__all__ = ["DistributedBatchNorm2d", "Group", "convert_batchnorm", "get", "init", "shutdown"]
 
 
 def init(device: str = "auto") -> Group | None:
@@ -44,9 +39,8 @@ def shutdown() -> None:
 
 
 class _GlobalMeanLoss(nn.Module):
-    """This rank's summed loss over its slice, times world / global batch: DDP averages
-    gradients over ranks, so theirs is the gradient of the global batch's mean loss, also
-    when the last batch splits unevenly (or leaves a rank nothing)."""
+    """This rank's summed loss times world / global batch: DDP averages gradients over ranks, so theirs
+    is the gradient of the global batch's mean loss, also when a batch splits unevenly (or leaves a rank nothing)."""
 
     def __init__(self, label_smoothing: float, world: int) -> None:
         super().__init__()
@@ -109,9 +103,8 @@ class Group:
 
 
 def get(store, group: Group, cfg: TrainConfig, name: str, data, checkpoint_every: int = 1, **kw):
-    """RunStore.get for every rank: rank 0 asks the store (and says whether the run trains,
-    once its folder is ready); the others then train beside it, resuming from the checkpoint
-    rank 0 has just checked, and read the run once rank 0 has written it."""
+    """RunStore.get for every rank: rank 0 asks the store and says whether the run trains; the others
+    then train beside it (resuming from the checkpoint rank 0 checked) and read the run rank 0 wrote."""
     from ..train import Hooks, train
 
     hooks = Hooks(group=group)
@@ -133,8 +126,7 @@ def get(store, group: Group, cfg: TrainConfig, name: str, data, checkpoint_every
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks, differentiable: the gradient of each rank's input is the sum over
-    ranks of the output's gradients (torch.distributed.nn's all_reduce, now deprecated)."""
+    """Sum over ranks, differentiable (torch.distributed.nn's all_reduce, now deprecated)."""
 
     @staticmethod
     def forward(ctx, t: Tensor) -> Tensor:
@@ -150,15 +142,9 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class DistributedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch, across ranks.
-
-    What torch.nn.SyncBatchNorm does, for gloo as well as NCCL (SyncBatchNorm runs on CUDA
-    only): one all-reduce of the per-channel sum, sum of squares and count. The all-reduce
-    is differentiable, so the backward pass sums the statistics' gradients over ranks too.
-    Running statistics are updated as BatchNorm2d does (unbiased variance), from the global
-    batch; a rank whose slice of the batch is empty still takes part. Outside training, or
-    without a process group, it is a plain BatchNorm2d.
-    """
+    """BatchNorm2d over the global batch across ranks: torch.nn.SyncBatchNorm for gloo too (that one is
+    CUDA only), with one differentiable all-reduce of the per-channel sum, sum of squares and count. A
+    rank with an empty slice still takes part; outside training or a process group, plain BatchNorm2d."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
@@ -190,18 +176,9 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """Every nn.BatchNorm2d in `module` replaced, in place, by a DistributedBatchNorm2d with
-    the same parameters and buffers (same state_dict keys: checkpoints move freely between
-    single-process and distributed runs). Returns `module`."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            new = DistributedBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            state = list(child.state_dict().values())
-            if state:
-                new.to(state[0].device)
-            new.train(child.training)
-            setattr(module, name, new)
-        else:
-            convert_batchnorm(child)
+    """Every nn.BatchNorm2d in `module` made a DistributedBatchNorm2d, in place: the same parameters and
+    buffers (checkpoints move freely between single-process and distributed runs). Returns `module`."""
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = DistributedBatchNorm2d  # only forward differs
     return module
