@@ -80,6 +80,26 @@ def test_sweep_trains_in_order_then_caches(tmp_path, tiny_data):
     assert [j.status for j in again] == ["cached", "cached"]
 
 
+def test_lanes_train_side_by_side_and_raise_a_lanes_error_once_all_have_ended(tmp_path, tiny_data, monkeypatch):
+    # Lanes share a GPU, so on a CPU sweep runs one; here two lanes run as threads on the CPU
+    # (no CUDA streams), the path the GPU takes around them.
+    from labkit.data import DataError
+    from labkit.scale import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "lanes_used", lambda jobs, lanes: (lanes, ""))
+    store = RunStore(tmp_path / "runs")
+    base = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, epochs=1, seed_extra_block=False)
+    jobs = [(n, base.replace(seed=i)) for i, n in enumerate("abc")]
+    done = sweep(jobs, store, lambda split, val: tiny_data, lanes=2, log=None)
+    assert [j.status for j in done] == ["done"] * 3 and {j.lane for j in done} <= {0, 1}
+
+    def unreadable(split, val):
+        raise DataError("no data here")
+
+    with pytest.raises(DataError, match="no data here"):
+        sweep([("d", base.replace(seed=3))], store, unreadable, lanes=2, log=None)
+
+
 def test_sweep_skips_what_cannot_finish_by_the_deadline(tmp_path, tiny_data):
     store = RunStore(tmp_path / "runs")
     cfg = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, epochs=50, seed_extra_block=False)

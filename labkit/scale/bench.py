@@ -1,14 +1,7 @@
-"""Speed benchmark: the seed's recipe as the seed wrote it, beside labkit's path, in one process.
-
-    python -m labkit bench --data-dir DIR [--epochs 3] [--out benchmarks/results/x.json]
-    python -m labkit bench --cpu-check            # a small check of the code on a CPU
-
-The seed recipe: the seed's network (both defects), HWC uint8 images through torchvision's CPU
-transforms (RandomCrop(32, 4), RandomHorizontalFlip, ToTensor, Normalize) in a DataLoader with 8
-workers, Adam, fp32, batch 512. labkit: the same network, batch and augmentation through
-labkit.train (data on the device, GPU crop/flip, bf16, channels_last, CUDA-graphed step, fused
-Adam). Epoch times leave out evaluation; each side's first epoch is a warm-up (worker start,
-cuDNN tuning, graph capture), reported but left out of the ratio.
+"""Speed benchmark (`labkit bench`): the seed's recipe as the seed wrote it (CPU transforms in a
+DataLoader, fp32, Adam) beside labkit's path on the same network and batch (data on the device, bf16,
+channels_last, CUDA-graphed step, fused Adam), in one process. Epoch times leave out evaluation; each
+side's first epoch is a warm-up (worker start, cuDNN tuning, graph capture), left out of the ratio.
 """
 
 from __future__ import annotations
@@ -44,9 +37,8 @@ class _SeedDataset(torch.utils.data.Dataset):
         self.x = x_u8_chw.permute(0, 2, 3, 1).numpy()  # [N, 32, 32, 3]
         self.y = y.numpy()
         mean, std = NORMS[norm]
-        self.tf = T.Compose(
-            [T.ToPILImage(), T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
-        )
+        self.tf = T.Compose([T.ToPILImage(), T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                             T.Normalize(mean, std)])
 
     def __len__(self) -> int:
         return len(self.y)
@@ -60,9 +52,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seed_recipe(
-    cfg: TrainConfig, data: Dataset, epochs: int, device: torch.device, workers: int = 8
-) -> tuple[list[float], nn.Module]:
+def seed_recipe(cfg: TrainConfig, data: Dataset, epochs: int, device: torch.device,
+                workers: int = 8) -> tuple[list[float], nn.Module]:
     """Train as the seed did (fp32, CPU transforms, DataLoader, Adam, lr x decay_rate after each epoch);
     returns the seconds of each training epoch and the trained network."""
     torch.manual_seed(cfg.seed)
@@ -72,12 +63,8 @@ def seed_recipe(
     loss_fn = nn.CrossEntropyLoss()
     n = cfg.train_subset or None
     loader = torch.utils.data.DataLoader(
-        _SeedDataset(data.train_x[:n], data.train_y[:n], cfg.norm),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
+        _SeedDataset(data.train_x[:n], data.train_y[:n], cfg.norm), batch_size=cfg.batch_size, shuffle=True,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )
     times = []
     for _ in range(epochs):
@@ -97,16 +84,8 @@ def seed_recipe(
     return times, model
 
 
-def accuracy_check(
-    cfg: TrainConfig,
-    data: Dataset,
-    epochs: int,
-    seeds: int,
-    device: torch.device,
-    workers: int = 8,
-    store=None,
-    name: str = "ablation-baseline",
-) -> dict:
+def accuracy_check(cfg: TrainConfig, data: Dataset, epochs: int, seeds: int, device: torch.device, workers: int = 8,
+                   store=None, name: str = "ablation-baseline") -> dict:
     """Validation accuracy after `epochs` epochs of the seed recipe and of labkit's path, seeds 0..`seeds`-1
     a side, compared (compare_accuracies). labkit's side is `store`'s runs named `name` where it holds them
     (the lab's own baseline runs), else trained (into `store`, if given)."""
@@ -153,18 +132,10 @@ def compare_accuracies(ours: list[float], theirs: list[float]) -> dict:
         "labkit": {"mean": a.mean, "sd": a.sd},
         "seed_recipe": {"mean": b.mean, "sd": b.sd},
         "difference": {"labkit_minus_seed": d.diff, "ci95": [d.lo, d.hi]},
-        "noise": {"pooled_sd": pooled, "difference_within_it": None if math.isnan(pooled) else bool(abs(d.diff) <= pooled)},
+        "noise": {"pooled_sd": pooled,
+                  "difference_within_it": None if math.isnan(pooled) else bool(abs(d.diff) <= pooled)},
         "verdict": verdict,
     }
-
-
-def _attempt(fn, *args, **kwargs) -> dict:
-    """fn's record, or its error's: a part of the benchmark that fails never costs the others."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as e:
-        traceback.print_exc()
-        return {"error": f"{type(e).__name__}: {str(e)[:500]}"}
 
 
 def labkit_epoch_times(cfg: TrainConfig, data: Dataset, epochs: int) -> tuple[list[float], dict]:
@@ -240,7 +211,8 @@ def op_kind(name: str) -> str:
 
 
 def _eager_step(cfg: TrainConfig, data: Dataset, device: torch.device):
-    """One eager training step of labkit's path (crop/flip, normalise, forward, backward, optimiser), and its batch."""
+    """A function running one eager step of labkit's path (crop/flip, normalise, forward, backward,
+    optimiser), and its batch size."""
     from ..data import augment
     from ..step import Stepper, autocast_dtype, make_optimizer, prep
 
@@ -249,7 +221,8 @@ def _eager_step(cfg: TrainConfig, data: Dataset, device: torch.device):
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model, device)
-    stepper = Stepper(model, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), cfg, device, autocast_dtype(cfg, device))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    stepper = Stepper(model, loss_fn, cfg, device, autocast_dtype(cfg, device))
     x, y = data.train_x.to(device), data.train_y.to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     b = min(cfg.batch_size, len(y))
@@ -263,9 +236,9 @@ def _eager_step(cfg: TrainConfig, data: Dataset, device: torch.device):
 
 
 def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int = 5) -> dict:
-    """Each aten op's self time per step over `steps` eager steps of labkit's path, summed by kind (OP_KINDS):
-    device time on a GPU, CPU time on a CPU. Eager, because a replayed CUDA graph hides its kernels from the
-    profiler; the graph removes launch gaps, not the kernels' own time."""
+    """Each aten op's self time per step over `steps` eager steps of labkit's path, summed by kind
+    (OP_KINDS): device time on a GPU, CPU time on a CPU. Eager, because a replayed CUDA graph hides its
+    kernels from the profiler; the graph removes launch gaps, not the kernels' own time."""
     from torch.profiler import ProfilerActivity, profile
 
     if steps < 1 or warmup < 0:
@@ -282,7 +255,7 @@ def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int
             step()
         _sync(device)
     wall = time.perf_counter() - t0
-    rows = []  # (aten op, ms per step, calls per step): aten ops are named alike on CPU and GPU
+    rows = []  # (op, ms per step, calls per step) of aten ops, named alike on CPU and GPU
     for e in prof.key_averages():
         us = e.self_device_time_total if on_gpu else e.self_cpu_time_total
         if e.key.startswith("aten::") and us > 0:
@@ -299,7 +272,8 @@ def step_breakdown(cfg: TrainConfig, data: Dataset, steps: int = 20, warmup: int
         "steps": steps,
         "wall_ms_per_step_profiled": 1000 * wall / steps,
         "op_ms_per_step": total,
-        "kinds": {k: {"ms_per_step": v, "share": v / total if total else None} for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "kinds": {k: {"ms_per_step": v, "share": v / total if total else None}
+                  for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top_ops": [{"op": n, "ms_per_step": ms, "calls_per_step": c} for n, ms, c in rows[:15]],
     }
 
@@ -321,97 +295,91 @@ def bf16_peak_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> flo
     return 2 * n**3 * reps / (start.elapsed_time(end) / 1000) / 1e12
 
 
-def _side(res: dict, times: list[float], **about) -> dict:
-    """One side's record: its epoch times, the steady epoch (median after the warm-up), rates."""
+def _side(res: dict, times: list[float], summary: dict | None = None, **about) -> dict:
+    """One side's record: its epoch times, the steady epoch (median after the warm-up), its rates, and
+    from labkit's run summary, how it trained."""
     steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
     images_per_s = res["train_images_per_epoch"] / steady
     tflops = res["train_gflop_per_image"] * images_per_s / 1e3
     peak = res["bf16_peak_tflops_measured"]
+    if summary is not None:
+        about = {k: summary[k] for k in ("precision", "step_mode", "graph_fallback")}
     return {"epoch_seconds": times, "steady_epoch_seconds": steady, "images_per_s": images_per_s, **about,
             "achieved_tflops": tflops, "share_of_bf16_peak": tflops / peak if peak else None}
 
 
-def _modes(summary: dict) -> dict:
-    return {k: summary[k] for k in ("precision", "step_mode", "graph_fallback")}
-
-
-def run_bench(
-    data: Dataset,
-    epochs: int = 3,
-    device_name: str = "auto",
-    workers: int = 8,
-    cfg: TrainConfig | None = None,
-    command: str = "",
-    compile_mode: str = "",
-) -> dict:
-    """The speed record: each side's epoch times and rates, and labkit's speed-up (compiled too, with `compile_mode`)."""
+def run_bench(data: Dataset, epochs: int = 3, device_name: str = "auto", workers: int = 8,
+              cfg: TrainConfig | None = None, command: str = "") -> dict:
+    """The speed record: each side's epoch times and rates, and labkit's speed-up over the seed recipe."""
     device = resolve_device(device_name)
     cfg = (cfg or SEED).replace(device=device.type)
-    if compile_mode:
-        cfg.replace(compile=compile_mode)  # a bad mode fails now, not after the seed recipe's epochs
     res = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command or command_line(),
         "device": machine_name(device),
         "versions": {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__},
         "data": data.source.get("description"),
-        "network": {"lays": list(cfg.lays), "seed_extra_block": cfg.seed_extra_block, "softmax_head": cfg.softmax_head, "width": cfg.width},
+        "network": {"lays": list(cfg.lays), "seed_extra_block": cfg.seed_extra_block,
+                    "softmax_head": cfg.softmax_head, "width": cfg.width},
         "batch_size": cfg.batch_size,
         "train_images_per_epoch": min(cfg.train_subset or len(data.train_y), len(data.train_y)),
         "train_gflop_per_image": flops_per_image(build_model(cfg)) / 1e9,
         "bf16_peak_tflops_measured": bf16_peak_tflops(device),
     }
-    res["seed_recipe"] = _side(res, seed_recipe(cfg, data, epochs, device, workers)[0], precision="fp32", loader_workers=workers)
-    times, summary = labkit_epoch_times(cfg, data, epochs)
-    res["labkit"] = _side(res, times, **_modes(summary))
+    seed_times = seed_recipe(cfg, data, epochs, device, workers)[0]
+    res["seed_recipe"] = _side(res, seed_times, precision="fp32", loader_workers=workers)
+    res["labkit"] = _side(res, *labkit_epoch_times(cfg, data, epochs))
     res["speedup"] = res["seed_recipe"]["steady_epoch_seconds"] / res["labkit"]["steady_epoch_seconds"]
-    if compile_mode:
-        add_compiled(res, cfg, data, epochs, compile_mode)
     return res
 
 
+def _attempt(fn, *args, **kwargs) -> dict:
+    """fn's record, or its error's: a part of the benchmark that fails never costs the others."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:
+        traceback.print_exc()
+        return {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+
 
 def add_compiled(res: dict, cfg: TrainConfig, data: Dataset, epochs: int, compile_mode: str) -> None:
-    """labkit's path under torch.compile into a run_bench record (`labkit_compiled`, `speedup_compiled`),
-    timed last: it has never run on the GPU the benchmark is for, so its failure is recorded, not raised."""
-
-    def side() -> dict:
-        times, summary = labkit_epoch_times(cfg.replace(compile=compile_mode), data, epochs)
-        return _side(res, times, **_modes(summary))  # the first epoch includes compiling
-
-    c = res["labkit_compiled"] = {"compile": compile_mode, **_attempt(side)}
+    """labkit's path under torch.compile into a run_bench record (`labkit_compiled`, `speedup_compiled`);
+    timed last, as it has never run on the GPU the benchmark is for: its failure is recorded, not raised."""
+    compiled = _attempt(lambda: _side(res, *labkit_epoch_times(cfg.replace(compile=compile_mode), data, epochs)))
+    c = res["labkit_compiled"] = {"compile": compile_mode, **compiled}  # its first epoch includes compiling
     if "error" not in c:
         res["speedup_compiled"] = res["seed_recipe"]["steady_epoch_seconds"] / c["steady_epoch_seconds"]
 
 
 def format_bench(res: dict) -> str:
-    a, b = res["seed_recipe"], res["labkit"]
+    a, b, c = res["seed_recipe"], res["labkit"], res.get("labkit_compiled", {})
     lines = [
-        f"device {res['device']}  data: {res['data']}  batch {res['batch_size']}  {res['train_images_per_epoch']} images/epoch",
+        f"device {res['device']}  data: {res['data']}  batch {res['batch_size']}  "
+        f"{res['train_images_per_epoch']} images/epoch",
         f"{'':12s} {'s/epoch':>9s} {'img/s':>9s} {'TFLOP/s':>9s} {'of peak':>8s}",
     ]
-    c = res.get("labkit_compiled", {})
     for name, s in [("seed recipe", a), ("labkit", b)] + ([("+compile", c)] if c and "error" not in c else []):
         share = f"{100 * s['share_of_bf16_peak']:.1f}%" if s["share_of_bf16_peak"] else "-"
-        lines.append(f"{name:12s} {s['steady_epoch_seconds']:9.3f} {s['images_per_s']:9.0f} {s['achieved_tflops']:9.2f} {share:>8s}")
+        lines.append(f"{name:12s} {s['steady_epoch_seconds']:9.3f} {s['images_per_s']:9.0f} "
+                     f"{s['achieved_tflops']:9.2f} {share:>8s}")
     lines.append(f"speedup labkit / seed recipe: {res['speedup']:.2f}x  (labkit step: {b['step_mode']})")
     if "speedup_compiled" in res:
-        lines.append(
-            f"speedup labkit+compile({c['compile']}) / seed recipe: {res['speedup_compiled']:.2f}x  "
-            f"(first epoch with compiling: {c['epoch_seconds'][0]:.1f}s)"
-        )
+        lines.append(f"speedup labkit+compile({c['compile']}) / seed recipe: {res['speedup_compiled']:.2f}x  "
+                     f"(first epoch with compiling: {c['epoch_seconds'][0]:.1f}s)")
     if "error" in c:
         lines.append(f"labkit+compile({c['compile']}) failed: {c['error']}")
     k = res.get("breakdown", {})
     if "error" in k:
         lines.append(f"step breakdown failed: {k['error']}")
     elif k:
-        lines.append(f"labkit step, eager, by kind of op ({k['time']}, {k['op_ms_per_step']:.2f} ms per step of {k['batch_size']}):")
+        lines.append(f"labkit step, eager, by kind of op ({k['time']}, {k['op_ms_per_step']:.2f} ms per step "
+                     f"of {k['batch_size']}):")
         lines += [f"  {name:38s} {v['ms_per_step']:8.2f} ms  {100 * v['share']:5.1f}%" for name, v in k["kinds"].items()]
     if "accuracy" in res:
         lines += _format_accuracy(res["accuracy"])
     for p in res.get("lanes", []):
-        lines.append(f"  {p['lanes']} lane(s) side by side: " + (f"{p['total_images_per_s']:.0f} img/s in total" if "error" not in p else p["error"]))
+        done = p["error"] if "error" in p else f"{p['total_images_per_s']:.0f} img/s in total"
+        lines.append(f"  {p['lanes']} lane(s) side by side: {done}")
     return "\n".join(lines)
 
 
@@ -426,14 +394,15 @@ def _format_accuracy(a: dict) -> list[str]:
     if z.get("difference_within_it") is not None:
         within = z["difference_within_it"]
         lines.append(
-            f"  |difference| {100 * abs(d['labkit_minus_seed']):.2f} points {'<=' if within else '>'} the run-to-run SD"
-            f" of one run (pooled, {100 * z['pooled_sd']:.2f} points): {'within' if within else 'beyond'} run-to-run noise"
+            f"  |difference| {100 * abs(d['labkit_minus_seed']):.2f} points {'<=' if within else '>'} the run-to-run"
+            f" SD of one run (pooled, {100 * z['pooled_sd']:.2f} points): {'within' if within else 'beyond'}"
+            " run-to-run noise"
         )
     return lines
 
 
 def _check_args(args) -> None:
-    """Every option checked, and a benchmark on a CPU refused unless asked for, before any work."""
+    """Every option, and a benchmark on a CPU unless asked for, refused before any work."""
     check_writable(args.out, "--out")
     for wrong, message in [
         (args.accuracy_epochs < 0 or args.accuracy_seeds < 2,
@@ -443,7 +412,8 @@ def _check_args(args) -> None:
         (args.workers < 0, f"--workers must be >= 0 (DataLoader workers of the seed recipe), got {args.workers}"),
         (any(k < 1 for k in args.probe_lanes), f"--probe-lanes takes lane counts >= 1, got {args.probe_lanes}"),
         (args.breakdown_steps < 0, f"--breakdown-steps must be >= 0 (0 = off), got {args.breakdown_steps}"),
-        (args.accuracy_runs and not args.accuracy_epochs, "--accuracy-runs needs --accuracy-epochs (the accuracy check is off without it)"),
+        (args.accuracy_runs and not args.accuracy_epochs,
+         "--accuracy-runs needs --accuracy-epochs (the accuracy check is off without it)"),
         # The seed's width-64 network over 40,000 images, several epochs a side: hours on a CPU.
         (not (args.cpu_check or args.allow_cpu or torch.cuda.is_available()),
          "torch sees no CUDA GPU: the benchmark times the seed's full network and data on a GPU, and on a "

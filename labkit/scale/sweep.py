@@ -1,15 +1,5 @@
-"""Run many configurations: in priority order, side by side on a GPU, inside a time budget.
-
-Each lane is a thread with its own CUDA stream (and GPU, round-robin, where there are several):
-small nets leave a GPU partly idle, so two or three lanes can raise throughput (`labkit bench`
-measures it). With `workers`, that many processes share the jobs instead, each bound to one GPU
-or to the CPU, each with its own lanes: no GIL between them, and one run's CUDA error touches no
-other. A job that cannot finish before the deadline (by the rate measured so far, or
-`rate_guess`) is skipped; one that overruns stops at an epoch boundary, unfinished.
-
-    python -m labkit sweep --profile full --data-dir DIR --lanes 2 --budget-s 500
-    python -m labkit sweep --profile full --data-dir DIR --workers 8   # 8 GPUs, one each
-"""
+"""Many runs in priority order inside a time budget, side by side in lanes (threads with a CUDA stream
+each: small nets leave a GPU partly idle) or in worker processes, one per GPU (labkit.scale.workers)."""
 
 from __future__ import annotations
 
@@ -18,15 +8,13 @@ import datetime
 import functools
 import json
 import math
-import multiprocessing
 import os
-import pickle
 import platform
-import queue
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +25,10 @@ from ..data import Dataset
 from ..model import run_gflop
 from ..runs import RunStore, atomic_write_text, check_writable, code_version
 from ..train import Hooks, device_name
+from .workers import run_workers
 
 STATUSES = ("done", "cached", "skipped", "stopped", "failed")
+Jobs = list[tuple[str, TrainConfig]]  # (run name, config), in priority order
 
 
 class Deadline(Exception):
@@ -118,9 +108,51 @@ GPU_GATE = GpuGate()
 LANE_HOOKS = Hooks(between_steps=GPU_GATE.pause_point, alone=GPU_GATE.exclusive)
 
 
+def sweep(jobs: Jobs, store: RunStore, data: Callable[[str, int], Dataset], lanes: int = 1,
+          deadline: float | None = None, rate_guess: float | None = None, checkpoint_every: int = 1,
+          log: Callable[[str], None] | None = print, workers: int = 0) -> list[Job]:
+    """Train every job not yet finished in `store`, in order, on `lanes` threads; returns the jobs as they ended.
+
+    data: (split, val_size) -> Dataset, read once per split in each process. deadline: time.time() by which
+    every run must have ended: a job that cannot (at the rate measured so far, or `rate_guess` GFLOP/s a
+    lane) is skipped, one that overruns stops at an epoch's end. workers: N processes, each with `lanes`
+    lanes, to which `data` and `log` must pickle (module-level functions, partials)."""
+    if lanes > 1 and any(c.compile for _, c in jobs):
+        # torch.compile is not thread-safe: lanes would compile at once (several processes may).
+        raise ConfigError("compile with lanes > 1: torch.compile is not thread-safe; use one lane, or --workers for "
+                          "processes")
+    todo = [Job(n, c) for n, c in jobs]
+    for j in todo:
+        found = store.find(j.cfg, j.name)
+        if found is not None and found.finished:
+            j.status = "cached"
+    on_gpu = _on_gpu(jobs)
+    lanes_of = functools.partial(_Lanes, store, data, lanes_used(jobs, lanes)[0], deadline, rate_guess,
+                                 checkpoint_every, log, on_gpu)  # it pickles, for worker processes
+    if not workers:
+        return lanes_of(todo).run()
+    if any(j.status == "pending" for j in todo):  # no process started for nothing
+        run_workers(lanes_of, todo, workers, torch.cuda.device_count() if on_gpu else 0)
+    return todo
+
+
+def _on_gpu(jobs: Jobs) -> bool:
+    return torch.cuda.is_available() and all(c.device in ("auto", "cuda") for _, c in jobs)
+
+
+def lanes_used(jobs: Jobs, lanes: int) -> tuple[int, str]:
+    """The lanes `sweep` runs (in each process) when asked for `lanes`, and why fewer ('' if not):
+    lanes share a GPU, so without one, or with a run set to the CPU, runs train one at a time."""
+    if lanes <= 1 or _on_gpu(jobs):
+        return max(1, lanes), ""
+    why = "no CUDA GPU here" if not torch.cuda.is_available() else "a run is set to device cpu"
+    return 1, f"{why}, and lanes share a GPU: runs train one at a time"
+
+
 @dataclass
-class _Plan:
-    """What every lane of every process is told (it pickles, for worker processes)."""
+class _Lanes:
+    """One process's lanes over `todo`. gpu: every lane's GPU (else lane i % GPUs); claim(i): whether
+    this process may take job i (no other worker process has); worker: this process's number."""
 
     store: RunStore
     data: Callable[[str, int], Dataset]
@@ -130,63 +162,13 @@ class _Plan:
     checkpoint_every: int
     log: Callable[[str], None] | None
     on_gpu: bool
+    todo: list[Job]
+    gpu: int | None = None
+    claim: Callable[[int], bool] | None = None
+    worker: int = -1
 
-
-def sweep(
-    jobs: list[tuple[str, TrainConfig]],
-    store: RunStore,
-    data: Callable[[str, int], Dataset],
-    lanes: int = 1,
-    deadline: float | None = None,
-    rate_guess: float | None = None,
-    checkpoint_every: int = 1,
-    log: Callable[[str], None] | None = print,
-    workers: int = 0,
-) -> list[Job]:
-    """Train every job not yet finished in `store`, in order, on `lanes` threads; returns the jobs as they ended.
-
-    data: (split, val_size) -> Dataset, called once per split in each process. deadline: time.time() by
-    which every run must have ended (None: no limit). rate_guess: GFLOP/s of one lane until a run has
-    measured it. workers: N worker processes (GPU i % GPUs each, or the CPU), each with `lanes` lanes;
-    `data` and `log` then go to them, so they must pickle (module-level functions, partials).
-    """
-    if lanes > 1 and any(c.compile for _, c in jobs):
-        # torch.compile is not thread-safe: lanes would compile at once (several processes may).
-        raise ConfigError("compile with lanes > 1: torch.compile is not thread-safe; use one lane, or --workers for processes")
-    todo = [Job(n, c) for n, c in jobs]
-    for j in todo:
-        found = store.find(j.cfg, j.name)
-        if found is not None and found.finished:
-            j.status = "cached"
-    plan = _Plan(store, data, lanes_used(jobs, lanes)[0], deadline, rate_guess, checkpoint_every, log, _on_gpu(jobs))
-    if not workers:
-        return _Lanes(plan, todo).run()
-    if any(j.status == "pending" for j in todo):  # no process started for nothing
-        _sweep_workers(plan, todo, workers)
-    return todo
-
-
-def _on_gpu(jobs: list[tuple[str, TrainConfig]]) -> bool:
-    return torch.cuda.is_available() and all(c.device in ("auto", "cuda") for _, c in jobs)
-
-
-def lanes_used(jobs: list[tuple[str, TrainConfig]], lanes: int) -> tuple[int, str]:
-    """The lanes `sweep` runs (in each process) when asked for `lanes`, and why fewer ('' if not):
-    lanes share a GPU, so without one, or with a run set to the CPU, runs train one at a time."""
-    if lanes <= 1 or _on_gpu(jobs):
-        return max(1, lanes), ""
-    why = "no CUDA GPU here" if not torch.cuda.is_available() else "a run is set to device cpu"
-    return 1, f"{why}, and lanes share a GPU: runs train one at a time"
-
-
-class _Lanes:
-    """The lanes of one process. gpu: every lane's GPU (else lane i % GPUs); claim(i): whether this
-    process may take job i (no other worker process has); worker: this process's number."""
-
-    def __init__(self, plan: _Plan, todo: list[Job], gpu: int | None = None,
-                 claim: Callable[[int], bool] | None = None, worker: int = -1) -> None:
-        self.p, self.todo, self.gpu, self.claim, self.worker = plan, todo, gpu, claim, worker
-        self.n_gpus = torch.cuda.device_count() if plan.on_gpu else 0
+    def __post_init__(self) -> None:
+        self.n_gpus = torch.cuda.device_count() if self.on_gpu else 0
         self.cache: dict[tuple[str, int], Dataset] = {}
         self.lock = threading.RLock()
         self.measured: list[tuple[float, float]] = []  # (work, seconds) of finished runs
@@ -195,21 +177,16 @@ class _Lanes:
         key = (cfg.split, cfg.val_size)
         with self.lock:
             if key not in self.cache:
-                self.cache[key] = self.p.data(*key)
+                self.cache[key] = self.data(*key)
             return self.cache[key]
-
-    def rate(self) -> float | None:
-        if self.measured:
-            return sum(w for w, _ in self.measured) / sum(s for _, s in self.measured)
-        return self.p.rate_guess
 
     def skip(self, j: Job, why: str) -> None:
         j.status = "skipped"
-        if self.p.log:
-            self.p.log(f"skip {j.name} seed {j.cfg.seed}: {why}")
+        if self.log:
+            self.log(f"skip {j.name} seed {j.cfg.seed}: {why}")
 
     def next_job(self, lane: int) -> Job | None:
-        deadline = self.p.deadline
+        deadline = self.deadline
         with self.lock:
             for i, j in enumerate(self.todo):
                 if j.status != "pending" or (self.claim is not None and not self.claim(i)):
@@ -222,7 +199,8 @@ class _Lanes:
                 d = self.dataset(j.cfg)
                 n = min(j.cfg.train_subset or len(d.train_y), len(d.train_y))
                 j.work = run_gflop(j.cfg, n, len(d.val_y) + len(d.test_y) // j.cfg.epochs)
-                r = self.rate()
+                ran = self.measured  # GFLOP/s of this process's lanes so far, else the guess
+                r = sum(w for w, _ in ran) / sum(s for _, s in ran) if ran else self.rate_guess
                 if deadline is not None and r and time.time() + j.work / r > deadline:
                     self.skip(j, f"needs ~{j.work / r:.0f}s, {deadline - time.time():.0f}s left")
                     continue
@@ -232,39 +210,39 @@ class _Lanes:
 
     def stop_at_deadline(self, history: list[dict], epochs: int) -> None:
         # Not after the last epoch: its weights are trained, only the test and summary remain.
-        if self.p.deadline is not None and len(history) < epochs and time.time() > self.p.deadline:
+        if self.deadline is not None and len(history) < epochs and time.time() > self.deadline:
             raise Deadline(f"time budget ran out after epoch {len(history)}")
 
     def train(self, j: Job) -> None:
-        p, t0 = self.p, time.time()
+        t0 = time.time()
         try:
             with GPU_GATE.shared():
-                p.store.get(j.cfg, j.name, self.dataset(j.cfg), checkpoint_every=p.checkpoint_every, progress=False,
-                            log=None, on_epoch=functools.partial(self.stop_at_deadline, epochs=j.cfg.epochs),
-                            hooks=LANE_HOOKS)
+                self.store.get(j.cfg, j.name, self.dataset(j.cfg), checkpoint_every=self.checkpoint_every,
+                               progress=False, log=None, hooks=LANE_HOOKS,
+                               on_epoch=functools.partial(self.stop_at_deadline, epochs=j.cfg.epochs))
             j.status = "done"
         except Deadline as e:
             j.status, j.error = "stopped", str(e)
         except Exception as e:  # one bad run must not end the sweep
             j.status, j.error = "failed", f"{type(e).__name__}: {e}"
-            if p.log:
-                p.log(traceback.format_exc())
+            if self.log:
+                self.log(traceback.format_exc())
         j.seconds = time.time() - t0
         if j.status == "done":
             with self.lock:
                 self.measured.append((j.work, j.seconds))
-        if p.log:
-            r = p.store.find(j.cfg, j.name)
+        if self.log:
+            r = self.store.find(j.cfg, j.name)
             acc = (r.summary or {}).get("test_acc") if r else None
             where = f"worker {self.worker} lane {j.lane}" if self.worker >= 0 else f"lane {j.lane}"
-            p.log(
-                f"[{where}] {j.status:7s} {p.store.run_id(j.cfg, j.name)} seed {j.cfg.seed}  {j.seconds:6.1f}s"
+            self.log(
+                f"[{where}] {j.status:7s} {self.store.run_id(j.cfg, j.name)} seed {j.cfg.seed}  {j.seconds:6.1f}s"
                 + (f"  test_acc {acc:.4f}" if acc is not None else "") + (f"  {j.error}" if j.error else "")
             )
 
     def lane(self, lane: int) -> None:
         stream_ctx = None
-        if self.p.on_gpu:
+        if self.on_gpu:
             torch.cuda.set_device(lane % self.n_gpus if self.gpu is None else self.gpu)  # per thread
             stream_ctx = torch.cuda.stream(torch.cuda.Stream())
             stream_ctx.__enter__()
@@ -278,100 +256,20 @@ class _Lanes:
                 stream_ctx.__exit__(None, None, None)
 
     def run(self) -> list[Job]:
-        if self.p.lanes == 1:
+        if self.lanes == 1:
             self.lane(0)
             return self.todo
-        errors: list[Exception] = []
-
-        def lane(i: int) -> None:
-            try:
-                self.lane(i)
-            except Exception as e:  # the data could not be read, say: raised below, as with one lane
-                errors.append(e)
-
-        threads = [threading.Thread(target=lane, args=(i,), name=f"lane{i}") for i in range(self.p.lanes)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        with ThreadPoolExecutor(self.lanes, thread_name_prefix="lane") as pool:
+            ended = [pool.submit(self.lane, i) for i in range(self.lanes)]
+        for f in ended:
+            f.result()  # a lane's error (the data could not be read, say), raised once all have ended
         return self.todo
 
 
-def _claim(taken, i: int) -> bool:
-    with taken.get_lock():
-        if taken[i]:
-            return False
-        taken[i] = 1
-        return True
-
-
-def _worker_main(plan: _Plan, todo: list[Job], worker: int, gpu: int | None, cpu_threads: int, taken, results) -> None:
-    """One worker process: its lanes take the jobs nobody has claimed; it reports the ones it took."""
-    if gpu is None:
-        torch.set_num_threads(cpu_threads)  # N processes x all cores each would thrash
-    error = None
-    try:
-        _Lanes(plan, todo, gpu, functools.partial(_claim, taken), worker).run()
-    except Exception as e:  # e.g. the data cannot be read: the parent raises it, as without workers
-        error = e
-        try:
-            pickle.dumps(e)
-        except Exception:
-            error = RuntimeError(f"{type(e).__name__}: {e}")
-    finally:  # whatever happened, say which jobs this worker took and how they ended
-        results.put((worker, [(i, j) for i, j in enumerate(todo) if j.worker == worker], error))
-
-
-def _sweep_workers(plan: _Plan, todo: list[Job], workers: int) -> None:
-    # spawn, not fork: a forked child of a process that has touched CUDA (or holds threads)
-    # cannot use CUDA; and notebooks run this too.
-    ctx = multiprocessing.get_context("spawn")
-    taken = ctx.Array("b", len(todo))  # 1 = a worker took job i
-    results = ctx.Queue()
-    n_gpus = torch.cuda.device_count() if plan.on_gpu else 0
-    cpu_threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [
-        ctx.Process(target=_worker_main, name=f"labkit-sweep-{w}",
-                    args=(plan, todo, w, w % n_gpus if n_gpus else None, cpu_threads, taken, results))
-        for w in range(workers)
-    ]
-    for p in procs:
-        p.start()
-    reports: dict[int, list] = {}
-    errors: list[Exception] = []
-    while len(reports) < len(procs):
-        alive = any(p.is_alive() for p in procs)
-        try:
-            w, done, error = results.get(timeout=1.0 if alive else 0.5)
-        except queue.Empty:
-            if alive:
-                continue
-            break  # every worker has ended, one without reporting
-        reports[w] = done
-        if error is not None:
-            errors.append(error)
-    for p in procs:
-        p.join()
-    if errors:
-        raise errors[0]
-    for done in reports.values():
-        for i, j in done:
-            todo[i] = j
-    for i, j in enumerate(todo):
-        if j.status in ("pending", "running"):
-            j.status, j.error = "failed", "its worker process died" if taken[i] else "no worker took it: every worker process ended first"
-
-
 def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -> dict:
-    """Lanes and compile mode for a sweep of `epochs`-epoch runs, from a `labkit bench` result:
-    {"lanes", "compile", "rate_gflops" (one lane's, for skipping at a deadline), "why"}.
-
-    Each option is measured against one plain lane: k lanes side by side (the bench's lanes probe),
-    or one lane compiled (its steady epoch plus its extra warm-up over `epochs`: every run compiles
-    anew). The best wins if it gains `min_gain`; never both, as the probe ran uncompiled.
-    """
+    """Lanes and compile mode for sweeping `epochs`-epoch runs, from a `labkit bench` result: {"lanes", "compile",
+    "rate_gflops" (one lane's), "why"}. k lanes (its lanes probe) or one compiled lane (extra warm-up spread over
+    `epochs`) win if they gain `min_gain` over one plain lane; never both, as the probe ran uncompiled."""
     try:
         n, gflop, plain = bench["train_images_per_epoch"], bench["train_gflop_per_image"], bench["labkit"]
         plain_s, plain_first = plain["steady_epoch_seconds"], plain["epoch_seconds"][0]
@@ -382,11 +280,13 @@ def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
             raise ConfigError(f"not a `labkit bench` result: {key} must be a positive number, got {v!r}")
     options = []  # (gain over one plain lane, lanes, compile mode, images/s of one lane, why)
-    probes = {p["lanes"]: p["total_images_per_s"] for p in bench.get("lanes", []) if "error" not in p and "total_images_per_s" in p}
+    probes = {p["lanes"]: p["total_images_per_s"] for p in bench.get("lanes", [])
+              if "error" not in p and "total_images_per_s" in p}
     for k, total in probes.items():
         if k > 1 and 1 in probes:
             gain = total / probes[1]
-            options.append((gain, k, "", n / plain_s * gain / k, f"{k} lanes: {gain:.2f}x one lane (bench lanes probe)"))
+            why = f"{k} lanes: {gain:.2f}x one lane (bench lanes probe)"
+            options.append((gain, k, "", n / plain_s * gain / k, why))
     c = bench.get("labkit_compiled")
     if c and "error" not in c and c.get("step_mode") == plain.get("step_mode"):  # compiled, and graphed alike
         warmup = max(0.0, (c["epoch_seconds"][0] - c["steady_epoch_seconds"]) - (plain_first - plain_s))
@@ -402,7 +302,7 @@ def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -
     return {"lanes": lanes, "compile": mode, "rate_gflops": images_per_s * gflop, "why": why}
 
 
-def with_compile(jobs: list[tuple[str, TrainConfig]], mode: str, chosen: bool) -> tuple[list[tuple[str, TrainConfig]], int]:
+def with_compile(jobs: Jobs, mode: str, chosen: bool) -> tuple[Jobs, int]:
     """`jobs` with compile `mode`, and how many were left uncompiled: when the mode was `chosen` from a
     benchmark, not runs with dropout, whose compiled step is not graphed (the bench timed none)."""
     if not mode:
@@ -455,26 +355,24 @@ def _finite(x):
     return None if x is None or x != x else x
 
 
-# -- `labkit sweep` ------------------------------------------------------------------------
-
-
 def _check_options(args) -> None:
     """Every option of `labkit sweep` checked before anything is read or trained."""
-    bad = [
+    for wrong, message in [
         (args.workers < 0, f"--workers must be >= 0 (0 = this process), got {args.workers}"),
         (args.lanes != "auto" and not (args.lanes.isdigit() and int(args.lanes) >= 1),
          f"--lanes must be a positive int or 'auto', got {args.lanes!r}"),
         ("auto" in (args.lanes, args.compile) and not args.bench_json,
          "--lanes auto and --compile auto choose from a benchmark: give --bench-json"),
-        (args.checkpoint_every < 0, f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}"),
+        (args.checkpoint_every < 0,
+         f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}"),
         (args.budget_s is not None and not args.budget_s > 0,
          f"--budget-s must be > 0 seconds (leave it out for no limit), got {args.budget_s}"),
-        (args.rate_guess is not None and not args.rate_guess > 0, f"--rate-guess must be > 0 GFLOP/s, got {args.rate_guess}"),
+        (args.rate_guess is not None and not args.rate_guess > 0,
+         f"--rate-guess must be > 0 GFLOP/s, got {args.rate_guess}"),
         (args.deadline is not None and not args.deadline > time.time(),
          f"--deadline {args.deadline or 0:.0f} (unix time) has passed already"),
         (args.deadline is not None and args.budget_s is not None, "give --deadline or --budget-s, not both"),
-    ]
-    for wrong, message in bad:
+    ]:
         if wrong:
             raise ConfigError(message)
     check_writable(args.timing_json, "--timing-json")
@@ -498,8 +396,8 @@ def _execution(args, rows: list) -> tuple[int, str, float | None, str]:
 
 
 def main_sweep(args) -> int:
-    """`labkit sweep`: the profile's planned runs; the profile's folders hang from the project root, as
-    for `lab` and the notebooks, while paths typed here are taken from here."""
+    """`labkit sweep`: the profile's planned runs. Its folders hang from the project root, as for `lab` and
+    the notebooks; paths typed here are taken from here."""
     from ..lab import Lab, plan, project_root
 
     _check_options(args)
@@ -525,7 +423,8 @@ def main_sweep(args) -> int:
         asked = "the bench chose" if args.lanes == "auto" else "--lanes asks for"
         print(f"sweep: 1 lane, not the {lanes} {asked}: {fewer}")
     if plain:
-        print(f"sweep: {plain} dropout run(s) left uncompiled: compiled, their step is not graphed, and the bench timed compile without dropout")
+        print(f"sweep: {plain} dropout run(s) left uncompiled: compiled, their step is not graphed, and the bench "
+              "timed compile without dropout")
     if not lab.profile.synthetic and any(not ((r := lab.store.find(c, n)) and r.finished) for n, c in jobs):
         lab.data()  # the data, and the store's runs checked against them, before any run starts
     print(f"sweep: {len(jobs)} planned runs, run store {lab.store.root}")
