@@ -18,11 +18,11 @@ from labkit.scale.bench import (
     add_compiled,
     compare_accuracies,
     format_bench,
-    op_kind,
     run_bench,
     seed_recipe,
     step_breakdown,
 )
+from labkit.scale.breakdown import op_kind
 
 CPU = torch.device("cpu")
 

@@ -60,11 +60,13 @@ class Group:
         self.loss: _GlobalMeanLoss | None = None
 
     def _device(self) -> torch.device:  # NCCL moves CUDA tensors only, gloo CPU ones
-        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        nccl = dist.get_backend() == "nccl"
+        return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
     def device(self, cfg: TrainConfig, device: torch.device) -> torch.device:
         if cfg.batch_size % self.world:
-            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must divide evenly over {self.world} processes")
+            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must divide evenly over "
+                              f"{self.world} processes")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device.type == "cuda" else device
 
     def wrap(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -119,8 +121,9 @@ def get(store, group: Group, cfg: TrainConfig, name: str, data, checkpoint_every
         return run
     if group.flag(None):
         init_state = store._parent_weights(cfg) if cfg.init_from else None
-        train(cfg, data() if callable(data) else data, run_dir=store.path(store.run_id(cfg, name)), init_state=init_state,
-              checkpoint_every=checkpoint_every, progress=False, log=None, hooks=hooks, on_epoch=kw.get("on_epoch"))
+        train(cfg, data() if callable(data) else data, run_dir=store.path(store.run_id(cfg, name)),
+              init_state=init_state, checkpoint_every=checkpoint_every, progress=False, log=None, hooks=hooks,
+              on_epoch=kw.get("on_epoch"))
         dist.barrier()
     return store.load(store.run_id(cfg, name))
 
