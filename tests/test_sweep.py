@@ -284,14 +284,14 @@ def test_timing_record_says_whether_it_timed_the_whole_plan(tmp_path):
 
 def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["sweep", "--profile", "smoke", "--seeds", "1", "--only", "03_depth_limit", "--protocol", "seed",
+    args = ["sweep", "--profile", "smoke", "--seeds", "1", "--only", "05_final", "--protocol", "seed",
             "--data-dir", "nowhere", "--checkpoint-every", "0", "--timing-json", "t1.json"]
     assert main(args) == 0
     rec = json.loads((tmp_path / "t1.json").read_text())
-    assert rec["from_nothing"] is True and rec["counts"]["done"] == 4
-    assert rec["only"] == ["03_depth_limit"] and rec["whole_plan"] is False  # the runs' time, not the protocol's
+    assert rec["from_nothing"] is True and rec["counts"]["done"] == 1
+    assert rec["only"] == ["05_final"] and rec["whole_plan"] is False  # the runs' time, not the protocol's
     assert rec["protocol"] == "seed" and rec["profile"] == "smoke" and rec["compile"] == "off"
-    assert {j["name"] for j in rec["jobs"]} == {"depth-2-seed", "depth-2-corrected", "depth-3-seed", "depth-3-corrected"}
+    assert [j["name"] for j in rec["jobs"]] == ["final"]  # only that notebook's runs
     for j in rec["jobs"]:
         assert j["status"] == "done" and 0 < j["train_seconds"] <= j["seconds"] <= rec["wall_seconds"]
         assert 0.0 <= j["test_acc"] <= 1.0 and j["run"].startswith(j["name"] + "-")
@@ -299,7 +299,7 @@ def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
     # again: every run comes from the store, so the record says it is no whole-plan time
     assert main(args[:-1] + ["t2.json"]) == 0
     rec2 = json.loads((tmp_path / "t2.json").read_text())
-    assert rec2["from_nothing"] is False and rec2["counts"]["cached"] == 4
+    assert rec2["from_nothing"] is False and rec2["counts"]["cached"] == 1
     out = capsys.readouterr().out
     assert "wrote t2.json" in out
     assert "synthetic data; --data-dir nowhere is not used" in out  # said, not silently ignored

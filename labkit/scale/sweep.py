@@ -441,7 +441,6 @@ def main_sweep(args) -> int:
                 seeds=args.seeds or lab.profile.seeds, lanes=used, workers=args.workers, compile=mode or "off",
                 data_dir=args.data_dir, only=only,
             )
-            Path(args.timing_json).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(Path(args.timing_json), json.dumps(rec, indent=2))
     counts = {s: sum(j.status == s for j in done) for s in STATUSES}
     print(f"sweep: {len(done)} jobs in {wall:.1f}s wall: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
