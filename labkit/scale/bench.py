@@ -242,7 +242,8 @@ def run_bench(data: Dataset, epochs: int = 3, device_name: str = "auto", workers
     }
     seed_times = seed_recipe(cfg, data, epochs, device, workers)[0]
     res["seed_recipe"] = _side(res, seed_times, precision="fp32", loader_workers=workers)
-    res["labkit"] = _side(res, *labkit_epoch_times(cfg, data, epochs))
+    times, summary = labkit_epoch_times(cfg, data, epochs)
+    res["labkit"] = _side(res, times, summary)
     res["speedup"] = res["seed_recipe"]["steady_epoch_seconds"] / res["labkit"]["steady_epoch_seconds"]
     return res
 
@@ -259,8 +260,12 @@ def _attempt(fn, *args, **kwargs) -> dict:
 def add_compiled(res: dict, cfg: TrainConfig, data: Dataset, epochs: int, compile_mode: str) -> None:
     """labkit's path under torch.compile into a run_bench record (`labkit_compiled`, `speedup_compiled`);
     timed last, as it has never run on the GPU the benchmark is for: its failure is recorded, not raised."""
-    compiled = _attempt(lambda: _side(res, *labkit_epoch_times(cfg.replace(compile=compile_mode), data, epochs)))
-    c = res["labkit_compiled"] = {"compile": compile_mode, **compiled}  # its first epoch includes compiling
+
+    def timed() -> dict:  # its first epoch includes compiling
+        times, summary = labkit_epoch_times(cfg.replace(compile=compile_mode), data, epochs)
+        return _side(res, times, summary)
+
+    c = res["labkit_compiled"] = {"compile": compile_mode, **_attempt(timed)}
     if "error" not in c:
         res["speedup_compiled"] = res["seed_recipe"]["steady_epoch_seconds"] / c["steady_epoch_seconds"]
 
