@@ -15,31 +15,20 @@ from labkit.config import PAPER
 from labkit.runs import RunStore
 from labkit.scale.bench import (
     accuracy_check,
+    add_compiled,
     compare_accuracies,
     format_bench,
-    op_kind,
     run_bench,
     seed_recipe,
     step_breakdown,
 )
+from labkit.scale.breakdown import op_kind
 
 CPU = torch.device("cpu")
 
 
 def _cfg(**changes):
     return PAPER.replace(width=8, lays=(1, 1, 1, 1), batch_size=64, device="cpu", channels_last=False, **changes)
-
-
-def test_speed_record_has_both_sides_and_their_ratio(tiny_data):
-    res = run_bench(tiny_data, epochs=2, device_name="cpu", workers=0, cfg=_cfg(), command="python -m labkit bench")
-    a, b = res["seed_recipe"], res["labkit"]
-    assert len(a["epoch_seconds"]) == len(b["epoch_seconds"]) == 2
-    assert a["steady_epoch_seconds"] == a["epoch_seconds"][1]  # the first epoch is the warm-up
-    assert res["speedup"] == pytest.approx(a["steady_epoch_seconds"] / b["steady_epoch_seconds"])
-    assert b["images_per_s"] == pytest.approx(400 / b["steady_epoch_seconds"])
-    assert res["bf16_peak_tflops_measured"] is None and b["share_of_bf16_peak"] is None  # no GPU, no peak
-    assert res["train_images_per_epoch"] == 400 and res["network"]["width"] == 8
-    assert "speedup labkit / seed recipe" in format_bench(res)
 
 
 def _compile_fails(monkeypatch, message: str) -> None:
@@ -56,31 +45,32 @@ def _compile_fails(monkeypatch, message: str) -> None:
     monkeypatch.setattr(bench, "labkit_epoch_times", times)
 
 
-def test_a_compile_that_fails_is_reported_beside_both_sides(tiny_data, monkeypatch, capsys):
+def test_speed_record_has_both_sides_their_ratio_and_a_failed_compile(tiny_data, monkeypatch, capsys):
+    res = run_bench(tiny_data, epochs=2, device_name="cpu", workers=0, cfg=_cfg(), command="python -m labkit bench")
+    a, b = res["seed_recipe"], res["labkit"]
+    assert len(a["epoch_seconds"]) == len(b["epoch_seconds"]) == 2
+    assert a["steady_epoch_seconds"] == a["epoch_seconds"][1]  # the first epoch is the warm-up
+    assert res["speedup"] == pytest.approx(a["steady_epoch_seconds"] / b["steady_epoch_seconds"])
+    assert b["images_per_s"] == pytest.approx(400 / b["steady_epoch_seconds"])
+    assert res["bf16_peak_tflops_measured"] is None and b["share_of_bf16_peak"] is None  # no GPU, no peak
+    assert res["train_images_per_epoch"] == 400 and res["network"]["width"] == 8
+    assert "speedup labkit / seed recipe" in format_bench(res)
+    # a compile that fails is reported beside both sides, which stand
     _compile_fails(monkeypatch, "inductor: no C++ compiler")
-    res = run_bench(tiny_data, epochs=2, device_name="cpu", workers=0, cfg=_cfg(), compile_mode="default")
+    add_compiled(res, _cfg(), tiny_data, 2, "default")
     assert res["labkit_compiled"] == {"compile": "default", "error": "RuntimeError: inductor: no C++ compiler"}
-    assert "speedup_compiled" not in res and res["speedup"] > 0  # the uncompiled comparison stands
+    assert "speedup_compiled" not in res and res["speedup"] > 0
     assert "labkit+compile(default) failed: RuntimeError: inductor: no C++ compiler" in format_bench(res)
     assert "inductor: no C++ compiler" in capsys.readouterr().err  # its traceback, for whoever reads the log
 
 
-def test_bench_cli_keeps_its_numbers_when_the_step_breakdown_fails(tmp_path, monkeypatch, capsys):
+def test_bench_cli_times_compile_last_and_keeps_its_numbers_when_a_part_fails(tmp_path, monkeypatch, capsys):
+    # The step breakdown and compile both fail: each is recorded as its error, the rest is kept,
+    # and compile is timed last, with everything else saved before it.
     from labkit.scale import bench
 
     def broken(*a, **k):
         raise RuntimeError("profiler unavailable")
-
-    monkeypatch.setattr(bench, "step_breakdown", broken)
-    out = tmp_path / "b.json"
-    assert main(["bench", "--cpu-check", "--breakdown-steps", "2", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
-    assert res["breakdown"] == {"error": "RuntimeError: profiler unavailable"} and res["speedup"] > 0
-    assert "step breakdown failed: RuntimeError: profiler unavailable" in capsys.readouterr().out
-
-
-def test_bench_cli_times_compile_last_with_everything_else_saved(tmp_path, monkeypatch):
-    from labkit.scale import bench
 
     out = tmp_path / "b.json"
     seen = {}
@@ -90,13 +80,16 @@ def test_bench_cli_times_compile_last_with_everything_else_saved(tmp_path, monke
         seen["saved before"] = sorted(json.loads(out.read_text()))
         real(res, *a, **k)
 
+    monkeypatch.setattr(bench, "step_breakdown", broken)
     monkeypatch.setattr(bench, "add_compiled", spy)
     _compile_fails(monkeypatch, "inductor crashed")
     assert main(["bench", "--cpu-check", "--breakdown-steps", "2", "--compile", "default", "--out", str(out)]) == 0
     assert {"seed_recipe", "labkit", "speedup", "breakdown"} <= set(seen["saved before"])
     assert "labkit_compiled" not in seen["saved before"]
     res = json.loads(out.read_text())
+    assert res["breakdown"] == {"error": "RuntimeError: profiler unavailable"} and res["speedup"] > 0
     assert res["labkit_compiled"] == {"compile": "default", "error": "RuntimeError: inductor crashed"}
+    assert "step breakdown failed: RuntimeError: profiler unavailable" in capsys.readouterr().out
 
 
 def test_seed_recipe_is_reproducible_and_follows_the_decay(tiny_data):

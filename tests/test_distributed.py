@@ -125,6 +125,7 @@ def lab(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow  # end to end, in processes
 def test_two_processes_train_what_one_process_trains(lab):
     log = (lab / "two.log").read_text()
     assert "on 2 processes" in log and len(R.epoch_lines(log)) == EPOCHS  # rank 0 alone prints
@@ -135,6 +136,7 @@ def test_two_processes_train_what_one_process_trains(lab):
     assert list(_log_dir(lab / "two").glob("*/attempt_0")), "torchrun's logs are not in the test's folder"
 
 
+@pytest.mark.slow  # end to end, in processes
 def test_two_processes_killed_then_resumed(lab, tmp_path):
     d = _run_dir(tmp_path / "runs")
     p = _start(_train_args(tmp_path / "runs", lab / "data", 2), tmp_path / "killed.log", tmp_path)
@@ -246,6 +248,7 @@ def test_sweep_workers_raise_a_data_error_like_one_process(tmp_path, capfd):
     assert not any(store.root.glob("*/config.json"))  # nothing started
 
 
+@pytest.mark.slow  # end to end, in processes
 def test_lab_prefetches_a_notebooks_runs_with_a_worker_per_gpu(tmp_path, monkeypatch):
     from labkit.lab import Lab
 

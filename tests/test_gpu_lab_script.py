@@ -40,6 +40,7 @@ def test_bad_modes_stop_before_anything_runs(tmp_path, env, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # runs the script end to end
 def test_confirm_trains_the_winner_per_seed_and_writes_its_estimates(tmp_path):
     runs = tmp_path / "runs"
     out = _run(tmp_path, MODE="confirm", WINNER="2:cutout=4,tta_translate=2", SEEDS="2", RUNS_DIR=str(runs))
@@ -57,6 +58,7 @@ def test_confirm_trains_the_winner_per_seed_and_writes_its_estimates(tmp_path):
     assert (tmp_path / "out" / "runs.tar.gz").is_file()
 
 
+@pytest.mark.slow  # runs the script end to end
 def test_confirm_fails_when_no_seed_finished(tmp_path):
     # one epoch is shorter than the modern preset's warm-up: every seed is refused
     out = _run(tmp_path, MODE="confirm", WINNER="1", SEEDS="1", RUNS_DIR=str(tmp_path / "runs"))
@@ -64,6 +66,7 @@ def test_confirm_fails_when_no_seed_finished(tmp_path):
     assert "warmup_epochs must lie in [0, epochs=1]" in out.stdout and "nothing to confirm" in out.stdout
 
 
+@pytest.mark.slow  # runs the script end to end
 def test_time_times_the_seed_protocol_from_nothing(tmp_path):
     # the next lease's first call: benchmark, then the seed protocol's runs into a fresh store;
     # ONLY= narrows the sweep to notebook 05's one run (the whole protocol's 12 train elsewhere

@@ -80,6 +80,26 @@ def test_sweep_trains_in_order_then_caches(tmp_path, tiny_data):
     assert [j.status for j in again] == ["cached", "cached"]
 
 
+def test_lanes_train_side_by_side_and_raise_a_lanes_error_once_all_have_ended(tmp_path, tiny_data, monkeypatch):
+    # Lanes share a GPU, so on a CPU sweep runs one; here two lanes run as threads on the CPU
+    # (no CUDA streams), the path the GPU takes around them.
+    from labkit.data import DataError
+    from labkit.scale import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "lanes_used", lambda jobs, lanes: (lanes, ""))
+    store = RunStore(tmp_path / "runs")
+    base = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, epochs=1, seed_extra_block=False)
+    jobs = [(n, base.replace(seed=i)) for i, n in enumerate("abc")]
+    done = sweep(jobs, store, lambda split, val: tiny_data, lanes=2, log=None)
+    assert [j.status for j in done] == ["done"] * 3 and {j.lane for j in done} <= {0, 1}
+
+    def unreadable(split, val):
+        raise DataError("no data here")
+
+    with pytest.raises(DataError, match="no data here"):
+        sweep([("d", base.replace(seed=3))], store, unreadable, lanes=2, log=None)
+
+
 def test_sweep_skips_what_cannot_finish_by_the_deadline(tmp_path, tiny_data):
     store = RunStore(tmp_path / "runs")
     cfg = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, epochs=50, seed_extra_block=False)
@@ -264,14 +284,14 @@ def test_timing_record_says_whether_it_timed_the_whole_plan(tmp_path):
 
 def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["sweep", "--profile", "smoke", "--seeds", "1", "--only", "03_depth_limit", "--protocol", "seed",
+    args = ["sweep", "--profile", "smoke", "--seeds", "1", "--only", "05_final", "--protocol", "seed",
             "--data-dir", "nowhere", "--checkpoint-every", "0", "--timing-json", "t1.json"]
     assert main(args) == 0
     rec = json.loads((tmp_path / "t1.json").read_text())
-    assert rec["from_nothing"] is True and rec["counts"]["done"] == 4
-    assert rec["only"] == ["03_depth_limit"] and rec["whole_plan"] is False  # the runs' time, not the protocol's
+    assert rec["from_nothing"] is True and rec["counts"]["done"] == 1
+    assert rec["only"] == ["05_final"] and rec["whole_plan"] is False  # the runs' time, not the protocol's
     assert rec["protocol"] == "seed" and rec["profile"] == "smoke" and rec["compile"] == "off"
-    assert {j["name"] for j in rec["jobs"]} == {"depth-2-seed", "depth-2-corrected", "depth-3-seed", "depth-3-corrected"}
+    assert [j["name"] for j in rec["jobs"]] == ["final"]  # only that notebook's runs
     for j in rec["jobs"]:
         assert j["status"] == "done" and 0 < j["train_seconds"] <= j["seconds"] <= rec["wall_seconds"]
         assert 0.0 <= j["test_acc"] <= 1.0 and j["run"].startswith(j["name"] + "-")
@@ -279,7 +299,7 @@ def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
     # again: every run comes from the store, so the record says it is no whole-plan time
     assert main(args[:-1] + ["t2.json"]) == 0
     rec2 = json.loads((tmp_path / "t2.json").read_text())
-    assert rec2["from_nothing"] is False and rec2["counts"]["cached"] == 4
+    assert rec2["from_nothing"] is False and rec2["counts"]["cached"] == 1
     out = capsys.readouterr().out
     assert "wrote t2.json" in out
     assert "synthetic data; --data-dir nowhere is not used" in out  # said, not silently ignored

@@ -2,12 +2,9 @@
 
     torchrun --nproc_per_node 4 -m labkit train --preset modern --data-dir DIR
 
-torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; `init()` joins them
-in a process group (NCCL on GPUs, gloo on CPUs) and returns the `Group` the training loop
-takes as labkit.train.Hooks(group=...). Every rank draws the global batch as one process
-would and trains on its slice of it, so the run computes what one process would (up to
-rounding), and its id does not change. Rank 0 asks the run store and writes every file; the
-others train beside it (`get`). Without torchrun, or with one process, nothing here runs.
+Every rank draws the global batch as one process would and trains on its slice, so the run
+computes what one process would (up to rounding) under the same id. Rank 0 asks the run store
+and writes every file; the others train beside it (`get`).
 """
 
 from __future__ import annotations
@@ -21,8 +18,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError, TrainConfig
-
-__all__ = ["DistributedBatchNorm2d", "Group", "convert_batchnorm", "get", "init", "shutdown"]
 
 
 def init(device: str = "auto") -> Group | None:
@@ -44,9 +39,8 @@ def shutdown() -> None:
 
 
 class _GlobalMeanLoss(nn.Module):
-    """This rank's summed loss over its slice, times world / global batch: DDP averages
-    gradients over ranks, so theirs is the gradient of the global batch's mean loss, also
-    when the last batch splits unevenly (or leaves a rank nothing)."""
+    """This rank's summed loss times world / global batch: DDP averages gradients over ranks, so theirs
+    is the gradient of the global batch's mean loss, also when a batch splits unevenly (or leaves a rank nothing)."""
 
     def __init__(self, label_smoothing: float, world: int) -> None:
         super().__init__()
@@ -66,11 +60,13 @@ class Group:
         self.loss: _GlobalMeanLoss | None = None
 
     def _device(self) -> torch.device:  # NCCL moves CUDA tensors only, gloo CPU ones
-        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        nccl = dist.get_backend() == "nccl"
+        return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
     def device(self, cfg: TrainConfig, device: torch.device) -> torch.device:
         if cfg.batch_size % self.world:
-            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must divide evenly over {self.world} processes")
+            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must divide evenly over "
+                              f"{self.world} processes")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device.type == "cuda" else device
 
     def wrap(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -109,9 +105,8 @@ class Group:
 
 
 def get(store, group: Group, cfg: TrainConfig, name: str, data, checkpoint_every: int = 1, **kw):
-    """RunStore.get for every rank: rank 0 asks the store (and says whether the run trains,
-    once its folder is ready); the others then train beside it, resuming from the checkpoint
-    rank 0 has just checked, and read the run once rank 0 has written it."""
+    """RunStore.get for every rank: rank 0 asks the store and says whether the run trains; the others
+    then train beside it (resuming from the checkpoint rank 0 checked) and read the run rank 0 wrote."""
     from ..train import Hooks, train
 
     hooks = Hooks(group=group)
@@ -126,15 +121,15 @@ def get(store, group: Group, cfg: TrainConfig, name: str, data, checkpoint_every
         return run
     if group.flag(None):
         init_state = store._parent_weights(cfg) if cfg.init_from else None
-        train(cfg, data() if callable(data) else data, run_dir=store.path(store.run_id(cfg, name)), init_state=init_state,
-              checkpoint_every=checkpoint_every, progress=False, log=None, hooks=hooks, on_epoch=kw.get("on_epoch"))
+        train(cfg, data() if callable(data) else data, run_dir=store.path(store.run_id(cfg, name)),
+              init_state=init_state, checkpoint_every=checkpoint_every, progress=False, log=None, hooks=hooks,
+              on_epoch=kw.get("on_epoch"))
         dist.barrier()
     return store.load(store.run_id(cfg, name))
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks, differentiable: the gradient of each rank's input is the sum over
-    ranks of the output's gradients (torch.distributed.nn's all_reduce, now deprecated)."""
+    """Sum over ranks, differentiable (torch.distributed.nn's all_reduce, now deprecated)."""
 
     @staticmethod
     def forward(ctx, t: Tensor) -> Tensor:
@@ -150,15 +145,9 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class DistributedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch, across ranks.
-
-    What torch.nn.SyncBatchNorm does, for gloo as well as NCCL (SyncBatchNorm runs on CUDA
-    only): one all-reduce of the per-channel sum, sum of squares and count. The all-reduce
-    is differentiable, so the backward pass sums the statistics' gradients over ranks too.
-    Running statistics are updated as BatchNorm2d does (unbiased variance), from the global
-    batch; a rank whose slice of the batch is empty still takes part. Outside training, or
-    without a process group, it is a plain BatchNorm2d.
-    """
+    """BatchNorm2d over the global batch across ranks: torch.nn.SyncBatchNorm for gloo too (that one is
+    CUDA only), with one differentiable all-reduce of the per-channel sum, sum of squares and count. A
+    rank with an empty slice still takes part; outside training or a process group, plain BatchNorm2d."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
@@ -190,18 +179,9 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """Every nn.BatchNorm2d in `module` replaced, in place, by a DistributedBatchNorm2d with
-    the same parameters and buffers (same state_dict keys: checkpoints move freely between
-    single-process and distributed runs). Returns `module`."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            new = DistributedBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            state = list(child.state_dict().values())
-            if state:
-                new.to(state[0].device)
-            new.train(child.training)
-            setattr(module, name, new)
-        else:
-            convert_batchnorm(child)
+    """Every nn.BatchNorm2d in `module` made a DistributedBatchNorm2d, in place: the same parameters and
+    buffers (checkpoints move freely between single-process and distributed runs). Returns `module`."""
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = DistributedBatchNorm2d  # only forward differs
     return module

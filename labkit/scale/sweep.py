@@ -1,46 +1,34 @@
-"""Run many configurations: in priority order, side by side on a GPU, inside a time budget.
-
-Each lane is a thread with its own CUDA stream (and its own GPU, round-robin, where
-several are visible). Small nets leave a GPU partly idle, so two or three lanes can
-raise total throughput; `labkit.bench` measures whether they do. A job that cannot
-finish before the deadline (by the rate measured so far, or `rate_guess`) is skipped, as
-is every job once the deadline has passed; one that overruns is stopped at an epoch
-boundary (its last epoch excepted); both stay out of the store's finished runs.
-
-With `workers` the jobs are shared by that many processes instead, each bound to one GPU
-(round-robin over the visible ones) or to the CPU, each running its own lanes: one
-process per GPU sidesteps Python's GIL and keeps one run's failure (or CUDA error) from
-touching the others. Workers take jobs in order from a shared list; the run store's lock
-keeps two from training the same run.
-
-    python -m labkit sweep --profile full --data-dir DIR --lanes 2 --budget-s 500
-    python -m labkit sweep --profile full --data-dir DIR --workers 8   # 8 GPUs, one each
-"""
+"""Many runs in priority order inside a time budget, side by side in lanes (threads with a CUDA stream
+each: small nets leave a GPU partly idle) or in worker processes, one per GPU (labkit.scale.workers)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
-import multiprocessing
+import json
+import math
 import os
-import pickle
 import platform
-import queue
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..config import ConfigError, TrainConfig
 from ..data import Dataset
 from ..model import run_gflop
-from ..runs import RunStore
+from ..runs import RunStore, atomic_write_text, check_writable, code_version
 from ..train import Hooks, device_name
+from .workers import run_workers
 
-__all__ = ["Job", "sweep", "Deadline", "execution_from_bench", "lanes_used", "sweep_record", "with_compile"]
+STATUSES = ("done", "cached", "skipped", "stopped", "failed")
+Jobs = list[tuple[str, TrainConfig]]  # (run name, config), in priority order
 
 
 class Deadline(Exception):
@@ -51,22 +39,18 @@ class Deadline(Exception):
 class Job:
     name: str
     cfg: TrainConfig
-    status: str = "pending"  # pending | done | cached | skipped | stopped | failed
+    status: str = "pending"  # pending | running | done | cached | skipped | stopped | failed
     seconds: float = 0.0
     lane: int = -1
     worker: int = -1  # the worker process that took it (sweep(workers=N))
     error: str = ""
-    work: float = field(default=0.0)  # GFLOP of training this job costs (estimate)
+    work: float = 0.0  # GFLOP of training this job costs (estimate)
 
 
 class GpuGate:
-    """Lets runs train side by side in threads yet capture CUDA graphs safely.
-
-    A capture fails if any other thread issues CUDA work meanwhile (seen on an H200:
-    "operation not permitted when stream is capturing" from a run in another thread).
-    Every run holds the gate shared while it trains and offers it at each step;
-    a capture takes it exclusively, so it runs while every other run waits between steps.
-    """
+    """Lets runs train side by side in threads yet capture CUDA graphs: a capture fails if another
+    thread issues CUDA work meanwhile ("operation not permitted when stream is capturing", H200).
+    Every run holds the gate shared and offers it at each step; a capture takes it exclusively."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
@@ -120,328 +104,207 @@ class GpuGate:
 
 GPU_GATE = GpuGate()
 
-
 # Lanes pause between steps and take the GPU alone to seed a network and capture a graph.
 LANE_HOOKS = Hooks(between_steps=GPU_GATE.pause_point, alone=GPU_GATE.exclusive)
 
 
-def sweep(
-    jobs: list[tuple[str, TrainConfig]],
-    store: RunStore,
-    data: Callable[[str, int], Dataset],
-    lanes: int = 1,
-    deadline: float | None = None,
-    rate_guess: float | None = None,
-    checkpoint_every: int = 1,
-    log: Callable[[str], None] | None = print,
-    workers: int = 0,
-) -> list[Job]:
-    """Train every job not yet finished in `store`, in order, on `lanes` threads.
+def sweep(jobs: Jobs, store: RunStore, data: Callable[[str, int], Dataset], lanes: int = 1,
+          deadline: float | None = None, rate_guess: float | None = None, checkpoint_every: int = 1,
+          log: Callable[[str], None] | None = print, workers: int = 0) -> list[Job]:
+    """Train every job not yet finished in `store`, in order, on `lanes` threads; returns the jobs as they ended.
 
-    Args:
-        data: (split, val_size) -> Dataset, called once per distinct split (in each worker).
-        deadline: time.time() by which every run must have ended (None: no limit); no run starts after it.
-        rate_guess: GFLOP/s one lane achieves (beside the others), used to skip jobs until a run has measured it.
-        workers: 0 = this process; N = N worker processes (GPU i % GPUs each, or the CPU), each
-            with `lanes` lanes. `data` and `log` then go to the workers, so they must pickle
-            (module-level functions, functools.partial, bound methods of picklable objects).
-    """
-    on_gpu = _on_gpu(jobs)
+    data: (split, val_size) -> Dataset, read once per split in each process. deadline: time.time() by which
+    every run must have ended: a job that cannot (at the rate measured so far, or `rate_guess` GFLOP/s a
+    lane) is skipped, one that overruns stops at an epoch's end. workers: N processes, each with `lanes`
+    lanes, to which `data` and `log` must pickle (module-level functions, partials)."""
     if lanes > 1 and any(c.compile for _, c in jobs):
         # torch.compile is not thread-safe: lanes would compile at once (several processes may).
-        raise ConfigError("compile with lanes > 1: torch.compile is not thread-safe; use one lane, or --workers for processes")
+        raise ConfigError("compile with lanes > 1: torch.compile is not thread-safe; use one lane, or --workers for "
+                          "processes")
     todo = [Job(n, c) for n, c in jobs]
     for j in todo:
         found = store.find(j.cfg, j.name)
         if found is not None and found.finished:
             j.status = "cached"
-    if workers:
-        return _sweep_workers(todo, store, data, workers, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu)
-    return _sweep_here(todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu)
+    on_gpu = _on_gpu(jobs)
+    lanes_of = functools.partial(_Lanes, store, data, lanes_used(jobs, lanes)[0], deadline, rate_guess,
+                                 checkpoint_every, log, on_gpu)  # it pickles, for worker processes
+    if not workers:
+        return lanes_of(todo).run()
+    if any(j.status == "pending" for j in todo):  # no process started for nothing
+        run_workers(lanes_of, todo, workers, torch.cuda.device_count() if on_gpu else 0)
+    return todo
 
 
-def _on_gpu(jobs: list[tuple[str, TrainConfig]]) -> bool:
+def _on_gpu(jobs: Jobs) -> bool:
     return torch.cuda.is_available() and all(c.device in ("auto", "cuda") for _, c in jobs)
 
 
-def lanes_used(jobs: list[tuple[str, TrainConfig]], lanes: int) -> tuple[int, str]:
-    """The lanes `sweep` runs (in each process) when asked for `lanes`: lanes share a GPU, so
-    without one, or with a run set to the CPU, runs train one at a time. Returns the lanes
-    and, when fewer than asked, why ('' otherwise)."""
+def lanes_used(jobs: Jobs, lanes: int) -> tuple[int, str]:
+    """The lanes `sweep` runs (in each process) when asked for `lanes`, and why fewer ('' if not):
+    lanes share a GPU, so without one, or with a run set to the CPU, runs train one at a time."""
     if lanes <= 1 or _on_gpu(jobs):
         return max(1, lanes), ""
     why = "no CUDA GPU here" if not torch.cuda.is_available() else "a run is set to device cpu"
     return 1, f"{why}, and lanes share a GPU: runs train one at a time"
 
 
-def _sweep_here(
-    todo: list[Job],
-    store: RunStore,
-    data: Callable[[str, int], Dataset],
-    lanes: int,
-    deadline: float | None,
-    rate_guess: float | None,
-    checkpoint_every: int,
-    log: Callable[[str], None] | None,
-    on_gpu: bool,
-    gpu: int | None = None,
-    claim: Callable[[int], bool] | None = None,
-    worker: int = -1,
-) -> list[Job]:
-    """The lanes of one process. gpu: every lane's GPU (else lane i % GPUs). claim(i): True
-    if this process may take job i (another worker process has not)."""
-    lanes, _ = lanes_used([(j.name, j.cfg) for j in todo], lanes)
-    n_gpus = torch.cuda.device_count() if on_gpu else 0
-    cache: dict[tuple[str, int], Dataset] = {}
-    lock = threading.RLock()
-    measured: list[tuple[float, float]] = []  # (work, seconds) of finished runs
+@dataclass
+class _Lanes:
+    """One process's lanes over `todo`. gpu: every lane's GPU (else lane i % GPUs); claim(i): whether
+    this process may take job i (no other worker process has); worker: this process's number."""
 
-    def dataset(cfg: TrainConfig) -> Dataset:
+    store: RunStore
+    data: Callable[[str, int], Dataset]
+    lanes: int
+    deadline: float | None
+    rate_guess: float | None
+    checkpoint_every: int
+    log: Callable[[str], None] | None
+    on_gpu: bool
+    todo: list[Job]
+    gpu: int | None = None
+    claim: Callable[[int], bool] | None = None
+    worker: int = -1
+
+    def __post_init__(self) -> None:
+        self.n_gpus = torch.cuda.device_count() if self.on_gpu else 0
+        self.cache: dict[tuple[str, int], Dataset] = {}
+        self.lock = threading.RLock()
+        self.measured: list[tuple[float, float]] = []  # (work, seconds) of finished runs
+
+    def dataset(self, cfg: TrainConfig) -> Dataset:
         key = (cfg.split, cfg.val_size)
-        with lock:
-            if key not in cache:
-                cache[key] = data(*key)
-            return cache[key]
+        with self.lock:
+            if key not in self.cache:
+                self.cache[key] = self.data(*key)
+            return self.cache[key]
 
-    def rate() -> float | None:
-        if measured:
-            return sum(w for w, _ in measured) / sum(s for _, s in measured)
-        return rate_guess
+    def skip(self, j: Job, why: str) -> None:
+        j.status = "skipped"
+        if self.log:
+            self.log(f"skip {j.name} seed {j.cfg.seed}: {why}")
 
-    def next_job(lane: int) -> Job | None:
-        with lock:
-            for i, j in enumerate(todo):
-                if j.status != "pending" or (claim is not None and not claim(i)):
+    def next_job(self, lane: int) -> Job | None:
+        deadline = self.deadline
+        with self.lock:
+            for i, j in enumerate(self.todo):
+                if j.status != "pending" or (self.claim is not None and not self.claim(i)):
                     continue
-                j.worker = worker
+                j.worker = self.worker
                 if deadline is not None and time.time() >= deadline:
-                    # Past the deadline no run starts, estimate or none: it could only stop
-                    # after its first epoch, unfinished.
-                    j.status = "skipped"
-                    if log:
-                        log(f"skip {j.name} seed {j.cfg.seed}: the time budget has run out")
+                    # No run starts once it has passed: it could only stop unfinished after an epoch.
+                    self.skip(j, "the time budget has run out")
                     continue
-                d = dataset(j.cfg)
+                d = self.dataset(j.cfg)
                 n = min(j.cfg.train_subset or len(d.train_y), len(d.train_y))
                 j.work = run_gflop(j.cfg, n, len(d.val_y) + len(d.test_y) // j.cfg.epochs)
-                r = rate()
+                ran = self.measured  # GFLOP/s of this process's lanes so far, else the guess
+                r = sum(w for w, _ in ran) / sum(s for _, s in ran) if ran else self.rate_guess
                 if deadline is not None and r and time.time() + j.work / r > deadline:
-                    j.status = "skipped"
-                    if log:
-                        log(f"skip {j.name} seed {j.cfg.seed}: needs ~{j.work / r:.0f}s, {deadline - time.time():.0f}s left")
+                    self.skip(j, f"needs ~{j.work / r:.0f}s, {deadline - time.time():.0f}s left")
                     continue
                 j.status, j.lane = "running", lane
                 return j
         return None
 
-    def stop_at_deadline(history: list[dict], epochs: int) -> None:
+    def stop_at_deadline(self, history: list[dict], epochs: int) -> None:
         # Not after the last epoch: its weights are trained, only the test and summary remain.
-        if deadline is not None and len(history) < epochs and time.time() > deadline:
+        if self.deadline is not None and len(history) < epochs and time.time() > self.deadline:
             raise Deadline(f"time budget ran out after epoch {len(history)}")
 
-    def lane_main(lane: int) -> None:
+    def train(self, j: Job) -> None:
+        t0 = time.time()
+        try:
+            with GPU_GATE.shared():
+                self.store.get(j.cfg, j.name, self.dataset(j.cfg), checkpoint_every=self.checkpoint_every,
+                               progress=False, log=None, hooks=LANE_HOOKS,
+                               on_epoch=functools.partial(self.stop_at_deadline, epochs=j.cfg.epochs))
+            j.status = "done"
+        except Deadline as e:
+            j.status, j.error = "stopped", str(e)
+        except Exception as e:  # one bad run must not end the sweep
+            j.status, j.error = "failed", f"{type(e).__name__}: {e}"
+            if self.log:
+                self.log(traceback.format_exc())
+        j.seconds = time.time() - t0
+        if j.status == "done":
+            with self.lock:
+                self.measured.append((j.work, j.seconds))
+        if self.log:
+            r = self.store.find(j.cfg, j.name)
+            acc = (r.summary or {}).get("test_acc") if r else None
+            where = f"worker {self.worker} lane {j.lane}" if self.worker >= 0 else f"lane {j.lane}"
+            self.log(
+                f"[{where}] {j.status:7s} {self.store.run_id(j.cfg, j.name)} seed {j.cfg.seed}  {j.seconds:6.1f}s"
+                + (f"  test_acc {acc:.4f}" if acc is not None else "") + (f"  {j.error}" if j.error else "")
+            )
+
+    def lane(self, lane: int) -> None:
         stream_ctx = None
-        if on_gpu:
-            torch.cuda.set_device(lane % n_gpus if gpu is None else gpu)  # per thread
+        if self.on_gpu:
+            torch.cuda.set_device(lane % self.n_gpus if self.gpu is None else self.gpu)  # per thread
             stream_ctx = torch.cuda.stream(torch.cuda.Stream())
             stream_ctx.__enter__()
         try:
-            while (j := next_job(lane)) is not None:
-                t0 = time.time()
-                try:
-                    with GPU_GATE.shared():
-                        store.get(j.cfg, j.name, dataset(j.cfg), checkpoint_every=checkpoint_every, progress=False, log=None,
-                                  on_epoch=functools.partial(stop_at_deadline, epochs=j.cfg.epochs), hooks=LANE_HOOKS)
-                    j.status = "done"
-                except Deadline as e:
-                    j.status, j.error = "stopped", str(e)
-                except Exception as e:  # one bad run must not end the sweep
-                    j.status, j.error = "failed", f"{type(e).__name__}: {e}"
-                    if log:
-                        log(traceback.format_exc())
-                j.seconds = time.time() - t0
-                if j.status == "done":
-                    with lock:
-                        measured.append((j.work, j.seconds))
-                if log:
-                    r = store.find(j.cfg, j.name)
-                    acc = (r.summary or {}).get("test_acc") if r else None
-                    where = f"worker {worker} lane {lane}" if worker >= 0 else f"lane {lane}"
-                    log(
-                        f"[{where}] {j.status:7s} {store.run_id(j.cfg, j.name)} seed {j.cfg.seed}  "
-                        f"{j.seconds:6.1f}s" + (f"  test_acc {acc:.4f}" if acc is not None else "") + (f"  {j.error}" if j.error else "")
-                    )
+            while (j := self.next_job(lane)) is not None:
+                self.train(j)
         finally:
             if stream_ctx is not None:
                 with GPU_GATE.shared():
                     torch.cuda.current_stream().synchronize()
                 stream_ctx.__exit__(None, None, None)
 
-    if lanes == 1:
-        lane_main(0)
-    else:
-        errors: list[Exception] = []
-
-        def lane(i: int) -> None:
-            try:
-                lane_main(i)
-            except Exception as e:  # the data could not be read, say: raised below, as with one lane
-                errors.append(e)
-
-        threads = [threading.Thread(target=lane, args=(i,), name=f"lane{i}") for i in range(lanes)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-    return todo
-
-
-# ---------------------------------------------------------------------------------------
-# Worker processes
-# ---------------------------------------------------------------------------------------
-
-
-def _claim(taken, i: int) -> bool:
-    with taken.get_lock():
-        if taken[i]:
-            return False
-        taken[i] = 1
-        return True
-
-
-def _worker_main(worker, todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu, gpu, cpu_threads, taken, results):
-    """One worker process: its lanes take jobs nobody has claimed; reports the ones it took."""
-    if gpu is None:
-        # N CPU workers share the cores: N processes x all cores each would thrash.
-        torch.set_num_threads(cpu_threads)
-    error = None
-    try:
-        _sweep_here(
-            todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu,
-            gpu=gpu, claim=functools.partial(_claim, taken), worker=worker,
-        )
-    except Exception as e:  # e.g. the data cannot be read: the parent raises it, as without workers
-        error = e
-        try:
-            pickle.dumps(e)
-        except Exception:
-            error = RuntimeError(f"{type(e).__name__}: {e}")
-    finally:  # whatever happened, say which jobs this worker took and how they ended
-        results.put((worker, [(i, j) for i, j in enumerate(todo) if j.worker == worker], error))
-
-
-def _sweep_workers(todo, store, data, workers, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu) -> list[Job]:
-    # spawn, not fork: a forked child of a process that has touched CUDA (or holds threads)
-    # cannot use CUDA; and notebooks run this too.
-    ctx = multiprocessing.get_context("spawn")
-    taken = ctx.Array("b", len(todo))  # 1 = a worker took job i
-    results = ctx.Queue()
-    n_gpus = torch.cuda.device_count() if on_gpu else 0
-    cpu_threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [
-        ctx.Process(
-            target=_worker_main,
-            args=(w, todo, store, data, lanes, deadline, rate_guess, checkpoint_every, log, on_gpu,
-                  w % n_gpus if n_gpus else None, cpu_threads, taken, results),
-            name=f"labkit-sweep-{w}",
-        )
-        for w in range(workers)
-    ]
-    for p in procs:
-        p.start()
-    reports: dict[int, list] = {}
-    errors: list[Exception] = []
-
-    def receive(timeout: float) -> None:
-        w, done, error = results.get(timeout=timeout)
-        reports[w] = done
-        if error is not None:
-            errors.append(error)
-
-    while len(reports) < len(procs):
-        try:
-            receive(1.0)
-        except queue.Empty:
-            if not any(p.is_alive() for p in procs):  # a worker died without reporting
-                try:
-                    while True:
-                        receive(0.5)
-                except queue.Empty:
-                    break
-    for p in procs:
-        p.join()
-    if errors:
-        raise errors[0]
-    for done in reports.values():
-        for i, j in done:
-            todo[i] = j
-    for i, j in enumerate(todo):
-        if j.status in ("pending", "running"):
-            j.status, j.error = "failed", "its worker process died" if taken[i] else "no worker took it: every worker process ended first"
-    return todo
-
-
-# ---------------------------------------------------------------------------------------
-# Choosing how to run, from a benchmark; recording what a sweep took
-# ---------------------------------------------------------------------------------------
+    def run(self) -> list[Job]:
+        if self.lanes == 1:
+            self.lane(0)
+            return self.todo
+        with ThreadPoolExecutor(self.lanes, thread_name_prefix="lane") as pool:
+            ended = [pool.submit(self.lane, i) for i in range(self.lanes)]
+        for f in ended:
+            f.result()  # a lane's error (the data could not be read, say), raised once all have ended
+        return self.todo
 
 
 def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -> dict:
-    """Lanes and compile mode for a sweep of `epochs`-epoch runs, from a `labkit bench` result.
-
-    Two ways to beat one plain lane, each measured against one plain lane by the bench:
-    runs side by side (its lanes probe: total images/s of k lanes over 1 lane), or one lane
-    under torch.compile (its steady epoch, plus the compile warm-up spread over `epochs`,
-    since every run compiles anew). The faster wins if it gains at least `min_gain`; they are
-    not combined, because the probe measured lanes uncompiled.
-
-    Returns {"lanes", "compile", "rate_gflops" (one lane, for skipping at a deadline), "why"}.
-    """
+    """Lanes and compile mode for sweeping `epochs`-epoch runs, from a `labkit bench` result: {"lanes", "compile",
+    "rate_gflops" (one lane's), "why"}. k lanes (its lanes probe) or one compiled lane (extra warm-up spread over
+    `epochs`) win if they gain `min_gain` over one plain lane; never both, as the probe ran uncompiled."""
     try:
-        n = bench["train_images_per_epoch"]
-        gflop = bench["train_gflop_per_image"]
-        plain = bench["labkit"]
+        n, gflop, plain = bench["train_images_per_epoch"], bench["train_gflop_per_image"], bench["labkit"]
         plain_s, plain_first = plain["steady_epoch_seconds"], plain["epoch_seconds"][0]
     except (KeyError, IndexError, TypeError) as e:
         raise ConfigError(f"not a `labkit bench` result: missing {e}") from None
     for key, v in (("train_images_per_epoch", n), ("train_gflop_per_image", gflop),
                    ("labkit.steady_epoch_seconds", plain_s), ("labkit.epoch_seconds[0]", plain_first)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
             raise ConfigError(f"not a `labkit bench` result: {key} must be a positive number, got {v!r}")
-    options = [(1.0, 1, "", n / plain_s, "one lane, no compile")]
-    probes = {p["lanes"]: p for p in bench.get("lanes", []) if "error" not in p and "total_images_per_s" in p}
-    if 1 in probes:
-        for k, p in probes.items():
-            if k > 1:
-                gain = p["total_images_per_s"] / probes[1]["total_images_per_s"]
-                per_lane = n / plain_s * gain / k
-                options.append((gain, k, "", per_lane, f"{k} lanes: {gain:.2f}x one lane (bench lanes probe)"))
+    options = []  # (gain over one plain lane, lanes, compile mode, images/s of one lane, why)
+    probes = {p["lanes"]: p["total_images_per_s"] for p in bench.get("lanes", [])
+              if "error" not in p and "total_images_per_s" in p}
+    for k, total in probes.items():
+        if k > 1 and 1 in probes:
+            gain = total / probes[1]
+            why = f"{k} lanes: {gain:.2f}x one lane (bench lanes probe)"
+            options.append((gain, k, "", n / plain_s * gain / k, why))
     c = bench.get("labkit_compiled")
     if c and "error" not in c and c.get("step_mode") == plain.get("step_mode"):  # compiled, and graphed alike
-        extra_warmup = max(0.0, (c["epoch_seconds"][0] - c["steady_epoch_seconds"]) - (plain_first - plain_s))
-        per_epoch = c["steady_epoch_seconds"] + extra_warmup / epochs
-        gain = plain_s / per_epoch
-        options.append(
-            (gain, 1, c["compile"], n / c["steady_epoch_seconds"],
-             f"compile {c['compile']}: {gain:.2f}x one lane over {epochs} epochs ({extra_warmup:.0f}s extra warm-up a run)")
-        )
-    best = max(options[1:], key=lambda o: o[0], default=options[0])
+        warmup = max(0.0, (c["epoch_seconds"][0] - c["steady_epoch_seconds"]) - (plain_first - plain_s))
+        gain = plain_s / (c["steady_epoch_seconds"] + warmup / epochs)
+        why = f"compile {c['compile']}: {gain:.2f}x one lane over {epochs} epochs ({warmup:.0f}s extra warm-up a run)"
+        options.append((gain, 1, c["compile"], n / c["steady_epoch_seconds"], why))
+    one_lane = (1.0, 1, "", n / plain_s, "one lane, no compile")
+    best = max(options, key=lambda o: o[0], default=one_lane)
     if best[0] < min_gain:
-        why = "one lane, no compile: " + (
-            "nothing measured beats it" if len(options) == 1 else f"best option gains only {best[0]:.2f}x ({best[4]})"
-        )
-        best = options[0][:4] + (why,)
-    gain, lanes, mode, images_per_s, why = best
+        why = f"best option gains only {best[0]:.2f}x ({best[4]})" if options else "nothing measured beats it"
+        best = (*one_lane[:4], f"one lane, no compile: {why}")
+    _, lanes, mode, images_per_s, why = best
     return {"lanes": lanes, "compile": mode, "rate_gflops": images_per_s * gflop, "why": why}
 
 
-def with_compile(jobs: list[tuple[str, TrainConfig]], mode: str, chosen: bool) -> tuple[list[tuple[str, TrainConfig]], int]:
-    """`jobs` with compile `mode` set; when it was chosen from a benchmark (`chosen`), not for
-    runs with dropout, whose compiled step is not graphed (labkit.step.Stepper): the bench's
-    gain, measured on the network without dropout, does not hold for them. Returns the jobs
-    and how many were left uncompiled for that reason."""
+def with_compile(jobs: Jobs, mode: str, chosen: bool) -> tuple[Jobs, int]:
+    """`jobs` with compile `mode`, and how many were left uncompiled: when the mode was `chosen` from a
+    benchmark, not runs with dropout, whose compiled step is not graphed (the bench timed none)."""
     if not mode:
         return jobs, 0
     out = [(n, c if chosen and c.dropout else c.replace(compile=mode)) for n, c in jobs]
@@ -456,17 +319,8 @@ def machine_name(device: torch.device) -> str:
 
 
 def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) -> dict:
-    """What a sweep took, run by run, as JSON-able data: the whole-lab wall time record.
-
-    `from_nothing` is true only when no run came from the store and none was skipped or
-    stopped: then `wall_seconds` is the time of the runs swept from nothing. `whole_plan` is
-    false when `only` (sweep --only: those notebooks' runs) narrowed the plan: then it is not
-    the protocol's time.
-    """
-    import datetime as _dt
-
-    from ..runs import code_version
-
+    """What a sweep took, run by run, as JSON. `from_nothing`: no run came from the store, none was
+    skipped or stopped (`wall_seconds` is then the time from nothing); `whole_plan`: no `only`."""
     rows = []
     for j in done:
         r = store.find(j.cfg, j.name)
@@ -478,10 +332,10 @@ def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) 
             "final_val_acc": _finite(s.get("final_val_acc")), "test_acc": _finite(s.get("test_acc")),
             "error": j.error or None,
         })
-    counts = {k: sum(j.status == k for j in done) for k in ("done", "cached", "skipped", "stopped", "failed")}
+    counts = {k: sum(j.status == k for j in done) for k in STATUSES}
     cuda = torch.cuda.is_available()
     return {
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": machine_name(torch.device("cuda", 0) if cuda else torch.device("cpu")),
         "gpus": torch.cuda.device_count() if cuda else 0,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
@@ -499,3 +353,97 @@ def sweep_record(done: list[Job], store: RunStore, wall_seconds: float, **meta) 
 def _finite(x):
     """None for a missing or NaN number (strict JSON has no NaN)."""
     return None if x is None or x != x else x
+
+
+def _check_options(args) -> None:
+    """Every option of `labkit sweep` checked before anything is read or trained."""
+    for wrong, message in [
+        (args.workers < 0, f"--workers must be >= 0 (0 = this process), got {args.workers}"),
+        (args.lanes != "auto" and not (args.lanes.isdigit() and int(args.lanes) >= 1),
+         f"--lanes must be a positive int or 'auto', got {args.lanes!r}"),
+        ("auto" in (args.lanes, args.compile) and not args.bench_json,
+         "--lanes auto and --compile auto choose from a benchmark: give --bench-json"),
+        (args.checkpoint_every < 0,
+         f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}"),
+        (args.budget_s is not None and not args.budget_s > 0,
+         f"--budget-s must be > 0 seconds (leave it out for no limit), got {args.budget_s}"),
+        (args.rate_guess is not None and not args.rate_guess > 0,
+         f"--rate-guess must be > 0 GFLOP/s, got {args.rate_guess}"),
+        (args.deadline is not None and not args.deadline > time.time(),
+         f"--deadline {args.deadline or 0:.0f} (unix time) has passed already"),
+        (args.deadline is not None and args.budget_s is not None, "give --deadline or --budget-s, not both"),
+    ]:
+        if wrong:
+            raise ConfigError(message)
+    check_writable(args.timing_json, "--timing-json")
+
+
+def _execution(args, rows: list) -> tuple[int, str, float | None, str]:
+    """Lanes, compile mode and rate guess as asked, or chosen from --bench-json; and what the bench said."""
+    lanes = 1 if args.lanes == "auto" else int(args.lanes)
+    mode = "" if args.compile == "auto" else args.compile
+    if not args.bench_json:
+        return lanes, mode, args.rate_guess, ""
+    try:
+        bench = json.loads(Path(args.bench_json).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--bench-json {args.bench_json}: cannot read it ({e})") from None
+    epochs = max(cfg.epochs for _, _, cfg in rows) if rows else 30
+    chosen = execution_from_bench(bench, epochs=min(epochs, 30))
+    lanes = chosen["lanes"] if args.lanes == "auto" else lanes
+    mode = chosen["compile"] if args.compile == "auto" else mode
+    return lanes, mode, args.rate_guess or chosen["rate_gflops"], chosen["why"]
+
+
+def main_sweep(args) -> int:
+    """`labkit sweep`: the profile's planned runs. Its folders hang from the project root, as for `lab` and
+    the notebooks; paths typed here are taken from here."""
+    from ..lab import Lab, plan, project_root
+
+    _check_options(args)
+    # log=None: the Lab's note on an unused data_dir would repeat the one below. The root relative
+    # to here, as the notebooks give it: no machine's folder names in what the sweep prints.
+    lab = Lab(args.profile, data_dir=args.data_dir, runs_dir=args.runs_dir, root=os.path.relpath(project_root()),
+              progress=False, log=None)
+    if lab.profile.synthetic and args.data_dir:
+        print(f"note: the {args.profile} profile trains on synthetic data; --data-dir {args.data_dir} is not used")
+    rows = plan(args.profile, args.seeds, protocol=args.protocol)
+    only = args.only.split(",") if args.only else None
+    if only:
+        notebooks = {nb for nb, _, _ in rows}
+        if unknown := sorted(set(only) - notebooks):
+            raise ConfigError(f"--only: no planned runs in {unknown}; notebooks: {sorted(notebooks)}")
+        rows = [r for r in rows if r[0] in only]
+    lanes, mode, rate_guess, bench_says = _execution(args, rows)
+    jobs, plain = with_compile([(name, cfg) for _, name, cfg in rows], mode, chosen=args.compile == "auto")
+    used, fewer = lanes_used(jobs, lanes)  # what runs, and what the record says: not what was asked
+    if args.bench_json:
+        print(f"sweep: {used} lane(s), compile {mode or 'off'}; bench says {bench_says} (from {args.bench_json})")
+    if fewer:
+        asked = "the bench chose" if args.lanes == "auto" else "--lanes asks for"
+        print(f"sweep: 1 lane, not the {lanes} {asked}: {fewer}")
+    if plain:
+        print(f"sweep: {plain} dropout run(s) left uncompiled: compiled, their step is not graphed, and the bench "
+              "timed compile without dropout")
+    if not lab.profile.synthetic and any(not ((r := lab.store.find(c, n)) and r.finished) for n, c in jobs):
+        lab.data()  # the data, and the store's runs checked against them, before any run starts
+    print(f"sweep: {len(jobs)} planned runs, run store {lab.store.root}")
+    deadline = args.deadline or (time.time() + args.budget_s if args.budget_s is not None else None)
+    t0, done = time.time(), []
+    try:
+        done = sweep(jobs, lab.store, lab.data, lanes=lanes, deadline=deadline, rate_guess=rate_guess,
+                     checkpoint_every=args.checkpoint_every, workers=args.workers)
+    finally:
+        wall = time.time() - t0
+        if args.timing_json and done:
+            rec = sweep_record(
+                done, lab.store, wall, command=args.command, profile=args.profile, protocol=args.protocol,
+                seeds=args.seeds or lab.profile.seeds, lanes=used, workers=args.workers, compile=mode or "off",
+                data_dir=args.data_dir, only=only,
+            )
+            atomic_write_text(Path(args.timing_json), json.dumps(rec, indent=2))
+    counts = {s: sum(j.status == s for j in done) for s in STATUSES}
+    print(f"sweep: {len(done)} jobs in {wall:.1f}s wall: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if args.timing_json:
+        print(f"wrote {args.timing_json}")
+    return 1 if counts["failed"] else 0
