@@ -59,8 +59,9 @@ def _one_value(field: str, flag_value, flag: str, set_value):
 
 def cmd_train(args) -> int:
     from .data import DataNotFound
+    from .progress import kept_if_interrupted
     from .runs import RunStore
-    from .train import kept_if_interrupted, resolve_device
+    from .step import resolve_device
 
     overrides = parse_overrides(args.set or [])
     epochs = _one_value("epochs", args.epochs, "--epochs", overrides.get("epochs"))
@@ -173,8 +174,9 @@ def cmd_eval(args) -> int:
     import math
 
     from .data import DataError, DataNotFound, check_same_data, default_data_dir
+    from .evaluate import EVAL_EXECUTION_FIELDS, EVAL_FIELDS, reevaluate
     from .runs import RunError, RunStore, atomic_write_text, check_run_id, check_writable
-    from .train import EVAL_EXECUTION_FIELDS, EVAL_FIELDS, reevaluate, resolve_device
+    from .step import resolve_device
 
     check_writable(args.out, "--out")
     _check_synthetic_size(args)

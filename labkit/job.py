@@ -33,7 +33,7 @@ from .data import default_data_dir, fingerprint, locate
 from .export import NO_CHROMIUM, export_html, find_chromium, merge, print_pdf
 from .lab import PROFILES, Lab, LabError, get_profile
 from .paper import ABLATION_GROUPS
-from .train import duration
+from .progress import duration
 
 __all__ = ["NotebookJob", "LabError", "LabReport", "choose_profile", "jobs", "run_lab"]
 

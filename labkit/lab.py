@@ -313,7 +313,7 @@ class Lab:
 
         if not rows or not self.allow_train or self.profile.synthetic or torch.cuda.is_available():
             return ""
-        from .train import duration
+        from .progress import duration
 
         est, rate = self.training_seconds(rows)
         where = f"about {duration(est)} of training on this CPU for {len(rows)} run(s) not yet finished in {self.store.root} ({rate:.1f} GFLOP/s measured)"

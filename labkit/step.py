@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import normalize
 from .model import Dropout
 
@@ -141,3 +141,18 @@ class Stepper:
             self.graph.replay()
             return self.static_loss.detach(), self.static_out
         return self.eager(x, y, optimizer)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be one of ['auto', 'cpu', 'cuda'], got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use device=auto or cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """What a run records as where it ran: the GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

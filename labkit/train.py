@@ -12,27 +12,24 @@ import copy
 import dataclasses
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from .checkpoint import RESUME_KEYS, CheckpointError, evaluated_weights, load_checkpoint, save_checkpoint
-from .config import EXECUTION_FIELDS, ConfigError, TrainConfig
+from .checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig
 from .data import NORMS, Dataset, augment, check_same_data, cutout
+from .evaluate import evaluate
 from .model import WEIGHT_SHAPE_FIELDS, Dropout, build_model
-from .step import Stepper, autocast, autocast_dtype, make_optimizer, prep
+from .progress import CpuNote, Progress, show_epoch
+from .step import Stepper, autocast_dtype, device_name, make_optimizer, prep, resolve_device
 
-__all__ = ["DivergenceError", "Hooks", "TrainResult", "train", "evaluate", "lr_at", "resolve_device", "check_fits"]
+__all__ = ["DivergenceError", "Hooks", "TrainResult", "train", "lr_at", "check_fits"]
 
-# A run on a CPU projected to take longer than this says so, from its first steps: a
-# notebook cell would otherwise sit silent for hours.
-CPU_NOTE_S = 600.0
 COMPILE_RECOMPILE_LIMIT = 64
 
 
@@ -59,73 +56,6 @@ class Hooks:
     group: object | None = None  # labkit.scale.distributed.Group under torchrun
 
 
-def kept_if_interrupted(ckpt_path: Path | None, checkpoint_every: int) -> str:
-    """What an interrupted run keeps, in words (for notes before a long run)."""
-    if ckpt_path is None:
-        return "nothing is kept if it is interrupted (no run folder)"
-    if checkpoint_every == 0:
-        return "nothing is kept if it is interrupted before the end (checkpoint_every=0)"
-    every = "every epoch" if checkpoint_every == 1 else f"every {checkpoint_every} epochs"
-    return f"interrupted, it resumes from its last checkpoint (written {every}) when asked for again"
-
-
-def duration(seconds: float) -> str:
-    """`seconds` in the unit a reader would say it in: "45 s", "12 min", "11 h", "14 days"."""
-    for unit, size, limit in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172800)):
-        if seconds < limit:
-            return f"{seconds / size:.0f} {unit}"
-    return f"{seconds / 86400:.0f} days"
-
-
-class Progress:
-    """One line per run, updated epoch by epoch: a tqdm bar on stderr in a terminal; in a
-    Jupyter kernel one output updated through its display id, which papermill stores as its
-    last state (tqdm's text bars would leave a line per refresh, its widget needs ipywidgets)."""
-
-    def __init__(self, total: int, done: int, desc: str) -> None:
-        self.total, self.done, self.desc, self.t0 = total, done, desc, time.perf_counter()
-        self.handle = self.bar = None
-        shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-        if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
-            from IPython.display import display
-
-            self.handle = display({"text/plain": self._line("starting")}, raw=True, display_id=True)
-        else:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=done, desc=desc, unit="ep", leave=False)
-
-    def _line(self, status: str) -> str:
-        return f"{self.desc}: epoch {self.done}/{self.total}, {status} ({time.perf_counter() - self.t0:.0f} s)"
-
-    def update(self, status: str) -> None:
-        self.done += 1
-        if self.handle is not None:
-            self.handle.update({"text/plain": self._line(status)}, raw=True)
-        else:
-            self.bar.set_postfix_str(status, refresh=False)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be one of ['auto', 'cpu', 'cuda'], got {name!r}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use device=auto or cpu")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    """What a run records as where it ran: the GPU's name, or "cpu"."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Learning rate for optimiser step `step` (0-based) of epoch `epoch` (0-based)."""
     if cfg.schedule == "exp":  # the student's: multiplied by decay_rate after every epoch
@@ -143,90 +73,6 @@ def _epoch_seed(cfg: TrainConfig, epoch: int) -> int:
     # Every epoch draws from its own seed, so a run resumed at an epoch boundary sees exactly
     # the permutation, crops, flips and dropout masks it would have seen.
     return (cfg.seed * 1_000_003 + epoch * 7919) % (2**62)
-
-
-# ---------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _tta_logits(model: nn.Module, x: Tensor, cfg: TrainConfig) -> Tensor:
-    """Logits averaged over the test-time views asked for: the image and its mirror
-    (tta_flip); with tta_translate=p, half of it from two copies shifted by p pixels up-left
-    and down-right (reflect-padded), each with its mirror too when tta_flip."""
-
-    def views(v: Tensor) -> Tensor:
-        out = model(v).float()
-        return (out + model(v.flip(3)).float()) / 2 if cfg.tta_flip else out
-
-    out = views(x)
-    if cfg.tta_translate:
-        p, (h, w) = cfg.tta_translate, x.shape[-2:]
-        padded = F.pad(x, (p, p, p, p), mode="reflect")
-        shifted = (views(padded[:, :, :h, :w]) + views(padded[:, :, 2 * p : 2 * p + h, 2 * p : 2 * p + w])) / 2
-        out = (out + shifted) / 2
-    return out
-
-
-def evaluate(model: nn.Module, x_u8: Tensor, y: Tensor, cfg: TrainConfig, batch_size: int = 1000,
-             amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy (of the model's output) on uint8 images."""
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), device=x_u8.device, dtype=torch.long)
-    loss = torch.zeros((), device=x_u8.device, dtype=torch.float32)
-    for i in range(0, len(y), batch_size):
-        xb, yb = prep(x_u8[i : i + batch_size], cfg), y[i : i + batch_size]
-        try:
-            with autocast(x_u8.device, amp_dtype):
-                out = _tta_logits(model, xb, cfg)
-        except torch.cuda.OutOfMemoryError:
-            raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory in evaluation at batch size {batch_size} (lays={list(cfg.lays)}, "
-                f"width={cfg.width}); free the GPU or evaluate in smaller batches"
-            ) from None
-        loss += F.cross_entropy(out, yb, reduction="sum")
-        correct += (out.argmax(1) == yb).sum()
-    model.train(was_training)
-    return correct.item() / len(y), loss.item() / len(y)
-
-
-# What evaluation alone decides, and the execution settings it uses: a finished run can be
-# evaluated again with other values of these.
-EVAL_FIELDS = ("tta_flip", "tta_translate")
-EVAL_EXECUTION_FIELDS = ("device", "precision", "channels_last")
-
-
-def reevaluate(run_cfg: TrainConfig, checkpoint: Path, data: Dataset, **changes) -> dict:
-    """Validation and test accuracy of a finished run's weights (those its `select` chose),
-    evaluated with other EVAL_FIELDS or EVAL_EXECUTION_FIELDS. Choose between settings on the
-    validation numbers: choosing by test accuracy selects on the test set."""
-    trained = sorted(k for k in changes if k not in EVAL_FIELDS + EXECUTION_FIELDS)
-    if trained:
-        raise ConfigError(f"{trained} change(s) what was trained, not how it is evaluated; "
-                          f"a run can be evaluated again with other {list(EVAL_FIELDS + EVAL_EXECUTION_FIELDS)}")
-    unused = sorted(k for k in changes if k not in EVAL_FIELDS + EVAL_EXECUTION_FIELDS)
-    if unused:
-        raise ConfigError(f"{unused} change(s) only how a run trains (its training step); evaluation does not use them: "
-                          f"leave them out (it takes {list(EVAL_FIELDS + EVAL_EXECUTION_FIELDS)})")
-    cfg = run_cfg.replace(**changes)
-    device = resolve_device(cfg.device)
-    state = load_checkpoint(checkpoint, map_location=device)
-    if int(state.get("epoch", -1)) + 1 != run_cfg.epochs:
-        raise CheckpointError(f"{checkpoint}: from epoch {int(state.get('epoch', -1)) + 1} of {run_cfg.epochs}; the run is not finished")
-    model = build_model(cfg).to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    model.load_state_dict(evaluated_weights(state, run_cfg))
-    amp = autocast_dtype(cfg, device)
-    d = data.to(device)
-    val_acc, val_loss = evaluate(model, d.val_x, d.val_y, cfg, amp_dtype=amp)
-    test_acc, test_loss = evaluate(model, d.test_x, d.test_y, cfg, amp_dtype=amp)
-    return {"settings": {k: getattr(cfg, k) for k in EVAL_FIELDS}, "val_acc": val_acc, "val_loss": val_loss,
-            "test_acc": test_acc, "test_loss": test_loss, "precision": "bf16" if amp else "fp32", "device": device_name(device)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,20 +254,6 @@ def _save(r: _Run, epoch: int) -> None:
     save_checkpoint(r.ckpt, state, keep_previous=True)
 
 
-def _cpu_note(r: _Run, per_step: float, steps_left: int, checkpoint_every: int, log) -> None:
-    """Say how long the rest of a CPU run takes, when that is long. Evaluation: the validation
-    set every epoch and the test set once, each view of an image a third of a training step."""
-    cfg, d = r.cfg, r.d
-    epochs_left, n = cfg.epochs - r.start, len(r.d.train_y)
-    views = (1 + cfg.tta_flip) * (3 if cfg.tta_translate else 1)
-    evals = views * (len(d.val_y) * epochs_left + len(d.test_y)) / (3 * n * epochs_left)
-    est = per_step * steps_left * (1 + evals)
-    if est > CPU_NOTE_S:
-        log(f"note: on the CPU this run needs about {duration(est)} more ({epochs_left} epochs of "
-            f"{math.ceil(n / cfg.batch_size)} steps at {per_step:.2f} s a step, timed on its first steps, evaluation "
-            f"included); a CUDA GPU, fewer epochs or train_subset make it shorter; {kept_if_interrupted(r.ckpt, checkpoint_every)}")
-
-
 def _epoch(r: _Run, epoch: int, gen: torch.Generator, drop_gen: torch.Generator, hooks: Hooks, note: Callable) -> dict:
     """Train one epoch; returns its metrics row. `note(step, t)` times a CPU run's first steps."""
     cfg, d, n, group = r.cfg, r.d, len(r.d.train_y), r.group
@@ -521,40 +353,6 @@ def _finish(r: _Run) -> TrainResult:
     return TrainResult(cfg, r.history, summary, scored)
 
 
-class _CpuNote:
-    """On a CPU, times steps 1..k of the first epoch trained here (step 0 warms up; with one
-    step an epoch, the epoch) and says how long the rest takes, when that is long."""
-
-    def __init__(self, r: _Run, checkpoint_every: int, log) -> None:
-        self.r, self.every, self.log, self.t = r, checkpoint_every, log, 0.0
-        steps = math.ceil(len(r.d.train_y) / r.cfg.batch_size)
-        self.k = min(4, steps - 1) if r.device.type == "cpu" and log else -1
-
-    def __call__(self, step: int | None, steps: int, seconds: float = 0.0) -> None:
-        r, k = self.r, self.k
-        if k < 0:
-            return
-        if step is None:  # the first epoch's end
-            self.k = -1
-            if k == 0:
-                _cpu_note(r, seconds, r.cfg.epochs - r.start - 1, self.every, self.log)
-        elif k > 0 and step == 0:
-            self.t = time.perf_counter()
-        elif k > 0 and step == k:
-            per_step = (time.perf_counter() - self.t) / k
-            _cpu_note(r, per_step, steps * (r.cfg.epochs - r.start) - step - 1, self.every, self.log)
-
-
-def _show(row: dict, cfg: TrainConfig, has_val: bool, bar: Progress | None, log) -> None:
-    """The epoch on the progress bar, or as a line; no validation set: nothing to show, not "nan"."""
-    if bar:
-        bar.update(f"loss {row['loss_sum']:.2f}" + (f", val {row['val_acc']:.4f}" if has_val else ""))
-    elif log:  # metrics.csv keeps every row either way
-        log(f"epoch {row['epoch']:3d}/{cfg.epochs}  lr {row['lr']:.3g}  loss_sum {row['loss_sum']:9.4f}  "
-            f"train_acc {row['train_acc']:.4f}  " + (f"val_acc {row['val_acc']:.4f}  " if has_val else "")
-            + f"{row['seconds']:6.2f}s  {row['images_per_s']:8.0f} img/s")
-
-
 def train(
     cfg: TrainConfig,
     data: Dataset,
@@ -584,7 +382,7 @@ def train(
     for m in r.model.modules():  # dropout draws from the run's own generator, never the global one
         if isinstance(m, Dropout):
             m.generator = drop_gen
-    note = _CpuNote(r, checkpoint_every, log)
+    note = CpuNote(r, checkpoint_every, log)
     bar = Progress(cfg.epochs, r.start, f"train {cfg.short_hash()}") if progress and r.start < cfg.epochs else None
     try:  # the bar is closed however the loop ends: an open tqdm bar draws every later bar a line lower
         for epoch in range(r.start, cfg.epochs):
@@ -596,7 +394,7 @@ def train(
                 _save(r, epoch)
             if on_epoch:
                 on_epoch(r.history)
-            _show(row, cfg, len(r.d.val_y) > 0, bar, log)
+            show_epoch(row, cfg, len(r.d.val_y) > 0, bar, log)
     finally:
         if bar:
             bar.close()

@@ -18,6 +18,8 @@ from labkit.train import DivergenceError, lr_at, train
 
 # labkit/__init__.py exports the function `train`, which hides the submodule of that name.
 T = importlib.import_module("labkit.train")
+E = importlib.import_module("labkit.evaluate")
+P = importlib.import_module("labkit.progress")
 
 TIMING = ("seconds", "images_per_s")
 
@@ -231,7 +233,7 @@ def test_tta_views_average_as_documented():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
     x = torch.randn(6, 3, 32, 32)
     net(x)  # materialise the lazy layer
-    tta = T._tta_logits
+    tta = E._tta_logits
     plain, flip = TrainConfig(), TrainConfig(tta_flip=True)
     assert torch.equal(tta(net, x, plain), net(x))
     both = lambda v: (net(v) + net(v.flip(3))) / 2  # noqa: E731
@@ -498,17 +500,17 @@ def test_init_state(synth_data, tiny_config):
 def test_reevaluate_reads_the_weights_the_run_selected(tiny_data, tiny_config, tmp_path, select):
     cfg = tiny_config(epochs=3, select=select, batch_size=64, lr=5e-2)
     r = train(cfg, tiny_data, run_dir=tmp_path, progress=False, log=None)
-    again = T.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data)
+    again = E.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data)
     assert again["test_loss"] == pytest.approx(r.summary["test_loss"], rel=1e-5)
     assert again["test_acc"] == r.summary["test_acc"]
     # validation: the selected epoch's number (best_val keeps that epoch's weights)
     assert again["val_acc"] == r.history[r.summary["selected_epoch"] - 1]["val_acc"]
-    flip = T.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data, tta_flip=True)
+    flip = E.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data, tta_flip=True)
     assert flip["settings"] == {"tta_flip": True, "tta_translate": 0} and flip["test_loss"] != again["test_loss"]
     with pytest.raises(T.ConfigError, match="'lr'"):
-        T.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data, lr=0.1)
+        E.reevaluate(cfg, tmp_path / "checkpoint.pt", tiny_data, lr=0.1)
     with pytest.raises(CheckpointError, match="not finished"):
-        T.reevaluate(cfg.replace(epochs=4), tmp_path / "checkpoint.pt", tiny_data)
+        E.reevaluate(cfg.replace(epochs=4), tmp_path / "checkpoint.pt", tiny_data)
 
 
 def test_ema_averages_weights_and_copies_integer_buffers():
@@ -540,7 +542,7 @@ def test_ema_run_is_scored_on_the_average_and_reevaluates_alike(tiny_data, tiny_
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["ema"] is not None and evaluated_weights(state, r.config) is state["ema"]
     _same_state(r.model.state_dict(), state["ema"])
-    again = T.reevaluate(r.config, tmp_path / "checkpoint.pt", tiny_data)
+    again = E.reevaluate(r.config, tmp_path / "checkpoint.pt", tiny_data)
     assert again["test_loss"] == pytest.approx(r.summary["test_loss"], rel=1e-5)
     # a checkpoint without the average cannot resume an ema run
     state["ema"], state["epoch"], state["history"] = None, 0, state["history"][:1]
@@ -605,6 +607,13 @@ def test_best_val_keeps_the_first_of_equally_good_epochs(synth_data, tiny_config
     assert r.summary["selected_epoch"] == 1 and r.summary["best_val_acc"] == 0.5
 
 
+def _clock(monkeypatch) -> None:
+    """One clock for the loop and its CPU note."""
+    clock = _Clock()
+    monkeypatch.setattr(T, "time", clock)
+    monkeypatch.setattr(P, "time", clock)
+
+
 class _Clock:
     """A perf_counter that moves one second a call: the note's arithmetic, not the machine's speed."""
 
@@ -617,8 +626,8 @@ class _Clock:
 
 
 def test_cpu_run_says_how_long_it_will_take(synth_data, tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "CPU_NOTE_S", 0.0)
-    monkeypatch.setattr(T, "time", _Clock())
+    monkeypatch.setattr(P, "CPU_NOTE_S", 0.0)
+    _clock(monkeypatch)
     logs: list[str] = []
     train(tiny_config(epochs=2), synth_data, run_dir=tmp_path, progress=False, log=logs.append)
     notes = [m for m in logs if m.startswith("note: on the CPU")]
@@ -632,8 +641,8 @@ def test_cpu_run_says_how_long_it_will_take(synth_data, tiny_config, tmp_path, m
 
 
 def test_cpu_note_counts_the_test_time_views(synth_data, tiny_config, monkeypatch):
-    monkeypatch.setattr(T, "CPU_NOTE_S", 0.0)
-    monkeypatch.setattr(T, "time", _Clock())
+    monkeypatch.setattr(P, "CPU_NOTE_S", 0.0)
+    _clock(monkeypatch)
     logs: list[str] = []
     train(tiny_config(epochs=2, tta_flip=True, tta_translate=2), synth_data, progress=False, log=logs.append)
     # 6 views (mirror x three positions) of every evaluated image: 45 x 0.25 x (1 + 6 x 0.125) = 19.7 s
@@ -641,8 +650,8 @@ def test_cpu_note_counts_the_test_time_views(synth_data, tiny_config, monkeypatc
 
 
 def test_cpu_note_with_one_step_an_epoch_times_the_epoch(synth_data, tiny_config, monkeypatch):
-    monkeypatch.setattr(T, "CPU_NOTE_S", 0.0)
-    monkeypatch.setattr(T, "time", _Clock())
+    monkeypatch.setattr(P, "CPU_NOTE_S", 0.0)
+    _clock(monkeypatch)
     logs: list[str] = []
     train(tiny_config(epochs=3, batch_size=1024), synth_data, progress=False, log=logs.append)
     notes = [m for m in logs if m.startswith("note:")]
@@ -652,12 +661,12 @@ def test_cpu_note_with_one_step_an_epoch_times_the_epoch(synth_data, tiny_config
 
 
 def test_cpu_note_only_past_its_threshold_and_only_with_a_log(synth_data, tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "time", _Clock())
-    monkeypatch.setattr(T, "CPU_NOTE_S", 13.0)  # the projection above is 12.66 s
+    _clock(monkeypatch)
+    monkeypatch.setattr(P, "CPU_NOTE_S", 13.0)  # the projection above is 12.66 s
     logs: list[str] = []
     train(tiny_config(epochs=2), synth_data, progress=False, log=logs.append)
     assert not [m for m in logs if m.startswith("note:")]
-    monkeypatch.setattr(T, "CPU_NOTE_S", 12.0)
+    monkeypatch.setattr(P, "CPU_NOTE_S", 12.0)
     logs.clear()
     train(tiny_config(epochs=2), synth_data, run_dir=tmp_path, checkpoint_every=0, progress=False, log=logs.append)
     notes = [m for m in logs if m.startswith("note:")]
@@ -666,13 +675,13 @@ def test_cpu_note_only_past_its_threshold_and_only_with_a_log(synth_data, tiny_c
 
 
 def test_cpu_note_counts_only_what_a_resumed_run_has_left(synth_data, tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "CPU_NOTE_S", 0.0)
+    monkeypatch.setattr(P, "CPU_NOTE_S", 0.0)
     train(tiny_config(epochs=1), synth_data, run_dir=tmp_path, progress=False, log=None)
     # the same run with more epochs cannot resume that checkpoint (other settings); make one that stopped
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     state["config"] = tiny_config(epochs=3).to_dict()
     save_checkpoint(tmp_path / "checkpoint.pt", state)
-    monkeypatch.setattr(T, "time", _Clock())
+    _clock(monkeypatch)
     logs: list[str] = []
     train(tiny_config(epochs=3), synth_data, run_dir=tmp_path, progress=False, log=logs.append)
     notes = [m for m in logs if m.startswith("note:")]

@@ -22,9 +22,11 @@ from torch import nn
 
 from ..config import PAPER, ConfigError, TrainConfig
 from ..data import NORMS, Dataset, load_cifar10
+from ..evaluate import evaluate
 from ..model import build_model, flops_per_image
 from ..runs import check_writable, command_line
-from ..train import evaluate, resolve_device, train
+from ..step import resolve_device
+from ..train import train
 from .breakdown import step_breakdown
 from .sweep import GPU_GATE, LANE_HOOKS, machine_name
 

@@ -11,8 +11,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import Dataset, augment
 from ..model import build_model
-from ..step import Stepper, autocast_dtype, make_optimizer, prep
-from ..train import device_name, resolve_device
+from ..step import Stepper, autocast_dtype, device_name, make_optimizer, prep, resolve_device
 
 # First match wins: the specific names come before the generic elementwise ones.
 OP_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (

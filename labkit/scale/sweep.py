@@ -24,7 +24,8 @@ from ..config import ConfigError, TrainConfig
 from ..data import Dataset
 from ..model import run_gflop
 from ..runs import RunStore, atomic_write_text, check_writable, code_version
-from ..train import Hooks, device_name
+from ..step import device_name
+from ..train import Hooks
 from .workers import run_workers
 
 STATUSES = ("done", "cached", "skipped", "stopped", "failed")
