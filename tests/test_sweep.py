@@ -15,7 +15,8 @@ from labkit.cli import main
 from labkit.config import ConfigError, preset
 from labkit.lab import plan
 from labkit.runs import RunStore
-from labkit.scale.sweep import GpuGate, execution_from_bench, sweep, with_compile
+from labkit.scale.gate import GpuGate
+from labkit.scale.sweep import execution_from_bench, sweep, with_compile
 from labkit.synthetic import make_synthetic_cifar10
 
 

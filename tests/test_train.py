@@ -119,7 +119,7 @@ def test_dropout_run_beside_another_draws_its_own_masks(synth_data, tiny_config)
     # other's masks, and a run trained beside another would not be the run alone.
     import threading
 
-    from labkit.scale.sweep import GPU_GATE, LANE_HOOKS
+    from labkit.scale.gate import GPU_GATE, LANE_HOOKS
 
     cfg = tiny_config(epochs=2, dropout=0.5, train_subset=256, batch_size=32)
     alone = train(cfg, synth_data, progress=False, log=None)

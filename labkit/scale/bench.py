@@ -28,7 +28,8 @@ from ..runs import check_writable, command_line
 from ..step import resolve_device
 from ..train import train
 from .breakdown import step_breakdown
-from .sweep import GPU_GATE, LANE_HOOKS, machine_name
+from .gate import GPU_GATE, LANE_HOOKS
+from .sweep import machine_name
 
 
 class _SeedDataset(torch.utils.data.Dataset):
@@ -402,3 +403,23 @@ def main_bench(args) -> int:
     if args.out:
         print(f"wrote {args.out}")
     return 0
+
+
+def add_parser(sub) -> None:
+    """The `bench` subcommand's options (labkit.cli)."""
+    p = sub.add_parser("bench", help="time the seed's recipe beside labkit's path (GPU; --cpu-check for a small CPU check)")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default $LABKIT_DATA or ./data)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per side; the first is a warm-up (default 3)")
+    p.add_argument("--workers", type=int, default=8, help="DataLoader workers for the seed recipe (default 8)")
+    p.add_argument("--cpu-check", action="store_true", help="tiny synthetic run on the CPU (checks the code, not speed)")
+    p.add_argument("--allow-cpu", action="store_true", help="let the full benchmark run on a CPU when there is no GPU (hours)")
+    p.add_argument("--compile", default="", help="also time labkit's path under torch.compile with this mode, e.g. default")
+    p.add_argument("--probe-lanes", type=int, nargs="*", default=[], help="also time N runs side by side, e.g. 2 3")
+    p.add_argument("--breakdown-steps", type=int, default=0,
+                   help="also profile this many eager steps of labkit's path and sum op time by kind (0 = off)")
+    p.add_argument("--accuracy-epochs", type=int, default=0,
+                   help="also train both sides this many epochs per seed and compare validation accuracy (0 = off)")
+    p.add_argument("--accuracy-seeds", type=int, default=3, help="seeds per side for --accuracy-epochs (default 3)")
+    p.add_argument("--accuracy-runs", help="run store whose ablation-baseline runs are labkit's side (trained there if missing)")
+    p.add_argument("--out", help="write the JSON result here")
+    p.set_defaults(fn=main_bench)

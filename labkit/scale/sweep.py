@@ -3,7 +3,6 @@ each: small nets leave a GPU partly idle) or in worker processes, one per GPU (l
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import json
@@ -25,7 +24,7 @@ from ..data import Dataset
 from ..model import run_gflop
 from ..runs import RunStore, atomic_write_text, check_writable, code_version
 from ..step import device_name
-from ..train import Hooks
+from .gate import GPU_GATE, LANE_HOOKS
 from .workers import run_workers
 
 STATUSES = ("done", "cached", "skipped", "stopped", "failed")
@@ -46,67 +45,6 @@ class Job:
     worker: int = -1  # the worker process that took it (sweep(workers=N))
     error: str = ""
     work: float = 0.0  # GFLOP of training this job costs (estimate)
-
-
-class GpuGate:
-    """Lets runs train side by side in threads yet capture CUDA graphs: a capture fails if another
-    thread issues CUDA work meanwhile ("operation not permitted when stream is capturing", H200).
-    Every run holds the gate shared and offers it at each step; a capture takes it exclusively."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._readers = 0
-        self._writers_waiting = 0
-        self._writing = False
-
-    def enter(self) -> None:
-        with self._cv:
-            while self._writing or self._writers_waiting:
-                self._cv.wait()
-            self._readers += 1
-
-    def leave(self) -> None:
-        with self._cv:
-            self._readers -= 1
-            self._cv.notify_all()
-
-    def pause_point(self) -> None:
-        if self._writers_waiting:  # unlocked read: a stale value only delays by one step
-            self.leave()
-            self.enter()
-
-    @contextlib.contextmanager
-    def shared(self):
-        self.enter()
-        try:
-            yield
-        finally:
-            self.leave()
-
-    @contextlib.contextmanager
-    def exclusive(self):
-        """For a thread that holds the gate shared: wait until it is alone, then run."""
-        with self._cv:
-            self._readers -= 1
-            self._writers_waiting += 1
-            self._cv.notify_all()
-            while self._readers or self._writing:
-                self._cv.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._writing = False
-                self._readers += 1
-                self._cv.notify_all()
-
-
-GPU_GATE = GpuGate()
-
-# Lanes pause between steps and take the GPU alone to seed a network and capture a graph.
-LANE_HOOKS = Hooks(between_steps=GPU_GATE.pause_point, alone=GPU_GATE.exclusive)
 
 
 def sweep(jobs: Jobs, store: RunStore, data: Callable[[str, int], Dataset], lanes: int = 1,
@@ -448,3 +386,29 @@ def main_sweep(args) -> int:
     if args.timing_json:
         print(f"wrote {args.timing_json}")
     return 1 if counts["failed"] else 0
+
+
+def add_parser(sub) -> None:
+    """The `sweep` subcommand's options (labkit.cli)."""
+    p = sub.add_parser("sweep", help="train a profile's planned runs in priority order, side by side, in a time budget")
+    p.add_argument("--profile", default="full", help="full | quick | smoke")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default $LABKIT_DATA or data/ in the project root; "
+                   "the smoke profile makes its own); a relative path is taken from here")
+    p.add_argument("--runs-dir", help="run store (default: the profile's, in the project root: the nearest folder from here "
+                   "up that holds notebooks/, else here); a relative path is taken from here")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: the profile's)")
+    p.add_argument("--only", help="comma-separated notebooks to include, e.g. 04_ablations,05_final")
+    p.add_argument("--protocol", default="lab", choices=["lab", "seed"],
+                   help="lab: every planned run; seed: the seed report's protocol only (ablations, final, depths; no modern)")
+    p.add_argument("--lanes", default="1", help="runs side by side on each GPU, or 'auto' (from --bench-json); without a GPU, one")
+    p.add_argument("--bench-json", help="a `labkit bench` result: gives --rate-guess, --lanes auto and --compile auto")
+    p.add_argument("--deadline", type=float, help="unix time by which every run must end")
+    p.add_argument("--budget-s", type=float, help="seconds from now by which every run must end")
+    p.add_argument("--rate-guess", type=float, help="GFLOP/s of one lane, until a run has measured it")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0 = end only)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes sharing the jobs, each on one GPU (round-robin) with --lanes lanes; 0 = this process")
+    p.add_argument("--compile", default="",
+                   help="torch.compile mode for every run (an execution setting: same run ids), or 'auto' (from --bench-json)")
+    p.add_argument("--timing-json", help="write the sweep's wall time and every run's time here (JSON)")
+    p.set_defaults(fn=main_sweep)
