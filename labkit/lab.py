@@ -32,7 +32,7 @@ from .data import (
     source_of,
 )
 from .paper import ABLATION_GROUPS, ABLATIONS, FINAL, ablation_config
-from .runs import Run, RunStore, recorded_data
+from .runs import Run, RunStore, recorded
 
 __all__ = [
     "PROFILES", "PROTOCOLS", "Profile", "get_profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "plan_gflop", "Lab", "LabError", "RunMissing", "project_root",
@@ -269,7 +269,7 @@ class Lab:
         self.own_store = ""
         if not runs_dir and self.source and (other := RunStore(store).on_other_data(self.source)):
             fp = fingerprint(self.source)
-            theirs = sorted({fingerprint(d) for r in other if (d := recorded_data(r)) and "md5" in d})
+            theirs = sorted({fingerprint(d) for r in other if (d := recorded(r)) and "md5" in d})
             own = self.root / "build" / f"{self.profile.name}-{fp}"
             store, report = own / "runs", report if report_dir else own / "report"
             self.own_store = (
