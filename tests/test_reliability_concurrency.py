@@ -9,6 +9,9 @@ import fcntl
 import pytest
 import reliability_cli as R
 
+# Real processes killed and raced: end to end, run by `make test-slow` (CI runs both).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def lab(tmp_path):

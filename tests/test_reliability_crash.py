@@ -12,6 +12,9 @@ import time
 import pytest
 import reliability_cli as R
 
+# Real processes killed and raced: end to end, run by `make test-slow` (CI runs both).
+pytestmark = pytest.mark.slow
+
 from labkit.checkpoint import CheckpointError, load_checkpoint
 
 # Run inside the child: SIGKILL itself at a chosen write (torch.save of the Nth checkpoint,
