@@ -358,32 +358,9 @@ class Lab:
         return self.store.get(cfg, name, lambda: self.data(cfg.split, cfg.val_size), progress=self.progress, log=self.log)
 
     def __getstate__(self) -> dict:
-        # Sent to sweep worker processes (prefetch, for `data`): without the loaded data
+        # Sent to sweep worker processes (for `data`): without the loaded data
         # (reloaded there) or the log (a lambda would not pickle; workers do not log).
         return {**self.__dict__, "_data": {}, "log": None}
-
-    def prefetch(self, pairs: list[tuple[str, TrainConfig]]) -> None:
-        """With several GPUs, train the unfinished runs of `pairs` first, side by side: one
-        worker process per GPU (labkit.sweep). With one GPU or none it does nothing, and
-        `run` trains each run when asked, as before."""
-        import torch
-
-        gpus = torch.cuda.device_count()
-        if not self.allow_train or gpus < 2:
-            return
-        from .scale.sweep import sweep
-
-        todo = [(name, self.config(cfg)) for name, cfg in pairs]
-        todo = [(n, c) for n, c in todo if not self.finished(n, c)]
-        if todo:
-            if self.profile.synthetic:
-                self.data()  # makes the synthetic files here, not in several workers at once
-            workers = min(gpus, len(todo))
-            done = sweep(todo, self.store, self.data, workers=workers, log=None)
-            if self.log:
-                counts = {st: sum(j.status == st for j in done) for st in ("done", "failed")}
-                # A failed run is trained again by `run`, which then raises its error.
-                self.log(f"prefetch: {len(todo)} runs on {workers} GPUs, {counts['done']} done, {counts['failed']} failed")
 
 
 def data_source(data_dir: Path) -> dict | None:

@@ -211,13 +211,32 @@ def setup_notebook(lab: Lab | None = None) -> None:
         torch.set_num_threads(1)  # width-8 nets: a second thread on a busy small machine slows them down
 
 
+def prefetch(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> None:
+    """With several GPUs, train the unfinished runs of `pairs` first, one worker process per GPU
+    (labkit.scale.sweep); with one GPU or none, nothing: `get_runs` trains each when it asks."""
+    import torch
+
+    from .scale.sweep import sweep
+
+    todo = [(n, c) for n, c in ((name, lab.config(cfg)) for name, cfg in pairs) if not lab.finished(n, c)]
+    if not lab.allow_train or torch.cuda.device_count() < 2 or not todo:
+        return
+    if lab.profile.synthetic:
+        lab.data()  # makes the synthetic files here, not in several workers at once
+    workers = min(torch.cuda.device_count(), len(todo))
+    done = sweep(todo, lab.store, lab.data, workers=workers, log=None)
+    if lab.log:  # a failed run is trained again by get_runs, which then raises its error
+        counts = {st: sum(j.status == st for j in done) for st in ("done", "failed")}
+        lab.log(f"prefetch: {len(todo)} runs on {workers} GPUs, {counts['done']} done, {counts['failed']} failed")
+
+
 def get_runs(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> tuple[list[Run], list[str]]:
     """The finished runs of `pairs` (trained if the lab allows; long CPU training refused first),
     and the ids of the missing ones."""
     missing_rows = [("", n, lab.config(c)) for n, c in pairs if not lab.finished(n, lab.config(c))]
     if (estimate := lab.refuse_long_cpu_training(missing_rows, NOTEBOOK_CPU_HOW)) and lab.log:
         lab.log(f"training: {estimate}")
-    lab.prefetch(pairs)  # with several GPUs: the missing runs trained side by side, one process per GPU
+    prefetch(lab, pairs)
     runs, missing = [], []
     for i, (name, cfg) in enumerate(pairs, 1):
         run_id, epochs = lab.store.run_id(lab.config(cfg), name), lab.config(cfg).epochs

@@ -251,6 +251,7 @@ def test_sweep_workers_raise_a_data_error_like_one_process(tmp_path, capfd):
 @pytest.mark.slow  # end to end, in processes
 def test_lab_prefetches_a_notebooks_runs_with_a_worker_per_gpu(tmp_path, monkeypatch):
     from labkit.lab import Lab
+    from labkit.notebook import prefetch
 
     if torch.cuda.is_available():
         pytest.skip("checks the logic on a CPU, pretending to see two GPUs")
@@ -258,8 +259,8 @@ def test_lab_prefetches_a_notebooks_runs_with_a_worker_per_gpu(tmp_path, monkeyp
     seen = []
     lab = Lab("smoke", root=str(tmp_path), log=lambda m: seen.append(m))  # a lambda: must not reach the workers
     pairs = [("a", preset("seed", epochs=15)), ("b", preset("seed", epochs=15, seed=1))]  # 1 epoch in smoke
-    lab.prefetch(pairs)
+    prefetch(lab, pairs)
     assert seen == ["prefetch: 2 runs on 2 GPUs, 2 done, 0 failed"]
     assert all(lab.store.find(lab.config(c), n).finished for n, c in pairs)
-    lab.prefetch(pairs)  # nothing left to train
+    prefetch(lab, pairs)  # nothing left to train
     assert len(seen) == 1

@@ -13,6 +13,7 @@ import reliability_cli as R
 pytestmark = pytest.mark.slow
 
 
+
 @pytest.fixture
 def lab(tmp_path):
     R.start_reference()  # the uninterrupted run, in the background meanwhile

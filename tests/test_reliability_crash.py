@@ -12,9 +12,6 @@ import time
 import pytest
 import reliability_cli as R
 
-# Real processes killed and raced: end to end, run by `make test-slow` (CI runs both).
-pytestmark = pytest.mark.slow
-
 from labkit.checkpoint import CheckpointError, load_checkpoint
 
 # Run inside the child: SIGKILL itself at a chosen write (torch.save of the Nth checkpoint,
@@ -57,6 +54,9 @@ else:
     os.replace = replace
 
 from labkit.cli import main
+
+# Real processes killed and raced: end to end, run by `make test-slow` (CI runs both).
+pytestmark = pytest.mark.slow
 sys.exit(main(sys.argv[1:]))
 """
 
