@@ -14,6 +14,9 @@ import reliability_cli as R
 
 from labkit.checkpoint import CheckpointError, load_checkpoint
 
+# Real processes killed: end to end, run by `make test-slow` (CI runs both).
+pytestmark = pytest.mark.slow
+
 # Run inside the child: SIGKILL itself at a chosen write (torch.save of the Nth checkpoint,
 # after writing half its bytes; or the Nth rename onto a given file name), then labkit's CLI.
 KILLER = r"""
@@ -54,9 +57,6 @@ else:
     os.replace = replace
 
 from labkit.cli import main
-
-# Real processes killed and raced: end to end, run by `make test-slow` (CI runs both).
-pytestmark = pytest.mark.slow
 sys.exit(main(sys.argv[1:]))
 """
 
