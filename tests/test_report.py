@@ -102,7 +102,7 @@ def test_measured_cpu_rate_is_positive_and_finite():
     assert 0 < rate < 1e5
 
 
-def test_cli_refuses_full_on_cpu(monkeypatch, capsys, tmp_path):
+def test_cli_refuses_full_on_cpu(monkeypatch, capsys, tmp_path, synth_root):
     import torch
 
     from labkit.cli import main
@@ -111,7 +111,9 @@ def test_cli_refuses_full_on_cpu(monkeypatch, capsys, tmp_path):
     # An empty store: the committed report/runs is complete, and with nothing left to
     # train the full profile rightly goes ahead on a CPU.
     out = tmp_path / "never-written"
-    assert main(["lab", "--profile", "full", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 1
+    # Data of its own: a clean clone has no data/, and the refusal must not hang on that.
+    args = ["--data-dir", str(synth_root), "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
+    assert main(["lab", "--profile", "full", *args]) == 1
     assert "refusing the full profile" in capsys.readouterr().err
     assert not out.exists()
 
