@@ -49,7 +49,7 @@ class Progress:
         else:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, desc=desc, unit="ep", leave=False)
+            self.bar = tqdm(total=total, initial=done, desc=desc, unit="ep", leave=False, mininterval=0)  # epochs: draw each
 
     def _line(self, status: str) -> str:
         return f"{self.desc}: epoch {self.done}/{self.total}, {status} ({time.perf_counter() - self.t0:.0f} s)"
