@@ -38,7 +38,7 @@ SYNTHETIC_KEY = "labkit_synthetic"  # in batches.meta of labkit's synthetic data
 SYNTHETIC_MADE_KEY = "labkit_synthetic_made"  # ... and as numbers: {"seed", "per_batch", "test_size"}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# (mean, std) per channel for each of config.NORMS. "seed": the seed report's (its std is the mean of
+# (mean, std) per channel for each of config.NORMS. "seed": the original report's (its std is the mean of
 # per-image stds); "dataset": over all 50,000 official training pixels.
 NORMS = {
     "seed": ((0.49139968, 0.48215841, 0.44653091), (0.20220212, 0.19931542, 0.20086346)),
@@ -333,7 +333,7 @@ class Dataset:
 def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "seed", val_size: int = 0,
                  allow_download: bool = True) -> Dataset:
     """CIFAR-10 from `data_dir` (see locate), split "seed" (train on batches 1-4, validate on batch 5, as the
-    seed's code) or "full" (train on all five, the last `val_size` images of batch 5 held out for validation)."""
+    original's code) or "full" (train on all five, the last `val_size` images of batch 5 held out for validation)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "seed" and val_size:

@@ -1,4 +1,4 @@
-"""The seed's ResNet, in torchvision's BasicBlock / _make_layer shape, with the two defects of the seed's code
+"""The original's ResNet, in torchvision's BasicBlock / _make_layer shape, with the two defects of the original's code
 as switches (off by default) so that its numbers can be reproduced:
   - `seed_extra_block`: its `_make_lay` appends one block and then `n` more, so `lays=[2,2,2,2]` builds
     3 blocks per stage (a 26-layer net called ResNet18);
@@ -81,8 +81,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem, four stages of `lays` BasicBlocks (`width` x 1, 2, 4, 8 channels; the seed's width is 64), pool,
-    `dropout`, linear. stem "3x3": stride 1, the CIFAR stem; "7x7": stride 2, the ImageNet conv (the seed builds
+    """Stem, four stages of `lays` BasicBlocks (`width` x 1, 2, 4, 8 channels; the original's width is 64), pool,
+    `dropout`, linear. stem "3x3": stride 1, the CIFAR stem; "7x7": stride 2, the ImageNet conv (the original builds
     its max-pool but never uses it, so neither do we); stem_bn: BatchNorm after it."""
 
     def __init__(self, lays: Sequence[int] = (2, 2, 2, 2), stem: str = "3x3", stem_bn: bool = True,
@@ -98,7 +98,7 @@ class ResNet(nn.Module):
             raise ValueError(f"width must be a positive int, got {width}")
         k, s, p = (3, 1, 1) if stem == "3x3" else (7, 2, 3)
         widths = [width * m for m in (1, 2, 4, 8)]
-        self.conv1 = nn.Conv2d(3, width, k, s, p, bias=True)  # the seed's has a bias even before BatchNorm
+        self.conv1 = nn.Conv2d(3, width, k, s, p, bias=True)  # the original's has a bias even before BatchNorm
         self.bn1: nn.Module = nn.BatchNorm2d(width) if stem_bn else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
         self.blocks_per_stage = [int(n) + int(seed_extra_block) for n in lays]
