@@ -1,8 +1,9 @@
-"""Statistics over seeds: means with Student-t intervals, Welch differences, verdicts.
+"""Statistics over seeds: means with Student-t intervals, differences (paired by seed, or
+Welch's), verdicts.
 
 "±" is the sample SD over seeds. Intervals are Student-t 95% intervals of a mean, cut to the
-range the measure can take, or Welch intervals of a difference of two means (with 3-5 seeds
-a bootstrap has too few distinct resamples to be honest).
+range the measure can take, or of a difference of two means: paired t over the seeds both
+sides share, or Welch's (with 3-5 seeds a bootstrap has too few distinct resamples to be honest).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def bounds_of(field: str) -> tuple[float, float] | None:
 
 @dataclass(frozen=True)
 class Difference:
-    """mean(a) - mean(b) with a Welch CI (nan when either side has fewer than 2 runs)."""
+    """mean(a) - mean(b) with a 95% CI (nan when either side has fewer than 2 runs); paired: na = nb = pairs."""
 
     diff: float
     lo: float
@@ -125,6 +126,25 @@ def welch(a: Iterable, b: Iterable) -> Difference:
     return Difference(diff, float(ci.low), float(ci.high), float(t.df), na, nb)
 
 
+def paired(a: dict, b: dict) -> Difference:
+    """Over the seeds both {seed: value} share: mean(a - b) with its 95% paired t interval. Runs
+    of one seed start from the same weights and see the same data order, so their difference
+    holds less of the seed's luck than two independent means do."""
+    seeds = sorted(s for s in a.keys() & b.keys() if clean_values([a[s]]) and clean_values([b[s]]))
+    x, y = [float(a[s]) for s in seeds], [float(b[s]) for s in seeds]
+    n = len(seeds)
+    if n == 0:
+        return Difference(NAN, NAN, NAN, NAN, 0, 0)
+    diff = sum(x) / n - sum(y) / n
+    d = [u - v for u, v in zip(x, y, strict=True)]
+    # Equal differences of rounded accuracies differ in their last bits: no spread either.
+    if n < 2 or max(d) - min(d) <= 1e-12:
+        return Difference(diff, NAN, NAN, NAN, n, n)
+    t = scipy.stats.ttest_rel(x, y)
+    ci = t.confidence_interval(LEVEL)
+    return Difference(diff, float(ci.low), float(ci.high), float(t.df), n, n)
+
+
 def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> str:
     """Verdict on a claim "a beats b" (d = a - b), with the claimed size if any."""
     if math.isnan(d.diff):
@@ -137,7 +157,7 @@ def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> 
     size = ""
     if claimed is not None:
         inside = d.lo <= claimed <= d.hi
-        size = f"; the seed's {claimed * scale:.1f}-point size is {'inside' if inside else 'outside'} the CI"
+        size = f"; the original's {claimed * scale:.1f}-point size is {'inside' if inside else 'outside'} the CI"
     if d.lo > 0:
         return f"confirmed: the CI lies above 0{size}"
     if d.hi < 0:
