@@ -61,6 +61,7 @@ class TrainConfig:
     epochs: int = 30
     schedule: str = "exp"  # "exp": lr * decay_rate**epoch | "linear" | "cosine" (per step)
     decay_rate: float = 0.9  # per epoch, schedule "exp" only
+    lr_restart: int = 0  # schedule "exp": the decay starts over every this many epochs (0 = never)
     warmup_epochs: float = 0.0  # linear warm-up, schedules "linear"/"cosine"
     label_smoothing: float = 0.0
     # data
@@ -123,6 +124,8 @@ class TrainConfig:
             (0.0 <= c.ema < 1.0, f"ema must lie in [0, 1) (decay per step, 0 = off), got {c.ema}"),
             (c.train_subset >= 0, f"train_subset must be >= 0 (0 = all), got {c.train_subset}"),
             (c.seed >= 0, f"seed must be >= 0, got {c.seed}"),
+            (c.lr_restart >= 0, f"lr_restart must be >= 0 (epochs, 0 = never), got {c.lr_restart}"),
+            (c.lr_restart == 0 or c.schedule == "exp", f"lr_restart is for schedule 'exp' only, got schedule {c.schedule!r}"),
             (
                 c.select != "best_val" or c.split != "full" or c.val_size > 0,
                 "select 'best_val' needs a validation set: split 'seed', or 'full' with val_size > 0",
@@ -267,7 +270,7 @@ PRESETS: dict[str, TrainConfig] = {"seed": PAPER, "modern": MODERN}
 
 
 def preset(name: str, **overrides: object) -> TrainConfig:
-    """The preset `name` ("seed": the seed's protocol exactly; "modern": labkit's recipe),
+    """The preset `name` ("seed": the original's protocol exactly; "modern": labkit's recipe),
     with `overrides` applied, e.g. preset("seed", dropout=0.4, seed=1)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)} (known: {sorted(PRESETS)})")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MODERN, PAPER, ConfigError, TrainConfig, check_choice, check_positive_int
+from .config import MODERN, PAPER, TrainConfig, check_choice, check_positive_int
 from .data import (
     DataError,
     DataNotFound,
@@ -43,10 +43,11 @@ __all__ = [
 @dataclass(frozen=True)
 class Profile:
     name: str
-    seeds: int  # default number of seeds for ablations, final and modern runs
+    seeds: int  # seeds of every configuration but the depth runs'
+    depth_seeds: int
     synthetic: bool
     epoch_scale: float  # multiplies every run's epochs (at least 1 epoch)
-    width: int  # network width (the seed's is 64)
+    width: int  # network width (the original's is 64)
     train_subset: int  # 0 = all training images
     batch_size: int | None  # None = the protocol's own
     runs_dir: str  # relative to the project root
@@ -62,6 +63,8 @@ class Profile:
             "train_subset": self.train_subset,
         }
         changes["warmup_epochs"] = min(cfg.warmup_epochs, changes["epochs"] / 4)
+        if cfg.lr_restart:
+            changes["lr_restart"] = max(1, round(cfg.lr_restart * self.epoch_scale))
         if self.batch_size:
             changes["batch_size"] = self.batch_size
         if cfg.val_size:
@@ -70,9 +73,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "full": Profile("full", 3, False, 1.0, 64, 0, None, "report/runs", "report"),
-    "quick": Profile("quick", 1, False, 0.2, 32, 5000, None, "build/quick/runs", "build/quick/report"),
-    "smoke": Profile("smoke", 2, True, 0.07, 8, 0, 64, "build/smoke/runs", "build/smoke/report"),
+    "full": Profile("full", 5, 3, False, 1.0, 64, 0, None, "report/runs", "report"),
+    "quick": Profile("quick", 1, 1, False, 0.2, 32, 5000, None, "build/quick/runs", "build/quick/report"),
+    "smoke": Profile("smoke", 2, 2, True, 0.07, 8, 0, 64, "build/smoke/runs", "build/smoke/report"),
 }
 
 # Images per synthetic batch file in the smoke profile (5 train batches + test).
@@ -90,10 +93,19 @@ def get_profile(name: str) -> Profile:
 # Run names: a run's id is its name and a hash of its configuration, so these names are how
 # notebooks, the summary and the checkpoints find the runs (changing one orphans recorded runs).
 ABLATION_PREFIX = "ablation-"
-FINAL_NAME, MODERN_NAME = "final", "modern"
-DEPTHS = (2, 3)  # the seed's two depths (`lays`), shallow then deep
-DEPTH_RECIPES = ("seed", "corrected")
+FINAL_NAME, RESTART_NAME, MODERN_NAME = "final", "final-restart", "modern"
+DEPTHS = (2, 3)  # the paper's two depths (`lays`), shallow then deep
+DEPTH_RECIPES = ("seed", "corrected")  # the paper's recipe ("the original's recipe"), or the corrected net with the modern one
 DEPTH_EPOCHS = {"seed": 40, "corrected": 30}
+# The attribution grid: which of the network's defects and which recipe make the gain. Under the
+# paper's recipe (30 epochs, as its baseline, which has both defects): each defect alone and
+# neither; under the modern recipe, the paper's network (the corrected one is the modern run).
+GRID = {
+    "grid-block_only": PAPER.replace(softmax_head=False),
+    "grid-softmax_only": PAPER.replace(seed_extra_block=False),
+    "grid-corrected": PAPER.replace(seed_extra_block=False, softmax_head=False),
+    "grid-defects_modern": MODERN.replace(seed_extra_block=True, softmax_head=True),
+}
 
 
 def ablation_name(key: str) -> str:
@@ -107,7 +119,7 @@ def ablation_key(name: str) -> str:
 
 
 def depth_name(lays: int, recipe: str) -> str:
-    """The run name of a depth run: lays 2 or 3, recipe "seed" (seed-faithful) or "corrected"."""
+    """The run name of a depth run: lays 2 or 3, recipe "seed" (the paper's) or "corrected"."""
     return f"depth-{lays}-{recipe}"
 
 
@@ -115,19 +127,10 @@ def ablation_run(key: str, seed: int) -> tuple[str, TrainConfig]:
     return ablation_name(key), ablation_config(key).replace(seed=seed)
 
 
-def final_run(seed: int) -> tuple[str, TrainConfig]:
-    return FINAL_NAME, FINAL.replace(seed=seed)
-
-
-def modern_run(seed: int) -> tuple[str, TrainConfig]:
-    return MODERN_NAME, MODERN.replace(seed=seed)
-
-
 def depth_run(lays: int, recipe: str, seed: int) -> tuple[str, TrainConfig]:
-    """seed-faithful: the seed's net (both defects) and optimiser, 40 epochs (its lr has
-    decayed to 1.5% of the start by then: the seed's "limit" with no test-set tuning).
-    corrected: the corrected net with the modern recipe on the seed's split, 30 epochs.
-    Both pick the epoch with the best validation accuracy; test accuracy is computed once."""
+    """The paper's net and optimiser for 40 epochs (its lr has decayed to 1.5% by then: the paper's
+    "limit" without test-set tuning), or the corrected net with the modern recipe on the paper's
+    split for 30; both select the epoch with the best validation accuracy, then test once."""
     base = PAPER if recipe == "seed" else MODERN.replace(split="seed")
     return depth_name(lays, recipe), base.replace(lays=(lays,) * 4, epochs=DEPTH_EPOCHS[recipe], select="best_val", seed=seed)
 
@@ -139,43 +142,72 @@ def ablation_runs(group: str, seeds: int) -> list[tuple[str, TrainConfig]]:
 
 
 def final_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
-    """Notebook 05: the seed's table 11 (its best settings, 60 epochs, tested once)."""
-    return [final_run(s) for s in range(seeds)]
+    """Notebook 05: the paper's table 11 (its best settings, 60 epochs, tested once)."""
+    return [(FINAL_NAME, FINAL.replace(seed=s)) for s in range(seeds)]
 
 
-def depth_runs(seeds: int = 1) -> list[tuple[str, TrainConfig]]:
-    """Notebook 03: lays 2 and 3, seed-faithful and corrected, selected on validation (depth_run)."""
+def restart_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
+    """Notebook 05: the final run with its learning rate started over at epoch 30, as the paper's
+    restarts from checkpoints did: does that explain its 60-epoch number?"""
+    return [(RESTART_NAME, FINAL.replace(lr_restart=30, seed=s)) for s in range(seeds)]
+
+
+def grid_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
+    """Notebook 05: the attribution grid (GRID); its other cells are the baseline and modern runs."""
+    return [(name, cfg.replace(seed=s)) for name, cfg in GRID.items() for s in range(seeds)]
+
+
+def depth_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
+    """Notebook 03: lays 2 and 3, the paper's recipe and the corrected one, selected on validation."""
     return [depth_run(lays, recipe, s) for s in range(seeds) for lays in DEPTHS for recipe in DEPTH_RECIPES]
 
 
 def modern_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
     """Notebook 05: the modern preset on all 50,000 training images (labkit's best)."""
-    return [modern_run(s) for s in range(seeds)]
+    return [(MODERN_NAME, MODERN.replace(seed=s)) for s in range(seeds)]
 
 
 PROTOCOLS = ("lab", "seed")
 
 
 def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> list[tuple[str, str, TrainConfig]]:
-    """Every run of the lab as (notebook, run name, config), most needed first.
-
-    Seed 0 of every run first (so every notebook has evidence), then the ablations'
-    further seeds, then those of the modern and final runs. protocol "seed" keeps the seed
-    report's own experiments (ablations, final, depths) and leaves out labkit's modern runs:
-    what the whole-protocol wall time is measured on.
-    """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    """Every run of the lab as (notebook, run name, config), most needed first: the ablations,
+    the final run and one lr-restart run, the attribution grid, the depth runs, the modern
+    runs, then the lr-restart run's further seeds. protocol "seed" keeps the paper's own
+    experiments (the ablations and the final run, `seeds` each; the depths, one each, as the
+    paper ran them): what the whole-protocol wall time is measured on."""
+    check_choice("protocol", protocol, PROTOCOLS)
     p = get_profile(profile_name)
     n = p.seeds if seeds is None else check_positive_int("seeds", seeds, "runs per configuration")
-    rows = [("04_ablations", *ablation_run(a.key, 0)) for a in ABLATIONS]
-    rows += [("05_final", *final_run(0))] + [("03_depth_limit", *r) for r in depth_runs(1)] + [("05_final", *modern_run(0))]
-    rows += [("04_ablations", *ablation_run(a.key, s)) for s in range(1, n) for a in ABLATIONS]
-    rows += [("05_final", *modern_run(s)) for s in range(1, n)]
-    rows += [("05_final", *final_run(s)) for s in range(1, n)]
+    restart = restart_runs(n)
+    ablations = [("04_ablations", *ablation_run(a.key, s)) for s in range(n) for a in ABLATIONS]
     if protocol == "seed":
-        rows = [r for r in rows if r[1] != MODERN_NAME]
+        rows = ablations + [("05_final", *r) for r in final_runs(n)] + [("03_depth_limit", *r) for r in depth_runs(1)]
+    else:
+        rows = ablations + [("05_final", *r) for r in final_runs(n) + restart[:1] + grid_runs(n)]
+        rows += [("03_depth_limit", *r) for r in depth_runs(p.depth_seeds if seeds is None else n)]
+        rows += [("05_final", *r) for r in modern_runs(n) + restart[1:]]
     return [(nb, name, p.apply(cfg)) for nb, name, cfg in rows]
+
+
+# Code that trained runs before the initial-weights fix (744d7dc): then every run reseeded
+# torch's global generator at the start of each epoch, so a run building its net beside others
+# in threads could draw its initial weights from a generator another run had just reseeded.
+# Runs of one seed and one network did not always start alike, and are not paired by seed.
+PRE_FIX_CODE = ("3887dc1", "8721feb")
+
+
+def before_fix(run: Run) -> bool:
+    return str((run.summary or {}).get("code_version", "")).split("+")[0] in PRE_FIX_CODE
+
+
+def one_era(runs: list[Run]) -> list[Run]:
+    """Per configuration (run name), its runs trained after the fix if it has any, else those
+    before it: no configuration mixes the two."""
+    by: dict[str, list[Run]] = {}
+    for r in runs:
+        by.setdefault(r.name, []).append(r)
+    return [r for rs in by.values() for r in ([r for r in rs if not before_fix(r)] or rs)]
 
 
 # CIFAR-10's sizes: what a plan costs can be counted before any data is there.

@@ -58,8 +58,8 @@ class Hooks:
 
 def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Learning rate for optimiser step `step` (0-based) of epoch `epoch` (0-based)."""
-    if cfg.schedule == "exp":  # the student's: multiplied by decay_rate after every epoch
-        return cfg.lr * cfg.decay_rate**epoch
+    if cfg.schedule == "exp":  # the student's: multiplied by decay_rate after every epoch (starting over every lr_restart)
+        return cfg.lr * cfg.decay_rate ** (epoch % cfg.lr_restart if cfg.lr_restart else epoch)
     t = epoch + step / steps_per_epoch  # in epochs
     if t < cfg.warmup_epochs:
         return cfg.lr * (t + 1 / steps_per_epoch) / cfg.warmup_epochs

@@ -21,11 +21,17 @@ def test_plan_is_valid_and_unique(name):
     assert notebooks == {"03_depth_limit", "04_ablations", "05_final"}
     abl = {run for nb, run, _ in rows if nb == "04_ablations"}
     assert abl == {f"ablation-{a.key}" for a in ABLATIONS}
-    # seed 0 of everything comes before any further seed
-    seeds = [cfg.seed for _, _, cfg in rows]
-    first_other = next((i for i, s in enumerate(seeds) if s != 0), len(seeds))
-    assert all(s == 0 for s in seeds[:first_other]) and first_other >= 7 + 1 + 4 + 1
-    assert max(seeds) == PROFILES[name].seeds - 1
+    # most needed first: every ablation seed, then the final run, one lr-restart run and the grid,
+    # the depths, the modern runs, the lr-restart run's further seeds
+    order = [run.split("-")[0] if run.startswith(("ablation", "grid", "depth")) else run for _, run, _ in rows]
+    first = list(dict.fromkeys(order))
+    assert first == ["ablation", "final", "final-restart", "grid", "depth", "modern"], first
+    p = PROFILES[name]
+    assert sum(run == "final-restart" for _, run, _ in rows) == p.seeds
+    assert [cfg.seed for _, run, cfg in rows if run.startswith("ablation")] == sorted(
+        cfg.seed for _, run, cfg in rows if run.startswith("ablation"))  # seed by seed: a cut plan keeps pairs
+    assert {cfg.seed for _, run, cfg in rows if run.startswith("depth")} == set(range(p.depth_seeds))
+    assert max(cfg.seed for _, _, cfg in rows) == p.seeds - 1
 
 
 def test_full_profile_is_the_protocol():
@@ -45,8 +51,9 @@ def test_smoke_profile_is_small():
         ref = full[(run, cfg.seed)]
         assert 1 <= cfg.epochs < ref.epochs
         assert cfg.warmup_epochs <= cfg.epochs
+        assert (cfg.lr_restart > 0) == (ref.lr_restart > 0) and cfg.lr_restart <= cfg.epochs
         # everything but the scale is the full run's
-        same = {k for k in ref.to_dict() if k not in ("width", "batch_size", "epochs", "warmup_epochs", "val_size")}
+        same = {k for k in ref.to_dict() if k not in ("width", "batch_size", "epochs", "warmup_epochs", "lr_restart", "val_size")}
         assert {k: cfg.to_dict()[k] for k in same} == {k: ref.to_dict()[k] for k in same}
 
 
@@ -167,12 +174,11 @@ def test_smoke_keeps_its_data_beside_its_store_and_says_it_ignores_data_dir(tmp_
     assert quiet == []
 
 
-def test_the_seed_s_tables_name_their_groups_and_point_to_the_general_helpers():
+def test_the_original_s_tables_name_their_groups_and_point_to_the_general_helpers():
     from labkit import tables as A
 
-    for fn in (A.ablation_table, A.ablation_claims):
-        with pytest.raises(ConfigError, match=r"'width' is not one of the seed's ablation groups .* estimates_frame"):
-            fn("width", [])
+    with pytest.raises(ConfigError, match=r"'width' is not one of the original report's ablation groups .* estimates_frame"):
+        A.ablation_table("width", [])
 
 
 def test_relative_notebook_paths_start_at_the_project_root(tmp_path, monkeypatch):

@@ -260,10 +260,12 @@ def test_a_file_that_is_not_a_bench_result_is_named():
         execution_from_bench({"train_images_per_epoch": 1, "train_gflop_per_image": 1})
 
 
-def test_seed_protocol_leaves_out_only_the_modern_runs():
+def test_seed_protocol_keeps_the_original_s_own_experiments():
     lab, seed = plan("full", 3), plan("full", 3, protocol="seed")
-    assert [r for r in lab if r[1] != "modern"] == seed
-    assert len(lab) - len(seed) == 3 and {r[1] for r in seed} >= {"final", "depth-2-seed", "ablation-baseline"}
+    assert set(seed) <= set(lab)
+    assert {r[1] for r in seed} == {r[1] for r in lab if r[1].startswith(("ablation", "final", "depth"))} - {"final-restart"}
+    assert [r for r in seed if not r[1].startswith("depth")] == [r for r in lab if r[1].startswith("ablation") or r[1] == "final"]
+    assert {r[2].seed for r in seed if r[1].startswith("depth")} == {0}  # one run a depth, as the original ran them
     with pytest.raises(ConfigError, match="protocol"):
         plan("full", 1, protocol="everything")
     with pytest.raises(ConfigError, match="seeds must be a positive int"):
@@ -445,3 +447,74 @@ def test_sweep_workers_reach_the_sweep_and_its_record(tmp_path, monkeypatch, cap
     capsys.readouterr()
     assert main([*args, "--workers", "-1"]) == 2
     assert capsys.readouterr().err == "error: --workers must be >= 0 (0 = this process), got -1\n"
+
+
+def _record_initial_weights(monkeypatch) -> dict:
+    """Patch train.build_model to keep each built network's state dict by (seed, decay, dropout)."""
+    import copy
+
+    from labkit import train as train_module
+
+    built, real = {}, train_module.build_model
+
+    def build(cfg):
+        model = real(cfg)
+        built[(cfg.seed, cfg.decay_rate, cfg.dropout, cfg.epochs)] = copy.deepcopy(model.state_dict())
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    return built
+
+
+def test_training_draws_nothing_from_torch_s_global_generator(monkeypatch, tiny_data):
+    # What lets runs train side by side in threads: after a run seeds the global generator and
+    # builds its network (under the lanes' lock), nothing else in it draws from that generator.
+    import torch
+
+    from labkit import train as train_module
+    from labkit.train import train
+
+    after_build, real = [], train_module.build_model
+
+    def build(cfg):
+        model = real(cfg)
+        after_build.append(torch.get_rng_state())
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    cfg = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, epochs=2, dropout=0.4, device="cpu", channels_last=False)
+    train(cfg, tiny_data, log=None)
+    assert len(after_build) == 1 and torch.equal(torch.get_rng_state(), after_build[0])
+
+
+def test_runs_of_one_seed_start_alike_side_by_side_in_lanes(tmp_path, tiny_data, monkeypatch):
+    # The paired comparison rests on this: runs of one seed and one network share their initial
+    # weights and data order whichever configuration they train, alone or in lanes.
+    import torch
+
+    from labkit.scale import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "lanes_used", lambda jobs, lanes: (lanes, ""))
+    built = _record_initial_weights(monkeypatch)
+    base = preset("seed", width=8, lays=(1, 1, 1, 1), batch_size=64, epochs=1, device="cpu", channels_last=False)
+    configs = {"base": base, "decay": base.replace(decay_rate=1.0), "dropout": base.replace(dropout=0.4),
+               "longer": base.replace(epochs=2), "seed1": base.replace(seed=1)}  # fmt: skip
+    alone = RunStore(tmp_path / "alone")
+    sweep([("base", base), ("seed1", configs["seed1"])], alone, lambda split, val: tiny_data, log=None)
+    alone_weights = dict(built)
+    lanes = RunStore(tmp_path / "lanes")
+    done = sweep(list(configs.items()), lanes, lambda split, val: tiny_data, lanes=3, log=None)
+    assert [j.status for j in done] == ["done"] * 5 and len({j.lane for j in done}) > 1
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    first = built[(0, base.decay_rate, 0.0, 1)]
+    assert same(first, alone_weights[(0, base.decay_rate, 0.0, 1)])
+    for c in (configs["decay"], configs["dropout"], configs["longer"]):
+        assert same(built[(0, c.decay_rate, c.dropout, c.epochs)], first)
+    assert not same(built[(1, base.decay_rate, 0.0, 1)], first)
+    # the same first epoch where the learning rate of epoch 1 is the same: base, decay 1.0, longer
+    loss1 = {n: float(lanes.find(c, n).history["loss_sum"].iloc[0]) for n, c in configs.items()}
+    assert loss1["base"] == loss1["decay"] == loss1["longer"] == float(alone.find(base, "base").history["loss_sum"].iloc[0])
+    assert loss1["seed1"] != loss1["base"] and loss1["dropout"] != loss1["base"]

@@ -253,6 +253,13 @@ def test_lr_exp():
     assert lr_at(cfg, 1, 0, 10) == pytest.approx(9e-4)
     assert lr_at(cfg, 5, 3, 10) == pytest.approx(1e-3 * 0.9**5)
     assert lr_at(cfg.replace(decay_rate=1.0), 29, 0, 10) == pytest.approx(1e-3)
+    # lr_restart: the decay starts over, as the original's restarts from checkpoints did
+    again = cfg.replace(epochs=60, lr_restart=30)
+    assert [lr_at(again, e, 0, 10) for e in (0, 29, 30, 31, 59)] == pytest.approx([1e-3, 1e-3 * 0.9**29, 1e-3, 9e-4, 1e-3 * 0.9**29])
+    assert cfg.replace(epochs=60, lr_restart=30).short_hash() != cfg.replace(epochs=60).short_hash()
+    assert TrainConfig(lr_restart=0).short_hash() == TrainConfig().short_hash()  # runs recorded before it keep their ids
+    with pytest.raises(ConfigError, match="lr_restart is for schedule 'exp' only"):
+        TrainConfig(optimizer="sgd", lr=0.1, schedule="linear", lr_restart=30)
 
 
 def test_lr_linear_with_warmup():
