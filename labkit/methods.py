@@ -29,6 +29,13 @@ def data_label(source: dict | None, label: str | None = None) -> str:
     return f"{label}; {desc}" if label and not official and not source.get("synthetic") else desc
 
 
+SCALES = {
+    "full": "at the original report's scale",
+    "quick": "a quick look: 5,000 training images, networks of half width, a fifth of the epochs",
+    "smoke": "a pipeline check: synthetic data and networks of width 8, not comparable to the original's numbers",
+}
+
+
 def provenance(runs: Sequence[Run], lab: Lab) -> dict[str, str]:
     """Profile, data, devices, training time and code of a set of runs, as display strings."""
     summaries = [r.summary or {} for r in runs]
@@ -40,10 +47,9 @@ def provenance(runs: Sequence[Run], lab: Lab) -> dict[str, str]:
     secs = sum(float(s.get("train_seconds") or 0.0) for s in summaries)
     dates = sorted({str(d)[:10] for s in summaries if (d := s.get("finished_at"))})
     store, root = lab.store.root.resolve(), lab.root.resolve()
-    synthetic = " (synthetic data, tiny net: not comparable to the seed's numbers)" if lab.profile.synthetic else ""
     return {
-        "profile": lab.profile.name + synthetic,
-        "run store": str(store.relative_to(root) if store.is_relative_to(root) else store),
+        "experiments": SCALES[lab.profile.name],
+        "runs recorded in": str(store.relative_to(root) if store.is_relative_to(root) else store),
         "data": "; ".join(datas) or "no runs",
         "device": ", ".join(f"{d} ({c} runs)" for d, c in devices.items()) or "no runs",
         "training time": f"{secs:.1f} s summed over {len(runs)} runs",
@@ -51,6 +57,10 @@ def provenance(runs: Sequence[Run], lab: Lab) -> dict[str, str]:
         "training wall time": describe_sittings(training_sittings(runs)),
         "code version": code_versions(runs),
     }
+
+
+def provenance_table(runs: Sequence[Run], lab: Lab) -> pd.DataFrame:
+    return pd.DataFrame(list(provenance(runs, lab).items()), columns=["", "value"])
 
 
 def code_versions(runs: Sequence[Run]) -> str:
@@ -116,7 +126,7 @@ def describe_recipe(c: TrainConfig) -> str:
     net = (
         f"lays {list(c.lays)} ({c.lays[0] + int(c.seed_extra_block)} blocks per stage), width {c.width}, "
         f"{c.stem}{' stride 2' if c.stem == '7x7' else ''} stem {'with' if c.stem_bn else 'without'} BN, "
-        f"dropout {c.dropout:g}" + (f"; the seed's defects: {', '.join(defects)}" if defects else "; corrected network")
+        f"dropout {c.dropout:g}" + (f"; the original's defects: {', '.join(defects)}" if defects else "; corrected network")
     )
     opt = f"Adam lr {c.lr:g}"
     if c.optimizer == "sgd":
@@ -171,8 +181,8 @@ def channel_table(ds) -> pd.DataFrame | None:
         ("measured: mean", s["mean"]),
         ("measured: dataset-wide std", s["std_dataset"]),
         ("measured: mean of per-image stds", s["std_per_image_mean"]),
-        ("seed's constants: mean", NORMS["seed"][0]),
-        ("seed's constants: std", NORMS["seed"][1]),
+        ("original's constants: mean", NORMS["seed"][0]),
+        ("original's constants: std", NORMS["seed"][1]),
         ("labkit 'dataset' constants: std", NORMS["dataset"][1]),
     ]
     return pd.DataFrame([(k, *v) for k, v in rows], columns=["statistic", "R", "G", "B"])
@@ -203,7 +213,7 @@ def architecture_table(cfg: TrainConfig, corrected: TrainConfig) -> pd.DataFrame
     head = f"avgpool, dropout, linear{', softmax' if cfg.softmax_head else ''}"
     rows.append(("head", "—", "—", head, str(shapes["fc"][1:]), count_params(s.fc)))
     rows.append(("total", sum(s.blocks_per_stage), sum(c.blocks_per_stage), "", "", count_params(s)))
-    columns = ["stage", "seed's blocks", "corrected blocks", "conv", "output (C, H, W)", "params (seed's net)"]
+    columns = ["stage", "original's blocks", "corrected blocks", "conv", "output (C, H, W)", "params (original's net)"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -260,8 +270,8 @@ def block_counts(named_depths: Sequence[int] = DEPTHS) -> pd.DataFrame:
         rows.append(
             (str([lays] * 4), f"ResNet-{2 * 4 * lays + 2}", *blocks, weight_layers(built), weight_layers(fixed))
         )
-    columns = ["lays", "the seed calls it", "blocks per stage (seed's code)", "blocks per stage (corrected)"]
-    return pd.DataFrame(rows, columns=[*columns, "weight layers (seed's code)", "weight layers (corrected)"])
+    columns = ["lays", "the original calls it", "blocks per stage (original's code)", "blocks per stage (corrected)"]
+    return pd.DataFrame(rows, columns=[*columns, "weight layers (original's code)", "weight layers (corrected)"])
 
 
 def loss_floor(classes: int = 10) -> dict[str, float]:
@@ -285,5 +295,5 @@ def loss_floor_table(floor: float, train_images: int = 40000, batch: int = 512) 
     losses = [(a.where, a.paper_loss) for a in paper.ABLATIONS] + [
         ("table 11: final (60 epochs)", paper.NUMBERS["final_loss"])
     ]
-    columns = ["seed's run", "final summed loss", "batches per epoch", "loss per batch", "floor", "above the floor"]
+    columns = ["original's run", "final summed loss", "batches per epoch", "loss per batch", "floor", "above the floor"]
     return pd.DataFrame([(k, v, n, v / n, floor, v / n - floor) for k, v in losses], columns=columns)

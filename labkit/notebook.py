@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape as html_escape
 from pathlib import Path
 
@@ -32,8 +33,11 @@ from .lab import (
     depth_runs,
     final_runs,
     get_profile,
+    grid_runs,
     modern_runs,
+    one_era,
     project_root,
+    restart_runs,
 )
 from .methods import describe_recipe, provenance
 from .runs import Run, RunError
@@ -47,10 +51,10 @@ NOTEBOOK_CPU_HOW = (
 )
 
 
-def check_seeds(seeds, lab: Lab | None = None) -> int:
-    """`seeds` checked; None means the profile's own number (with `lab`)."""
+def check_seeds(seeds, lab: Lab | None = None, depth: bool = False) -> int:
+    """`seeds` checked; None means the profile's own number (with `lab`; its depth runs' with `depth`)."""
     if seeds is None and lab is not None:
-        return lab.profile.seeds
+        return lab.profile.depth_seeds if depth else lab.profile.seeds
     return check_positive_int("seeds", seeds, "runs per configuration")
 
 
@@ -231,8 +235,9 @@ def prefetch(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> None:
 
 
 def get_runs(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> tuple[list[Run], list[str]]:
-    """The finished runs of `pairs` (trained if the lab allows; long CPU training refused first),
-    and the ids of the missing ones."""
+    """The finished runs of `pairs` (trained if the lab allows; long CPU training refused first), one
+    era per configuration (lab.one_era: never runs from before and after the fix together), and
+    the ids of the missing ones."""
     missing_rows = [("", n, lab.config(c)) for n, c in pairs if not lab.finished(n, lab.config(c))]
     if (estimate := lab.refuse_long_cpu_training(missing_rows, NOTEBOOK_CPU_HOW)) and lab.log:
         lab.log(f"training: {estimate}")
@@ -246,14 +251,33 @@ def get_runs(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> tuple[list[R
             runs.append(lab.run(name, cfg))
         except RunMissing:
             missing.append(run_id)
-    return runs, missing
+    return one_era(runs), missing
 
 
-def summary_runs(lab: Lab, seeds: int, depth_seeds: int) -> tuple[tuple[list[Run], ...], list[str]]:
-    """Notebook 00's (ablation, final, depth, modern) runs as notebooks 03-05 run them, and the missing ids."""
+@dataclass
+class LabRuns:
+    """Every configuration's runs, as the notebooks show them, and the ids of the missing ones."""
+
+    abl: list[Run]
+    final: list[Run]
+    restart: list[Run]
+    grid: list[Run]
+    depth: list[Run]
+    modern: list[Run]
+    missing: list[str]
+
+    @property
+    def every(self) -> list[Run]:
+        return list({r.id: r for r in self.abl + self.final + self.restart + self.grid + self.depth + self.modern}.values())
+
+
+def lab_runs(lab: Lab, seeds: int | None = None, depth_seeds: int | None = None) -> LabRuns:
+    """All of the lab's runs (`seeds` None: the profile's), as notebooks 03-05 get them."""
+    seeds, depth_seeds = seeds or lab.profile.seeds, depth_seeds or lab.profile.depth_seeds
     every_row = list({pair: None for g in paper.ABLATION_GROUPS for pair in ablation_runs(g, seeds)})
-    got = [get_runs(lab, p) for p in (every_row, final_runs(seeds), depth_runs(depth_seeds), modern_runs(seeds))]
-    return tuple(runs for runs, _ in got), [m for _, missing in got for m in missing]
+    pairs = (every_row, final_runs(seeds), restart_runs(seeds), grid_runs(seeds), depth_runs(depth_seeds), modern_runs(seeds))
+    got = [get_runs(lab, p) for p in pairs]
+    return LabRuns(*(runs for runs, _ in got), missing=[m for _, missing in got for m in missing])
 
 
 def load_data(lab: Lab) -> tuple[Dataset | None, Dataset | None]:
@@ -299,14 +323,14 @@ def show_note(markup: str, kind: str = "note") -> None:
 
 
 def show_missing(missing: Sequence[str], lab: Lab) -> None:
+    """One line: how many of the section's planned runs are not trained (their ids, and how to
+    train them, folded away)."""
     if missing:
-        items = "".join(f"<li><code>{html_escape(m)}</code></li>" for m in missing)
-        show_note(
-            f"<b>{len(missing)} run(s) missing</b> from <code>{html_escape(str(lab.store.root))}</code>, and training "
-            "is off (<code>allow_train = False</code>; papermill: <code>-p allow_train True</code> trains them); "
-            f"the tables below leave them out:<ul>{items}</ul>",
-            "warning",
-        )
+        how = ("training is off (<code>allow_train = False</code>; papermill: <code>-p allow_train True</code> trains them)"
+               if not lab.allow_train else "they could not be trained")
+        ids = ", ".join(f"<code>{html_escape(m)}</code>" for m in missing)
+        show_note(f"<details><summary>{len(missing)} of this section's planned run(s) are not trained yet: the tables "
+                  f"show the others.</summary>{how}; in <code>{html_escape(str(lab.store.root))}</code>: {ids}</details>")
 
 
 def show_table(
@@ -343,6 +367,12 @@ def show_figure(fig, key: str, caption: str, absent: str = "nothing to show") ->
 def show_provenance(runs: Sequence[Run], lab: Lab) -> None:
     p = provenance(runs, lab)
     show_note("<br>".join(f"<b>{html_escape(k)}:</b> {html_escape(v)}" for k, v in p.items()), "provenance")
+
+
+def show_paragraphs(paragraphs: Sequence[str], heading: str = "") -> None:
+    """Prose written from the runs (labkit.discussion): HTML paragraphs under an optional heading."""
+    head = f"<h3>{html_escape(heading)}</h3>" if heading else ""
+    ipd.display(ipd.HTML(head + "".join(f'<p class="lk-prose">{p}</p>' for p in paragraphs)))
 
 
 def show_recipes(runs: Sequence[Run]) -> None:

@@ -78,8 +78,8 @@ def test_loss_figures_mark_the_paper_s_final_loss_in_each_configuration_s_colour
     curve = {ln.get_label(): to_hex(ln.get_color()) for ln in ax.get_legend().get_lines()}
     by_y = {ln.get_ydata()[0]: to_hex(ln.get_color()) for ln in marks}
     assert by_y[130.229] == curve["baseline"] and by_y[132.086] == curve["decay_1.0"] != curve["baseline"]
-    assert "the seed's final loss (x)" in [t.get_text() for t in ax.get_legend().get_texts()]
-    # runs shorter than the seed's 30 epochs: no marks, and the title says why
+    assert "the original's final loss" in [t.get_text() for t in ax.get_legend().get_texts()]
+    # runs shorter than the original's 30 epochs: no marks, and the title says why
     short = [run("ablation-baseline", 0, [150.0, 149.0])]
     ax = F.plot_loss_curves(short, title="t", paper_final=paper_final, paper_epoch=30).axes[0]
     assert not [ln for ln in ax.get_lines() if ln.get_marker() == "x" and len(ln.get_xdata())]
@@ -99,61 +99,73 @@ def test_welch_with_unequal_run_counts_and_the_verdicts_word_for_word():
     assert S.judge(S.welch([0.8, 0.9], [0.7])) == "not testable: 1 run on one side, no spread measured (needs seeds ≥ 2)"
     assert S.judge(S.welch([0.8, 0.8], [0.7, 0.7])) == "not testable: every run on each side gave the same value, no spread measured"
     d = S.welch([0.80, 0.82, 0.84], [0.70, 0.71, 0.72])
-    assert S.judge(d, claimed=0.11) == "confirmed: the CI lies above 0; the seed's 11.0-point size is inside the CI"
-    assert S.judge(d, claimed=0.30).endswith("; the seed's 30.0-point size is outside the CI")
+    assert S.judge(d, claimed=0.11) == "confirmed: the CI lies above 0; the original's 11.0-point size is inside the CI"
+    assert S.judge(d, claimed=0.30).endswith("; the original's 30.0-point size is outside the CI")
 
 
-def _stub_runs(key_values: dict[str, list[float]], field: str, prefix: str = "ablation-") -> list:
-    """Finished-run stand-ins: one per value, named prefix + key, with the seed's config."""
+def _stub_runs(key_values: dict[str, list[float]], field: str, prefix: str = "ablation-", code: str = "abc1234") -> list:
+    """Finished-run stand-ins: one per value (seed i the i-th), named prefix + key, with the
+    original's config, trained by `code` (3887dc1: before the initial-weights fix)."""
     from labkit.config import TrainConfig
 
     out = []
     for key, values in key_values.items():
         cfg = paper.ablation_config(key) if prefix == "ablation-" else TrainConfig()
         for seed, v in enumerate(values):
-            out.append(SimpleNamespace(id=f"{prefix}{key}-{seed}", name=f"{prefix}{key}", config=cfg.replace(seed=seed), summary={field: v, "final_loss_sum": 130.0}))
+            summary = {field: v, "final_loss_sum": 130.0, "code_version": code}
+            out.append(SimpleNamespace(id=f"{prefix}{key}-{seed}", name=f"{prefix}{key}", config=cfg.replace(seed=seed), summary=summary))
     return out
 
 
 def test_the_paper_s_tables_take_differences_the_right_way_round():
-    runs = _stub_runs({"baseline": [0.78, 0.79, 0.80], "decay_1.0": [0.70, 0.71, 0.72], "decay_0.45": [0.50, 0.51, 0.52]}, "final_val_acc")
+    # decay_1.0 − baseline by seed: -8, -7, -9 points; mean -8, SD 1, so the paired interval is ±t(2)·1/√3
+    runs = _stub_runs({"baseline": [0.78, 0.79, 0.80], "decay_1.0": [0.70, 0.72, 0.71], "decay_0.45": [0.50, 0.51, 0.52]}, "final_val_acc")
     table = T.ablation_table("lr_decay", runs).set_index("row")
-    assert table.loc["decay_1.0", "Δ vs baseline, pts: ours [95% CI]"].startswith("-8.00 [")  # ablation − baseline
-    assert table.loc["decay_1.0", "Δ vs baseline, pts: seed"] == pytest.approx((0.7645 - 0.7871) * 100)
-    runs = _stub_runs({"baseline": [0.78, 0.79, 0.80], "no_stem_bn": [0.70, 0.71, 0.72]}, "final_val_acc")
-    (claim,) = T.ablation_claims("stem_bn", runs).to_dict("records")
-    assert "confirmed" in claim["verdict"] and "the seed's 2.6-point size is outside the CI" in claim["verdict"]
+    h = T975[2] * 1.0 / math.sqrt(3)
+    assert table.loc["decay_1.0", "Δ vs baseline, pts: ours [95% CI]"] == f"-8.00 [{-8 - h:+.2f}, {-8 + h:+.2f}] (paired)" == "-8.00 [-10.48, -5.52] (paired)"
+    assert table.loc["decay_1.0", "Δ vs baseline, pts: original"] == pytest.approx((0.7645 - 0.7871) * 100)
+    assert table.loc["baseline", "Δ vs baseline, pts: ours [95% CI]"] == "—"
+    view = T.ablation_view(T.ablation_table("lr_decay", runs))
+    assert list(view.columns) == ["", "baseline", "decay_1.0", "decay_0.45"]
+    col = dict(zip(view[""], view["decay_1.0"], strict=True))
+    assert col["Δ vs baseline, pts: original"] == "-2.26" and col["decay"] == "1" and col["n"] == "3"
+    runs = _stub_runs({"baseline": [0.78, 0.79, 0.80], "no_stem_bn": [0.70, 0.72, 0.71]}, "final_val_acc")
+    (claim,) = [k for k in T.claims(runs, [], [], []) if k.claim == "stem BN helps"]
+    assert claim.result.basis == "paired" and claim.result.verdict.startswith("confirmed")
+    assert claim.result.verdict.endswith("the original's 2.6-point size is outside the CI")
     final = _stub_runs({"final": [0.85, 0.86, 0.87]}, "test_acc", prefix="")
-    row = T.paper_vs_ours([], final, [], []).set_index("measure").loc["test accuracy %"]
-    assert row["Δ ours − seed"] == f"{(0.86 - 0.8336) * 100:+.2f}"  # ours above the seed's 83.36%: positive
+    row = T.paper_vs_ours([], final, [], []).set_index(["original report", "measure"]).loc[("table 11: final run, 60 epochs", "test acc %")]
+    assert row["Δ ours − original"] == f"{(0.86 - 0.8336) * 100:+.2f}"  # ours above the original's 83.36%: positive
 
 
-def test_findings_gather_every_claim_with_its_verdict(monkeypatch):
+def test_findings_gather_every_claim_with_its_verdict():
     from labkit.config import MODERN
+    from labkit.lab import depth_runs, final_runs
 
-    vals = {"baseline": [0.78, 0.79, 0.80], "decay_1.0": [0.70, 0.71, 0.72], "decay_0.45": [0.50, 0.51, 0.52],
-            "dropout_0.4": [0.78, 0.80, 0.79], "dropout_0.8": [0.75, 0.74, 0.76], "no_stem_bn": [0.70, 0.71, 0.72], "stem_7x7": [0.70, 0.72, 0.71]}  # fmt: skip
+    vals = {"baseline": [0.78, 0.79, 0.80], "decay_1.0": [0.70, 0.72, 0.71], "decay_0.45": [0.50, 0.51, 0.53],
+            "dropout_0.4": [0.78, 0.80, 0.79], "dropout_0.8": [0.75, 0.74, 0.76], "no_stem_bn": [0.70, 0.71, 0.73], "stem_7x7": [0.70, 0.72, 0.71]}  # fmt: skip
     abl = _stub_runs(vals, "final_val_acc")
-    final = _stub_runs({"final": [0.80, 0.81, 0.82]}, "test_acc", prefix="")
-    modern = [SimpleNamespace(id=f"modern-{s}", name="modern", config=MODERN.replace(seed=s), summary={"test_acc": v}) for s, v in enumerate((0.91, 0.915, 0.92))]
-    depth = [SimpleNamespace(id=n, name=n, config=None, summary={"test_acc": v}) for n, v in
-             (("depth-2-seed", 0.8), ("depth-3-seed", 0.7), ("depth-2-corrected", 0.9), ("depth-3-corrected", 0.91))]  # fmt: skip
+    final = _named_runs("final", dict(final_runs(1))["final"], test_acc=[0.80, 0.81, 0.83])
+    modern = _named_runs("modern", MODERN, test_acc=[0.91, 0.915, 0.92])
+    cfgs = dict(depth_runs(1))
+    depth = [*_named_runs("depth-2-seed", cfgs["depth-2-seed"], test_acc=[0.8]), *_named_runs("depth-3-seed", cfgs["depth-3-seed"], test_acc=[0.7])]
     f = T.findings(abl, final, depth, modern)
-    assert len(f) == sum(len(c) for c in paper.CLAIMS.values()) + 2 + 2
-    by = f.set_index("claim")["verdict"]
-    assert by["decay 1.0 beats 0.45"].startswith("confirmed") and by["dropout 0.4 hurts at 30 epochs"].startswith("not shown")
-    assert by["deeper is better (seed recipe)"].startswith("not testable: 1 run on each side")
-    assert by["labkit: the modern preset beats the seed's final recipe"].startswith("confirmed")
-    assert by["labkit: the modern preset beats the seed's best, 89.27% (tuned on test)"] == "the seed's 89.27% lies below our 95% CI"
-    # the comparison says that the modern number averages two views; the seed's never do
-    assert "modern preset, test-time flip, test acc" in set(f["comparison"])
-    # the findings read the claims' own rows, not the section tables' column names
-    monkeypatch.setattr(T, "ABLATION_CLAIM_COLUMNS", {"renamed": "claim"})
-    monkeypatch.setattr(T, "DEPTH_CLAIM_COLUMNS", {"renamed": "claim"})
-    assert T.findings(abl, final, depth, modern).equals(f)
-    best = T.best_vs_paper(final, modern)
-    assert list(best["comparison"]) == ["modern − seed-faithful final, test acc", "modern vs the seed's best (89.27%, lays 3, tuned on test)"]
-    assert list(best["note"]) == [by["labkit: the modern preset beats the seed's final recipe"], "the seed's 89.27% lies below our 95% CI"]
+    assert len(f) == sum(len(c) for c in paper.CLAIMS.values()) + 2 + 1
+    by = f.set_index("conclusion (original §4.6)")
+    assert by.loc["decay 1.0 beats 0.45", "verdict"].startswith("confirmed")
+    assert by.loc["dropout 0.4 hurts at 30 epochs", "verdict"].startswith("not shown")
+    assert by.loc["deeper is better (the original's recipe)", "verdict"] == "not testable: 1 run on each side, no spread measured (needs seeds ≥ 2)"
+    assert by.loc["deeper is better (corrected net, modern recipe)", "verdict"] == "untested: runs missing"
+    assert by.loc["labkit: the modern recipe beats the original's final run", "verdict"].startswith("confirmed")
+    assert by.loc["deeper is better (the original's recipe)", "original Δ"] == "+2.95"
+    # the paired column where the paired interval judges, Welch's beside it always
+    row = by.loc["decay 0.9 beats 1.0"]
+    assert row["ours Δ, paired [95% CI]"].startswith("+8.00 [") and row["ours Δ, Welch [95% CI]"].startswith("+8.00 [")
+    assert row["runs"] == "3+3" and row["comparison"] == "baseline − decay_1.0, val acc"
+    # runs trained before the initial-weights fix: Welch's interval judges; the paired column is empty
+    old = T.findings(_stub_runs(vals, "final_val_acc", code="3887dc1"), final, depth, modern).set_index("conclusion (original §4.6)")
+    assert old.loc["decay 0.9 beats 1.0", "ours Δ, paired [95% CI]"] == "—"
+    assert old.loc["decay 0.9 beats 1.0", "verdict"] == by.loc["decay 0.9 beats 1.0", "verdict"] == "confirmed: the CI lies above 0"
 
 
 def test_depth_checkpoints_are_written_atomically_with_the_selected_weights(tmp_path):
@@ -216,88 +228,74 @@ def test_deeper_is_better_is_judged_the_right_way_round_with_three_seeds():
 
     cfgs = dict(depth_runs(1))
     deep, shallow = [0.70, 0.72, 0.74], [0.60, 0.62, 0.64]
-    # seed recipe: lays 3 beats lays 2 by 10 points; corrected: lays 3 loses by 10 points.
+    # the original's recipe: lays 3 beats lays 2 by 10 points; corrected: lays 3 loses by 10 points.
+    # Trained before the initial-weights fix (3887dc1), so Welch's interval judges.
     runs = [
         *_named_runs("depth-2-seed", cfgs["depth-2-seed"], test_acc=shallow, best_val_acc=shallow, selected_epoch=[7, 8, 9]),
         *_named_runs("depth-3-seed", cfgs["depth-3-seed"], test_acc=deep, best_val_acc=[0.71, 0.73, 0.75], selected_epoch=[10, 11, 12]),
         *_named_runs("depth-2-corrected", cfgs["depth-2-corrected"], test_acc=[v + 0.2 for v in deep], best_val_acc=deep, selected_epoch=[1, 2, 3]),
         *_named_runs("depth-3-corrected", cfgs["depth-3-corrected"], test_acc=[v + 0.2 for v in shallow], best_val_acc=deep, selected_epoch=[4, 5, 6]),
     ]
+    for r in runs:
+        r.summary["code_version"] = "3887dc1"
     # Welch by hand: equal SDs (2 points) and n (3) on each side, so df = 2(n-1) = 4 exactly.
     half = T975[4] * math.sqrt(0.02**2 / 3 + 0.02**2 / 3)
     ci = f"[{(0.10 - half) * 100:+.2f}, {(0.10 + half) * 100:+.2f}]"
     assert ci == "[+5.47, +14.53]"
-    claim = T.depth_claim(runs).set_index("recipe")
-    assert list(claim.index) == ["seed", "corrected"]
-    seed, corrected = claim.loc["seed"], claim.loc["corrected"]
-    assert seed["comparison"] == corrected["comparison"] == "lays 3 − lays 2, test acc"
-    assert seed["seed: Δ, pts"] == pytest.approx((0.8927 - 0.8632) * 100)  # the seed's deep minus shallow
-    assert seed["ours: Δ, pts [95% Welch CI]"] == f"+10.00 pts {ci}"
-    assert seed["runs"] == corrected["runs"] == "3 vs 3"
-    assert seed["verdict"] == "confirmed: the CI lies above 0"
-    assert corrected["ours: Δ, pts [95% Welch CI]"] == "-10.00 pts [-14.53, -5.47]"
-    assert corrected["verdict"] == "refuted: the opposite holds (CI below 0)"
-    by = T.findings([], [], runs, []).set_index("claim")
-    assert by.loc["deeper is better (seed recipe)", "verdict"] == "confirmed: the CI lies above 0"
-    assert by.loc["deeper is better (corrected recipe)", "verdict"] == "refuted: the opposite holds (CI below 0)"
-    assert by.loc["deeper is better (seed recipe)", "seed: Δ, pts"] == "+2.95"
+    by = T.findings([], [], runs, []).set_index("conclusion (original §4.6)")
+    seed, corrected = by.loc["deeper is better (the original's recipe)"], by.loc["deeper is better (corrected net, modern recipe)"]
+    assert seed["comparison"] == corrected["comparison"] == "lays 3 − 2, test acc"
+    assert seed["original Δ"] == corrected["original Δ"] == "+2.95"  # the original's deep minus shallow
+    assert seed["ours Δ, Welch [95% CI]"] == f"+10.00 {ci}" and seed["ours Δ, paired [95% CI]"] == "—"
+    assert seed["runs"] == corrected["runs"] == "3+3"
+    assert seed["verdict"] == "confirmed: the CI lies above 0"  # not sized: the original tuned those numbers on test
+    assert corrected["ours Δ, Welch [95% CI]"] == "-10.00 [-14.53, -5.47]"
+    assert corrected["verdict"].startswith("refuted: the opposite holds (CI below 0)")
     # The depth table: each row its own runs' mean, SD and t interval of test accuracy.
     table = T.depth_table(runs)
-    assert [(r["lays"], r["recipe"].split()[0]) for _, r in table.iterrows()] == [(2, "seed-faithful"), (2, "corrected"), (3, "seed-faithful"), (3, "corrected")]
-    row = table.iloc[2]  # lays 3, seed recipe
+    assert [(r["lays"], r["recipe"]) for _, r in table.iterrows()] == [
+        (2, "the original's recipe"), (2, "corrected net, modern recipe, test-time flip"),
+        (3, "the original's recipe"), (3, "corrected net, modern recipe, test-time flip")]  # fmt: skip
+    row = table.iloc[2]  # lays 3, the original's recipe
     mean, sd, h = _by_hand(deep)
     assert row["test acc % (once)"] == f"{mean * 100:.2f} ± {sd * 100:.2f} SD (n=3)" == "72.00 ± 2.00 SD (n=3)"
     assert row["95% CI"] == f"[{(mean - h) * 100:.2f}, {(mean + h) * 100:.2f}]" == "[67.03, 76.97]"
     assert row["best val acc %"] == "73.00 ± 2.00 SD (n=3)" and row["selected epoch (best val)"] == "10, 11, 12"
-    assert row["Δ ours − seed, pts"] == pytest.approx(72.0 - 89.27)
-    assert table.iloc[0]["test acc % (once)"] == "62.00 ± 2.00 SD (n=3)" and table.iloc[1]["Δ ours − seed, pts"] == pytest.approx(92.0 - 86.32)
+    assert row["Δ ours − original, pts"] == pytest.approx(72.0 - 89.27)
+    assert table.iloc[0]["test acc % (once)"] == "62.00 ± 2.00 SD (n=3)" and table.iloc[1]["Δ ours − original, pts"] == pytest.approx(92.0 - 86.32)
 
 
-def test_final_table_and_best_vs_seed_numbers_by_hand():
+def test_final_table_numbers_by_hand():
     from labkit.config import MODERN
-    from labkit.lab import final_runs
+    from labkit.lab import final_runs, restart_runs
 
-    final_cfg = dict(final_runs(1))["final"]
-    final = _named_runs("final", final_cfg, test_acc=[0.80, 0.82, 0.84], final_loss_sum=[120.0, 125.0, 130.0], final_val_acc=[0.79, 0.80, 0.84])
+    final_cfg, restart_cfg = dict(final_runs(1))["final"], dict(restart_runs(1))["final-restart"]
+    final = _named_runs("final", final_cfg, test_acc=[0.80, 0.82, 0.84], final_loss_sum=[120.0, 125.0, 130.0])
+    restart = _named_runs("final-restart", restart_cfg, test_acc=[0.84, 0.85, 0.89])
     modern = _named_runs("modern", MODERN, test_acc=[0.90, 0.92, 0.94])
-    t = T.final_table(final, modern).set_index("measure", append=True)
-    cols = ["seed's number", "n", "ours: mean ± SD", "ours: 95% CI", "Δ ours − seed"]
+    t = T.final_table(final, restart, modern)
+    cols = ["original", "n", "ours: mean ± SD", "ours: 95% CI", "Δ ours − original"]
 
-    def expect(values, seed, scale=100, digits=2):
+    def expect(values, orig, scale=100, digits=2):
         m, sd, h = _by_hand(values)
-        return ["—" if seed is None else f"{seed * scale:.{digits}f}", 3, f"{m * scale:.{digits}f} ± {sd * scale:.{digits}f}",
-                f"[{(m - h) * scale:.{digits}f}, {(m + h) * scale:.{digits}f}]", "—" if seed is None else f"{(m - seed) * scale:+.{digits}f}"]
+        return [f"{orig * scale:.{digits}f}", 3, f"{m * scale:.{digits}f} ± {sd * scale:.{digits}f}",
+                f"[{(m - h) * scale:.{digits}f}, {(m + h) * scale:.{digits}f}]", f"{(m - orig) * scale:+.{digits}f}"]
 
-    rows = {measure: list(r[cols]) for (_, measure), r in t.iterrows()}
-    assert [m for _, m in t.index] == ["test accuracy %", "final loss (summed over the epoch)", "validation accuracy %", "test accuracy %"]
+    assert list(t["measure"]) == ["test acc %", "final loss (summed)", "test acc %", "test acc %"]
     assert list(t.iloc[0][cols]) == expect([0.80, 0.82, 0.84], 0.8336) == ["83.36", 3, "82.00 ± 2.00", "[77.03, 86.97]", "-1.36"]
-    assert rows["final loss (summed over the epoch)"] == expect([120.0, 125.0, 130.0], 126.53595, 1, 3) == ["126.536", 3, "125.000 ± 5.000", "[112.579, 137.421]", "-1.536"]
-    assert rows["validation accuracy %"] == expect([0.79, 0.80, 0.84], None) == ["—", 3, "81.00 ± 2.65", "[74.43, 87.57]", "—"]
+    assert list(t.iloc[1][cols]) == expect([120.0, 125.0, 130.0], 126.53595, 1, 3) == ["126.536", 3, "125.000 ± 5.000", "[112.579, 137.421]", "-1.536"]
+    assert list(t.iloc[2][cols]) == expect([0.84, 0.85, 0.89], 0.8336)
     assert list(t.iloc[3][cols]) == expect([0.90, 0.92, 0.94], 0.8927) == ["89.27", 3, "92.00 ± 2.00", "[87.03, 96.97]", "+2.73"]
-    assert t.iloc[3]["run"] == "labkit's best: modern preset, test-time flip" and t.iloc[0]["run"] == f"table 11: seed-faithful, {final_cfg.epochs} epochs"
-    # best_vs_seed: modern − final by Welch (equal SDs and n: df 4), then the seed's best against our CI
-    best = T.best_vs_paper(final, modern)
-    half = T975[4] * math.sqrt(0.02**2 / 3 + 0.02**2 / 3)
-    assert list(best["Δ, pts [95% Welch CI]"]) == [f"+10.00 pts [{(0.10 - half) * 100:+.2f}, {(0.10 + half) * 100:+.2f}]", "+2.73 pts"]
-    assert list(best["runs"]) == ["3 vs 3", "3"]
-    _, _, h = _by_hand([0.90, 0.92, 0.94])
-    assert 0.92 - h < 0.8927 < 0.92 + h
-    assert list(best["note"]) == ["confirmed: the CI lies above 0", "the seed's 89.27% lies inside our 95% CI"]
-    # the other way round: modern below final, and below the seed's best
-    worse = _named_runs("modern", MODERN, test_acc=[0.70, 0.72, 0.74])
-    _, _, h = _by_hand([0.70, 0.72, 0.74])
-    assert 0.72 + h < 0.8927
-    best = T.best_vs_paper(final, worse)
-    assert list(best["Δ, pts [95% Welch CI]"]) == ["-10.00 pts [-14.53, -5.47]", "-17.27 pts"]
-    assert list(best["note"]) == ["refuted: the opposite holds (CI below 0)", "the seed's 89.27% lies above our 95% CI"]
-    assert list(T.best_vs_paper(final, worse[:1])["note"])[1] == "one run: no interval"
+    assert t.iloc[2]["runs"] == "final run, lr started over at epoch 30"
+    assert t.iloc[3]["runs"] == "modern recipe, test-time flip; original: its best, lays 3"
+    assert list(T.final_table([], [], [])["n"]) == [0, 0, 0, 0]
 
 
 def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
     from labkit.config import MODERN, PAPER
 
     seed, modern = M.describe_recipe(PAPER), M.describe_recipe(MODERN)
-    assert "(3 blocks per stage)" in seed and "the seed's defects: n+1 blocks per stage, softmax before the loss" in seed
+    assert "(3 blocks per stage)" in seed and "the original's defects: n+1 blocks per stage, softmax before the loss" in seed
     assert "Adam lr 0.001, lr × 0.9 per epoch, batch 512, 30 epochs" in seed and "one view per image" in seed
     assert "corrected network" in modern and "SGD Nesterov lr 0.2" in modern and "tested once with test-time flip" in modern
     assert "all 50,000 training images" in modern and f"{MODERN.epochs} epochs" in modern
@@ -322,7 +320,7 @@ def test_code_versions_and_the_data_caveat():
     synthetic = SimpleNamespace(summary={"data": {"official": False, "synthetic": True}})
     assert T.data_caveat([synthetic], unlabelled).startswith("These runs trained on synthetic data")
     note = T.data_caveat([official, stand_in], labelled)
-    assert "Our runs trained and were tested on JPEG &lt;q75&gt; copy; the seed's numbers come from the official files" in note
+    assert "Our runs trained and were tested on JPEG &lt;q75&gt; copy; the original's numbers come from the official files" in note
     assert "a copy that is not the official CIFAR-10 files" in T.data_caveat([stand_in], unlabelled)
 
 
@@ -398,29 +396,30 @@ def test_data_label(monkeypatch, tmp_path):
     assert M.source_table(other, lab).set_index("")["value"]["data used"].startswith("stand-in; not the official")
 
 
-def test_summary_runs_and_the_recorded_data_source(tmp_path):
+def test_lab_runs_and_the_recorded_data_source(tmp_path):
     from conftest import recorded_run
 
     from labkit.lab import Lab, plan
 
     lab = Lab("smoke", root=tmp_path, allow_train=False, progress=False, log=None)
-    (abl, final, depth, modern), missing = N.summary_runs(lab, 2, 1)
-    assert (abl, final, depth, modern) == ([], [], [], [])
-    assert sorted(missing) == sorted(lab.store.run_id(c, n) for _, n, c in plan("smoke", 2))  # the baseline once
+    got = N.lab_runs(lab, 2, 2)
+    assert (got.abl, got.final, got.restart, got.grid, got.depth, got.modern, got.every) == ([], [], [], [], [], [], [])
+    planned = plan("smoke", 2)
+    assert sorted(got.missing) == sorted(lab.store.run_id(c, n) for _, n, c in planned)  # the baseline once
     assert N.recorded_source(lab) is None
-    run = recorded_run(lab.store.root, {"official": False, "folder": "x"}, "ablation-baseline", plan("smoke", 1)[0][2])
-    assert run.name == missing[0]
+    run = recorded_run(lab.store.root, {"official": False, "folder": "x"}, "ablation-baseline", planned[0][2])
+    assert run.name == got.missing[0]
     assert N.recorded_source(lab) == {"official": False, "folder": "x"}
-    (abl, *_), missing2 = N.summary_runs(lab, 2, 1)
-    assert [r.id for r in abl] == [missing[0]] and len(missing2) == len(missing) - 1
+    again = N.lab_runs(lab, 2, 2)
+    assert [r.id for r in again.abl] == [got.missing[0]] and len(again.missing) == len(got.missing) - 1
 
 
 def test_the_paper_s_numbers_the_figures_mark():
     assert T.paper_ablation_values("paper_loss")["stem_7x7"] == 138.71478 and len(T.paper_ablation_values("paper_val_acc")) == len(paper.ABLATIONS)
     assert T.paper_figures("lr_decay") == "2, 6, 7, 9, 1, 3" and T.paper_figures("stem_kernel") == "2, 6, 7, 9, 10"
-    with pytest.raises(ConfigError, match="not one of the seed's ablation groups"):
+    with pytest.raises(ConfigError, match="not one of the original report's ablation groups"):
         T.paper_figures("width")
-    assert T.paper_test_accuracies() == {"final": 0.8336, "modern": 0.8927}
+    assert T.paper_test_accuracies() == {"final": 0.8336, "final-restart": 0.8336, "modern": 0.8927}
 
 
 def test_training_sittings_merge_side_by_side_runs_and_split_sessions():
@@ -474,3 +473,85 @@ def test_parameter_checks(tmp_path):
         N.check_bool("allow_train", "False")
 
 
+
+
+def test_paired_interval_by_hand_over_the_seeds_both_sides_share():
+    # seeds 0-2 on both sides (seed 3 and 4 on one side only): differences 10, 11, 12 points
+    a, b = {0: 0.80, 1: 0.82, 2: 0.85, 3: 0.90}, {0: 0.70, 1: 0.71, 2: 0.73, 4: 0.50}
+    d = S.paired(a, b)
+    mean, sd, h = _by_hand([0.10, 0.11, 0.12])
+    assert (d.na, d.nb, d.df) == (3, 3, 2) and d.diff == pytest.approx(mean)
+    assert (d.lo, d.hi) == (pytest.approx(mean - h), pytest.approx(mean + h))
+    assert S.welch(list(a.values()), list(b.values())).na == 4  # Welch takes every run
+    assert S.paired({**a, 2: None}, b).na == 2  # a missing value drops its pair
+    flat = S.paired({0: 0.8, 1: 0.9}, {0: 0.7, 1: 0.8})  # the same difference for every seed: no spread
+    assert flat.diff == pytest.approx(0.1) and not flat.has_ci
+    assert math.isnan(S.paired({0: 0.8}, {1: 0.7}).diff)
+
+
+def test_the_planned_comparison_never_pairs_across_the_initial_weights_fix():
+    def runs(name, values, code):
+        return [SimpleNamespace(name=name, config=SimpleNamespace(seed=s), summary={"test_acc": v, "code_version": code}) for s, v in enumerate(values)]
+
+    new_a, new_b = runs("a", [0.80, 0.82, 0.85], "abc1234"), runs("b", [0.70, 0.71, 0.73], "abc1234")
+    old_a, old_b = runs("a", [0.80, 0.82, 0.85], "3887dc1"), runs("b", [0.70, 0.71, 0.73], "8721feb+x")
+    c = T.compare(new_a, new_b, "test_acc")
+    assert c.basis == "paired" and c.fmt() == c.paired.fmt() + " (paired)" and c.verdict.startswith("confirmed")
+    c = T.compare(old_a, old_b, "test_acc")
+    assert c.basis == "Welch" and c.fmt() == c.welch.fmt() + " (Welch)"
+    c = T.compare(new_a, old_b, "test_acc")
+    assert c.basis == "" and c.fmt() == "—" and c.verdict.startswith("not compared: one side was trained before")
+    flat = T.compare(runs("a", [0.8, 0.9], "abc1234"), runs("b", [0.7, 0.8], "abc1234"), "test_acc")
+    assert flat.verdict == "not testable: every seed gave the same difference, no spread measured"
+    assert T.compare(new_a[:1], new_b[:1], "test_acc").basis == "Welch"  # one pair: no paired interval to judge by
+    from labkit.lab import one_era
+
+    assert one_era([*old_a, *new_a[:2], *old_b]) == [*new_a[:2], *old_b]  # a: its runs after the fix; b: before
+
+
+def test_grid_table_sets_each_cell_against_the_original_s_network_under_its_recipe():
+    from labkit.config import MODERN
+    from labkit.lab import GRID
+
+    base = _named_runs("ablation-baseline", paper.ablation_config("baseline"), test_acc=[0.70, 0.71, 0.73])
+    cells = {name: _named_runs(name, cfg, test_acc=[0.75, 0.77, 0.78]) for name, cfg in GRID.items()}
+    modern = _named_runs("modern", MODERN, test_acc=[0.90, 0.91, 0.93])
+    for r in [*base, *modern, *[r for rs in cells.values() for r in rs]]:
+        r.summary["code_version"] = "abc1234"
+    t = T.grid_table([*base, *modern, *[r for rs in cells.values() for r in rs]])
+    assert list(t["network"]) == [n for _, n, _ in T.GRID_CELLS] and list(t["n"]) == [3] * 6
+    col = "Δ vs both defects, pts [95% CI]"
+    assert t[col].iloc[0] == t[col].iloc[4] == "—"  # the reference cells
+    mean, _, h = _by_hand([0.05, 0.06, 0.05])
+    assert t[col].iloc[3] == f"{mean * 100:+.2f} [{(mean - h) * 100:+.2f}, {(mean + h) * 100:+.2f}] (paired)"  # corrected − baseline
+    mean, _, h = _by_hand([0.15, 0.14, 0.15])
+    assert t[col].iloc[5] == f"{mean * 100:+.2f} [{(mean - h) * 100:+.2f}, {(mean + h) * 100:+.2f}] (paired)"  # modern − defects, modern
+    assert t["recipe"].iloc[5] == "modern, test-time flip"
+    assert list(T.grid_table([])["n"]) == [0] * 6
+
+
+def test_low_runs_and_the_table_of_every_run():
+    from labkit.config import TrainConfig
+
+    cfg = TrainConfig(epochs=30)
+    runs = [SimpleNamespace(id=f"a-{s}", name="a", config=cfg.replace(seed=s), summary={"final_val_acc": v, "test_acc": v - 0.01, "code_version": code})
+            for s, (v, code) in enumerate([(0.80, "3887dc1"), (0.81, "abc1234"), (0.70, "abc1234")])]  # fmt: skip
+    runs.append(SimpleNamespace(id="b-0", name="b", config=cfg.replace(seed=0), summary={"final_val_acc": 0.5, "test_acc": 0.5, "code_version": "abc1234"}))
+    ((low, gap),) = T.low_runs(runs)
+    assert low.id == "a-2" and gap == pytest.approx((0.805 - 0.70) * 100)  # below the median of its configuration's others
+    assert T.low_runs(runs, points=11) == []
+    t = T.every_run(runs).set_index("configuration")
+    assert t.loc["a", "seed 2"] == "70.00 / 69.00 low" and t.loc["a", "seed 0"] == "80.00 / 79.00"
+    assert t.loc["a", "code"] == "3887dc1, abc1234 (before the fix)" and t.loc["b", "code"] == "abc1234"
+    assert t.loc["b", "seed 1"] == ""  # b has one seed
+
+
+def test_not_trained_lists_the_missing_runs_by_configuration(tmp_path, monkeypatch):
+    from labkit.lab import Lab, plan
+
+    lab = Lab("smoke", root=tmp_path, allow_train=False, progress=False, log=None)
+    t = T.not_trained(lab, 2)
+    assert t["runs"].sum() == len(plan("smoke", 2)) and len(t) == len({n for _, n, _ in plan("smoke", 2)})
+    assert t.iloc[0]["configuration"].startswith("ablation-baseline (04, ") and t.iloc[0]["seeds not yet trained"] == "0, 1"
+    monkeypatch.setattr(Lab, "finished", lambda self, name, cfg: True)
+    assert T.not_trained(lab, 2) is None
