@@ -40,13 +40,15 @@ __all__ = ["NotebookJob", "LabError", "LabReport", "choose_profile", "jobs", "ru
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "python3"
 
+TITLE = "ResNet on CIFAR-10, the student lab reproduced"
 TITLES = {
-    "00_summary": "Summary: the seed's numbers beside ours",
+    "00_summary": "Summary",
     "01_data": "1. The data",
-    "02_model": "2. The model",
+    "02_model": "2. The model and its two defects",
     "03_depth_limit": "3. The depth limit",
     "04_ablations": "4. Ablations",
-    "05_final": "5. The final run, and labkit's best",
+    "05_final": "5. The final run, and what makes the gain",
+    "06_discussion": "6. Discussion, conclusion and appendices",
 }
 ABLATION_TITLES = {"lr_decay": "learning-rate decay", "dropout": "dropout", "stem_bn": "BatchNorm after the stem", "stem_kernel": "stem kernel"}
 
@@ -71,20 +73,19 @@ class LabReport:
     reason: str = ""
 
 
-def jobs(common: dict, seeds: int, lab_started: float = 0.0) -> list[NotebookJob]:
-    """The notebooks in the order they run (the summary last, once the store is full)."""
-    out = [
-        NotebookJob("01_data", "01_data", TITLES["01_data"], dict(common)),
-        NotebookJob("02_model", "02_model", TITLES["02_model"], dict(common)),
-        NotebookJob("03_depth_limit", "03_depth_limit", TITLES["03_depth_limit"], dict(common)),
-    ]
+def jobs(common: dict, seeds: int | None) -> list[NotebookJob]:
+    """The notebooks in the report's order: the summary and the discussion, which only read the
+    store, take no allow_train. `seeds` None: the profile's numbers; given, every configuration
+    (depths too) has that many runs, as in lab.plan."""
+    reads = {k: v for k, v in common.items() if k != "allow_train"} | {"seeds": seeds, "depth_seeds": seeds}
+    out = [NotebookJob("00_summary", "00_summary", TITLES["00_summary"], reads)]
+    out += [NotebookJob(k, k, TITLES[k], dict(common)) for k in ("01_data", "02_model")]
+    out.append(NotebookJob("03_depth_limit", "03_depth_limit", TITLES["03_depth_limit"], {**common, "seeds": seeds}))
     for i, ab in enumerate(ABLATION_GROUPS):
         title = f"4{'abcdefgh'[i]}. Ablation: {ABLATION_TITLES.get(ab, ab)}"
         out.append(NotebookJob(f"04_ablations-{ab}", "04_ablations", title, {**common, "ablation": ab, "seeds": seeds}))
     out.append(NotebookJob("05_final", "05_final", TITLES["05_final"], {**common, "seeds": seeds}))
-    # The summary only reads the store: it takes no allow_train.
-    reads = {k: v for k, v in common.items() if k != "allow_train"}
-    out.append(NotebookJob("00_summary", "00_summary", TITLES["00_summary"], {**reads, "seeds": seeds, "lab_started": lab_started}))
+    out.append(NotebookJob("06_discussion", "06_discussion", TITLES["06_discussion"], reads))
     return out
 
 
@@ -102,7 +103,7 @@ def choose_profile(requested: str, data_at: Path, cuda: bool, download: bool = T
     if not cuda:
         return "smoke", (
             "profile auto chose SMOKE: torch sees no CUDA GPU, and the full profile would take days on a CPU "
-            "(the seed's network trains at roughly 20 images/s on 2 CPU cores). Smoke runs synthetic data and a tiny net: it checks the "
+            "(the original's network trains at roughly 20 images/s on 2 CPU cores). Smoke runs synthetic data and a tiny net: it checks the "
             "pipeline, its numbers say nothing about CIFAR-10. Run `--profile full` on a GPU machine."
         )
     try:
@@ -221,7 +222,7 @@ def run_lab(
         "runs_dir": _rel(runs_dir) if runs_dir else None,
     }
     n_seeds = seeds or lab.profile.seeds
-    done, timings = _run_notebooks(lab, jobs(common, n_seeds, lab_started=t0), log)
+    done, timings = _run_notebooks(lab, jobs(common, seeds), log)
     html_path, pdf_path = _export(lab, done, reason, n_seeds, pdf, timings, log)
     seconds = time.time() - t0
     log(f"lab done in {seconds:.1f} s")
@@ -356,18 +357,17 @@ def train_plan(lab: Lab, todo: list, lanes: int, log: Callable[[str], None]) -> 
 
 
 def _export(lab: Lab, done: list, reason: str, n_seeds: int, pdf: bool, timings: dict, log) -> tuple[Path, Path | None]:
-    name = lab.profile.name
-    title = f"labkit report: {name} profile" + (" (synthetic data: a pipeline check, not results)" if lab.profile.synthetic else "")
-    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    intro = (
-        f'<div class="lk-note"><p>{html.escape(reason.rstrip("."))}.<br>Generated {when} by <code>labkit lab</code>; '
-        f"{n_seeds} seed{'s' if n_seeds > 1 else ''} per ablation, final and modern configuration, one per depth configuration "
-        f"(as the seed ran each); runs from <code>{html.escape(_rel(lab.store.root, lab.root))}</code>. Every number comes "
-        "from a run record or a computation; the seed's numbers from <code>labkit.config</code>.</p></div>"
-    )
+    runs = [r for r in lab.store.all() if r.finished]
+    title = TITLE + (" (synthetic data: a pipeline check, not results)" if lab.profile.synthetic else "")
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
+    official = runs and all((r.summary.get("data") or {}).get("official") for r in runs)
+    data = ", on the official CIFAR-10 files" if official else \
+        f", on {html.escape(lab.data_label or 'a copy of CIFAR-10 that is not the official files')}"
+    data = "" if lab.profile.synthetic else data
+    intro = (f'<div class="lk-note"><p>Rendered {when} from {len(runs)} recorded runs{data}. Every number comes from a run '
+             "record or a computation on it; the original report's numbers from its tables.</p></div>")
     t = time.time()
-    order = sorted(done, key=lambda jp: jp[0].notebook != "00_summary")  # the summary opens the report
-    merged = merge([(j.key, j.title, p) for j, p in order], title, intro)
+    merged = merge([(j.key, j.title, p) for j, p in done], title, intro)
     html_path = export_html(merged, lab.report_dir / "report.html", title)
     timings["export html"] = time.time() - t
     log(f"wrote {html_path}")

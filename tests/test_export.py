@@ -50,7 +50,7 @@ def test_merge_unique_ids_contents_and_no_stderr(tmp_path):
     assert "<p>kept</p>" in html and 'href="#sec-01_data"' in html
     assert not re.search(r"<script[^>]+src=", html)  # no scripts from elsewhere (require.js, MathJax)
     assert html.count('alt="Loss per epoch."') == 3  # a figure's caption is its alternative text
-    assert "@page { size: A4 landscape" in html  # the template's print rules
+    assert "@page { size: A4;" in html  # the template's print rules (portrait)
 
 
 def test_repeated_headings_get_ids_of_their_own_section():

@@ -10,10 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ["00_summary", "01_data", "02_model", "03_depth_limit", "04_ablations", "05_final"]
+NAMES = ["00_summary", "01_data", "02_model", "03_depth_limit", "04_ablations", "05_final", "06_discussion"]
 COMMON = {"profile": "full", "data_dir": None, "allow_train": True, "root": None, "runs_dir": None, "data_label": None}
-# None: the profile's own number (3 for full, the default profile), as the lab job passes it.
-SEEDS = {"00_summary": None, "03_depth_limit": 1, "04_ablations": None, "05_final": None}
+# None: the profile's own numbers (full: 5 runs per configuration, 3 per depth configuration).
+SEEDS = {"00_summary": None, "03_depth_limit": None, "04_ablations": None, "05_final": None, "06_discussion": None}
+READ_ONLY = ("00_summary", "06_discussion")  # they only read the store
 
 
 def _read(name: str) -> nbformat.NotebookNode:
@@ -60,12 +61,14 @@ def test_metadata_valid_for_papermill(name):
 def test_parameters_are_flat_literals_with_full_defaults(name):
     params = _parameters(_read(name))
     for key, default in COMMON.items():
-        if name == "00_summary" and key == "allow_train":
-            assert key not in params, "the summary only reads the store: an allow_train parameter would be ignored"
+        if name in READ_ONLY and key == "allow_train":
+            assert key not in params, f"{name} only reads the store: an allow_train parameter would be ignored"
             continue
         assert params.get(key, "MISSING") == default, f"{name}: parameter {key} should default to {default!r}"
     if name in SEEDS:
         assert params["seeds"] == SEEDS[name]
+    if name in READ_ONLY:
+        assert params["depth_seeds"] is None
     if name == "04_ablations":
         assert params["ablation"] == "lr_decay"
 
@@ -88,7 +91,7 @@ def test_the_lab_job_passes_each_notebook_only_parameters_it_declares():
     from labkit.job import jobs
 
     common = {"profile": "smoke", "data_dir": None, "allow_train": False, "root": None, "runs_dir": None}
-    for job in jobs(common, seeds=2, lab_started=1.0):
+    for job in jobs(common, seeds=2) + jobs(common, seeds=None):
         unknown = set(job.parameters) - set(_parameters(_read(job.notebook)))
         assert not unknown, f"{job.key}: {sorted(unknown)}"
 
@@ -114,13 +117,13 @@ def _set_up_error(name: str, params: dict, monkeypatch) -> tuple[BaseException, 
     """Run notebook `name`'s parameters cell, papermill's injected cell with `params`, and its
     set-up cell in-process; return the exception raised and the source of the cell it came from.
     allow_train=False unless `params` say otherwise: a check that lets a bad value through
-    fails the test at once, without training in this process (00_summary takes no allow_train)."""
+    fails the test at once, without training in this process (the notebooks that only read take no allow_train)."""
     import IPython
     from papermill.translators import translate_parameters
 
     import labkit.notebook as N
 
-    if name != "00_summary":
+    if name not in READ_ONLY:
         params = {"allow_train": False, **params}
     nb = _read(name)
     i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
@@ -147,7 +150,7 @@ BAD_VALUES = [
     ("04_ablations", {"data_label": 5}, "data_label must be a string or None, got int 5"),
     ("05_final", {"seeds": -1}, "seeds must be a positive int"),
     ("01_data", {"data_dir": 5}, "data_dir must be a path string or None, got int 5"),
-    ("00_summary", {"lab_started": "now"}, "lab_started must be a number >= 0, got str 'now'"),  # before: a bare TypeError in its last cell
+    ("06_discussion", {"seeds": "5"}, "seeds must be a positive int"),
     ("00_summary", {"seeds": 0}, "seeds must be a positive int"),
     ("00_summary", {"depth_seeds": 0}, "seeds must be a positive int"),
     ("03_depth_limit", {"seeds": 0}, "seeds must be a positive int"),
@@ -173,7 +176,7 @@ def test_unknown_parameters_fail_in_the_set_up_cell(tmp_path, monkeypatch, name)
     """papermill only warns of a `-p` name the notebook does not declare; each notebook refuses it."""
     from labkit.config import ConfigError
 
-    extra = {"allow_train": False} if name == "00_summary" else {"lrate": 0.1}  # the summary takes no allow_train
+    extra = {"allow_train": False} if name in READ_ONLY else {"lrate": 0.1}  # those only reading take no allow_train
     err, cell = _set_up_error(name, {"profile": "smoke", "root": str(tmp_path), **extra}, monkeypatch)
     assert isinstance(err, ConfigError) and f"unknown notebook parameter(s) {sorted(extra)}" in str(err), repr(err)
     assert "N.open_lab(" in cell
@@ -311,8 +314,8 @@ def test_notes_are_styled_where_shown_and_escape_what_they_quote(tmp_path, monke
     N.show_figure(F.plot_samples(None), "samples", "Six images of each class", absent=N.NO_DATA)
     assert [s.count("\n") for s in seen] == [0, 0] and all("not shown, the data are not on this machine" in s for s in seen)
     seen.clear()
-    N.show_missing(["run-<1>"], lab)
-    assert "run-&lt;1&gt;" in seen[0] and "allow_train = False" in seen[0]
+    N.show_missing(["run-<1>"], Lab("full", tmp_path / "none", root=tmp_path, allow_train=False, log=None))
+    assert "run-&lt;1&gt;" in seen[0] and "allow_train = False" in seen[0] and "1 of this section" in seen[0]
 
 
 def test_a_notebook_on_a_cpu_refuses_hours_of_training_naming_its_parameters(tmp_path, monkeypatch):

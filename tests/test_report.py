@@ -118,18 +118,22 @@ def test_cli_refuses_full_on_cpu(monkeypatch, capsys, tmp_path, synth_root):
     assert not out.exists()
 
 
-def test_jobs_run_04_once_per_ablation_and_summary_last():
+def test_jobs_run_04_once_per_ablation_summary_first_discussion_last():
     js = R.jobs({"profile": "smoke"}, seeds=2)
     assert [j.key for j in js] == [
+        "00_summary",
         "01_data",
         "02_model",
         "03_depth_limit",
         *[f"04_ablations-{a}" for a in ABLATION_GROUPS],
         "05_final",
-        "00_summary",
+        "06_discussion",
     ]
     assert [j.parameters["ablation"] for j in js if j.notebook == "04_ablations"] == list(ABLATION_GROUPS)
     assert all(j.parameters["seeds"] == 2 for j in js if "seeds" in j.parameters)
+    # given seeds hold for the depths too (as in lab.plan); none given: each notebook takes its profile's
+    assert {j.key: j.parameters.get("depth_seeds", "-") for j in js if "depth_seeds" in j.parameters} == {"00_summary": 2, "06_discussion": 2}
+    assert all(j.parameters.get(k) is None for j in R.jobs({"profile": "smoke"}, None) for k in ("seeds", "depth_seeds") if k in j.parameters)
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,15 +144,16 @@ TABLES = [
     "summary", "findings", "facts",
     "data-source", "class-counts", "channel-stats",
     "architecture", "variants", "shape-check", "block-counts", "loss-floor-value", "loss-floor",
-    "depth", "depth-claim", "checkpoints",
-    *[f"ablation-{a}" for a in ABLATION_GROUPS], *[f"claims-{a}" for a in ABLATION_GROUPS],
-    "final", "best-vs-seed",
-]  # fmt: skip
+    "depth", "checkpoints",
+    *[f"ablation-{a}" for a in ABLATION_GROUPS],
+    "final", "grid", "runs",
+]  # fmt: skip  (the not-trained table shows only when a planned run is missing)
 FIGURES = [
     "samples", "augmentation", "loss-floor", "depth-val", "depth-loss",
-    *[f"loss-{a}" for a in ABLATION_GROUPS], *[f"errorbars-{a}" for a in ABLATION_GROUPS],
-    "final-loss", "modern-loss", "final-errorbars",
+    *[f"ablation-{a}" for a in ABLATION_GROUPS],
+    "final-val", "final-errorbars",
 ]  # fmt: skip
+NOTEBOOK_KEYS = ["00_summary", "01_data", "02_model", "03_depth_limit", *[f"04_ablations-{a}" for a in ABLATION_GROUPS], "05_final", "06_discussion"]
 
 
 # smoke_lab (conftest.py): the smoke profile end to end under a temporary project root (never
@@ -161,7 +166,7 @@ def test_smoke_lab_runs_every_notebook(smoke_lab):
     rep, root, seconds = smoke_lab.report, smoke_lab.root, smoke_lab.seconds
     assert rep.profile == "smoke"
     keys = sorted(p.stem for p in rep.notebooks)
-    assert keys == sorted(["00_summary", "01_data", "02_model", "03_depth_limit", "05_final", *[f"04_ablations-{a}" for a in ABLATION_GROUPS]])
+    assert keys == sorted(NOTEBOOK_KEYS)
     for p in rep.notebooks:
         nb = nbformat.read(p, as_version=4)
         nbformat.validate(nb)  # opens in JupyterLab
@@ -183,9 +188,9 @@ def test_smoke_report_has_every_table_and_figure(smoke_lab):
     assert html.count('data-mime-type="image/svg+xml"') >= len(FIGURES)  # figures inlined as SVG
     # The summary opens the report, and the contents list links every section.
     assert html.index('id="sec-00_summary"') < html.index('id="sec-01_data"')
-    for key in ["00_summary", "01_data", "02_model", "03_depth_limit", "05_final", *[f"04_ablations-{a}" for a in ABLATION_GROUPS]]:
+    for key in NOTEBOOK_KEYS:
         assert f'href="#sec-{key}"' in html and f'id="sec-{key}"' in html
-    # Every number the seed reports is in the summary, and the data's provenance is shown.
+    # Every number the original reports is in the summary, and the data's provenance is shown.
     for a in paper.ABLATIONS:
         assert f"{a.paper_loss:.3f}" in html and f"{a.paper_val_acc * 100:.2f}" in html
     for n in ("126.536", "83.36", "86.32", "89.27"):
@@ -258,9 +263,10 @@ def test_export_again_retrains_nothing(smoke_lab, tmp_path, monkeypatch, capsys)
     assert not (gone / "summary.json").exists() and before == after
     assert sorted(d.name for d in runs.iterdir()) == sorted(d.name for d in smoke_lab.runs.iterdir())
     said = "".join(str(o.get("data", {}).get("text/html", "")) for c in nb03.cells if c.cell_type == "code" for o in c.outputs)
-    assert "1 run(s) missing" in said and f"<code>{gone.name}</code>" in said, said[:2000]
+    missing = "1 of this section's planned run(s) are not trained yet"
+    assert missing in said and f"<code>{gone.name}</code>" in said, said[:2000]
     html = again.html.read_text()
-    assert "1 run(s) missing" in html and f"<code>{gone.name}</code>" in html
+    assert missing in html and f"<code>{gone.name}</code>" in html
     assert again.pdf is None and again.html.is_file()
     assert "no Chromium on PATH" in capsys.readouterr().out
     assert all(f'id="T_tbl-{t}"' in html for t in TABLES)
@@ -335,14 +341,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, capsy
     assert main(["lab", "--dry-run", "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "r")]) == 0  # auto: smoke without a GPU
     out = capsys.readouterr().out
     for line in ("dry run: profile auto chose SMOKE", "data: labkit's synthetic CIFAR-format data at", "run store:",
-                 f"report folder: {tmp_path / 'out'}", "runs: 22 planned, ", "  train ablation-baseline-",
+                 f"report folder: {tmp_path / 'out'}", "runs: 36 planned, ", "  train ablation-baseline-",
                  "time: about ", "at 100.0 GFLOP/s measured just now", "dry run: nothing was trained or written"):
         assert line in out, (line, out)
     assert list(tmp_path.iterdir()) == []
     assert main(["lab", "--profile", "full", "--dry-run", "--data-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert f"data: none at {tmp_path / 'none'}; the lab would download the official CIFAR-10 there" in out
-    assert "runs: 31 planned, 0 finished, 31 to train" in out and "days of training on this CPU" in out
+    assert "runs: 82 planned, 0 finished, 82 to train" in out and "days of training on this CPU" in out
     assert list(tmp_path.iterdir()) == []
 
 
@@ -360,7 +366,7 @@ def test_no_data_renders_from_the_runs_records_and_says_they_were_not_checked(tm
     monkeypatch.setattr(R, "_check_kernel", lambda: None)
     said = []
     R.run_lab("full", data_dir=tmp_path / "none", root=tmp_path, allow_train=False, log=said.append)
-    assert len(seen) == 9 and all(j.parameters["allow_train"] is False for j in seen if "allow_train" in j.parameters)
+    assert len(seen) == 10 and all(j.parameters["allow_train"] is False for j in seen if "allow_train" in j.parameters)
     assert any("no data at" in m and "not checked against the files" in m for m in said), said
     lab = Lab("full", tmp_path / "none", root=tmp_path, allow_train=False)
     runs = lab.store.all()
