@@ -190,9 +190,9 @@ def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> 
     return [(nb, name, p.apply(cfg)) for nb, name, cfg in rows]
 
 
-# Code that trained runs before the initial-weights fix (744d7dc): then every run reseeded
-# torch's global generator at the start of each epoch, so a run building its net beside others
-# in threads could draw its initial weights from a generator another run had just reseeded.
+# Code that trained runs before the initial-weights fix (744d7dc, ae9f024): then each run
+# reseeded torch's global generator at every epoch start, and the sweep built networks from it
+# to count a job's cost, while a run beside them in a thread drew its initial weights from it.
 # Runs of one seed and one network did not always start alike, and are not paired by seed.
 PRE_FIX_CODE = ("3887dc1", "8721feb")
 

@@ -79,7 +79,7 @@ def test_the_shared_start_is_read_from_the_first_epoch_s_loss():
         r.history.loc[0, "loss_sum"] += 1.5
     text = D.hidden_runs(apart)
     assert "for seed 0, ablation-baseline 170.00, ablation-decay_1.0 170.00, ablation-decay_0.45 170.00, final 171.50" in text
-    assert "They did not" in text and "fixed in 744d7dc" in text
+    assert "They did not" in text and f"{len(apart.every)} shown run(s) come from before the fix" in text
 
 
 def test_what_the_data_change_depends_on_the_runs_data(tmp_path, synth_root):

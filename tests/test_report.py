@@ -198,7 +198,8 @@ def test_smoke_report_has_every_table_and_figure(smoke_lab):
     assert "synthetic CIFAR-format data" in html and "not the official CIFAR-10 files" in html
     assert "smoke profile" in html
     days = sorted({json.loads(f.read_text())["finished_at"][:10] for f in (smoke_lab.root / "build/smoke/runs").glob("*/summary.json")})
-    assert days and f"<b>trained:</b> {' to '.join(dict.fromkeys([days[0], days[-1]]))}" in html  # from the runs' summaries
+    trained = " to ".join(dict.fromkeys([days[0], days[-1]]))  # from the runs' summaries, in the provenance table
+    assert days and re.search(rf">trained</t[hd]>\s*<td[^>]*>{re.escape(trained)}</td>", html), trained
     # Every figure carries its caption as alternative text (nbconvert's own is a placeholder).
     from bs4 import BeautifulSoup
 
@@ -237,7 +238,8 @@ def test_export_again_retrains_nothing(smoke_lab, tmp_path, monkeypatch, capsys)
     root = tmp_path / "root"
     runs = root / "build" / "smoke" / "runs"
     shutil.copytree(smoke_lab.runs, runs)
-    (gone,) = [d for d in runs.iterdir() if (d / "config.json").is_file() and json.loads((d / "config.json").read_text())["name"] == "depth-3-corrected"]
+    configs = {d: json.loads((d / "config.json").read_text()) for d in runs.iterdir() if (d / "config.json").is_file()}
+    (gone,) = [d for d, c in configs.items() if c["name"] == "depth-3-corrected" and c["config"]["seed"] == 0]
     (gone / "summary.json").rename(tmp_path / "summary.json.aside")
     before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
     executed = {p.stem: p for p in smoke_lab.report.notebooks}
@@ -253,9 +255,9 @@ def test_export_again_retrains_nothing(smoke_lab, tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(R, "execute", execute)
     monkeypatch.setattr(R, "find_chromium", lambda: None)
     again = R.run_lab("smoke", root=root, out=root / "again", allow_train=False)
-    # every notebook told not to train (the summary only reads the store: it takes no allow_train)
+    # every notebook told not to train (the summary and the discussion only read the store: they take no allow_train)
     assert sorted(told) == sorted(executed)
-    assert {k: p.get("allow_train", "none") for k, p in told.items()} == {k: "none" if k == "00_summary" else False for k in told}
+    assert {k: p.get("allow_train", "none") for k, p in told.items()} == {k: "none" if k in ("00_summary", "06_discussion") else False for k in told}
     nb03 = nbformat.read(again.report_dir / "03_depth_limit.ipynb", as_version=4)
     assert nb03.metadata["papermill"]["parameters"]["allow_train"] is False  # what the kernel received
     # the missing run stayed missing, and said so; no run touched, none added
