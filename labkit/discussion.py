@@ -141,7 +141,7 @@ def _shared_start(runs: Sequence[Run]) -> str:
         return (f"Runs of one seed and one network should share their initial weights; the first epoch's summed loss of "
                 f"runs that differ only after it says whether they did: for seed {s}, {example}. They did not: code "
                 f"{', '.join(PRE_FIX_CODE)} let the runs beside one reseed or draw from torch's global generator (each run "
-                "reseeded it at every epoch, the sweep drew from it to count a run's cost) while that run drew its initial "
+                "reseeded it at every epoch, and counting a run's cost drew from it) while that run drew its initial "
                 f"weights from it. {len(old)} shown run(s) come from before the fix; they are compared by Welch's "
                 "interval only, and never with runs from after it.")
     return "Runs of one seed and one network start from the same initial weights (their first epochs agree)."

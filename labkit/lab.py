@@ -170,12 +170,14 @@ def modern_runs(seeds: int) -> list[tuple[str, TrainConfig]]:
 PROTOCOLS = ("lab", "seed")
 
 
-def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> list[tuple[str, str, TrainConfig]]:
+def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab",
+         depth_seeds: int | None = None) -> list[tuple[str, str, TrainConfig]]:
     """Every run of the lab as (notebook, run name, config), most needed first: the ablations,
     the final run and one lr-restart run, the attribution grid, the depth runs, the modern
     runs, then the lr-restart run's further seeds. protocol "seed" keeps the paper's own
     experiments (the ablations and the final run, `seeds` each; the depths, one each, as the
-    paper ran them): what the whole-protocol wall time is measured on."""
+    paper ran them): what the whole-protocol wall time is measured on. depth_seeds: runs per
+    depth configuration (None: the profile's, or `seeds` where that is given)."""
     check_choice("protocol", protocol, PROTOCOLS)
     p = get_profile(profile_name)
     n = p.seeds if seeds is None else check_positive_int("seeds", seeds, "runs per configuration")
@@ -185,7 +187,8 @@ def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab") -> 
         rows = ablations + [("05_final", *r) for r in final_runs(n)] + [("03_depth_limit", *r) for r in depth_runs(1)]
     else:
         rows = ablations + [("05_final", *r) for r in final_runs(n) + restart[:1] + grid_runs(n)]
-        rows += [("03_depth_limit", *r) for r in depth_runs(p.depth_seeds if seeds is None else n)]
+        nd = depth_seeds or (p.depth_seeds if seeds is None else n)
+        rows += [("03_depth_limit", *r) for r in depth_runs(nd)]
         rows += [("05_final", *r) for r in modern_runs(n) + restart[1:]]
     return [(nb, name, p.apply(cfg)) for nb, name, cfg in rows]
 
@@ -319,8 +322,8 @@ class Lab:
     def config(self, cfg: TrainConfig) -> TrainConfig:
         return self.profile.apply(cfg)
 
-    def plan(self, seeds: int | None = None) -> list[tuple[str, str, TrainConfig]]:
-        return plan(self.profile.name, seeds)
+    def plan(self, seeds: int | None = None, depth_seeds: int | None = None) -> list[tuple[str, str, TrainConfig]]:
+        return plan(self.profile.name, seeds, depth_seeds=depth_seeds)
 
     def finished(self, name: str, cfg: TrainConfig) -> bool:
         """Whether the run of `cfg` (the profile already applied) is finished in the store."""

@@ -119,8 +119,16 @@ def views_at_test(runs: Sequence[Run]) -> str:
     return f", {views.pop()}" if len(views) == 1 else ", test-time views differ between runs"
 
 
+NORM_WORDS = {"seed": "the original's normalisation constants", "dataset": "the dataset's mean and std"}
+
+
 def describe_recipe(c: TrainConfig) -> str:
     """Everything a run's numbers depend on, in one line of words (HTML)."""
+    return " ".join(f"<b>{k}:</b> {v}." for k, v in recipe_parts(c).items())
+
+
+def recipe_parts(c: TrainConfig) -> dict[str, str]:
+    """A run's recipe in words: its network, training, data and test number."""
     flags = {"n+1 blocks per stage": c.seed_extra_block, "softmax before the loss": c.softmax_head}
     defects = [d for d, on in flags.items() if on]
     net = (
@@ -133,7 +141,7 @@ def describe_recipe(c: TrainConfig) -> str:
         opt = f"SGD{' Nesterov' if c.nesterov else ''} lr {c.lr:g}, momentum {c.momentum:g}"
     opt += f", weight decay {c.weight_decay:g}" if c.weight_decay else ""
     if c.schedule == "exp":
-        opt += f", lr × {c.decay_rate:g} per epoch"
+        opt += f", lr × {c.decay_rate:g} per epoch" + (f", started over every {c.lr_restart} epochs" if c.lr_restart else "")
     else:
         opt += f", {c.warmup_epochs:g}-epoch warm-up then {c.schedule} decay"
     opt += f", label smoothing {c.label_smoothing:g}" if c.label_smoothing else ""
@@ -142,13 +150,13 @@ def describe_recipe(c: TrainConfig) -> str:
     if c.split == "full" and c.val_size:
         data = f"batches 1-5 less {c.val_size:,} held out for validation"
     data += f" (the first {c.train_subset:,} training images only)" if c.train_subset else ""
-    data += f", {c.norm} normalisation, " + ("random crop (pad 4) and flip" if c.augment else "no augmentation")
+    data += f", {NORM_WORDS[c.norm]}, " + ("random crop (pad 4) and flip" if c.augment else "no augmentation")
     data += f", cutout {c.cutout}" if c.cutout else ""
     ev = "the weights of the epoch with the best validation accuracy"
     ev = "the last epoch's weights" if c.select == "last" else ev
     ev += f" (moving average, decay {c.ema:g} per step)" if c.ema else ""
     ev += ", tested once" + (f" with {_views_words(c)}" if _views_words(c) else ", one view per image")
-    return f"<b>network:</b> {net}. <b>training:</b> {opt}. <b>data:</b> {data}. <b>test number:</b> {ev}."
+    return {"network": net, "training": opt, "data": data, "test number": ev}
 
 
 def source_table(source: dict, lab: Lab) -> pd.DataFrame:

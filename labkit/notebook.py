@@ -39,7 +39,7 @@ from .lab import (
     project_root,
     restart_runs,
 )
-from .methods import describe_recipe, provenance
+from .methods import provenance, recipe_parts
 from .runs import Run, RunError
 
 NO_DATA = "the data are not on this machine (see above)"
@@ -333,6 +333,9 @@ def show_missing(missing: Sequence[str], lab: Lab) -> None:
                   f"show the others.</summary>{how}; in <code>{html_escape(str(lab.store.root))}</code>: {ids}</details>")
 
 
+SHORT_TABLE_ROWS = 10
+
+
 def show_table(
     df: pd.DataFrame | None,
     key: str,
@@ -344,7 +347,9 @@ def show_table(
     """`df` as an HTML table with the id `tbl-<key>`; with no table (None), one line that says why."""
     if df is None:
         return show_note(f"<i>{html_escape(caption)}</i>: not shown, {html_escape(absent)}.")
-    st = df.style.set_uuid(f"tbl-{key}").set_caption(caption).set_table_attributes('class="lk-table"')
+    # A short table prints on one page; a long one breaks between rows rather than leave a page half empty.
+    cls = "lk-table lk-short" if len(df) <= SHORT_TABLE_ROWS else "lk-table"
+    st = df.style.set_uuid(f"tbl-{key}").set_caption(caption).set_table_attributes(f'class="{cls}"')
     if formats:
         st = st.format({k: v for k, v in formats.items() if k in df.columns}, na_rep="—")
     else:
@@ -376,13 +381,19 @@ def show_paragraphs(paragraphs: Sequence[str], heading: str = "") -> None:
 
 
 def show_recipes(runs: Sequence[Run]) -> None:
-    """Each configuration's recipe in words, one line per run name."""
-    seen: dict[str, str] = {}
+    """Each configuration's recipe in words: the first in full, the others by what differs from it."""
+    seen: dict[str, dict[str, str]] = {}
     for r in runs:
-        seen.setdefault(ablation_key(r.name), describe_recipe(r.config))
-    if seen:
-        show_note("<br>".join(f"<b><code>{k}</code></b>: {v}" for k, v in seen.items()), "provenance")
-
+        seen.setdefault(ablation_key(r.name), recipe_parts(r.config))
+    if not seen:
+        return
+    (first, base), *others = seen.items()
+    lines = [f"<b><code>{first}</code></b>: " + " ".join(f"<b>{k}:</b> {v}." for k, v in base.items())]
+    for key, parts in others:
+        diff = " ".join(f"<b>{k}:</b> {v}." for k, v in parts.items() if v != base[k])
+        rest = f"{diff} Otherwise as <code>{first}</code>." if diff else f"the recipe of <code>{first}</code>."
+        lines.append(f"<b><code>{key}</code></b>: {rest}")
+    show_note("<br>".join(lines), "provenance")
 
 def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
     """Write checkpoint-block-{2,3}.pth: the selected weights of the corrected depth runs, the seed
@@ -402,7 +413,7 @@ def _export_checkpoint(run: Run | None, target: Path) -> str:
     if not run.checkpoint.is_file():
         return (
             "not written here: this report was rendered from the runs' records, which keep no weights (checkpoints "
-            "stay out of git); the lab job that trains the run writes this file"
+            "stay out of git); training the run writes this file"
         )
     try:
         state = load_checkpoint(run.checkpoint)

@@ -128,8 +128,8 @@ def claims(abl: Sequence[Run], final: Sequence[Run], depth: Sequence[Run], moder
 
 
 def findings(abl: Sequence[Run], final: Sequence[Run], depth: Sequence[Run], modern: Sequence[Run]) -> pd.DataFrame:
-    """`claims` as a table: the paired interval where it judges, Welch's beside it."""
-    return pd.DataFrame([{
+    """`claims` as a table: the paired interval where it judges (a column only if one does), Welch's beside it."""
+    table = pd.DataFrame([{
         "§": k.section,
         "conclusion (original §4.6)": k.claim,
         "comparison": k.comparison,
@@ -139,6 +139,8 @@ def findings(abl: Sequence[Run], final: Sequence[Run], depth: Sequence[Run], mod
         "runs": f"{k.result.welch.na}+{k.result.welch.nb}",
         "verdict": k.result.verdict,
     } for k in claims(abl, final, depth, modern)])
+    paired_col = "ours Δ, paired [95% CI]"
+    return table if (table[paired_col] != "—").any() else table.drop(columns=paired_col)
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,16 +355,20 @@ def every_run(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("")
 
 
-def not_trained(lab: Lab, seeds: int | None = None) -> pd.DataFrame | None:
-    """The planned runs not finished in the store, one row per configuration; None when none are missing."""
+def not_trained(lab: Lab, seeds: int | None = None, depth_seeds: int | None = None) -> pd.DataFrame | None:
+    """The planned runs not finished in the store, one row per set of missing seeds (the
+    configurations that miss them, in plan order); None when none are missing."""
     missing: dict[str, list[int]] = {}
-    for nb, name, cfg in lab.plan(seeds):
+    for nb, name, cfg in lab.plan(seeds, depth_seeds):
         if not lab.finished(name, cfg):
             missing.setdefault(f"{name} ({nb[:2]}, {cfg.epochs} epochs)", []).append(cfg.seed)
     if not missing:
         return None
-    return pd.DataFrame([{"configuration": k, "seeds not yet trained": ", ".join(map(str, v)), "runs": len(v)}
-                         for k, v in missing.items()])
+    by_seeds: dict[str, list[str]] = {}
+    for config, ss in missing.items():
+        by_seeds.setdefault(", ".join(map(str, ss)), []).append(config)
+    return pd.DataFrame([{"seeds not yet trained": k, "configurations": "; ".join(v), "runs": len(v) * (k.count(",") + 1)}
+                         for k, v in by_seeds.items()])
 
 
 # ---------------------------------------------------------------------------------------

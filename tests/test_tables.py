@@ -246,7 +246,7 @@ def test_deeper_is_better_is_judged_the_right_way_round_with_three_seeds():
     seed, corrected = by.loc["deeper is better (the original's recipe)"], by.loc["deeper is better (corrected net, modern recipe)"]
     assert seed["comparison"] == corrected["comparison"] == "lays 3 − 2, test acc"
     assert seed["original Δ"] == corrected["original Δ"] == "+2.95"  # the original's deep minus shallow
-    assert seed["ours Δ, Welch [95% CI]"] == f"+10.00 {ci}" and seed["ours Δ, paired [95% CI]"] == "—"
+    assert seed["ours Δ, Welch [95% CI]"] == f"+10.00 {ci}" and "ours Δ, paired [95% CI]" not in by.columns  # none paired: no empty column
     assert seed["runs"] == corrected["runs"] == "3+3"
     assert seed["verdict"] == "confirmed: the CI lies above 0"  # not sized: the original tuned those numbers on test
     assert corrected["ours Δ, Welch [95% CI]"] == "-10.00 [-14.53, -5.47]"
@@ -301,6 +301,8 @@ def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
     assert "all 50,000 training images" in modern and f"{MODERN.epochs} epochs" in modern
     assert "7x7 stride 2 stem without BN" in M.describe_recipe(PAPER.replace(stem="7x7", stem_bn=False))
     assert "cutout 12" in M.describe_recipe(MODERN.replace(cutout=12)) and "2-pixel shifts" in M.describe_recipe(MODERN.replace(tta_translate=2))
+    assert "the original's normalisation constants" in seed and "seed normalisation" not in seed
+    assert "lr × 0.9 per epoch, started over every 30 epochs, batch 512, 60 epochs" in M.describe_recipe(PAPER.replace(epochs=60, lr_restart=30))
     run = lambda c: SimpleNamespace(config=c)  # noqa: E731
     assert M.views_at_test([run(PAPER)]) == "" and M.views_at_test([]) == ""
     assert M.views_at_test([run(MODERN)] * 2) == ", test-time flip"
@@ -551,7 +553,34 @@ def test_not_trained_lists_the_missing_runs_by_configuration(tmp_path, monkeypat
 
     lab = Lab("smoke", root=tmp_path, allow_train=False, progress=False, log=None)
     t = T.not_trained(lab, 2)
-    assert t["runs"].sum() == len(plan("smoke", 2)) and len(t) == len({n for _, n, _ in plan("smoke", 2)})
-    assert t.iloc[0]["configuration"].startswith("ablation-baseline (04, ") and t.iloc[0]["seeds not yet trained"] == "0, 1"
+    assert t["runs"].sum() == len(plan("smoke", 2)) and list(t["seeds not yet trained"]) == ["0, 1"]  # every run missing
+    assert t.iloc[0]["configurations"].startswith("ablation-baseline (04, ") and t.iloc[0]["configurations"].count(";") == 17
+    # the full profile: 5 seeds a configuration, 3 a depth run, whether the seeds are given or not
+    full = Lab("full", root=tmp_path, allow_train=False, progress=False, log=None)
+    for t in (T.not_trained(full), T.not_trained(full, 5, 3)):
+        rows = t.set_index("seeds not yet trained")["configurations"]
+        assert list(rows.index) == ["0, 1, 2, 3, 4", "0, 1, 2"]
+        assert "final (05, 60 epochs)" in rows["0, 1, 2, 3, 4"] and rows["0, 1, 2"].startswith("depth-2-seed (03, 40 epochs); ")
+        assert t["runs"].sum() == len(plan("full")) == 82
     monkeypatch.setattr(Lab, "finished", lambda self, name, cfg: True)
     assert T.not_trained(lab, 2) is None
+
+
+def test_recipes_are_shown_once_the_others_by_what_differs(monkeypatch):
+    from labkit.config import PAPER
+
+    shown = []
+    monkeypatch.setattr(N, "show_note", lambda html, kind="note": shown.append(html))
+    runs = [SimpleNamespace(name=n, config=c) for n, c in (
+        ("ablation-baseline", PAPER), ("ablation-baseline", PAPER.replace(seed=1)), ("ablation-decay_1.0", PAPER.replace(decay_rate=1.0)),
+        ("final-restart", PAPER.replace(epochs=60, lr_restart=30)), ("other", PAPER.replace(seed=2)))]  # fmt: skip
+    N.show_recipes(runs)
+    (html,) = shown
+    base, decay, restart, same = html.split("<br>")
+    assert base.startswith("<b><code>baseline</code></b>: <b>network:</b>") and "<b>test number:</b>" in base
+    assert decay == ("<b><code>decay_1.0</code></b>: <b>training:</b> Adam lr 0.001, lr × 1 per epoch, batch 512, 30 epochs. "
+                     "Otherwise as <code>baseline</code>.")
+    assert "started over every 30 epochs, batch 512, 60 epochs" in restart and "<b>network:</b>" not in restart
+    assert same == "<b><code>other</code></b>: the recipe of <code>baseline</code>."
+    N.show_recipes([])
+    assert len(shown) == 1
