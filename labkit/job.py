@@ -32,6 +32,7 @@ from .config import check_choice, check_positive_int
 from .data import default_data_dir, fingerprint, locate
 from .export import NO_CHROMIUM, export_html, find_chromium, merge, print_pdf
 from .lab import PROFILES, Lab, LabError, get_profile
+from .methods import SCALES
 from .paper import ABLATION_GROUPS
 from .progress import duration
 
@@ -102,7 +103,7 @@ def choose_profile(requested: str, data_at: Path, cuda: bool, download: bool = T
         return requested, f"profile {requested}, as asked"
     if not cuda:
         return "smoke", (
-            "profile auto chose SMOKE: torch sees no CUDA GPU, and the full profile would take days on a CPU "
+            "profile auto chose SMOKE: torch sees no CUDA GPU, and the full profile would take months on a CPU "
             "(the original's network trains at roughly 20 images/s on 2 CPU cores). Smoke runs synthetic data and a tiny net: it checks the "
             "pipeline, its numbers say nothing about CIFAR-10. Run `--profile full` on a GPU machine."
         )
@@ -358,7 +359,8 @@ def train_plan(lab: Lab, todo: list, lanes: int, log: Callable[[str], None]) -> 
 
 def _export(lab: Lab, done: list, reason: str, n_seeds: int, pdf: bool, timings: dict, log) -> tuple[Path, Path | None]:
     runs = [r for r in lab.store.all() if r.finished]
-    title = TITLE + (" (synthetic data: a pipeline check, not results)" if lab.profile.synthetic else "")
+    name = lab.profile.name
+    title = TITLE if name == "full" else f"{TITLE} ({name} profile: {SCALES[name]})"
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
     official = runs and all((r.summary.get("data") or {}).get("official") for r in runs)
     data = ", on the official CIFAR-10 files" if official else \
