@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_auto_profile_is_full_only_with_a_gpu_and_the_data(tmp_path, synth_root):
     name, why = R.choose_profile("auto", tmp_path, cuda=False)
-    assert name == "smoke" and "no CUDA GPU" in why and "days" in why
+    assert name == "smoke" and "no CUDA GPU" in why and "months" in why
     assert R.choose_profile("auto", synth_root, cuda=True)[0] == "full"
     name, why = R.choose_profile("auto", tmp_path / "none", cuda=True, download=False)
     assert name == "smoke" and "CIFAR-10 was not found" in why
