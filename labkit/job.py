@@ -222,9 +222,8 @@ def run_lab(
         "root": None if root == NOTEBOOK_DIR.parent else _rel(root),
         "runs_dir": _rel(runs_dir) if runs_dir else None,
     }
-    n_seeds = seeds or lab.profile.seeds
     done, timings = _run_notebooks(lab, jobs(common, seeds), log)
-    html_path, pdf_path = _export(lab, done, reason, n_seeds, pdf, timings, log)
+    html_path, pdf_path = _export(lab, done, pdf, timings, log)
     seconds = time.time() - t0
     log(f"lab done in {seconds:.1f} s")
     return LabReport(name, lab.report_dir, [p for _, p in done], html_path, pdf_path, seconds, timings, reason)
@@ -357,7 +356,7 @@ def train_plan(lab: Lab, todo: list, lanes: int, log: Callable[[str], None]) -> 
         )
 
 
-def _export(lab: Lab, done: list, reason: str, n_seeds: int, pdf: bool, timings: dict, log) -> tuple[Path, Path | None]:
+def _export(lab: Lab, done: list, pdf: bool, timings: dict, log) -> tuple[Path, Path | None]:
     runs = [r for r in lab.store.all() if r.finished]
     name = lab.profile.name
     title = TITLE if name == "full" else f"{TITLE} ({name} profile: {SCALES[name]})"

@@ -39,7 +39,7 @@ from .lab import (
     project_root,
     restart_runs,
 )
-from .methods import provenance, recipe_parts
+from .methods import recipe_parts
 from .runs import Run, RunError
 
 NO_DATA = "the data are not on this machine (see above)"
@@ -369,11 +369,6 @@ def show_figure(fig, key: str, caption: str, absent: str = "nothing to show") ->
     ipd.display(ipd.HTML(f'<p class="lk-caption" id="fig-{key}"><b>Figure.</b> {caption}</p>'))
 
 
-def show_provenance(runs: Sequence[Run], lab: Lab) -> None:
-    p = provenance(runs, lab)
-    show_note("<br>".join(f"<b>{html_escape(k)}:</b> {html_escape(v)}" for k, v in p.items()), "provenance")
-
-
 def show_paragraphs(paragraphs: Sequence[str], heading: str = "") -> None:
     """Prose written from the runs (labkit.discussion): HTML paragraphs under an optional heading."""
     head = f"<h3>{html_escape(heading)}</h3>" if heading else ""
@@ -394,6 +389,7 @@ def show_recipes(runs: Sequence[Run]) -> None:
         rest = f"{diff} Otherwise as <code>{first}</code>." if diff else f"the recipe of <code>{first}</code>."
         lines.append(f"<b><code>{key}</code></b>: {rest}")
     show_note("<br>".join(lines), "provenance")
+
 
 def export_depth_checkpoints(runs: Sequence[Run], out_dir) -> pd.DataFrame:
     """Write checkpoint-block-{2,3}.pth: the selected weights of the corrected depth runs, the seed
