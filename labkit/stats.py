@@ -94,6 +94,7 @@ class Difference:
     df: float
     na: int
     nb: int
+    paired: bool = False  # by seed (stats.paired): na = nb = pairs
 
     @property
     def has_ci(self) -> bool:
@@ -134,15 +135,15 @@ def paired(a: dict, b: dict) -> Difference:
     x, y = [float(a[s]) for s in seeds], [float(b[s]) for s in seeds]
     n = len(seeds)
     if n == 0:
-        return Difference(NAN, NAN, NAN, NAN, 0, 0)
+        return Difference(NAN, NAN, NAN, NAN, 0, 0, paired=True)
     diff = sum(x) / n - sum(y) / n
     d = [u - v for u, v in zip(x, y, strict=True)]
     # Equal differences of rounded accuracies differ in their last bits: no spread either.
     if n < 2 or max(d) - min(d) <= 1e-12:
-        return Difference(diff, NAN, NAN, NAN, n, n)
+        return Difference(diff, NAN, NAN, NAN, n, n, paired=True)
     t = scipy.stats.ttest_rel(x, y)
     ci = t.confidence_interval(LEVEL)
-    return Difference(diff, float(ci.low), float(ci.high), float(t.df), n, n)
+    return Difference(diff, float(ci.low), float(ci.high), float(t.df), n, n, paired=True)
 
 
 def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> str:
@@ -153,6 +154,8 @@ def judge(d: Difference, claimed: float | None = None, scale: float = 100.0) -> 
         if min(d.na, d.nb) < 2:
             side = "each side" if d.na == d.nb else "one side"
             return f"not testable: {min(d.na, d.nb)} run on {side}, no spread measured (needs seeds ≥ 2)"
+        if d.paired:
+            return "not testable: every seed gave the same difference, no spread measured"
         return "not testable: every run on each side gave the same value, no spread measured"
     size = ""
     if claimed is not None:

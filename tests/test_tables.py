@@ -488,6 +488,7 @@ def test_paired_interval_by_hand_over_the_seeds_both_sides_share():
     assert S.paired({**a, 2: None}, b).na == 2  # a missing value drops its pair
     flat = S.paired({0: 0.8, 1: 0.9}, {0: 0.7, 1: 0.8})  # the same difference for every seed: no spread
     assert flat.diff == pytest.approx(0.1) and not flat.has_ci
+    assert S.judge(flat) == "not testable: every seed gave the same difference, no spread measured"
     assert math.isnan(S.paired({0: 0.8}, {1: 0.7}).diff)
 
 
