@@ -187,7 +187,9 @@ def plan(profile_name: str, seeds: int | None = None, protocol: str = "lab",
         rows = ablations + [("05_final", *r) for r in final_runs(n)] + [("03_depth_limit", *r) for r in depth_runs(1)]
     else:
         rows = ablations + [("05_final", *r) for r in final_runs(n) + restart[:1] + grid_runs(n)]
-        nd = depth_seeds or (p.depth_seeds if seeds is None else n)
+        nd = p.depth_seeds if seeds is None else n
+        if depth_seeds is not None:
+            nd = check_positive_int("depth_seeds", depth_seeds, "runs per depth configuration")
         rows += [("03_depth_limit", *r) for r in depth_runs(nd)]
         rows += [("05_final", *r) for r in modern_runs(n) + restart[1:]]
     return [(nb, name, p.apply(cfg)) for nb, name, cfg in rows]

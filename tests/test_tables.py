@@ -563,6 +563,9 @@ def test_not_trained_lists_the_missing_runs_by_configuration(tmp_path, monkeypat
         assert list(rows.index) == ["0, 1, 2, 3, 4", "0, 1, 2"]
         assert "final (05, 60 epochs)" in rows["0, 1, 2, 3, 4"] and rows["0, 1, 2"].startswith("depth-2-seed (03, 40 epochs); ")
         assert t["runs"].sum() == len(plan("full")) == 82
+    for bad in (0, -1, "3"):
+        with pytest.raises(ConfigError, match="depth_seeds"):
+            T.not_trained(full, 5, bad)
     monkeypatch.setattr(Lab, "finished", lambda self, name, cfg: True)
     assert T.not_trained(lab, 2) is None
 
