@@ -27,7 +27,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 lint: setup
-	$(VENV)/bin/ruff check labkit tests notebooks
+	$(VENV)/bin/ruff check labkit benchmarks tests notebooks
 
 clean:
 	rm -rf build .pytest_cache

@@ -93,7 +93,7 @@ if [ "$MODE" = modern ] || [ "$MODE" = confirm ]; then
   echo "== bench: none in mode $MODE"
 else
 echo "== bench"
-BENCH=($PY -m labkit bench --out "$OUT/bench.json")
+BENCH=($PY -m benchmarks.bench --out "$OUT/bench.json")
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   BENCH+=(--cpu-check)
   [ "$MODE" = speed ] && BENCH+=(--breakdown-steps 5)

@@ -1,5 +1,5 @@
-"""`labkit ...`: train a run, evaluate it again, list runs, make synthetic data, benchmark, sweep,
-run the lab, export a notebook. `labkit COMMAND --help` says what each takes."""
+"""`labkit ...`: train a run, evaluate it again, list runs, make synthetic data, sweep, run the
+lab, export a notebook. `labkit COMMAND --help` says what each takes."""
 
 from __future__ import annotations
 
@@ -342,13 +342,12 @@ def _lab_parsers(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .scale import bench, sweep
+    from .scale import sweep
 
     ap = argparse.ArgumentParser(prog="labkit", description=__doc__)
     ap.add_argument("--version", action="version", version=f"labkit {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     _run_parsers(sub)
-    bench.add_parser(sub)
     sweep.add_parser(sub)
     _lab_parsers(sub)
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""labkit.bench on the CPU: the speed record's fields, the seed recipe's reproducibility,
+"""benchmarks/bench.py on the CPU: the speed record's fields, the seed recipe's reproducibility,
 the accuracy check (both sides, store reuse, verdicts) and the CLI's checks of its options."""
 
 from __future__ import annotations
@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit.cli import main
-from labkit.config import PAPER
-from labkit.runs import RunStore
-from labkit.scale.bench import (
+from benchmarks.bench import (
     accuracy_check,
     add_compiled,
     compare_accuracies,
     format_bench,
+    main,
     run_bench,
     seed_recipe,
     step_breakdown,
 )
-from labkit.scale.breakdown import op_kind
+from benchmarks.breakdown import op_kind
+from labkit.config import PAPER
+from labkit.runs import RunStore
 
 CPU = torch.device("cpu")
 
@@ -33,7 +33,7 @@ def _cfg(**changes):
 
 def _compile_fails(monkeypatch, message: str) -> None:
     """labkit's path under compile raises `message`; uncompiled, it is timed as usual."""
-    from labkit.scale import bench
+    from benchmarks import bench
 
     real = bench.labkit_epoch_times
 
@@ -46,7 +46,7 @@ def _compile_fails(monkeypatch, message: str) -> None:
 
 
 def test_speed_record_has_both_sides_their_ratio_and_a_failed_compile(tiny_data, monkeypatch, capsys):
-    res = run_bench(tiny_data, epochs=2, device_name="cpu", workers=0, cfg=_cfg(), command="python -m labkit bench")
+    res = run_bench(tiny_data, epochs=2, device_name="cpu", workers=0, cfg=_cfg(), command="python -m benchmarks.bench")
     a, b = res["seed_recipe"], res["labkit"]
     assert len(a["epoch_seconds"]) == len(b["epoch_seconds"]) == 2
     assert a["steady_epoch_seconds"] == a["epoch_seconds"][1]  # the first epoch is the warm-up
@@ -67,7 +67,7 @@ def test_speed_record_has_both_sides_their_ratio_and_a_failed_compile(tiny_data,
 def test_bench_cli_times_compile_last_and_keeps_its_numbers_when_a_part_fails(tmp_path, monkeypatch, capsys):
     # The step breakdown and compile both fail: each is recorded as its error, the rest is kept,
     # and compile is timed last, with everything else saved before it.
-    from labkit.scale import bench
+    from benchmarks import bench
 
     def broken(*a, **k):
         raise RuntimeError("profiler unavailable")
@@ -83,7 +83,7 @@ def test_bench_cli_times_compile_last_and_keeps_its_numbers_when_a_part_fails(tm
     monkeypatch.setattr(bench, "step_breakdown", broken)
     monkeypatch.setattr(bench, "add_compiled", spy)
     _compile_fails(monkeypatch, "inductor crashed")
-    assert main(["bench", "--cpu-check", "--breakdown-steps", "2", "--compile", "default", "--out", str(out)]) == 0
+    assert main(["--cpu-check", "--breakdown-steps", "2", "--compile", "default", "--out", str(out)]) == 0
     assert {"seed_recipe", "labkit", "speedup", "breakdown"} <= set(seen["saved before"])
     assert "labkit_compiled" not in seen["saved before"]
     res = json.loads(out.read_text())
@@ -156,10 +156,10 @@ def test_compare_accuracies_puts_the_difference_beside_run_to_run_noise():
 
 def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
     out = tmp_path / "b.json"
-    assert main(["bench", "--cpu-check", "--accuracy-epochs", "1", "--accuracy-seeds", "2", "--out", str(out)]) == 0
+    assert main(["--cpu-check", "--accuracy-epochs", "1", "--accuracy-seeds", "2", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["accuracy"]["seeds"] == 2 and res["accuracy"]["epochs"] == 1
-    assert res["command"].startswith("python -m labkit bench --cpu-check")
+    assert res["command"].startswith("python -m benchmarks.bench --cpu-check")
     assert "not a speed figure" in res["note"]
     out = capsys.readouterr().out
     assert "val acc after 1 epochs, 2 seed(s)" in out
@@ -182,7 +182,7 @@ def test_bench_cli_cpu_check_with_the_accuracy_check(tmp_path, capsys):
     ],
 )
 def test_bench_cli_rejects_bad_accuracy_options_at_once(tmp_path, capsys, extra, message):
-    assert main(["bench", "--cpu-check", "--out", str(tmp_path / "b.json"), *extra]) == 2
+    assert main(["--cpu-check", "--out", str(tmp_path / "b.json"), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()  # refused before any work
 
@@ -193,7 +193,7 @@ class _Started(Exception):
 
 def test_bench_without_a_gpu_refuses_the_full_benchmark_unless_allowed(tmp_path, capsys, monkeypatch):
     # Without --cpu-check it would time the width-64 net on all 40,000 images: hours on a CPU.
-    from labkit.scale import bench
+    from benchmarks import bench
 
     def started(*a, **kw):
         raise _Started
@@ -201,7 +201,7 @@ def test_bench_without_a_gpu_refuses_the_full_benchmark_unless_allowed(tmp_path,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(bench, "load_cifar10", started)
     monkeypatch.setattr(bench, "run_bench", started)
-    argv = ["bench", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "b.json")]
+    argv = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "b.json")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "no CUDA GPU" in err and "--cpu-check" in err and "--allow-cpu" in err
@@ -244,16 +244,15 @@ def test_op_kinds(op, kind):
 
 
 def test_accuracy_check_reads_the_labs_own_baseline_runs(tmp_path, monkeypatch, tiny_data):
-    """`bench --accuracy-epochs 30 --accuracy-seeds 3 --accuracy-runs report/runs` asks its store
+    """`python -m benchmarks.bench --accuracy-epochs 30 --accuracy-seeds 3 --accuracy-runs report/runs` asks its store
     for the full plan's ablation-baseline runs, by their ids, and trains none of its own.
 
     Through the CLI (the config and run name it passes are what must match the plan), with the
     seed recipe, labkit's train and the timing stubbed, and a store that records what is asked."""
     import types
 
-    from labkit import runs
+    from benchmarks import bench
     from labkit.lab import plan
-    from labkit.scale import bench
 
     planned = [RunStore.run_id(c, n) for _, n, c in plan("full", 3) if n == "ablation-baseline"]
     asked, seed_side = [], []
@@ -274,13 +273,13 @@ def test_accuracy_check_reads_the_labs_own_baseline_runs(tmp_path, monkeypatch, 
         raise AssertionError("labkit's side was trained, not read from the store")
 
     lease = json.loads((Path(__file__).parents[1] / "benchmarks/results/h200-2026-11-28T2158-accuracy-bench.json").read_text())
-    monkeypatch.setattr(runs, "RunStore", SpyStore)
+    monkeypatch.setattr(bench, "RunStore", SpyStore)
     monkeypatch.setattr(bench, "seed_recipe", seed_recipe)
     monkeypatch.setattr(bench, "train", trained)
     monkeypatch.setattr(bench, "load_cifar10", lambda *a, **k: tiny_data)
     monkeypatch.setattr(bench, "run_bench", lambda *a, **kw: {key: v for key, v in lease.items() if key != "accuracy"})
     out = tmp_path / "b.json"
-    argv = ["bench", "--allow-cpu", "--data-dir", str(tmp_path), "--accuracy-epochs", "30", "--accuracy-seeds", "3"]
+    argv = ["--allow-cpu", "--data-dir", str(tmp_path), "--accuracy-epochs", "30", "--accuracy-seeds", "3"]
     assert main([*argv, "--accuracy-runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
     assert len(planned) == 3 and asked == planned
     assert json.loads(out.read_text())["accuracy"]["labkit_runs"] == [f"{rid} (from the store)" for rid in planned]
@@ -293,7 +292,7 @@ def test_lanes_probe_reports_a_failed_lane_and_leaves_none_running(monkeypatch, 
     import contextlib
     import time
 
-    from labkit.scale import bench
+    from benchmarks import bench
 
     class _Stream:
         def synchronize(self):
@@ -324,9 +323,8 @@ def test_accuracy_runs_trained_on_other_data_are_refused_before_any_timing(tmp_p
     """The accuracy check would set the seed recipe on these data beside baseline runs of another copy."""
     from conftest import recorded_run
 
-    from labkit.cli import main
+    from benchmarks import bench
     from labkit.data import load_cifar10
-    from labkit.scale import bench
     from labkit.synthetic import make_synthetic_cifar10
 
     store = tmp_path / "runs"
@@ -340,10 +338,10 @@ def test_accuracy_runs_trained_on_other_data_are_refused_before_any_timing(tmp_p
         raise Timed
 
     monkeypatch.setattr(bench, "run_bench", timed)
-    argv = ["bench", "--allow-cpu", "--data-dir", str(other), "--accuracy-epochs", "1", "--accuracy-runs", str(store)]
+    argv = ["--allow-cpu", "--data-dir", str(other), "--accuracy-epochs", "1", "--accuracy-runs", str(store)]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert f"1 run(s) in {store} (finished, or begun) were trained on other data" in err
     assert err.rstrip().endswith("give --data-dir the data they were trained on, or another --accuracy-runs store")
     with pytest.raises(Timed):  # the same data: it goes on to time
-        main([*argv[:3], str(synth_root), *argv[4:]])
+        main([*argv[:2], str(synth_root), *argv[3:]])

@@ -14,5 +14,5 @@ def test_ruff_is_clean():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff is None:
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
-    out = subprocess.run([ruff, "check", "labkit", "tests", "notebooks"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([ruff, "check", "labkit", "benchmarks", "tests", "notebooks"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -256,7 +256,7 @@ def test_small_gains_and_other_step_modes_are_not_taken():
 
 
 def test_a_file_that_is_not_a_bench_result_is_named():
-    with pytest.raises(ConfigError, match="not a `labkit bench` result.*labkit"):
+    with pytest.raises(ConfigError, match="not a `python -m benchmarks.bench` result"):
         execution_from_bench({"train_images_per_epoch": 1, "train_gflop_per_image": 1})
 
 

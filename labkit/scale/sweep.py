@@ -206,18 +206,18 @@ class _Lanes:
 
 
 def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -> dict:
-    """Lanes and compile mode for sweeping `epochs`-epoch runs, from a `labkit bench` result: {"lanes", "compile",
+    """Lanes and compile mode for sweeping `epochs`-epoch runs, from a `python -m benchmarks.bench` result: {"lanes", "compile",
     "rate_gflops" (one lane's), "why"}. k lanes (its lanes probe) or one compiled lane (extra warm-up spread over
     `epochs`) win if they gain `min_gain` over one plain lane; never both, as the probe ran uncompiled."""
     try:
         n, gflop, plain = bench["train_images_per_epoch"], bench["train_gflop_per_image"], bench["labkit"]
         plain_s, plain_first = plain["steady_epoch_seconds"], plain["epoch_seconds"][0]
     except (KeyError, IndexError, TypeError) as e:
-        raise ConfigError(f"not a `labkit bench` result: missing {e}") from None
+        raise ConfigError(f"not a `python -m benchmarks.bench` result: missing {e}") from None
     for key, v in (("train_images_per_epoch", n), ("train_gflop_per_image", gflop),
                    ("labkit.steady_epoch_seconds", plain_s), ("labkit.epoch_seconds[0]", plain_first)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-            raise ConfigError(f"not a `labkit bench` result: {key} must be a positive number, got {v!r}")
+            raise ConfigError(f"not a `python -m benchmarks.bench` result: {key} must be a positive number, got {v!r}")
     options = []  # (gain over one plain lane, lanes, compile mode, images/s of one lane, why)
     probes = {p["lanes"]: p["total_images_per_s"] for p in bench.get("lanes", [])
               if "error" not in p and "total_images_per_s" in p}
@@ -401,7 +401,7 @@ def add_parser(sub) -> None:
     p.add_argument("--protocol", default="lab", choices=["lab", "seed"],
                    help="lab: every planned run; seed: the seed report's protocol only (ablations, final, depths; no modern)")
     p.add_argument("--lanes", default="1", help="runs side by side on each GPU, or 'auto' (from --bench-json); without a GPU, one")
-    p.add_argument("--bench-json", help="a `labkit bench` result: gives --rate-guess, --lanes auto and --compile auto")
+    p.add_argument("--bench-json", help="a `python -m benchmarks.bench` result: gives --rate-guess, --lanes auto and --compile auto")
     p.add_argument("--deadline", type=float, help="unix time by which every run must end")
     p.add_argument("--budget-s", type=float, help="seconds from now by which every run must end")
     p.add_argument("--rate-guess", type=float, help="GFLOP/s of one lane, until a run has measured it")

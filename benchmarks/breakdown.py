@@ -1,4 +1,4 @@
-"""Where a training step's time goes (`labkit bench --breakdown-steps`): each aten op's self time per
+"""Where a training step's time goes (`python -m benchmarks.bench --breakdown-steps`): each aten op's self time per
 step, so that nested ops are not counted twice, summed by kind of op."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import time
 import torch
 from torch import nn
 
-from ..config import TrainConfig
-from ..data import Dataset, augment
-from ..model import build_model
-from ..step import Stepper, autocast_dtype, device_name, make_optimizer, prep, resolve_device
+from labkit.config import TrainConfig
+from labkit.data import Dataset, augment
+from labkit.model import build_model
+from labkit.step import Stepper, autocast_dtype, device_name, make_optimizer, prep, resolve_device
 
 # First match wins: the specific names come before the generic elementwise ones.
 OP_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (

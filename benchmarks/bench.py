@@ -1,4 +1,4 @@
-"""Speed benchmark (`labkit bench`): the seed's recipe as the seed wrote it (CPU transforms in a
+"""Speed benchmark (`python -m benchmarks.bench`, from the project root): the seed's recipe as the seed wrote it (CPU transforms in a
 DataLoader, fp32, Adam) beside labkit's path on the same network and batch (data on the device, bf16,
 channels_last, CUDA-graphed step, fused Adam), in one process. Epoch times leave out evaluation; each
 side's first epoch is a warm-up (worker start, cuDNN tuning, graph capture), left out of the ratio.
@@ -6,11 +6,14 @@ side's first epoch is a warm-up (worker start, cuDNN tuning, graph capture), lef
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
 import platform
+import shlex
 import statistics
+import sys
 import threading
 import time
 import traceback
@@ -20,16 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import PAPER, ConfigError, TrainConfig
-from ..data import NORMS, Dataset, load_cifar10
-from ..evaluate import evaluate
-from ..model import build_model, flops_per_image
-from ..runs import check_writable, command_line
-from ..step import resolve_device
-from ..train import train
-from .breakdown import step_breakdown
-from .gate import GPU_GATE, LANE_HOOKS
-from .sweep import machine_name
+from benchmarks.breakdown import step_breakdown
+from labkit.config import PAPER, ConfigError, TrainConfig
+from labkit.data import NORMS, DataError, Dataset, load_cifar10
+from labkit.evaluate import evaluate
+from labkit.model import build_model, flops_per_image
+from labkit.runs import RunError, RunStore, check_writable
+from labkit.scale.gate import GPU_GATE, LANE_HOOKS
+from labkit.scale.sweep import machine_name
+from labkit.step import resolve_device
+from labkit.train import train
 
 
 class _SeedDataset(torch.utils.data.Dataset):
@@ -118,7 +121,7 @@ def compare_accuracies(ours: list[float], theirs: list[float]) -> dict:
     """labkit's and the seed recipe's accuracies: each side's mean and SD, the Welch 95% CI of the
     difference, and the difference beside run-to-run noise (the pooled SD of one run). A CI that holds 0
     is weak evidence of equality at a few seeds; its width says how large a difference could hide."""
-    from ..stats import estimate, welch
+    from labkit.stats import estimate, welch
 
     a, b, d = estimate(ours, bounds=(0.0, 1.0)), estimate(theirs, bounds=(0.0, 1.0)), welch(ours, theirs)
     pooled = math.nan
@@ -232,7 +235,7 @@ def run_bench(data: Dataset, epochs: int = 3, device_name: str = "auto", workers
     cfg = (cfg or PAPER).replace(device=device.type)
     res = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": command or command_line(),
+        "command": command or "python -m benchmarks.bench " + shlex.join(sys.argv[1:]),
         "device": machine_name(device),
         "versions": {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__},
         "data": data.source.get("description"),
@@ -352,7 +355,7 @@ def _check_args(args) -> None:
 def _cpu_check_data() -> Dataset:
     import tempfile
 
-    from ..synthetic import make_synthetic_cifar10
+    from labkit.synthetic import make_synthetic_cifar10
 
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:  # read into memory, then gone
         make_synthetic_cifar10(tmp, per_batch=128)
@@ -360,9 +363,7 @@ def _cpu_check_data() -> Dataset:
 
 
 def main_bench(args) -> int:
-    """`labkit bench`: the speed record, then each further part asked for, saved after each."""
-    from ..runs import RunStore
-
+    """The speed record, then each further part asked for, saved after each."""
     _check_args(args)
     if args.cpu_check:
         data, cfg, device, epochs = _cpu_check_data(), PAPER.replace(width=8, batch_size=64), torch.device("cpu"), 2
@@ -405,9 +406,9 @@ def main_bench(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
-    """The `bench` subcommand's options (labkit.cli)."""
-    p = sub.add_parser("bench", help="time the seed's recipe beside labkit's path (GPU; --cpu-check for a small CPU check)")
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.bench`: labkit's errors as one line, as `labkit` prints them."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__)
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default $LABKIT_DATA or ./data)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per side; the first is a warm-up (default 3)")
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers for the seed recipe (default 8)")
@@ -422,4 +423,17 @@ def add_parser(sub) -> None:
     p.add_argument("--accuracy-seeds", type=int, default=3, help="seeds per side for --accuracy-epochs (default 3)")
     p.add_argument("--accuracy-runs", help="run store whose ablation-baseline runs are labkit's side (trained there if missing)")
     p.add_argument("--out", help="write the JSON result here")
-    p.set_defaults(fn=main_bench)
+    args = p.parse_args(argv)
+    args.command = "python -m benchmarks.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        return main_bench(args)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, RunError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

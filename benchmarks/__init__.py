@@ -1,0 +1,1 @@
+"""The project's speed benchmark, `python -m benchmarks.bench` (not part of the labkit package)."""
