@@ -120,7 +120,10 @@ if [ "$MODE" = finish ] || [ "$MODE" = time ]; then
   echo "== sweep until $(date -u -d @$deadline +%TZ) into $RUNS"
   SWEEP=($PY -m labkit sweep --profile "$PROFILE" --protocol "$PROTOCOL" --seeds "$SEEDS" --data-dir "$DATA" --runs-dir "$RUNS"
          --deadline "$deadline" --checkpoint-every 0 --timing-json "$OUT/sweep.json" ${ONLY:+--only "$ONLY"})
-  "${SWEEP[@]}" --lanes auto --compile auto --bench-json "$OUT/bench.json" \
+  # lanes, compile and a rate guess, as the benchmark chose them; one plain lane without one
+  read -ra CHOSEN <<< "$($PY -m benchmarks.bench --sweep-options "$OUT/bench.json")"
+  [ ${#CHOSEN[@]} -gt 0 ] || CHOSEN=(--lanes 1)
+  "${SWEEP[@]}" "${CHOSEN[@]}" \
     || { echo "== sweep failed; once more with one lane, no compile"; "${SWEEP[@]}" --lanes 1 --timing-json "$OUT/sweep-retry.json"; }
   if [ "$MODE" = time ]; then
     # The fresh store's runs beside the same runs (same ids) in the profile's store: does the

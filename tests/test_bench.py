@@ -14,6 +14,7 @@ from benchmarks.bench import (
     accuracy_check,
     add_compiled,
     compare_accuracies,
+    execution_from_bench,
     format_bench,
     main,
     run_bench,
@@ -21,7 +22,7 @@ from benchmarks.bench import (
     step_breakdown,
 )
 from benchmarks.breakdown import op_kind
-from labkit.config import PAPER
+from labkit.config import PAPER, ConfigError
 from labkit.runs import RunStore
 
 CPU = torch.device("cpu")
@@ -345,3 +346,72 @@ def test_accuracy_runs_trained_on_other_data_are_refused_before_any_timing(tmp_p
     assert err.rstrip().endswith("give --data-dir the data they were trained on, or another --accuracy-runs store")
     with pytest.raises(Timed):  # the same data: it goes on to time
         main([*argv[:2], str(synth_root), *argv[3:]])
+
+
+# -- choosing lanes / compile from a benchmark ----------------------------------------------
+
+
+
+def _bench(plain=(2.0, 1.0), compiled=None, probes=(), step_mode="cuda_graph"):
+    b = {
+        "train_images_per_epoch": 40000,
+        "train_gflop_per_image": 5.0,
+        "labkit": {"epoch_seconds": [plain[0], plain[1], plain[1]], "steady_epoch_seconds": plain[1], "step_mode": "cuda_graph"},
+    }
+    if compiled:
+        first, steady = compiled
+        b["labkit_compiled"] = {"compile": "default", "epoch_seconds": [first, steady, steady],
+                                "steady_epoch_seconds": steady, "step_mode": step_mode}
+    if probes:
+        b["lanes"] = [{"lanes": k, "total_images_per_s": v} for k, v in probes]
+    return b
+
+
+def test_bench_without_options_gives_one_plain_lane():
+    e = execution_from_bench(_bench())
+    assert (e["lanes"], e["compile"]) == (1, "")
+    assert e["rate_gflops"] == pytest.approx(40000 / 1.0 * 5.0)
+
+
+def test_lanes_win_when_the_probe_shows_a_gain():
+    e = execution_from_bench(_bench(probes=[(1, 1000.0), (2, 1300.0), (3, 1250.0)]))
+    assert (e["lanes"], e["compile"]) == (2, "")
+    assert e["rate_gflops"] == pytest.approx(40000 * 1.3 / 2 * 5.0)  # one lane's share
+    assert "2 lanes" in e["why"]
+
+
+def test_compile_wins_when_its_warm_up_is_repaid():
+    # 0.6 s steady against 1.0, 20 s extra warm-up over 30 epochs: 1/(0.6+0.67) = 0.79x -> loses
+    assert execution_from_bench(_bench(compiled=(21.6, 0.6)), epochs=30)["compile"] == ""
+    # 5 s extra warm-up: 1/(0.6+0.17) = 1.3x -> wins, and beats 2 lanes at 1.2x
+    e = execution_from_bench(_bench(compiled=(6.6, 0.6), probes=[(1, 1000.0), (2, 1200.0)]), epochs=30)
+    assert (e["lanes"], e["compile"]) == (1, "default")
+    assert e["rate_gflops"] == pytest.approx(40000 / 0.6 * 5.0)
+
+
+def test_small_gains_and_other_step_modes_are_not_taken():
+    assert execution_from_bench(_bench(probes=[(1, 1000.0), (2, 1050.0)]))["lanes"] == 1
+    # a compiled step that fell back to eager is another thing than the graphed step: ignored
+    assert execution_from_bench(_bench(compiled=(1.1, 0.5), step_mode="eager"))["compile"] == ""
+    # probe lanes that failed are ignored
+    e = execution_from_bench({**_bench(probes=[(1, 1000.0)]), "lanes": [{"lanes": 1, "total_images_per_s": 1.0},
+                                                                         {"lanes": 2, "error": "boom"}]})
+    assert e["lanes"] == 1
+    # a compile that failed in the bench (its record holds the error, no times) is not chosen
+    e = execution_from_bench({**_bench(), "labkit_compiled": {"compile": "default", "error": "BackendCompilerFailed: x"}})
+    assert (e["lanes"], e["compile"]) == (1, "")
+
+
+def test_a_file_that_is_not_a_bench_result_is_named():
+    with pytest.raises(ConfigError, match="not a `python -m benchmarks.bench` result"):
+        execution_from_bench({"train_images_per_epoch": 1, "train_gflop_per_image": 1})
+
+
+def test_sweep_options_print_what_the_bench_chose(tmp_path, capsys):
+    (tmp_path / "b.json").write_text(json.dumps(_bench(probes=[(1, 1000.0), (2, 1300.0)])))
+    assert main(["--sweep-options", str(tmp_path / "b.json")]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["--lanes", "2", "--rate-guess", f"{40000 * 1.3 / 2 * 5.0:.1f}"]
+    assert "2 lanes: 1.30x one lane" in err
+    assert main(["--sweep-options", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json: cannot read it" in capsys.readouterr().err

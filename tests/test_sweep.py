@@ -1,5 +1,5 @@
-"""labkit.sweep, the GPU gate that lets runs share a GPU from threads, choosing lanes/compile
-from a benchmark, and the sweep's timing record (logic, on the CPU)."""
+"""labkit.sweep, the GPU gate that lets runs share a GPU from threads, and the sweep's timing
+record (logic, on the CPU)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from labkit.config import ConfigError, preset
 from labkit.lab import plan
 from labkit.runs import RunStore
 from labkit.scale.gate import GpuGate
-from labkit.scale.sweep import execution_from_bench, sweep, with_compile
+from labkit.scale.sweep import sweep
 from labkit.synthetic import make_synthetic_cifar10
 
 
@@ -191,75 +191,6 @@ def test_runs_are_skipped_by_the_rate_measured_on_finished_runs(tmp_path, tiny_d
     assert "skip b seed 0: needs ~100s, 50s left" in logged
 
 
-# -- choosing lanes / compile from a benchmark ----------------------------------------------
-
-
-
-def _bench(plain=(2.0, 1.0), compiled=None, probes=(), step_mode="cuda_graph"):
-    b = {
-        "train_images_per_epoch": 40000,
-        "train_gflop_per_image": 5.0,
-        "labkit": {"epoch_seconds": [plain[0], plain[1], plain[1]], "steady_epoch_seconds": plain[1], "step_mode": "cuda_graph"},
-    }
-    if compiled:
-        first, steady = compiled
-        b["labkit_compiled"] = {"compile": "default", "epoch_seconds": [first, steady, steady],
-                                "steady_epoch_seconds": steady, "step_mode": step_mode}
-    if probes:
-        b["lanes"] = [{"lanes": k, "total_images_per_s": v} for k, v in probes]
-    return b
-
-
-def test_bench_without_options_gives_one_plain_lane():
-    e = execution_from_bench(_bench())
-    assert (e["lanes"], e["compile"]) == (1, "")
-    assert e["rate_gflops"] == pytest.approx(40000 / 1.0 * 5.0)
-
-
-def test_lanes_win_when_the_probe_shows_a_gain():
-    e = execution_from_bench(_bench(probes=[(1, 1000.0), (2, 1300.0), (3, 1250.0)]))
-    assert (e["lanes"], e["compile"]) == (2, "")
-    assert e["rate_gflops"] == pytest.approx(40000 * 1.3 / 2 * 5.0)  # one lane's share
-    assert "2 lanes" in e["why"]
-
-
-def test_compile_wins_when_its_warm_up_is_repaid():
-    # 0.6 s steady against 1.0, 20 s extra warm-up over 30 epochs: 1/(0.6+0.67) = 0.79x -> loses
-    assert execution_from_bench(_bench(compiled=(21.6, 0.6)), epochs=30)["compile"] == ""
-    # 5 s extra warm-up: 1/(0.6+0.17) = 1.3x -> wins, and beats 2 lanes at 1.2x
-    e = execution_from_bench(_bench(compiled=(6.6, 0.6), probes=[(1, 1000.0), (2, 1200.0)]), epochs=30)
-    assert (e["lanes"], e["compile"]) == (1, "default")
-    assert e["rate_gflops"] == pytest.approx(40000 / 0.6 * 5.0)
-
-
-def test_compile_chosen_from_a_bench_leaves_dropout_runs_graphed():
-    base = preset("seed", width=8)
-    jobs = [("a", base), ("d", base.replace(dropout=0.4))]
-    out, plain = with_compile(jobs, "default", chosen=True)
-    assert [c.compile for _, c in out] == ["default", ""] and plain == 1
-    out, plain = with_compile(jobs, "default", chosen=False)  # asked for by name: every run
-    assert [c.compile for _, c in out] == ["default", "default"] and plain == 0
-    assert with_compile(jobs, "", chosen=True) == (jobs, 0)
-
-
-def test_small_gains_and_other_step_modes_are_not_taken():
-    assert execution_from_bench(_bench(probes=[(1, 1000.0), (2, 1050.0)]))["lanes"] == 1
-    # a compiled step that fell back to eager is another thing than the graphed step: ignored
-    assert execution_from_bench(_bench(compiled=(1.1, 0.5), step_mode="eager"))["compile"] == ""
-    # probe lanes that failed are ignored
-    e = execution_from_bench({**_bench(probes=[(1, 1000.0)]), "lanes": [{"lanes": 1, "total_images_per_s": 1.0},
-                                                                         {"lanes": 2, "error": "boom"}]})
-    assert e["lanes"] == 1
-    # a compile that failed in the bench (its record holds the error, no times) is not chosen
-    e = execution_from_bench({**_bench(), "labkit_compiled": {"compile": "default", "error": "BackendCompilerFailed: x"}})
-    assert (e["lanes"], e["compile"]) == (1, "")
-
-
-def test_a_file_that_is_not_a_bench_result_is_named():
-    with pytest.raises(ConfigError, match="not a `python -m benchmarks.bench` result"):
-        execution_from_bench({"train_images_per_epoch": 1, "train_gflop_per_image": 1})
-
-
 def test_seed_protocol_keeps_the_original_s_own_experiments():
     lab, seed = plan("full", 3), plan("full", 3, protocol="seed")
     assert set(seed) <= set(lab)
@@ -311,27 +242,20 @@ def test_sweep_writes_its_timing_record(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--lanes", "auto"], "give --bench-json"),
-        (["--compile", "auto"], "give --bench-json"),
         (["--lanes", "0"], "--lanes must be a positive int"),
         (["--only", "04_ablation"], "no planned runs in \\['04_ablation'\\]"),
         (["--compile", "fastest"], "compile must be one of"),
         (["--seeds", "0"], "seeds must be a positive int"),
-        (["--bench-json", "missing.json"], "missing.json: cannot read it"),
         (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
         (["--lanes", "2", "--compile", "default"], "torch.compile is not thread-safe"),
         (["--budget-s", "-100"], "--budget-s must be > 0"),
         (["--budget-s", "0"], "--budget-s must be > 0"),
         (["--rate-guess", "-5"], "--rate-guess must be > 0"),
         (["--deadline", "1000"], "has passed already"),
-        (["--bench-json", "zero.json", "--lanes", "auto"], "steady_epoch_seconds must be a positive number"),
     ],
 )
 def test_sweep_rejects_bad_options_before_training(tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
-    bench = {"train_images_per_epoch": 40000, "train_gflop_per_image": 5.1,
-             "labkit": {"steady_epoch_seconds": 0, "epoch_seconds": [3.0, 0.0]}}
-    (tmp_path / "zero.json").write_text(json.dumps(bench))
     assert main(["sweep", "--profile", "smoke", *extra]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "build").exists()  # nothing trained, nothing written
@@ -374,13 +298,6 @@ def test_sweep_says_and_records_the_lanes_it_runs_not_those_asked(tmp_path, caps
     out = capsys.readouterr().out
     assert len([line for line in out.splitlines() if "lane" in line]) == 1  # one line says it
     assert "sweep: 1 lane, not the 3 --lanes asks for: no CUDA GPU here, and lanes share a GPU: runs train one at a time" in out
-    # --lanes auto: the bench chooses 2, one runs
-    (tmp_path / "b.json").write_text(json.dumps(_bench(probes=[(1, 1000.0), (2, 1300.0)])))
-    assert main([*args, "--lanes", "auto", "--bench-json", "b.json", "--timing-json", "t2.json"]) == 0
-    assert json.loads((tmp_path / "t2.json").read_text())["lanes"] == 1
-    out = capsys.readouterr().out
-    assert "sweep: 1 lane(s), compile off; bench says 2 lanes: 1.30x one lane" in out
-    assert "sweep: 1 lane, not the 2 the bench chose: no CUDA GPU here" in out
     # one lane asked, one run: nothing to explain
     assert main([*args, "--lanes", "1", "--timing-json", "t3.json"]) == 0
     assert json.loads((tmp_path / "t3.json").read_text())["lanes"] == 1

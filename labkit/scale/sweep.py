@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import math
 import os
 import platform
 import threading
@@ -205,51 +204,6 @@ class _Lanes:
         return self.todo
 
 
-def execution_from_bench(bench: dict, epochs: int = 30, min_gain: float = 1.1) -> dict:
-    """Lanes and compile mode for sweeping `epochs`-epoch runs, from a `python -m benchmarks.bench` result: {"lanes", "compile",
-    "rate_gflops" (one lane's), "why"}. k lanes (its lanes probe) or one compiled lane (extra warm-up spread over
-    `epochs`) win if they gain `min_gain` over one plain lane; never both, as the probe ran uncompiled."""
-    try:
-        n, gflop, plain = bench["train_images_per_epoch"], bench["train_gflop_per_image"], bench["labkit"]
-        plain_s, plain_first = plain["steady_epoch_seconds"], plain["epoch_seconds"][0]
-    except (KeyError, IndexError, TypeError) as e:
-        raise ConfigError(f"not a `python -m benchmarks.bench` result: missing {e}") from None
-    for key, v in (("train_images_per_epoch", n), ("train_gflop_per_image", gflop),
-                   ("labkit.steady_epoch_seconds", plain_s), ("labkit.epoch_seconds[0]", plain_first)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-            raise ConfigError(f"not a `python -m benchmarks.bench` result: {key} must be a positive number, got {v!r}")
-    options = []  # (gain over one plain lane, lanes, compile mode, images/s of one lane, why)
-    probes = {p["lanes"]: p["total_images_per_s"] for p in bench.get("lanes", [])
-              if "error" not in p and "total_images_per_s" in p}
-    for k, total in probes.items():
-        if k > 1 and 1 in probes:
-            gain = total / probes[1]
-            why = f"{k} lanes: {gain:.2f}x one lane (bench lanes probe)"
-            options.append((gain, k, "", n / plain_s * gain / k, why))
-    c = bench.get("labkit_compiled")
-    if c and "error" not in c and c.get("step_mode") == plain.get("step_mode"):  # compiled, and graphed alike
-        warmup = max(0.0, (c["epoch_seconds"][0] - c["steady_epoch_seconds"]) - (plain_first - plain_s))
-        gain = plain_s / (c["steady_epoch_seconds"] + warmup / epochs)
-        why = f"compile {c['compile']}: {gain:.2f}x one lane over {epochs} epochs ({warmup:.0f}s extra warm-up a run)"
-        options.append((gain, 1, c["compile"], n / c["steady_epoch_seconds"], why))
-    one_lane = (1.0, 1, "", n / plain_s, "one lane, no compile")
-    best = max(options, key=lambda o: o[0], default=one_lane)
-    if best[0] < min_gain:
-        why = f"best option gains only {best[0]:.2f}x ({best[4]})" if options else "nothing measured beats it"
-        best = (*one_lane[:4], f"one lane, no compile: {why}")
-    _, lanes, mode, images_per_s, why = best
-    return {"lanes": lanes, "compile": mode, "rate_gflops": images_per_s * gflop, "why": why}
-
-
-def with_compile(jobs: Jobs, mode: str, chosen: bool) -> tuple[Jobs, int]:
-    """`jobs` with compile `mode`, and how many were left uncompiled: when the mode was `chosen` from a
-    benchmark, not runs with dropout, whose compiled step is not graphed (the bench timed none)."""
-    if not mode:
-        return jobs, 0
-    out = [(n, c if chosen and c.dropout else c.replace(compile=mode)) for n, c in jobs]
-    return out, sum(1 for _, c in jobs if chosen and c.dropout)
-
-
 def machine_name(device: torch.device) -> str:
     """Where a benchmark or a sweep ran: the GPU's name, or the CPU's kind and torch's threads."""
     if device.type == "cuda":
@@ -298,10 +252,7 @@ def _check_options(args) -> None:
     """Every option of `labkit sweep` checked before anything is read or trained."""
     for wrong, message in [
         (args.workers < 0, f"--workers must be >= 0 (0 = this process), got {args.workers}"),
-        (args.lanes != "auto" and not (args.lanes.isdigit() and int(args.lanes) >= 1),
-         f"--lanes must be a positive int or 'auto', got {args.lanes!r}"),
-        ("auto" in (args.lanes, args.compile) and not args.bench_json,
-         "--lanes auto and --compile auto choose from a benchmark: give --bench-json"),
+        (args.lanes < 1, f"--lanes must be a positive int, got {args.lanes}"),
         (args.checkpoint_every < 0,
          f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}"),
         (args.budget_s is not None and not args.budget_s > 0,
@@ -315,23 +266,6 @@ def _check_options(args) -> None:
         if wrong:
             raise ConfigError(message)
     check_writable(args.timing_json, "--timing-json")
-
-
-def _execution(args, rows: list) -> tuple[int, str, float | None, str]:
-    """Lanes, compile mode and rate guess as asked, or chosen from --bench-json; and what the bench said."""
-    lanes = 1 if args.lanes == "auto" else int(args.lanes)
-    mode = "" if args.compile == "auto" else args.compile
-    if not args.bench_json:
-        return lanes, mode, args.rate_guess, ""
-    try:
-        bench = json.loads(Path(args.bench_json).read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--bench-json {args.bench_json}: cannot read it ({e})") from None
-    epochs = max(cfg.epochs for _, _, cfg in rows) if rows else 30
-    chosen = execution_from_bench(bench, epochs=min(epochs, 30))
-    lanes = chosen["lanes"] if args.lanes == "auto" else lanes
-    mode = chosen["compile"] if args.compile == "auto" else mode
-    return lanes, mode, args.rate_guess or chosen["rate_gflops"], chosen["why"]
 
 
 def main_sweep(args) -> int:
@@ -353,24 +287,18 @@ def main_sweep(args) -> int:
         if unknown := sorted(set(only) - notebooks):
             raise ConfigError(f"--only: no planned runs in {unknown}; notebooks: {sorted(notebooks)}")
         rows = [r for r in rows if r[0] in only]
-    lanes, mode, rate_guess, bench_says = _execution(args, rows)
-    jobs, plain = with_compile([(name, cfg) for _, name, cfg in rows], mode, chosen=args.compile == "auto")
+    lanes, mode = args.lanes, args.compile
+    jobs = [(name, cfg.replace(compile=mode) if mode else cfg) for _, name, cfg in rows]
     used, fewer = lanes_used(jobs, lanes)  # what runs, and what the record says: not what was asked
-    if args.bench_json:
-        print(f"sweep: {used} lane(s), compile {mode or 'off'}; bench says {bench_says} (from {args.bench_json})")
     if fewer:
-        asked = "the bench chose" if args.lanes == "auto" else "--lanes asks for"
-        print(f"sweep: 1 lane, not the {lanes} {asked}: {fewer}")
-    if plain:
-        print(f"sweep: {plain} dropout run(s) left uncompiled: compiled, their step is not graphed, and the bench "
-              "timed compile without dropout")
+        print(f"sweep: 1 lane, not the {lanes} --lanes asks for: {fewer}")
     if not lab.profile.synthetic and any(not ((r := lab.store.find(c, n)) and r.finished) for n, c in jobs):
         lab.data()  # the data, and the store's runs checked against them, before any run starts
     print(f"sweep: {len(jobs)} planned runs, run store {lab.store.root}")
     deadline = args.deadline or (time.time() + args.budget_s if args.budget_s is not None else None)
     t0, done = time.time(), []
     try:
-        done = sweep(jobs, lab.store, lab.data, lanes=lanes, deadline=deadline, rate_guess=rate_guess,
+        done = sweep(jobs, lab.store, lab.data, lanes=lanes, deadline=deadline, rate_guess=args.rate_guess,
                      checkpoint_every=args.checkpoint_every, workers=args.workers)
     finally:
         wall = time.time() - t0
@@ -400,8 +328,7 @@ def add_parser(sub) -> None:
     p.add_argument("--only", help="comma-separated notebooks to include, e.g. 04_ablations,05_final")
     p.add_argument("--protocol", default="lab", choices=["lab", "seed"],
                    help="lab: every planned run; seed: the seed report's protocol only (ablations, final, depths; no modern)")
-    p.add_argument("--lanes", default="1", help="runs side by side on each GPU, or 'auto' (from --bench-json); without a GPU, one")
-    p.add_argument("--bench-json", help="a `python -m benchmarks.bench` result: gives --rate-guess, --lanes auto and --compile auto")
+    p.add_argument("--lanes", type=int, default=1, help="runs side by side on each GPU; without a GPU, one")
     p.add_argument("--deadline", type=float, help="unix time by which every run must end")
     p.add_argument("--budget-s", type=float, help="seconds from now by which every run must end")
     p.add_argument("--rate-guess", type=float, help="GFLOP/s of one lane, until a run has measured it")
@@ -409,6 +336,6 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="worker processes sharing the jobs, each on one GPU (round-robin) with --lanes lanes; 0 = this process")
     p.add_argument("--compile", default="",
-                   help="torch.compile mode for every run (an execution setting: same run ids), or 'auto' (from --bench-json)")
+                   help="torch.compile mode for every run (an execution setting: same run ids)")
     p.add_argument("--timing-json", help="write the sweep's wall time and every run's time here (JSON)")
     p.set_defaults(fn=main_sweep)
