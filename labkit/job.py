@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .config import check_choice, check_positive_int
-from .data import default_data_dir, fingerprint, locate
+from .data import default_data_dir, fingerprint, locate, unlabelled_note
 from .export import NO_CHROMIUM, export_html, find_chromium, merge, print_pdf
 from .lab import PROFILES, Lab, LabError, get_profile
 from .methods import SCALES
@@ -322,8 +322,6 @@ def _data_note(lab: Lab) -> str:
     if lab.source is None:
         return (f"note: no data at {lab.data_dir}: the report shows what the runs recorded of their data, not checked "
                 "against the files")
-    from .data import unlabelled_note
-
     return unlabelled_note(lab.source, lab.data_dir)
 
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .config import MODERN, PAPER, TrainConfig, check_choice, check_positive_int
 from .data import (
     DataError,
@@ -31,8 +33,11 @@ from .data import (
     load_cifar10,
     source_of,
 )
+from .model import measure_gflops, run_gflop
 from .paper import ABLATION_GROUPS, ABLATIONS, FINAL, ablation_config
+from .progress import duration
 from .runs import Run, RunStore, recorded
+from .synthetic import make_synthetic_cifar10
 
 __all__ = [
     "PROFILES", "PROTOCOLS", "Profile", "get_profile", "ablation_runs", "final_runs", "depth_runs", "modern_runs", "plan", "plan_gflop", "Lab", "LabError", "RunMissing", "project_root",
@@ -225,8 +230,6 @@ CPU_LIMIT_S = 3600.0
 def plan_gflop(rows: list[tuple[str, str, TrainConfig]], sizes: tuple[int, int] = (CIFAR10_TRAIN, CIFAR10_TEST)) -> float:
     """GFLOP of training and evaluation the planned `rows` (notebook, name, config) cost on
     data of `sizes` (training-set images with batch 5, test images)."""
-    from .model import run_gflop
-
     total = 0.0
     for _, _, cfg in rows:
         val = sizes[0] // 5 if cfg.split == "seed" else cfg.val_size
@@ -334,8 +337,6 @@ class Lab:
 
     def training_seconds(self, rows: list[tuple[str, str, TrainConfig]], device: str = "cpu") -> tuple[float, float]:
         """(seconds, GFLOP/s): what training `rows` would take at the rate measured on `device`."""
-        from .model import measure_gflops
-
         if not rows:
             return 0.0, math.nan
         rate = measure_gflops(rows[0][2], device, batch=16 if device == "cpu" else 256)
@@ -346,12 +347,8 @@ class Lab:
         """On a CPU, refuse (LabError) to train `rows` of a real-data profile when it would take
         long (full: at all; quick: past CPU_LIMIT_S), unless allow_cpu; `how` says how to
         override or avoid it, in the caller's words. Returns the estimate in words ('' for none)."""
-        import torch
-
         if not rows or not self.allow_train or self.profile.synthetic or torch.cuda.is_available():
             return ""
-        from .progress import duration
-
         est, rate = self.training_seconds(rows)
         where = f"about {duration(est)} of training on this CPU for {len(rows)} run(s) not yet finished in {self.store.root} ({rate:.1f} GFLOP/s measured)"
         if not self.allow_cpu and (self.profile.name == "full" or est > CPU_LIMIT_S):
@@ -362,8 +359,6 @@ class Lab:
         key = (split, val_size)
         if key not in self._data:
             if self.profile.synthetic:
-                from .synthetic import make_synthetic_cifar10
-
                 root = self.smoke_data_dir()
                 if not (root / "cifar-10-batches-py" / "test_batch").is_file():
                     make_synthetic_cifar10(root, per_batch=SMOKE_PER_BATCH)

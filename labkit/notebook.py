@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import numbers
 import os
 import sys
 import tempfile
@@ -62,12 +61,6 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     return value
-
-
-def check_number(name: str, value, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= minimum:
-        raise ConfigError(f"{name} must be a number >= {minimum:g}, got {type(value).__name__} {value!r}")
-    return float(value)
 
 
 def _check_str(name: str, value, what: str = "a path string") -> None:
@@ -218,8 +211,6 @@ def setup_notebook(lab: Lab | None = None) -> None:
 def prefetch(lab: Lab, pairs: Sequence[tuple[str, TrainConfig]]) -> None:
     """With several GPUs, train the unfinished runs of `pairs` first, one worker process per GPU
     (labkit.scale.sweep); with one GPU or none, nothing: `get_runs` trains each when it asks."""
-    import torch
-
     from .scale.sweep import sweep
 
     todo = [(n, c) for n, c in ((name, lab.config(cfg)) for name, cfg in pairs) if not lab.finished(n, c)]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .checkpoint import atomic_write
 from .config import ConfigError, TrainConfig
@@ -199,8 +200,6 @@ def recorded(run: Run, key: str = "data"):
     checkpoint (tensors left on disk); None where nothing says."""
     if run.finished:
         return run.summary.get(key)
-    import torch
-
     try:
         return torch.load(run.checkpoint, map_location="cpu", weights_only=True, mmap=True).get(key)
     except Exception:  # none yet, or damaged: its resume says which

@@ -321,12 +321,12 @@ def test_notes_are_styled_where_shown_and_escape_what_they_quote(tmp_path, monke
 def test_a_notebook_on_a_cpu_refuses_hours_of_training_naming_its_parameters(tmp_path, monkeypatch):
     import torch
 
-    import labkit.model
+    import labkit.lab
     import labkit.notebook as N
     from labkit.lab import Lab, LabError, final_runs
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(labkit.model, "measure_gflops", lambda *a, **k: 150.0)
+    monkeypatch.setattr(labkit.lab, "measure_gflops", lambda *a, **k: 150.0)
     lab = Lab("full", tmp_path / "none", root=tmp_path, log=None)
     with pytest.raises(LabError, match=r"about \d+ h of training on this CPU.*allow_train = False.*allow_cpu = True.*-p allow_cpu True"):
         N.get_runs(lab, final_runs(1))

@@ -44,10 +44,10 @@ def _cpu(monkeypatch, gflops: float) -> None:
     """No GPU, and a CPU measured at `gflops`."""
     import torch
 
-    import labkit.model
+    import labkit.lab
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(labkit.model, "measure_gflops", lambda *a, **k: gflops)
+    monkeypatch.setattr(labkit.lab, "measure_gflops", lambda *a, **k: gflops)
 
 
 def test_full_profile_never_trains_on_a_cpu_silently(tmp_path, monkeypatch):
