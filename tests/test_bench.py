@@ -14,7 +14,6 @@ from benchmarks.bench import (
     accuracy_check,
     add_compiled,
     compare_accuracies,
-    execution_from_bench,
     format_bench,
     main,
     run_bench,
@@ -22,6 +21,7 @@ from benchmarks.bench import (
     step_breakdown,
 )
 from benchmarks.breakdown import op_kind
+from benchmarks.choose import execution_from_bench
 from labkit.config import PAPER, ConfigError
 from labkit.runs import RunStore
 
