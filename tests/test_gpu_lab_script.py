@@ -78,7 +78,9 @@ def test_time_times_the_seed_protocol_from_nothing(tmp_path):
     assert rec["only"] == ["05_final"] and rec["whole_plan"] is False  # never read as the protocol's time
     assert rec["counts"] == {"done": 1, "cached": 0, "skipped": 0, "stopped": 0, "failed": 0}
     assert [(j["name"], j["status"]) for j in rec["jobs"]] == [("final", "done")] and rec["jobs"][0]["train_seconds"] > 0
-    assert "protocol seed (only 05_final), 1 seed(s)" in (tmp_path / "out" / "log.txt").read_text()
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "protocol seed (only 05_final), 1 seed(s)" in log
+    assert "bench chooses: one lane, no compile" in log  # the sweep's options, from the bench's record
     bench = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert "not a speed figure" in bench["note"]  # a CPU check, never presented as a GPU result
     assert str(tmp_path) not in (tmp_path / "out" / "sweep.json").read_text()
