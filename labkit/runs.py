@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import train as training  # training.train at call time: tests replace it
 from .checkpoint import load_checkpoint, recover_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import DataError, Dataset, check_same_data, file_in_the_way, in_the_way, same_data
@@ -43,6 +44,7 @@ from .records import (  # noqa: F401  (re-exported)
     safe_name,
     write_metrics,
 )
+from .train import Hooks, check_fits, check_init_state
 
 __all__ = ["Run", "RunStore", "RunError", "atomic_write_text", "command_line", "code_version", "check_writable", "check_run_id"]
 
@@ -190,8 +192,6 @@ class RunStore:
 
     def _parent_weights(self, cfg: TrainConfig) -> dict:
         """The final weights of the finished run cfg.init_from, checked to fit cfg's network."""
-        from .train import check_init_state
-
         check_run_id(cfg.init_from, "init_from")
         d = self.path(cfg.init_from)
         if not (d / "summary.json").is_file():  # a checkpoint midway holds no final weights
@@ -233,8 +233,6 @@ class RunStore:
         the metric rows after each stored epoch (raising there stops the run resumably);
         `on_train` is called once the folder is ready, before training; `hooks` go to the loop.
         """
-        from .train import Hooks, check_fits
-
         rid = self.run_id(cfg, name)
         d = self.path(rid)
         if not retrain and (d / "summary.json").is_file():
@@ -268,8 +266,6 @@ class RunStore:
 
     def _finished(self, rid: str, data: Dataset | Callable[[], Dataset]) -> Run:
         """A finished run, refused for other data than it was trained on; a loader is not called."""
-        from .train import check_fits
-
         run = self.load(rid)
         if isinstance(data, Dataset):
             check_fits(run.config, data)
@@ -279,8 +275,6 @@ class RunStore:
 
     def _train_here(self, d, rid, cfg, name, dataset, train_kw: dict, on_epoch, on_train) -> None:
         """get's training, in the run's locked folder: records, resume point, loop, summary."""
-        from .train import train  # at call time: tests replace labkit.train.train
-
         if (d / "config.json").is_file() or record_files(d):  # a run's records: resumed only if they agree
             if read_config(d)[1].identity() != cfg.identity():
                 raise RunError(f"{d}: holds a different config than asked for (hash collision?)")
@@ -301,7 +295,7 @@ class RunStore:
                 on_epoch(history)
 
         t0 = time.time()
-        result = train(cfg, dataset, run_dir=d, on_epoch=stored, **train_kw)
+        result = training.train(cfg, dataset, run_dir=d, on_epoch=stored, **train_kw)
         write_metrics(d / "metrics.csv", result.history)
         summary = {"run": rid, "name": name, "config_hash": cfg.short_hash(), **result.summary, "wall_seconds": time.time() - t0,
                    "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "code_version": code_version()}
