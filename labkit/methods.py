@@ -122,11 +122,6 @@ def views_at_test(runs: Sequence[Run]) -> str:
 NORM_WORDS = {"seed": "the original's normalisation constants", "dataset": "the dataset's mean and std"}
 
 
-def describe_recipe(c: TrainConfig) -> str:
-    """Everything a run's numbers depend on, in one line of words (HTML)."""
-    return " ".join(f"<b>{k}:</b> {v}." for k, v in recipe_parts(c).items())
-
-
 def recipe_parts(c: TrainConfig) -> dict[str, str]:
     """A run's recipe in words: its network, training, data and test number."""
     flags = {"n+1 blocks per stage": c.seed_extra_block, "softmax before the loss": c.softmax_head}

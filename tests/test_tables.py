@@ -294,15 +294,18 @@ def test_final_table_numbers_by_hand():
 def test_recipes_in_words_name_what_a_comparison_with_the_seed_must_say():
     from labkit.config import MODERN, PAPER
 
-    seed, modern = M.describe_recipe(PAPER), M.describe_recipe(MODERN)
+    def describe_recipe(c):
+        return " ".join(f"{v}." for v in M.recipe_parts(c).values())
+
+    seed, modern = describe_recipe(PAPER), describe_recipe(MODERN)
     assert "(3 blocks per stage)" in seed and "the original's defects: n+1 blocks per stage, softmax before the loss" in seed
     assert "Adam lr 0.001, lr × 0.9 per epoch, batch 512, 30 epochs" in seed and "one view per image" in seed
     assert "corrected network" in modern and "SGD Nesterov lr 0.2" in modern and "tested once with test-time flip" in modern
     assert "all 50,000 training images" in modern and f"{MODERN.epochs} epochs" in modern
-    assert "7x7 stride 2 stem without BN" in M.describe_recipe(PAPER.replace(stem="7x7", stem_bn=False))
-    assert "cutout 12" in M.describe_recipe(MODERN.replace(cutout=12)) and "2-pixel shifts" in M.describe_recipe(MODERN.replace(tta_translate=2))
+    assert "7x7 stride 2 stem without BN" in describe_recipe(PAPER.replace(stem="7x7", stem_bn=False))
+    assert "cutout 12" in describe_recipe(MODERN.replace(cutout=12)) and "2-pixel shifts" in describe_recipe(MODERN.replace(tta_translate=2))
     assert "the original's normalisation constants" in seed and "seed normalisation" not in seed
-    assert "lr × 0.9 per epoch, started over every 30 epochs, batch 512, 60 epochs" in M.describe_recipe(PAPER.replace(epochs=60, lr_restart=30))
+    assert "lr × 0.9 per epoch, started over every 30 epochs, batch 512, 60 epochs" in describe_recipe(PAPER.replace(epochs=60, lr_restart=30))
     run = lambda c: SimpleNamespace(config=c)  # noqa: E731
     assert M.views_at_test([run(PAPER)]) == "" and M.views_at_test([]) == ""
     assert M.views_at_test([run(MODERN)] * 2) == ", test-time flip"
