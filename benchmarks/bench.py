@@ -1,7 +1,8 @@
-"""Speed benchmark (`python -m benchmarks.bench`, from the project root): the seed's recipe as the seed wrote it (CPU transforms in a
-DataLoader, fp32, Adam) beside labkit's path on the same network and batch (data on the device, bf16,
-channels_last, CUDA-graphed step, fused Adam), in one process. Epoch times leave out evaluation; each
-side's first epoch is a warm-up (worker start, cuDNN tuning, graph capture), left out of the ratio.
+"""Speed benchmark (`python -m benchmarks.bench`, from the project root): the student's recipe as
+its code runs it (CPU transforms in a DataLoader, fp32, Adam) beside labkit's path on the same
+network and batch (data on the device, bf16, channels_last, CUDA-graphed step, fused Adam), in one
+process. Epoch times leave out evaluation; each side's first epoch is a warm-up (worker start,
+cuDNN tuning, graph capture), left out of the ratio.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -32,7 +34,9 @@ from labkit.model import build_model, flops_per_image
 from labkit.runs import RunError, RunStore, check_writable
 from labkit.scale.gate import GPU_GATE, LANE_HOOKS
 from labkit.scale.sweep import machine_name
+from labkit.stats import estimate, welch
 from labkit.step import resolve_device
+from labkit.synthetic import make_synthetic_cifar10
 from labkit.train import train
 
 
@@ -122,8 +126,6 @@ def compare_accuracies(ours: list[float], theirs: list[float]) -> dict:
     """labkit's and the seed recipe's accuracies: each side's mean and SD, the Welch 95% CI of the
     difference, and the difference beside run-to-run noise (the pooled SD of one run). A CI that holds 0
     is weak evidence of equality at a few seeds; its width says how large a difference could hide."""
-    from labkit.stats import estimate, welch
-
     a, b, d = estimate(ours, bounds=(0.0, 1.0)), estimate(theirs, bounds=(0.0, 1.0)), welch(ours, theirs)
     pooled = math.nan
     if a.n >= 2 and b.n >= 2:
@@ -354,10 +356,6 @@ def _check_args(args) -> None:
 
 
 def _cpu_check_data() -> Dataset:
-    import tempfile
-
-    from labkit.synthetic import make_synthetic_cifar10
-
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as tmp:  # read into memory, then gone
         make_synthetic_cifar10(tmp, per_batch=128)
         return load_cifar10(tmp, "seed", allow_download=False)
